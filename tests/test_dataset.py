@@ -1,0 +1,213 @@
+"""DeepFashionC items: crops, landmark units, augmentation, bad images and the uint8 cache."""
+
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from dftree import FILES, NAMES, pad, write_tree
+from vfu_nb.data import (
+    IMAGENET_MEAN, IMAGENET_STD, BadImageError, DeepFashionC, normalize_images, read_records,
+)
+
+SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "deepfashion_sample"
+
+
+@pytest.fixture
+def tree(tmp_path):
+    return write_tree(tmp_path)
+
+
+def test_item_shapes_and_types(tree):
+    item = DeepFashionC(tree, "train", image_size=32)[0]
+    assert item["image"].shape == (3, 32, 32) and item["image"].dtype == torch.float32
+    assert item["category"].dtype == torch.int64 and item["category"].item() == 0
+    assert item["attributes"].tolist() == [1, 0, 0, 0, 0]
+    assert item["landmarks"].shape == (8, 2) and item["landmark_visibility"].dtype == torch.int64
+    assert item["index"].item() == 0
+
+
+def test_unknown_attributes_are_masked(tree):
+    item = DeepFashionC(tree, "val", image_size=16)[0]
+    assert item["attributes"].tolist() == [0, 1, 0, 0, 0]
+    assert item["attributes_known"].tolist() == [1, 1, 1, 0, 1]
+
+
+def test_landmarks_in_crop_units(tree):
+    # image 0: bbox 0-based (10, 20, 90, 100) -> 80 x 80 window
+    item = DeepFashionC(tree, "train", image_size=32)[0]
+    lm, vis = item["landmarks"], item["landmark_visibility"]
+    assert lm[0].tolist() == pytest.approx([(40 - 10) / 80, (30 - 20) / 80])
+    assert lm[3].tolist() == pytest.approx([(85 - 10) / 80, (50 - 20) / 80])
+    assert vis.tolist() == [0, 0, 1, 0, -1, -1, 0, 2]
+    assert lm[4].tolist() == [0, 0]          # absent slots are zero
+
+
+def test_landmark_outside_the_crop_becomes_truncated(tmp_path):
+    lines = list(FILES["Anno/list_landmarks.txt"])
+    lines[3] = pad(NAMES[1]) + "2  0 010 010  0 050 010  0 012 070  0 070 075 "   # x=70 > bbox x2=60
+    item = DeepFashionC(write_tree(tmp_path, {"Anno/list_landmarks.txt": lines}), "val", image_size=16)[0]
+    assert item["landmark_visibility"].tolist() == [-1, -1, -1, -1, 0, 0, 0, 2]
+
+
+def test_crop_is_the_box_resized_without_keeping_aspect(tree):
+    ds = DeepFashionC(tree, "train", image_size=40, uint8=True)
+    raw = np.asarray(Image.open(tree / NAMES[0]).convert("RGB"))
+    expected = np.asarray(Image.fromarray(raw).resize((40, 40), Image.BILINEAR, box=(10, 20, 90, 100)))
+    np.testing.assert_array_equal(ds[0]["image"].permute(1, 2, 0).numpy(), expected)
+
+
+def test_normalisation_matches_imagenet_statistics(tree):
+    ds8 = DeepFashionC(tree, "train", image_size=24, uint8=True)
+    dsf = DeepFashionC(tree, "train", image_size=24)
+    x = ds8[0]["image"].float() / 255
+    mean, std = torch.tensor(IMAGENET_MEAN).view(3, 1, 1), torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    torch.testing.assert_close(dsf[0]["image"], (x - mean) / std)
+    torch.testing.assert_close(normalize_images(ds8[0]["image"][None])[0], dsf[0]["image"])
+
+
+def test_pad_to_square_keeps_aspect(tree):
+    # image 2: bbox (20, 10, 80, 120): 60 x 110 -> square of side 110 centred at x=50
+    item = DeepFashionC(tree, "test", image_size=22, pad_to_square=True)[0]
+    lm = item["landmarks"]
+    assert lm[0].tolist() == pytest.approx([(40 - (50 - 55)) / 110, (20 - 10) / 110])
+    img = DeepFashionC(tree, "test", image_size=88, pad_to_square=True, uint8=True)[0]["image"]
+    fill = torch.tensor([round(255 * m) for m in IMAGENET_MEAN])
+    assert (img[:, 44, 0].int() - fill).abs().max() <= 2          # padding at the left edge
+
+
+def _dot_tree(tmp_path):
+    """Tree whose train image is black with one white dot at the left sleeve landmark."""
+    root = write_tree(tmp_path)
+    img = np.zeros((120, 100, 3), np.uint8)
+    img[48:53, 13:18] = 255             # around (15, 50): left sleeve of image 0
+    Image.fromarray(img).save(root / NAMES[0], quality=100)
+    lines = list(FILES["Anno/list_landmarks.txt"])
+    lines[2] = pad(NAMES[0]) + "1  0 040 030  0 060 030  0 015 050  0 085 050  0 030 095  0 070 099 "
+    return write_tree(tmp_path, {"Anno/list_landmarks.txt": lines}, images=False)
+
+
+def test_flip_mirrors_x_and_swaps_left_and_right(tmp_path):
+    ds = DeepFashionC(_dot_tree(tmp_path), "train", image_size=64, uint8=True)
+    plain = ds[0]
+    ds._jitter = lambda image, points: (image, points)      # flip only
+    flipped = None
+    for seed in range(20):
+        torch.manual_seed(seed)
+        item = ds.augment_sample(plain["image"], plain["landmarks"], plain["landmark_visibility"])
+        if not torch.equal(item[0], plain["image"]):
+            flipped = item
+            break
+    image, lm, vis = flipped
+    torch.testing.assert_close(image, plain["image"].flip(-1))
+    # left sleeve (slot 2) of the flipped image is the mirrored right sleeve (slot 3)
+    assert lm[2].tolist() == pytest.approx([1 - plain["landmarks"][3, 0].item(), plain["landmarks"][3, 1].item()])
+    assert lm[3].tolist() == pytest.approx([1 - plain["landmarks"][2, 0].item(), plain["landmarks"][2, 1].item()])
+    assert vis.tolist() == plain["landmark_visibility"][[1, 0, 3, 2, 5, 4, 7, 6]].tolist()
+
+
+def test_jitter_moves_image_and_landmarks_together(tmp_path):
+    ds = DeepFashionC(_dot_tree(tmp_path), "train", image_size=64, uint8=True, augment=True)
+    for seed in range(8):
+        torch.manual_seed(seed)
+        item = ds[0]
+        img = item["image"].float().mean(0)
+        ys, xs = torch.nonzero(img > 100, as_tuple=True)
+        bright = torch.stack([xs.float().mean(), ys.float().mean()])
+        # the dot is the left sleeve (slot 2), or after a flip the right sleeve (slot 3), on the right side
+        slot = 2 if bright[0] < 32 else 3
+        assert torch.allclose((bright + 0.5) / 64, item["landmarks"][slot], atol=1.5 / 64)
+
+
+def test_missing_image_raises_with_its_path(tree):
+    os.remove(tree / NAMES[0])
+    ds = DeepFashionC(tree, "train", image_size=16)
+    with pytest.raises(BadImageError, match=r"Striped_Knit_Tee/img_00000001\.jpg: image file not found"):
+        ds[0]
+    with pytest.raises(BadImageError, match=r"img_00000001\.jpg: image file not found"):
+        DeepFashionC(tree, "train", image_size=16, cache=True, progress=False)
+
+
+def test_bad_images_are_skipped_and_listed(tree):
+    (tree / NAMES[0]).write_bytes(b"not a jpeg at all")
+    with pytest.warns(UserWarning, match="skipped 1 bad image"):
+        ds = DeepFashionC(tree, "train", image_size=16, on_bad_image="skip", progress=False)
+    assert len(ds) == 0 and ds.skipped[0][0] == NAMES[0] and "cannot decode image" in ds.skipped[0][1]
+    with pytest.warns(UserWarning, match="skipped 1 bad image"):
+        cached = DeepFashionC(tree, "train", image_size=16, on_bad_image="skip", cache=True, progress=False)
+    assert len(cached) == 0 and cached.skipped == ds.skipped
+
+
+def test_cache_equals_decode_path_and_survives_reopen(tree):
+    plain = DeepFashionC(tree, "test", image_size=24)
+    cached = DeepFashionC(tree, "test", image_size=24, cache=True, progress=False)
+    for key in ("image", "landmarks", "landmark_visibility", "attributes"):
+        torch.testing.assert_close(cached[0][key], plain[0][key])
+    stamp = cached.cache_file.stat().st_mtime_ns
+    again = DeepFashionC(tree, "test", image_size=24, cache=True, progress=False)
+    assert again.cache_file.stat().st_mtime_ns == stamp         # reused, not rebuilt
+
+
+def test_cache_is_rebuilt_when_annotations_change(tree):
+    first = DeepFashionC(tree, "train", image_size=16, cache=True, progress=False)
+    key = first.cache_key()
+    lines = list(FILES["Anno/list_bbox.txt"])
+    lines[2] = pad(NAMES[0]) + "001 001 050 050"
+    write_tree(tree, {"Anno/list_bbox.txt": lines}, images=False)
+    from vfu_nb.data import load_annotations
+    second = DeepFashionC(tree, "train", image_size=16, cache=True, progress=False,
+                          annotations=load_annotations(tree))
+    assert second.cache_key() != key
+    plain = DeepFashionC(tree, "train", image_size=16, annotations=load_annotations(tree))
+    torch.testing.assert_close(second[0]["image"], plain[0]["image"])
+
+
+def test_max_items_takes_a_seeded_subset(tmp_path):
+    from vfu_nb.synthetic import generate
+    root = tmp_path / "synth"
+    generate(root, 40, seed=1, workers=1, progress=False)
+    a = DeepFashionC(root, "train", image_size=16, max_items=5)
+    b = DeepFashionC(root, "train", image_size=16, max_items=5)
+    assert len(a) == 5 and a.rows.tolist() == b.rows.tolist()
+    assert set(a.rows) <= set(DeepFashionC(root, "train", image_size=16).rows)
+
+
+@pytest.mark.skipif(not SAMPLE.is_dir(), reason="../shared/deepfashion_sample is absent")
+def test_real_images_and_boxes(tmp_path):
+    """The reader on the nine real JPEGs with their real category and bbox rows (read from ../shared)."""
+    box = read_records(SAMPLE / "Anno/list_bbox.excerpt.txt", strict_count=False)
+    cat = read_records(SAMPLE / "Anno/list_category_img.excerpt.txt", strict_count=False)
+    names = list(box.names)
+    real_landmark = "1  0 146 102  0 173 095  0 094 242  0 205 255  0 136 229  0 177 232 "
+    upper = "1" + "  0 100 100" * 6 + " "
+    with open(Path(__file__).resolve().parents[2] / "shared/deepfashion_meta/list_category_cloth.txt") as f:
+        category_cloth = f.read().splitlines()
+    files = {
+        "Anno/list_category_cloth.txt": category_cloth,
+        "Anno/list_category_img.txt": ["9", "image_name  category_label"]
+        + [pad(n) + str(c) for n, c in zip(names, cat.table(1).ravel())],
+        "Anno/list_bbox.txt": ["9", "image_name  x_1  y_1  x_2  y_2"]
+        + [pad(n) + " ".join(f"{v:03d}" for v in b) for n, b in zip(names, box.table(4))],
+        "Anno/list_landmarks.txt": ["9", "header"]
+        + [pad(n) + (real_landmark if i == 0 else upper) for i, n in enumerate(names)],
+        "Anno/list_attr_img.txt": ["9", "header"] + [pad(n) + " 1 -1 -1 -1 -1" for n in names],
+        "Eval/list_eval_partition.txt": ["9", "header"] + [pad(n) + "train" for n in names],
+    }
+    root = write_tree(tmp_path / "real", files, images=False)
+    (root / "img").symlink_to(SAMPLE / "img")
+    ds = DeepFashionC(root, "train", image_size=64)
+    assert len(ds) == 9
+    item = ds[0]
+    # real bbox 072 079 232 273 -> window (71, 78, 232, 273); real left collar (146, 102)
+    assert item["landmarks"][0].tolist() == pytest.approx([(146 - 71) / 161, (102 - 78) / 195])
+    assert item["category"].item() == 2                      # Blouse
+    assert (item["landmarks"][ds[0]["landmark_visibility"] == 0] <= 1).all()
+    cached = DeepFashionC(root, "train", image_size=64, cache=True, progress=False,
+                          cache_dir=tmp_path / "cache")
+    for k in range(9):   # every real JPEG decodes; the 200x200 one has a full-frame box
+        torch.testing.assert_close(cached[k]["image"], ds[k]["image"])
+    assert ds.annotations.bbox[4].tolist() == [0, 0, 200, 200]
