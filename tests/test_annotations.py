@@ -172,3 +172,31 @@ def test_real_sample_rows():
     assert box.table(4)[0].tolist() == [72, 79, 232, 273]
     assert box.table(4)[4].tolist() == [1, 1, 200, 200]
     assert set(status) <= {"train", "val", "test"}
+
+
+def test_write_annotations_is_the_inverse_of_load(tmp_path):
+    a = load_annotations(write_tree(tmp_path / "a", images=False))
+    from vfu_nb.annotations import write_annotations
+    write_annotations(tmp_path / "b", a)
+    b = load_annotations(tmp_path / "b")
+    for field in ("image_names", "split", "clothes_type", "category", "category_types", "attributes",
+                  "attribute_types", "bbox", "landmarks", "landmark_visibility"):
+        np.testing.assert_array_equal(getattr(a, field), getattr(b, field), err_msg=field)
+    assert a.attribute_names == b.attribute_names and a.category_names == b.category_names
+    # byte-level layout of the real files
+    lm = (tmp_path / "b/Anno/list_landmarks.txt").read_text().splitlines()[2]
+    assert lm == pad(NAMES[0]) + " 1  0 040 030  0 060 030  1 015 050  0 085 050  0 030 095  2 070 099 "
+    attr = (tmp_path / "b/Anno/list_attr_img.txt").read_text().splitlines()[3]
+    assert attr == pad(NAMES[1]) + "-1  1 -1  0 -1"
+    box = (tmp_path / "b/Anno/list_bbox.txt").read_text().splitlines()[2]
+    assert box == pad(NAMES[0]) + "011 021 090 100"
+    assert (tmp_path / "b/Anno/list_category_cloth.txt").read_text().splitlines()[2] == "Tee            1"
+
+
+@pytest.mark.skipif(not META.is_dir(), reason="../shared/deepfashion_meta is absent")
+def test_written_category_vocabulary_is_byte_identical_to_the_real_file(tmp_path):
+    from vfu_nb.annotations import write_annotations
+    a = load_annotations(write_tree(tmp_path / "a", images=False))
+    a.category_names, a.category_types = read_vocabulary(META / "list_category_cloth.txt")
+    write_annotations(tmp_path / "b", a)
+    assert (tmp_path / "b/Anno/list_category_cloth.txt").read_bytes() == (META / "list_category_cloth.txt").read_bytes()

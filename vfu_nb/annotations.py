@@ -37,8 +37,6 @@ ANNOTATION_FILES = {
     "partition": "Eval/list_eval_partition.txt",
 }
 
-_WHITESPACE = np.zeros(256, dtype=bool)
-_WHITESPACE[[9, 10, 13, 32]] = True
 _CHUNK_LINES = 16384
 
 
@@ -114,7 +112,7 @@ def _parse_chunk(buf: np.ndarray, path: Path, first_line: int):
     """Tokenise a block of whole record lines: names, integer counts per line and the integers."""
     starts, ends = _line_bounds(buf)
     n_lines = starts.size
-    space = _WHITESPACE[buf]
+    space = buf <= 32          # separators: space, tab, CR (and the LF between lines)
     token = ~space
     prev_space = np.concatenate([[True], space[:-1]])
     next_space = np.concatenate([space[1:], [True]])
@@ -169,11 +167,43 @@ def _parse_ints(buf, start, end) -> np.ndarray:
     return value.astype(np.int32)
 
 
-def read_records(path, strict_count: bool = True) -> Records:
+def _parse_label_chunk(buf: np.ndarray):
+    """Fast path for lines of single-digit labels (``1``, ``-1``, ``0``): names, counts and values.
+
+    Returns None when the chunk holds anything else, so that the general tokeniser reports the error.
+    """
+    starts, ends = _line_bounds(buf)
+    raw = buf.tobytes()
+    name_end = np.array([raw.find(b" ", s, e) % (len(raw) + 1) for s, e in zip(starts, ends)])
+    if np.any((name_end < starts) | (name_end >= ends)):
+        return None
+    region = np.zeros(buf.size + 1, dtype=np.int8)         # 1 inside the value part of each line
+    np.add.at(region, name_end, 1)
+    np.add.at(region, ends, -1)
+    region = np.cumsum(region[:-1], dtype=np.int8).astype(bool)
+    digit = (buf == 48) | (buf == 49)
+    minus = buf == 45
+    space = buf <= 32
+    if np.any(region & ~(digit | minus | space)):
+        return None
+    after = np.concatenate([buf[1:], np.array([10], np.uint8)])
+    before = np.concatenate([np.array([32], np.uint8), buf[:-1]])
+    if np.any(region & minus & ~((after == 48) | (after == 49))) or \
+            np.any(region & digit & ~((after <= 32) & ((before <= 32) | (before == 45)))):
+        return None
+    positions = np.flatnonzero(region & digit)
+    values = (buf[positions].astype(np.int32) - 48) * np.where(buf[positions - 1] == 45, -1, 1)
+    counts = np.diff(np.searchsorted(positions, np.concatenate([starts, [buf.size]])))
+    names = np.array([raw[s:e].decode("utf-8", "replace") for s, e in zip(starts, name_end)])
+    return names, counts, values.astype(np.int32)
+
+
+def read_records(path, strict_count: bool = True, labels: bool = False) -> Records:
     """Read a per-image file (name followed by integers) into :class:`Records`.
 
     ``strict_count=False`` accepts a count line that disagrees with the rows (the published excerpts keep
-    the full file's count); the default treats that as an error.
+    the full file's count); the default treats that as an error. ``labels=True`` tries a faster path for
+    files of single-digit labels (``list_attr_img.txt``), falling back to the general one.
     """
     path = Path(path)
     body, rows = _split_head(path, strict_count)
@@ -183,7 +213,8 @@ def read_records(path, strict_count: bool = True) -> Records:
     for c in range(0, rows, _CHUNK_LINES):
         lo = starts[c]
         hi = starts[c + _CHUNK_LINES] - 1 if c + _CHUNK_LINES < rows else buf.size
-        n, k, v = _parse_chunk(buf[lo:hi], path, first_line=3 + c)
+        parsed = _parse_label_chunk(buf[lo:hi]) if labels else None
+        n, k, v = parsed or _parse_chunk(buf[lo:hi], path, first_line=3 + c)
         names.append(n), counts.append(k), values.append(v)
     if not rows:
         return Records(path, np.array([], dtype=str), np.zeros(0, int), np.zeros(0, np.int32))
@@ -350,7 +381,7 @@ def load_annotations(root, strict_count: bool = True) -> Annotations:
     _check_range(cat, category, 1, len(category_names), "category label")
     category -= 1
 
-    attr = read_records(paths["attr_img"], strict_count)
+    attr = read_records(paths["attr_img"], strict_count, labels=True)
     attributes = attr.table(len(attribute_names))
     bad = np.flatnonzero(~np.isin(attributes, (-1, 0, 1)).all(axis=1))
     if bad.size:
@@ -394,3 +425,71 @@ def _duplicates(names: np.ndarray):
                 return i
             seen.add(n)
     return None
+
+
+# ----- writing (the exact inverse of load_annotations) -----------------------------------------------
+HEADERS = {
+    "category_cloth": "category_name  category_type",
+    "category_img": "image_name  category_label",
+    "attr_cloth": "attribute_name  attribute_type",
+    "attr_img": "image_name  attribute_labels",
+    "bbox": "image_name  x_1  y_1  x_2  y_2",
+    "landmarks": "image_name  clothes_type  landmark_visibility_1  landmark_location_x_1  landmark_location_y_1"
+                 "  ...  landmark_visibility_8  landmark_location_x_8  landmark_location_y_8",
+    "partition": "image_name  evaluation_status",
+}
+NAME_COLUMN = 71   # image names are padded so the next field starts here, as in the real files
+
+
+def pad_name(name: str) -> str:
+    return name.ljust(NAME_COLUMN) if len(name) < NAME_COLUMN else name + " "
+
+
+def _label_bytes(values: np.ndarray) -> np.ndarray:
+    """int8 (N, A) in {-1, 0, 1} -> (N, 3A - 1) bytes laid out as '%2d' values joined by one space."""
+    n, a = values.shape
+    out = np.full((n, 3 * a), ord(" "), dtype=np.uint8)
+    out[:, 0::3] = np.where(values < 0, ord("-"), ord(" "))
+    out[:, 1::3] = ord("0") + np.abs(values)
+    return out[:, :-1]
+
+
+def _write(path: Path, header: str, rows) -> None:
+    rows = list(rows)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as f:
+        f.write(f"{len(rows)}\n{header}\n".encode())
+        f.writelines(row if isinstance(row, bytes) else row.encode() for row in rows)
+
+
+def write_annotations(root, ann: Annotations) -> None:
+    """Write ``ann`` as the seven DeepFashion-C files under ``root``, byte for byte in the real layout.
+
+    Boxes go back to 1-based inclusive integers, categories to 1-based labels and landmarks to the 6/4/8
+    triples of each clothes type; row order is that of ``ann``.
+    """
+    root = Path(root)
+    paths = {k: root / v for k, v in ANNOTATION_FILES.items()}
+    names = [pad_name(n) for n in ann.image_names]
+    _write(paths["category_cloth"], HEADERS["category_cloth"],
+           (f"{n.ljust(15)}{t}\n" for n, t in zip(ann.category_names, ann.category_types)))
+    _write(paths["attr_cloth"], HEADERS["attr_cloth"],
+           (f"{n.ljust(29)}{t}\n" for n, t in zip(ann.attribute_names, ann.attribute_types)))
+    _write(paths["category_img"], HEADERS["category_img"],
+           (f"{n}{c + 1}\n" for n, c in zip(names, ann.category)))
+    labels = _label_bytes(ann.attributes.astype(np.int8))
+    _write(paths["attr_img"], HEADERS["attr_img"],
+           (n.encode() + labels[i].tobytes() + b"\n" for i, n in enumerate(names)))
+    box = np.rint(ann.bbox).astype(np.int64) + np.array([1, 1, 0, 0])
+    _write(paths["bbox"], HEADERS["bbox"],
+           (f"{n}{b[0]:03d} {b[1]:03d} {b[2]:03d} {b[3]:03d}\n" for n, b in zip(names, box)))
+    points = np.rint(ann.landmarks).astype(np.int64)
+
+    def landmark_row(i):
+        slots = SLOTS_BY_CLOTHES_TYPE[int(ann.clothes_type[i])]
+        triples = "".join(f"  {ann.landmark_visibility[i, s]} {points[i, s, 0]:03d} {points[i, s, 1]:03d}"
+                          for s in slots)
+        return f"{names[i]}{ann.clothes_type[i]:2d}{triples} \n"
+
+    _write(paths["landmarks"], HEADERS["landmarks"], (landmark_row(i) for i in range(len(names))))
+    _write(paths["partition"], HEADERS["partition"], (f"{n}{s}\n" for n, s in zip(names, ann.split)))
