@@ -146,3 +146,18 @@ def pick_samples(ann: Annotations, n: int, seed: int = 0, split: str | None = No
     picked = [r for group in zip(*[np.resize(g, n) if len(g) else np.full(n, -1) for g in by_type])
               for r in group if r >= 0]
     return np.array(list(dict.fromkeys(picked))[:n])
+
+
+def summary(ann: Annotations) -> dict:
+    """Plain numbers about the tree, for ``metrics.json``."""
+    positives = (ann.attributes == 1).sum(axis=1)
+    return {
+        "images": int(len(ann)),
+        "images_per_split": {s: int((ann.split == s).sum()) for s in SPLITS},
+        "categories": len(ann.category_names),
+        "categories_used": int((np.bincount(ann.category, minlength=len(ann.category_names)) > 0).sum()),
+        "attributes": len(ann.attribute_names),
+        "positive_attributes_per_image": round(float(positives.mean()), 3),
+        "visibility_fraction": {VISIBILITY_NAMES[v]: round(float((ann.landmark_visibility == v).mean()), 4)
+                                for v in (0, 1, 2)},
+    }
