@@ -200,3 +200,10 @@ def test_written_category_vocabulary_is_byte_identical_to_the_real_file(tmp_path
     a.category_names, a.category_types = read_vocabulary(META / "list_category_cloth.txt")
     write_annotations(tmp_path / "b", a)
     assert (tmp_path / "b/Anno/list_category_cloth.txt").read_bytes() == (META / "list_category_cloth.txt").read_bytes()
+
+
+def test_pad_name_puts_the_next_field_at_column_71():
+    from vfu_nb.annotations import pad_name
+    assert pad_name("img/a/img_00000001.jpg") == "img/a/img_00000001.jpg".ljust(71)
+    long = "img/" + "x" * 70 + "/img_00000001.jpg"
+    assert pad_name(long) == long + " "
