@@ -1,0 +1,249 @@
+"""Fast CPU tests for vfu_nb.models (whole file well under a minute on 2 cores)."""
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torchvision
+
+from vfu_nb.models import (
+    MODEL_NAMES,
+    LandmarkPooling,
+    build_model,
+    count_parameters,
+    decode_landmarks,
+    parameter_summary,
+)
+
+torch.set_num_threads(2)
+
+C, A, S, W, B = 50, 1000, 64, 0.25, 2
+LANDMARK_MODELS = [n for n in MODEL_NAMES if n != "cat"]
+
+
+def small(name, **kw):
+    torch.manual_seed(0)
+    return build_model(name, C, A, image_size=kw.pop("image_size", S), width=kw.pop("width", W), **kw)
+
+
+def fake_batch(n=B, size=S):
+    g = torch.Generator().manual_seed(1)
+    return {
+        "image": torch.randn(n, 3, size, size, generator=g),
+        "category": torch.randint(0, C, (n,), generator=g),
+        "attributes": torch.randint(0, 2, (n, A), generator=g).float(),
+        "landmarks": torch.rand(n, 8, 2, generator=g),
+    }
+
+
+def simple_loss(out, batch):
+    loss = F.cross_entropy(out["category_logits"], batch["category"])
+    loss = loss + F.binary_cross_entropy_with_logits(out["attribute_logits"], batch["attributes"])
+    if "landmark_heatmaps" in out:
+        loss = loss + out["landmark_heatmaps"].float().pow(2).mean()
+    return loss
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_output_keys_and_shapes(name):
+    model = small(name)
+    out = model(fake_batch()["image"])
+    c4 = int(512 * W)
+    assert model.name == name
+    assert out["category_logits"].shape == (B, C)
+    assert out["attribute_logits"].shape == (B, A)
+    assert out["features"].shape == (B, c4, S // 8, S // 8)
+    assert model.has_landmark_branch == (name != "cat")
+    assert model.landmark_supervised == (name not in ("cat", "mtl_no_landmarks"))
+    if name == "cat":
+        assert "landmark_heatmaps" not in out and "attention" not in out
+    else:
+        assert out["landmark_heatmaps"].shape == (B, 8, S, S)
+        assert out["landmark_heatmaps"].dtype == torch.float32
+        att = out["attention"]
+        assert att.shape[0] == B and att.shape[-2:] == (S // 8, S // 8)
+    for v in out.values():
+        assert torch.isfinite(v).all()
+
+
+def test_mtl_and_mtl_no_landmarks_are_the_same_network():
+    a, b = small("mtl"), small("mtl_no_landmarks")
+    assert type(a) is type(b)
+    assert [(n, p.shape) for n, p in a.named_parameters()] == [(n, p.shape) for n, p in b.named_parameters()]
+    assert a.landmark_supervised and not b.landmark_supervised
+
+
+def test_cat_has_no_landmark_parts():
+    model = small("cat")
+    names = [n for n, _ in model.named_parameters()]
+    assert not any(n.startswith(("landmarks", "attention")) for n in names)
+    assert count_parameters(model) < count_parameters(small("mtl"))
+
+
+@pytest.mark.parametrize("name", ["mtl", "cat"])
+def test_full_size_shapes(name):
+    model = build_model(name, 48, 1000, image_size=224, width=1.0).eval()
+    n = count_parameters(model)
+    assert 60e6 < n < 80e6, n                     # Liu & Lu: ~76M incl. an unused conv5; ours stops at conv4_3
+    assert model.categorization.flat_dim == 512 * 7 * 7 == 25088
+    with torch.no_grad():
+        out = model(torch.randn(1, 3, 224, 224))
+    assert out["features"].shape == (1, 512, 28, 28)
+    assert out["category_logits"].shape == (1, 48)
+    assert out["attribute_logits"].shape == (1, 1000)
+    if name == "mtl":
+        assert out["landmark_heatmaps"].shape == (1, 8, 224, 224)
+        assert out["attention"].shape == (1, 512, 28, 28)
+        assert parameter_summary(model)["backbone"] == 7_635_264    # VGG-16 conv1_1..conv4_3
+
+
+def test_vgg16_bn_adds_batchnorm():
+    plain = small("mtl")
+    bn = small("mtl", backbone="vgg16_bn")
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in plain.modules())
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in bn.backbone.modules()) == 10
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in bn.categorization.block.modules()) == 3
+    out = bn.train()(fake_batch()["image"])
+    assert out["features"].shape == (B, 128, S // 8, S // 8)
+
+
+def test_decode_landmarks_convention():
+    h = torch.zeros(1, 2, 8, 16)                  # H=8, W=16: x uses W, y uses H
+    h[0, 0, 5, 3] = 1.0                           # row 5, column 3
+    h[0, 1, 0, 15] = 2.0
+    xy = decode_landmarks(h)
+    assert xy.dtype == torch.float32 and xy.shape == (1, 2, 2)
+    assert torch.allclose(xy[0, 0], torch.tensor([3.5 / 16, 5.5 / 8]))
+    assert torch.allclose(xy[0, 1], torch.tensor([15.5 / 16, 0.5 / 8]))
+    # round trip with the target convention: crop unit u has its Gaussian centre at pixel index u*S - 0.5
+    s = 32
+    u = torch.tensor([8.5 / s, 23.5 / s])          # pixel centres 8 and 23
+    ys, xs = torch.meshgrid(torch.arange(s).float(), torch.arange(s).float(), indexing="ij")
+    cx, cy = u[0] * s - 0.5, u[1] * s - 0.5
+    target = torch.exp(-((xs - cx) ** 2 + (ys - cy) ** 2) / 2)
+    assert torch.allclose(decode_landmarks(target[None, None].bfloat16())[0, 0], u)
+
+
+def _fake_vgg_checkpoint(path, batch_norm):
+    """torchvision's own VGG-16 feature layers (no classifier), random values, saved as features.* keys."""
+    torch.manual_seed(3)
+    feats = torchvision.models.vgg.make_layers(torchvision.models.vgg.cfgs["D"], batch_norm=batch_norm)
+    state = {f"features.{k}": v.clone() for k, v in feats.state_dict().items()}
+    for k, v in state.items():
+        if v.is_floating_point():
+            v.normal_()
+    torch.save(state, path)
+    return state
+
+
+@pytest.mark.parametrize("backbone", ["vgg16", "vgg16_bn"])
+def test_pretrained_weights_are_copied(tmp_path, backbone):
+    path = tmp_path / "vgg.pth"
+    state = _fake_vgg_checkpoint(path, backbone == "vgg16_bn")
+    model = build_model("mtl", C, A, image_size=64, width=1.0, backbone=backbone, pretrained=str(path))
+    if backbone == "vgg16":
+        pairs = {"backbone.features.0.weight": "features.0.weight",          # conv1_1
+                 "backbone.features.21.bias": "features.21.bias",            # conv4_3
+                 "categorization.block.0.weight": "features.24.weight",      # conv5_1
+                 "categorization.block.4.weight": "features.28.weight"}      # conv5_3
+    else:
+        pairs = {"backbone.features.0.weight": "features.0.weight",
+                 "backbone.features.31.running_mean": "features.31.running_mean",   # bn after conv4_3
+                 "categorization.block.0.weight": "features.34.weight",
+                 "categorization.block.7.running_var": "features.41.running_var"}
+    mine = model.state_dict()
+    for ours, theirs in pairs.items():
+        assert torch.equal(mine[ours], state[theirs]), ours
+
+
+def test_pretrained_needs_width_one(tmp_path):
+    path = tmp_path / "vgg.pth"
+    _fake_vgg_checkpoint(path, False)
+    with pytest.raises(ValueError, match="width"):
+        build_model("cat", C, A, image_size=64, width=0.25, pretrained=str(path))
+
+
+def test_missing_pretrained_file_names_the_path(tmp_path, monkeypatch):
+    missing = tmp_path / "nowhere" / "vgg16.pth"
+    with pytest.raises(FileNotFoundError) as err:
+        build_model("cat", C, A, image_size=64, width=1.0, pretrained=str(missing))
+    assert str(missing) in str(err.value)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "th"))
+    with pytest.raises(FileNotFoundError) as err:
+        build_model("mtl", C, A, image_size=64, width=1.0, pretrained="torchvision")
+    expected = torch.hub.get_dir() + "/checkpoints/vgg16-397923af.pth"
+    assert expected in str(err.value)
+    assert "https://download.pytorch.org/models/vgg16-397923af.pth" in str(err.value)
+
+
+@pytest.mark.parametrize("name", ["mtl", "mtl_no_landmarks", "mtl_pool", "mtl_bi"])
+def test_category_loss_reaches_landmark_branch(name):
+    model = small(name)
+    out = model(fake_batch()["image"])
+    F.cross_entropy(out["category_logits"], fake_batch()["category"]).backward()
+    for p in (model.landmarks.encoder[0].weight, model.landmarks.head.conv.weight):
+        assert p.grad is not None and p.grad.abs().sum() > 0
+
+
+def test_landmark_loss_reaches_categorization_in_mtl_bi():
+    model = small("mtl_bi")
+    model(fake_batch()["image"])["landmark_heatmaps"].pow(2).mean().backward()
+    assert model.feedback.weight.grad.abs().sum() > 0
+    # feedback starts at zero, so it does not yet pass gradient into conv5; after one step it does
+    with torch.no_grad():
+        model.feedback.weight.normal_(0, 0.01)
+    model.zero_grad()
+    model(fake_batch()["image"])["landmark_heatmaps"].pow(2).mean().backward()
+    assert model.categorization.block[0].weight.grad.abs().sum() > 0
+
+
+def test_mtl_bi_passes_agree_at_init():
+    out = small("mtl_bi")(fake_batch()["image"])
+    assert torch.equal(out["landmark_heatmaps"], out["landmark_heatmaps_first"])
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_one_training_step(name):
+    model = small(name)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    batch = fake_batch()
+    before = model.categorization.category_head[0].weight.detach().clone()
+    loss = simple_loss(model(batch["image"]), batch)
+    assert torch.isfinite(loss)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    assert not torch.equal(before, model.categorization.category_head[0].weight)
+
+
+def test_heatmap_head_stays_fp32_under_autocast():
+    model = small("mtl")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(fake_batch()["image"])
+    assert out["landmark_heatmaps"].dtype == torch.float32
+    assert out["features"].dtype == torch.bfloat16
+
+
+def test_landmark_pooling_alignment():
+    pool = LandmarkPooling(num_landmarks=3, window=3)
+    feats = torch.zeros(1, 1, 8, 8)
+    feats[0, 0, 2, 5] = 1.0                                  # row 2, column 5
+    heat = torch.ones(1, 3, 64, 64)
+    coords = torch.tensor([[[5.5 / 8, 2.5 / 8],            # on the cell centre
+                            [6.5 / 8, 2.5 / 8],            # one cell right: still inside the 3x3 window
+                            [7.5 / 8, 4.5 / 8]]])          # two cells away: outside
+    pooled, gate = pool(feats, heat, coords)
+    assert pooled.shape == (1, 3, 1) and gate.shape == (1, 3)
+    g = torch.sigmoid(torch.tensor(4.0 * 0.5))
+    assert torch.allclose(pooled[0, :, 0], torch.stack([g, g, torch.tensor(0.0)]))
+    window = pool.window_map(coords, gate, (8, 8))
+    assert window.shape == (1, 3, 8, 8) and window[0, 0].gt(0).sum() == 9
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="unknown model"):
+        build_model("resnet", C, A)
+    with pytest.raises(ValueError, match="multiple of 32"):
+        build_model("cat", C, A, image_size=100, width=W)
+    with pytest.raises(ValueError, match="expected images"):
+        small("cat")(torch.randn(1, 3, 96, 96))
