@@ -1,0 +1,160 @@
+"""vfu_nb.losses: heatmap targets (peak, pixel convention), masking, attribute/category terms, totals."""
+
+import math
+
+import pytest
+import torch
+
+from vfu_nb.losses import (
+    LossWeights, attribute_loss, default_heatmap_sigma, gaussian_heatmaps, heatmap_loss, multitask_loss,
+)
+
+
+def test_gaussian_peak_at_pixel_centre_and_decode_roundtrip():
+    from vfu_nb.models import decode_landmarks
+
+    S = 16
+    # crop unit (i + 0.5) / S is the centre of pixel i -> target peak exactly 1 at that pixel
+    coords = torch.tensor([[[(5 + 0.5) / S, (9 + 0.5) / S], [(0 + 0.5) / S, (15 + 0.5) / S]]])
+    maps = gaussian_heatmaps(coords, S, S, sigma=1.5)
+    assert maps.shape == (1, 2, S, S)
+    flat = maps[0, 0].flatten().argmax().item()
+    assert divmod(flat, S) == (9, 5)  # (row y, column x)
+    assert maps[0, 0, 9, 5].item() == pytest.approx(1.0)
+    # neighbours one pixel away: exp(-1 / (2 * 1.5^2))
+    assert maps[0, 0, 9, 6].item() == pytest.approx(math.exp(-1 / 4.5))
+    assert torch.allclose(decode_landmarks(maps), coords)
+
+
+def test_gaussian_on_pixel_boundary_is_symmetric():
+    S = 16
+    coords = torch.tensor([[[5 / S, 8 / S]]])  # continuous position 5.0 -> between pixels 4 and 5
+    m = gaussian_heatmaps(coords, S, S, sigma=2.0)[0, 0]
+    assert m[7, 4].item() == pytest.approx(m[7, 5].item())
+    assert m[7, 4].item() == pytest.approx(m[8, 4].item())
+
+
+def _batch(B=2, L=8, S=16, visible=None):
+    g = torch.Generator().manual_seed(0)
+    lm = torch.rand(B, L, 2, generator=g)
+    vis = torch.zeros(B, L, dtype=torch.int64) if visible is None else visible
+    return lm, vis
+
+
+def test_heatmap_loss_zero_for_exact_target_and_masking():
+    S, sigma = 16, 2.0
+    lm, vis = _batch()
+    vis[0, 3] = 1   # occluded
+    vis[1, 5] = 2   # truncated / outside the crop
+    vis[1, 6] = -1  # no such slot
+    target = gaussian_heatmaps(lm, S, S, sigma)
+    assert heatmap_loss(target, lm, vis, sigma).item() == 0.0
+    # garbage in the maps of invisible landmarks changes nothing
+    pred = target.clone()
+    pred[0, 3] += 7.0
+    pred[1, 5] -= 3.0
+    pred[1, 6] = float("1e3")
+    assert heatmap_loss(pred, lm, vis, sigma).item() == 0.0
+    # one wrong pixel in a visible map: error 2 -> sq 4; visible maps = 16 - 3 = 13, each 16*16 pixels
+    pred[0, 0, 0, 0] += 2.0
+    assert heatmap_loss(pred, lm, vis, sigma).item() == pytest.approx(4 / (13 * 256))
+
+
+def test_heatmap_loss_no_visible_is_zero_with_gradient():
+    lm, _ = _batch()
+    vis = torch.full((2, 8), 2, dtype=torch.int64)
+    pred = torch.randn(2, 8, 16, 16, requires_grad=True)
+    loss = heatmap_loss(pred, lm, vis, 2.0)
+    assert loss.item() == 0.0
+    loss.backward()
+    assert pred.grad is not None and pred.grad.abs().sum() == 0
+
+
+def test_heatmap_loss_fp32_for_bf16_input():
+    lm, vis = _batch()
+    target = gaussian_heatmaps(lm, 16, 16, 2.0)
+    loss = heatmap_loss(target.to(torch.bfloat16), lm, vis, 2.0)
+    assert loss.dtype == torch.float32
+    assert loss.item() < 1e-4  # only bf16 rounding of the target remains
+
+
+def test_attribute_loss_masks_unknown_and_pos_weight():
+    logits = torch.tensor([[0.0, 0.0, 50.0]])
+    targets = torch.tensor([[1.0, 0.0, 0.0]])
+    known = torch.tensor([[1.0, 1.0, 0.0]])  # third label unknown: its huge error must not count
+    # BCE at logit 0 = ln 2 for either target -> mean over the 2 known labels = ln 2
+    assert attribute_loss(logits, targets, known).item() == pytest.approx(math.log(2))
+    # pos_weight 3 multiplies the positive term: (3 ln2 + ln2) / 2 = 2 ln2
+    assert attribute_loss(logits, targets, known, pos_weight=3.0).item() == pytest.approx(2 * math.log(2))
+    # no mask -> the unknown label counts: (ln2 + ln2 + (50 + log1p(e^-50))) / 3
+    assert attribute_loss(logits, targets).item() == pytest.approx((2 * math.log(2) + 50) / 3, rel=1e-5)
+
+
+def _outputs(B=2, C=4, A=5, S=32, heat=True, dtype=torch.float32):
+    out = {"category_logits": torch.zeros(B, C, dtype=dtype), "attribute_logits": torch.zeros(B, A, dtype=dtype)}
+    if heat:
+        out["landmark_heatmaps"] = torch.zeros(B, 8, S, S, dtype=dtype)
+    return out
+
+
+def _full_batch(B=2, A=5, S=32):
+    lm, vis = _batch(B, 8, S)
+    return {"image": torch.zeros(B, 3, S, S, dtype=torch.uint8), "category": torch.tensor([1, 3]),
+            "attributes": torch.zeros(B, A), "attributes_known": torch.ones(B, A), "landmarks": lm,
+            "landmark_visibility": vis}
+
+
+def test_multitask_loss_terms_and_total():
+    S = 32
+    batch = _full_batch(S=S)
+    out = _outputs(S=S)
+    w = LossWeights(category=1.0, attribute=20.0, landmark=1000.0)
+    sigma = 3.0
+    losses = multitask_loss(out, batch, w, heatmap_sigma=sigma)
+    assert set(losses) == {"category", "attribute", "landmark", "total"}
+    # zero logits: CE = ln 4, BCE = ln 2; zero heatmaps: MSE = mean(target^2)
+    assert losses["category"].item() == pytest.approx(math.log(4))
+    assert losses["attribute"].item() == pytest.approx(math.log(2))
+    target = gaussian_heatmaps(batch["landmarks"], S, S, sigma)
+    assert losses["landmark"].item() == pytest.approx((target ** 2).mean().item(), rel=1e-5)
+    want = math.log(4) + 20 * math.log(2) + 1000 * losses["landmark"].item()
+    assert losses["total"].item() == pytest.approx(want, rel=1e-5)
+    for v in losses.values():
+        assert v.dtype == torch.float32 and v.dim() == 0
+
+
+def test_multitask_loss_without_heatmaps_or_landmark_weight():
+    batch = _full_batch()
+    for out, w in [(_outputs(heat=False), LossWeights()), (_outputs(), LossWeights(landmark=0.0))]:
+        losses = multitask_loss(out, batch, w)
+        assert losses["landmark"].item() == 0.0
+        assert losses["total"].item() == pytest.approx(math.log(4) + w.attribute * math.log(2), rel=1e-6)
+
+
+def test_multitask_loss_sigma_scaled_to_heatmap_size_and_bf16():
+    # heatmaps at half the input resolution: sigma in input pixels is halved on the map
+    batch = _full_batch(S=32)
+    out = _outputs(S=16, dtype=torch.bfloat16)
+    losses = multitask_loss(out, batch, LossWeights(), heatmap_sigma=4.0)
+    target = gaussian_heatmaps(batch["landmarks"], 16, 16, 2.0)
+    assert losses["landmark"].item() == pytest.approx((target ** 2).mean().item(), rel=1e-5)
+    assert losses["total"].dtype == torch.float32
+
+
+def test_default_sigma_keeps_initial_landmark_term_same_order_as_category():
+    # with near-zero predictions the heatmap MSE is ~ pi sigma^2 / S^2, independent of S with the default sigma
+    for S in (64, 224):
+        sigma = default_heatmap_sigma(S)
+        coords = torch.full((1, 8, 2), 0.5)
+        mse = (gaussian_heatmaps(coords, S, S, sigma) ** 2).mean().item()
+        assert mse == pytest.approx(math.pi * sigma ** 2 / S ** 2, rel=0.02)
+        assert 0.3 < LossWeights().landmark * mse < 5  # same order as ln(48) = 3.9
+
+
+def test_reduce_counts_hook_rescales_denominators():
+    batch = _full_batch()
+    out = _outputs()
+    base = multitask_loss(out, batch, LossWeights())
+    doubled = multitask_loss(out, batch, LossWeights(), reduce_counts=lambda c: 2 * c)
+    for k in ("category", "attribute", "landmark", "total"):
+        assert doubled[k].item() == pytest.approx(base[k].item() / 2, rel=1e-6)

@@ -1,0 +1,75 @@
+"""Fixtures and helpers for the training tests (kept out of conftest.py on purpose).
+
+Import the fixture into a test module with ``from train_helpers import synth_root`` (tests/ is on sys.path
+through conftest.py).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+N_IMAGES = 200
+TIMING_KEYS = {"seconds", "train_seconds", "eval_seconds", "images_per_s", "timing", "wall_seconds",
+               "mean_images_per_s"}
+
+
+@pytest.fixture(scope="session")
+def synth_root(tmp_path_factory) -> Path:
+    """A ~200-image synthetic DeepFashion-C tree (vfu_nb.synthetic), shared by the training tests."""
+    from vfu_nb.synthetic import generate
+
+    root = tmp_path_factory.mktemp("synth_train") / "df"
+    generate(root, N_IMAGES, 0)
+    return root
+
+
+def tiny_args(data_root, run_dir, **over) -> list:
+    """CLI arguments of a small, fast CPU run (width 0.125, 32 px, 3 epochs)."""
+    opts = {"--model": "mtl", "--data-root": str(data_root), "--run-dir": str(run_dir), "--epochs": "3",
+            "--batch-size": "8", "--image-size": "32", "--width": "0.125", "--max-items": "40", "--seed": "0",
+            "--workers": "0"}
+    flags = []
+    for k, v in over.items():
+        key = "--" + k.replace("_", "-")
+        if v is True:
+            flags.append(key)
+        elif v is not None:
+            opts[key] = str(v)
+    return [x for kv in opts.items() for x in kv] + flags + ["--no-progress"]
+
+
+def run_cli(args, env_extra=None, module="vfu_nb.train", launcher=None, timeout=240) -> subprocess.CompletedProcess:
+    """Run ``python -m module args`` (or a launcher such as torchrun) in a fresh process."""
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", "1")
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env.update(env_extra or {})
+    cmd = [sys.executable, *(launcher or []), "-m", module, *args]
+    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def strip_timing(obj):
+    """Drop wall-clock entries (they differ between runs) from metrics/history structures."""
+    if isinstance(obj, dict):
+        return {k: strip_timing(v) for k, v in obj.items() if k not in TIMING_KEYS}
+    if isinstance(obj, list):
+        return [strip_timing(v) for v in obj]
+    return obj
+
+
+def read_json(path) -> dict:
+    return json.loads(Path(path).read_text())
