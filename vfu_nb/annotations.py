@@ -83,8 +83,8 @@ class Records:
         return self.values.reshape(len(self.names), width)
 
 
-def _split_head(path: Path, strict_count: bool) -> tuple[bytes, int]:
-    """Return the bytes of the record lines and their count, checking the count line."""
+def _split_head(path: Path, strict_count: bool) -> tuple[np.ndarray, int]:
+    """Return the bytes of the record lines (a uint8 view, trailing blank lines dropped) and their count."""
     if not path.is_file():
         raise _error(path, None, "annotation file not found")
     raw = path.read_bytes()
@@ -95,8 +95,11 @@ def _split_head(path: Path, strict_count: bool) -> tuple[bytes, int]:
     count_text = raw[:first].decode("utf-8", "replace").strip()
     if not count_text.isdigit():
         raise _error(path, 1, "first line must be the record count", count_text)
-    body = raw[second + 1:].rstrip(b" \t\r\n")
-    rows = body.count(b"\n") + 1 if body else 0
+    end = len(raw)
+    while end > second + 1 and raw[end - 1] in b" \t\r\n":
+        end -= 1
+    body = np.frombuffer(raw, dtype=np.uint8, count=end - second - 1, offset=second + 1)
+    rows = raw.count(b"\n", second + 1, end) + 1 if body.size else 0
     if strict_count and rows != int(count_text):
         raise _error(path, 1, f"count line says {count_text} records but the file holds {rows}", count_text)
     return body, rows
@@ -188,7 +191,8 @@ def _parse_aligned_labels(buf: np.ndarray):
         return None
     if ((sign == 45) & (digit == 48)).any():      # "-0"
         return None
-    values = (digit.astype(np.int32) - 48) * np.where(sign == 45, -1, 1)
+    values = (digit - 48).astype(np.int8)
+    values[sign == 45] *= -1
     names = [bytes(r[:NAME_COLUMN]).decode("utf-8", "replace").rstrip() for r in rows]
     if any(" " in name or not name for name in names):
         return None
@@ -220,10 +224,11 @@ def _parse_label_chunk(buf: np.ndarray):
             np.any(region & digit & ~((after <= 32) & ((before <= 32) | (before == 45)))):
         return None
     positions = np.flatnonzero(region & digit)
-    values = (buf[positions].astype(np.int32) - 48) * np.where(buf[positions - 1] == 45, -1, 1)
+    values = (buf[positions] - 48).astype(np.int8)
+    values[buf[positions - 1] == 45] *= -1
     counts = np.diff(np.searchsorted(positions, np.concatenate([starts, [buf.size]])))
     names = np.array([raw[s:e].decode("utf-8", "replace") for s, e in zip(starts, name_end)])
-    return names, counts, values.astype(np.int32)
+    return names, counts, values
 
 
 def read_records(path, strict_count: bool = True, labels: bool = False) -> Records:
@@ -234,8 +239,7 @@ def read_records(path, strict_count: bool = True, labels: bool = False) -> Recor
     files of single-digit labels (``list_attr_img.txt``), falling back to the general one.
     """
     path = Path(path)
-    body, rows = _split_head(path, strict_count)
-    buf = np.frombuffer(body, dtype=np.uint8)
+    buf, rows = _split_head(path, strict_count)
     starts, _ = _line_bounds(buf) if rows else (np.zeros(0, int), None)
     names, counts, values = [], [], []
     for c in range(0, rows, _CHUNK_LINES):
@@ -254,7 +258,7 @@ def read_vocabulary(path, strict_count: bool = True) -> tuple[list[str], np.ndar
     path = Path(path)
     body, _ = _split_head(path, strict_count)
     names, types = [], []
-    for i, line in enumerate(body.decode("utf-8").split("\n")):
+    for i, line in enumerate(body.tobytes().decode("utf-8").split("\n")):
         parts = line.rstrip().rsplit(None, 1)
         if len(parts) != 2 or not parts[1].isdigit():
             raise _error(path, 3 + i, "expected '<name> <type>'", line)
@@ -268,7 +272,7 @@ def read_partition(path, strict_count: bool = True) -> tuple[np.ndarray, np.ndar
     path = Path(path)
     body, _ = _split_head(path, strict_count)
     names, status = [], []
-    for i, line in enumerate(body.decode("utf-8").split("\n")):
+    for i, line in enumerate(body.tobytes().decode("utf-8").split("\n")):
         parts = line.split()
         if len(parts) != 2:
             raise _error(path, 3 + i, f"expected 2 fields, found {len(parts)}", line)
