@@ -8,6 +8,7 @@ import torchvision
 
 from vfu_nb.models import (
     MODEL_NAMES,
+    LandmarkBranch,
     LandmarkPooling,
     build_model,
     count_parameters,
@@ -95,6 +96,18 @@ def test_full_size_shapes(name):
         assert out["landmark_heatmaps"].shape == (1, 8, 224, 224)
         assert out["attention"].shape == (1, 512, 28, 28)
         assert parameter_summary(model)["backbone"] == 7_635_264    # VGG-16 conv1_1..conv4_3
+
+
+def test_landmark_branch_is_not_width_scaled_below_one():
+    # scaled to width 0.25 (16/16/16/32 -> 16/8/8 channels) the branch did not learn at 64 px; see LandmarkBranch
+    thin, full = small("mtl").landmarks, build_model("mtl", C, A, image_size=S, width=1.0).landmarks
+    assert thin.mid_channels == full.mid_channels == 128
+    shapes = lambda m: [p.shape for n, p in m.named_parameters() if not n.startswith("encoder.0.")]
+    assert shapes(thin) == shapes(full)
+    assert thin.encoder[0].in_channels == 128 and full.encoder[0].in_channels == 512
+    assert [m.out_channels for m in thin.decoder if isinstance(m, nn.ConvTranspose2d)] == [64, 32, 16]
+    assert 0.3e6 < count_parameters(thin) < 0.4e6
+    assert LandmarkBranch(128, 8, width=2.0).mid_channels == 256       # width > 1 still widens it
 
 
 def test_vgg16_bn_adds_batchnorm():

@@ -20,7 +20,8 @@ Everything starts from ``build_model(name, ...)``. Five networks share the same 
                         branch (the thesis' proposed next step), see MTLBiNet.
 
 ``width`` scales every channel count (0.25 -> 128 channels at conv4_3) so the same topology runs on a
-2-core CPU; ``backbone="vgg16_bn"`` adds BatchNorm after every backbone conv and in the conv5 block.
+2-core CPU, except the landmark branch, which stays at full width (0.35M parameters; scaled to 0.25 it did not
+learn, see LandmarkBranch); ``backbone="vgg16_bn"`` adds BatchNorm after every backbone conv and in the conv5 block.
 
 Shapes at 224 px, width 1: features 512x28x28, heatmaps 8x224x224, flattened 512x7x7 = 25,088 (as in Liu & Lu).
 Heatmaps are raw (no sigmoid). ``decode_landmarks`` turns them into crop units with the project convention
@@ -48,6 +49,10 @@ TORCHVISION_VGG_WEIGHTS = {
     "vgg16": ("vgg16-397923af.pth", "https://download.pytorch.org/models/vgg16-397923af.pth"),
     "vgg16_bn": ("vgg16_bn-6c64b313.pth", "https://download.pytorch.org/models/vgg16_bn-6c64b313.pth"),
 }
+
+
+#: The landmark branch is never narrower than this width (see LandmarkBranch for the measurements).
+LANDMARK_BRANCH_MIN_WIDTH = 1.0
 
 
 def scaled(channels: int, width: float, minimum: int = 8) -> int:
@@ -123,12 +128,23 @@ class LandmarkBranch(nn.Module):
                  1x1 16->8 in fp32, no activation, no sigmoid
 
     Liu & Lu put two 3x3 convs between the transposed convs (11 convs in all); we leave them out to match the
-    thesis' count. Channel counts scale with ``width`` (minimum 8).
+    thesis' count.
+
+    Width: unlike the rest of the network, the branch is *not* scaled below full width
+    (``LANDMARK_BRANCH_MIN_WIDTH = 1``; ``width > 1`` still widens it). Scaled to width 0.25 it became
+    16/16/16/32 -> 16/8/8 channels and did not learn at the CPU defaults: on the 2k-image synthetic tree
+    (64 px, landmark loss only, 2 epochs, batch 8) val NE was 0.48 (lr 1e-4) / 0.53 (lr 1e-3), worse than
+    predicting the mean position (0.167); at full width with the 4 px sigma floor of
+    ``losses.default_heatmap_sigma`` it reached 0.18 / 0.14 (width 0.5 with a 3 px sigma: 0.33 at lr 1e-4);
+    the full-width branch with the old 1.43 px sigma: 0.37 / 0.21. Both changes are needed. The branch is
+    small anyway: 0.35M parameters at width 1 (0.33M on a width-0.25 backbone, vs 0.02M scaled). Only the input 1x1 conv
+    follows the backbone's width. At 224 px / width 1 nothing changes.
     """
 
     def __init__(self, in_channels: int, num_landmarks: int = 8, width: float = 1.0):
         super().__init__()
-        c16, c32, c64, c128 = (scaled(c, width) for c in (16, 32, 64, 128))
+        w = max(float(width), LANDMARK_BRANCH_MIN_WIDTH)
+        c16, c32, c64, c128 = (scaled(c, w) for c in (16, 32, 64, 128))
         self.encoder = nn.Sequential(
             nn.Conv2d(in_channels, c64, kernel_size=1), nn.ReLU(inplace=True),
             nn.Conv2d(c64, c64, kernel_size=3, padding=1), nn.ReLU(inplace=True),
@@ -144,7 +160,7 @@ class LandmarkBranch(nn.Module):
         self.mid_channels = c128
 
     def encode(self, features: torch.Tensor) -> torch.Tensor:
-        """Mid-level landmark maps (B, 128*width, S/8, S/8)."""
+        """Mid-level landmark maps (B, mid_channels, S/8, S/8); mid_channels = 128 * max(width, 1)."""
         return self.encoder(features)
 
     def decode(self, mid: torch.Tensor) -> torch.Tensor:
@@ -390,11 +406,11 @@ class MTLPoolNet(_Net):
 class MTLBiNet(MTLNet):
     """MTL with a feedback path from categorization back to localisation (one round each way).
 
-        F = backbone(x);  M = landmarks.encode(F)                  mid-level landmark maps (B,128w,S/8,S/8)
+        F = backbone(x);  M = landmarks.encode(F)                  mid-level landmark maps (B,128,S/8,S/8)
         H1 = landmarks.decode(M)                                   first-pass heatmaps
         A = attention(F, H1);  C5 = conv5 block((1 + A) * F)       categorization, exactly as in "mtl"
         logits = heads(C5)
-        f = Linear(global_avg_pool(C5))                            (B,128w), zero-initialised
+        f = Linear(global_avg_pool(C5))                            (B,128), zero-initialised
         H = landmarks.decode(M + f broadcast over the grid)        second-pass heatmaps (shared decoder)
 
     ``landmark_heatmaps`` is H (the supervised output); ``landmark_heatmaps_first`` is H1. Because the decoder is

@@ -69,7 +69,7 @@ class TrainConfig:
 
     Defaults follow the thesis (Adam, batch 8, 10 epochs, lr 1e-4, 224 px, full-width VGG-16).
     ``None`` means "pick per device": ``bf16``/``channels_last`` on for CUDA, ``num_workers`` 0 on CPU,
-    ``deterministic`` on for CPU, ``heatmap_sigma`` = 5 px at 224 scaled with ``image_size``.
+    ``deterministic`` on for CPU, ``heatmap_sigma`` = 5 px at 224 scaled with ``image_size``, at least 4 px (vfu_nb.losses.default_heatmap_sigma).
     """
 
     model: str = "mtl"
