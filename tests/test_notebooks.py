@@ -9,8 +9,12 @@ import pytest
 NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 
 
+SERIES = ["01_explore_data", "02_train_mtl", "03_train_cat", "04_compare_mtl_cat", "05_attention_maps",
+          "06_controls_and_seeds"]
+
+
 def test_the_series_exists():
-    assert [p.name[:2] for p in NOTEBOOKS][:1] == ["01"]
+    assert [p.stem for p in NOTEBOOKS][:len(SERIES)] == SERIES
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
@@ -40,3 +44,32 @@ def test_opens_with_the_thesis_section_it_reproduces(path):
     nb = json.loads(path.read_text())
     assert nb["cells"][0]["cell_type"] == "markdown"
     assert "thesis" in "".join(nb["cells"][0]["source"]).lower()
+
+
+def _parameters(path) -> dict:
+    nb = json.loads(path.read_text())
+    cell = next(c for c in nb["cells"] if "parameters" in c.get("metadata", {}).get("tags", []))
+    return {node.targets[0].id: ast.literal_eval(node.value) for node in ast.parse("".join(cell["source"])).body}
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_takes_the_runner_directories(path):
+    params = _parameters(path)
+    assert {"out_dir", "figures_dir"} <= set(params), f"{path.name}: the pipeline passes out_dir and figures_dir"
+    assert params["out_dir"].startswith("../runs/smoke/"), "smoke defaults write under runs/smoke"
+
+
+def test_every_profile_passes_only_parameters_the_notebooks_declare():
+    from vfu_nb import pipeline
+
+    declared = {p.stem: set(_parameters(p)) for p in NOTEBOOKS}
+    for name, profile in pipeline.PROFILES.items():
+        for step in [s for s in pipeline.STEPS if s in profile["steps"] or s in profile]:
+            given = set(profile["common"]) | set(profile.get(step, {}))
+            assert given <= declared[step], f"profile {name}, {step}: {sorted(given - declared[step])} undeclared"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_figures_are_saved_through_the_helper(path):
+    source = "".join("".join(c["source"]) for c in json.loads(path.read_text())["cells"] if c["cell_type"] == "code")
+    assert ".savefig(" not in source, f"{path.name}: save figures with vfu_nb.figures.save_figure"

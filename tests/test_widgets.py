@@ -408,7 +408,7 @@ def fake_run(root, name, ann, size):
     (run / "config.json").write_text(json.dumps(config.to_dict()))
     save_checkpoint(run / "checkpoints" / "best.pt",
                     {"model": model.state_dict(), "num_categories": len(ann.category_names),
-                     "num_attributes": len(ann.attribute_names), "model_name": name})
+                     "num_attributes": len(ann.attribute_names), "model_name": name, "epoch": 1})
     return run, model
 
 

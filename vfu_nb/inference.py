@@ -64,41 +64,21 @@ class UploadError(ValueError):
 def load_run(run_dir, checkpoint: str = "best", map_location="cpu"):
     """Rebuild a trained model from a run directory: ``(model in eval mode, config dict)``.
 
-    Reads ``config.json`` (a :class:`vfu_nb.train.TrainConfig`) and ``checkpoints/<checkpoint>.pt`` (falls back to
-    ``last.pt`` when ``best.pt`` is missing), builds the network with :func:`vfu_nb.models.build_model` from the
-    config's model name, image size, width and backbone, and loads the weights (``weights_only`` loading).
+    ``checkpoints/<checkpoint>.pt`` is loaded by :func:`vfu_nb.runs.load_model`; a run without ``best.pt``
+    falls back to ``last.pt``.
     """
-    from vfu_nb.models import build_model
-    from vfu_nb.train import load_checkpoint
+    from vfu_nb.runs import load_model
 
     run_dir = Path(run_dir)
     config_path = run_dir / "config.json"
     if not config_path.exists():
         raise FileNotFoundError(f"{run_dir}: no config.json (not a training run directory)")
-    config = json.loads(config_path.read_text())
-    path = run_dir / "checkpoints" / f"{checkpoint}.pt"
-    if not path.exists() and checkpoint == "best":
-        path = run_dir / "checkpoints" / "last.pt"
-    if not path.exists():
+    which = checkpoint
+    if checkpoint == "best" and not (run_dir / "checkpoints" / "best.pt").exists():
+        which = "last"
+    if not (run_dir / "checkpoints" / f"{which}.pt").exists():
         raise FileNotFoundError(f"{run_dir}: no checkpoints/{checkpoint}.pt (or last.pt)")
-    state = load_checkpoint(path, map_location=map_location)
-    name = config.get("model") or state.get("model_name")
-    weights = state["model"]
-    num_categories = state.get("num_categories") or _out_features(weights, "category")
-    num_attributes = state.get("num_attributes") or _out_features(weights, "attribute")
-    model = build_model(name, int(num_categories), int(num_attributes), 8, int(config.get("image_size", 224)),
-                        float(config.get("width", 1.0)), config.get("backbone", "vgg16"))
-    model.load_state_dict(weights)
-    model.eval()
-    return model, config
-
-
-def _out_features(state_dict: dict, head: str) -> int:
-    """Output size of the last Linear whose key mentions ``head`` (old checkpoints without the counts)."""
-    keys = [k for k in state_dict if head in k and k.endswith("weight") and state_dict[k].dim() == 2]
-    if not keys:
-        raise KeyError(f"cannot find the {head} head in the checkpoint")
-    return int(state_dict[keys[-1]].shape[0])
+    return load_model(run_dir, which, device=str(map_location)), json.loads(config_path.read_text())
 
 
 def find_runs(root) -> dict:

@@ -1,0 +1,194 @@
+"""vfu_nb.compare: relative improvements, Table 3.2, per-class views and study statements, on hand-made inputs."""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import pytest  # noqa: E402
+
+from test_curves import make_history  # noqa: E402
+from vfu_nb import compare  # noqa: E402
+from vfu_nb.metrics import attribute_topk_recall  # noqa: E402
+
+
+def test_the_thesis_relative_improvements_are_reproduced():
+    # section 3.3: best accuracy 0.8605 vs 0.5621 -> "+53%"; texture recall 0.5287 vs 0.2124 -> "+149%"
+    assert round(compare.relative_improvement(0.8605, 0.5621), 2) == 0.53
+    assert round(compare.relative_improvement(0.5287, 0.2124), 2) == 1.49
+    assert compare.format_relative(compare.relative_improvement(0.8605, 0.5621)) == "+53%"
+    assert compare.format_relative(compare.relative_improvement(0.5287, 0.2124)) == "+149%"
+    assert math.isnan(compare.relative_improvement(0.5, 0.0))
+    assert math.isnan(compare.relative_improvement(None, 0.5))
+    assert compare.format_relative(float("nan")) == "n/a"
+
+
+def test_improvement_table_selects_on_val_or_per_metric_best():
+    # MTL: val best epoch 2 (test 0.50), best test epoch 3 (0.60); CAT: val best epoch 1 (0.40), best test 0.45
+    mtl = make_history([0.3, 0.7, 0.6], [0.35, 0.50, 0.60], test_texture=[0.2, 0.4, 0.5])
+    cat = make_history([0.5, 0.4, 0.3], [0.40, 0.45, 0.30], test_texture=[0.1, 0.2, 0.25])
+    val = compare.improvement_table(mtl, cat, select="val")
+    row = val.loc["top-3 category accuracy"]
+    assert (row["MTL"], row["MTL epoch"], row["CAT"], row["CAT epoch"]) == (0.50, 2, 0.40, 1)
+    assert row["difference"] == pytest.approx(0.10)
+    assert row["relative"] == pytest.approx(0.25)
+    assert row["thesis relative"] == pytest.approx((0.8605 - 0.5621) / 0.5621)
+    tex = val.loc["top-3 texture recall"]
+    assert (tex["MTL"], tex["CAT"]) == (0.4, 0.1) and tex["relative"] == pytest.approx(3.0)
+    assert tex["thesis MTL"] == 0.5287 and tex["thesis CAT"] == 0.2124
+    assert math.isnan(val.loc["top-3 attribute recall (all types pooled)", "thesis relative"])
+
+    best = compare.improvement_table(mtl, cat, select="best")
+    row = best.loc["top-3 category accuracy"]
+    assert (row["MTL"], row["MTL epoch"], row["CAT"], row["CAT epoch"]) == (0.60, 3, 0.45, 2)
+    assert row["relative"] == pytest.approx(0.15 / 0.45)
+    assert best.loc["top-3 texture recall", "CAT epoch"] == 3
+
+
+def test_table_3_2_lists_ours_first_then_the_published_numbers():
+    table = compare.table_3_2({"MTL": {"category_top3": 0.7}, "CAT": {"category_top3": 0.6}}, data="synthetic")
+    assert list(table.index[:2]) == ["ours: MTL", "ours: CAT"]
+    assert table["top-3 category accuracy"].iloc[:2].tolist() == [0.7, 0.6]
+    assert table.loc["ours: MTL", "data"] == "synthetic"
+    published = dict(zip(table.index[2:], table["top-3 category accuracy"].iloc[2:]))
+    assert published["thesis MTL"] == 0.8605
+    assert published["thesis CAT"] == 0.5621
+    assert published["Liu & Lu 2018 (landmark-driven attention)"] == 0.9116
+    assert published["Wang et al. 2018 (AFGN)"] == 0.9099
+    assert published["FashionNet, Liu et al. 2016 (thesis: 'Luo et al. [19]')"] == 0.8258
+    assert published["DARN, Huang et al. 2015"] == 0.5948
+    assert (table["data"].iloc[2:] == "DeepFashion-C test").all()
+    assert table["source"].str.len().min() > 0
+    missing = compare.table_3_2({"MTL": None})
+    assert math.isnan(missing.loc["ours: MTL", "top-3 category accuracy"])
+
+
+def test_attribute_table_has_ours_and_published_rows():
+    t = compare.attribute_table({"MTL": {"attr_top3_texture": 0.4, "attr_top3_style": None}})
+    assert t.loc["ours: MTL", "texture"] == 0.4 and math.isnan(t.loc["ours: MTL", "style"])
+    assert t.loc["thesis MTL", "shape"] == 0.5528
+    assert t.loc["Liu & Lu 2018", "texture"] == 0.5617
+    assert math.isnan(t.loc["thesis CAT (Fig. 3.12)", "fabric"])
+    assert t.loc["thesis CAT (Fig. 3.12)", "texture"] == 0.2124
+
+
+def test_confusion_matrix_counts():
+    cm = compare.confusion_matrix([0, 0, 1, 2, 2, 2], [0, 1, 1, 2, 0, 2], 3)
+    assert cm.tolist() == [[1, 1, 0], [0, 1, 0], [1, 0, 2]]
+
+
+def fake_predictions(n=40, a=15, c=5, seed=0):
+    rng = np.random.default_rng(seed)
+    types = np.repeat([1, 2, 3, 4, 5], -(-a // 5))[:a]
+    labels = (rng.random((n, a)) < 0.25).astype(np.float32)
+    category = rng.integers(0, c, n)
+    return SimpleNamespace(model="mtl", split="test", category=category,
+                           category_logits=rng.standard_normal((n, c)).astype(np.float32),
+                           attribute_scores=rng.standard_normal((n, a)).astype(np.float32),
+                           attributes=labels, attribute_types=types)
+
+
+def test_per_attribute_recall_adds_up_to_the_type_recall():
+    p = fake_predictions()
+    names = [f"a{i}" for i in range(p.attributes.shape[1])]
+    frame = compare.per_attribute_recall(p, names, k=2)
+    assert frame["positives"].tolist() == p.attributes.sum(axis=0).astype(int).tolist()
+    assert (frame["hits"] <= frame["positives"]).all()
+    pooled = frame.groupby("type")[["hits", "positives"]].sum()
+    expected = attribute_topk_recall(p.attribute_scores, p.attributes, p.attribute_types, 2)
+    for t in ("texture", "fabric", "shape", "part", "style"):
+        assert pooled.loc[t, "hits"] / pooled.loc[t, "positives"] == pytest.approx(expected[t])
+    # one attribute that is always top-ranked within its type and always positive has recall 1
+    p.attribute_scores[:, 0] = 100.0
+    p.attributes[:, 0] = 1.0
+    assert compare.per_attribute_recall(p, names, k=2).loc[0, "recall"] == 1.0
+
+
+def test_per_class_figures():
+    p = fake_predictions()
+    names = [f"c{i}" for i in range(7)]
+    fig = compare.plot_confusion(p, names)
+    ax = fig.axes[0]
+    assert ax.get_ylabel() == "true category"
+    top1 = float((p.category_logits.argmax(1) == p.category).mean())
+    assert f"{top1:.3f}" in ax.get_title()
+    frames = {"mtl": compare.per_attribute_recall(p, [f"a{i}" for i in range(15)]),
+              "cat": compare.per_attribute_recall(fake_predictions(seed=1), [f"a{i}" for i in range(15)])}
+    ax = compare.plot_per_attribute_recall(frames, top=5).axes[0]
+    assert len(ax.patches) == 10
+    plt.close("all")
+
+
+def test_metric_curves_figure_has_one_test_curve_per_model():
+    mtl = make_history([0.3, 0.7, 0.6], [0.35, 0.50, 0.60])
+    cat = make_history([0.5, 0.4, 0.3], [0.40, 0.45, 0.30])
+    ax = compare.plot_metric_curves({"mtl": mtl, "cat": cat}, "category_top3").axes[0]
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    assert lines["MTL (test)"].get_ydata().tolist() == [0.35, 0.50, 0.60]
+    assert lines["CAT (val)"].get_ydata().tolist() == [0.5, 0.4, 0.3]
+    assert "Fig. 3.11" in ax.get_title()
+    plt.close("all")
+
+
+def test_comparison_sentence_is_computed():
+    s = compare.comparison_sentence(0.75, 0.5, "top-3 category accuracy", "the synthetic benchmark")
+    assert s.startswith("On the synthetic benchmark MTL's top-3 category accuracy is 0.7500 vs CAT's 0.5000")
+    assert "difference +0.2500" in s and "relative +50%" in s and "MTL is better" in s
+    assert "CAT is better" in compare.comparison_sentence(0.4, 0.5)
+    assert "tie" in compare.comparison_sentence(0.5, 0.5)
+    assert "CAT is better" in compare.comparison_sentence(0.3, 0.2, "landmark NE", higher_is_better=False)
+    assert "missing" in compare.comparison_sentence(float("nan"), 0.5)
+
+
+def diff_row(model, baseline, metric, mean, lo, hi, n=3):
+    return {"model": model, "baseline": baseline, "metric": metric, "n": n, "mean_diff": mean, "std_diff": 0.01,
+            "t": 4.3, "ci_low": lo, "ci_high": hi, "seeds": list(range(n))}
+
+
+def test_study_statements_follow_the_intervals():
+    diffs = {"cat": pd.DataFrame([diff_row("mtl", "cat", "category_top3", 0.10, 0.05, 0.15)]),
+             "mtl_no_landmarks": pd.DataFrame([diff_row("mtl", "mtl_no_landmarks", "category_top3", 0.01, -0.02,
+                                                         0.04)])}
+    v = compare.study_statements(diffs, "category_top3", "the synthetic benchmark")
+    assert v["thesis_holds"] is True and v["landmarks_help"] is None
+    assert "holds on the synthetic benchmark" in v["thesis"] and "[+0.0500, +0.1500]" in v["thesis"]
+    assert "does not show" in v["control"]
+    assert len(v["details"]) == 2
+
+    diffs["cat"] = pd.DataFrame([diff_row("mtl", "cat", "category_top3", -0.1, -0.15, -0.05)])
+    v = compare.study_statements(diffs, "category_top3")
+    assert v["thesis_holds"] is False and "CAT is better" in v["thesis"]
+
+    diffs["cat"] = pd.DataFrame([diff_row("mtl", "cat", "category_top3", 0.1, float("nan"), float("nan"), n=1)])
+    v = compare.study_statements(diffs, "category_top3")
+    assert v["thesis_holds"] is None and "one seed" in v["thesis"]
+
+    # lower is better: a negative difference in landmark error favours the model
+    ne = {"cat": pd.DataFrame([diff_row("mtl", "cat", "landmark_ne_mean", -0.02, -0.03, -0.01)])}
+    v = compare.study_statements(ne, "landmark_ne_mean")
+    assert v["thesis_holds"] is True
+    assert "mtl is better" in compare.interval_statement(ne["cat"].iloc[0], "landmark_ne_mean")
+    assert "cannot be checked" in compare.study_statements({}, "category_top3")["thesis"]
+
+
+def test_study_figures():
+    summary = pd.DataFrame([{"model": "mtl", "metric": "category_top3", "n": 3, "mean": 0.6, "std": 0.05},
+                            {"model": "cat", "metric": "category_top3", "n": 3, "mean": 0.5, "std": 0.02}])
+    ax = compare.plot_study(summary, ["category_top3"]).axes[0]
+    assert [p.get_height() for p in ax.patches] == [0.6, 0.5]
+    seeds = pd.DataFrame({"model": ["mtl", "mtl", "cat"], "seed": [0, 1, 0], "category_top3": [0.55, 0.65, 0.5]})
+    ax = compare.plot_study(summary, ["category_top3"], runs=seeds, order=["cat", "mtl"]).axes[0]
+    assert [p.get_height() for p in ax.patches] == [0.5, 0.6]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["cat", "mtl"]
+    dots = [line.get_ydata().tolist() for line in ax.get_lines() if line.get_marker() == "."]
+    assert dots == [[0.5], [0.55, 0.65]]
+    diffs = {"cat": pd.DataFrame([diff_row("mtl", "cat", "category_top3", 0.10, 0.05, 0.15)])}
+    ax = compare.plot_differences(diffs, "category_top3").axes[0]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["mtl - cat"]
+    plt.close("all")

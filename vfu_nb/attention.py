@@ -1,0 +1,184 @@
+"""Landmark heat maps and attention maps over test images (notebook 05; thesis section 3.2.1, Figure 3.2).
+
+The MTL network predicts 8 landmark heat maps at input resolution, average-pools them to the conv4_3 grid,
+and turns them, together with the conv4_3 features F, into an attention tensor A (tanh, one value per channel
+and cell); the categorization branch sees (1 + A) * F. This module draws those maps over the input crops:
+
+* :func:`heatmap_strength` -- the 8 raw heat maps, clipped to [0, 1] (targets peak at 1), max over landmarks;
+* :func:`attention_strength` -- mean of A over channels (positive: features amplified, negative: damped); for
+  ``mtl_pool``, whose ``attention`` is a display map of its 8 pooling windows, the max over the windows;
+* :func:`feature_energy` -- mean |F| over channels, for models without attention (CAT), so the same images can be
+  compared;
+* :func:`select_cases` -- best and worst test images by the probability of the true category or by landmark
+  error;
+* :func:`plot_cases` -- one row per image: the crop with true (o) and predicted (+) landmarks, the heat maps, the
+  attention (or feature energy) map.
+
+Pixel convention (conventions.md): crop unit u sits at continuous pixel position u*S; matplotlib's ``imshow``
+puts pixel i's centre at i, so a point is drawn at u*S - 0.5.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Optional, Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+
+LANDMARK_COLORS = plt.get_cmap("tab10").colors[:8]
+
+
+def landmark_error_per_image(predictions) -> np.ndarray:
+    """Mean distance (crop units) between predicted and true landmarks over each image's visible landmarks.
+
+    nan for images without a visible landmark, and for models without landmark predictions.
+    """
+    if predictions.landmarks_pred is None:
+        return np.full(len(predictions.category), np.nan)
+    dist = np.sqrt(((predictions.landmarks_pred - predictions.landmarks) ** 2).sum(axis=2))   # (N, 8)
+    visible = predictions.visibility == 0
+    count = visible.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(count > 0, np.where(visible, dist, 0).sum(axis=1) / np.maximum(count, 1), np.nan)
+
+
+def select_cases(predictions, by: str = "category_confidence", n: int = 4) -> dict:
+    """Dataset positions of the ``n`` best and ``n`` worst images.
+
+    ``by="category_confidence"``: softmax probability of the true category (best = highest).
+    ``by="landmark_error"``: :func:`landmark_error_per_image` (best = lowest; images without visible landmarks
+    are left out). Ties keep data-set order. Returns ``{"best": [...], "worst": [...], "values": array}``.
+    """
+    if by == "category_confidence":
+        values = predictions.category_prob
+        order = np.argsort(-values, kind="stable")
+    elif by == "landmark_error":
+        values = landmark_error_per_image(predictions)
+        order = np.argsort(values, kind="stable")          # nan last
+    else:
+        raise ValueError("by must be 'category_confidence' or 'landmark_error'")
+    order = [int(i) for i in order if np.isfinite(values[i])]
+    n = min(n, len(order))
+    return {"best": order[:n], "worst": order[::-1][:n], "values": values}
+
+
+def heatmap_strength(heatmaps: np.ndarray) -> np.ndarray:
+    """(8, S, S) raw heat maps -> (S, S): max over landmarks of the maps clipped to [0, 1]."""
+    return np.clip(np.asarray(heatmaps, dtype=float), 0, 1).max(axis=0)
+
+
+def attention_strength(attention: np.ndarray, num_landmarks: int = 8) -> np.ndarray:
+    """(C, h, w) attention -> (h, w): the channel mean of A; max over channels for an 8-window map (mtl_pool)."""
+    a = np.asarray(attention, dtype=float)
+    return a.max(axis=0) if a.shape[0] == num_landmarks else a.mean(axis=0)
+
+
+def feature_energy(features: np.ndarray) -> np.ndarray:
+    """(C, h, w) conv4_3 features -> (h, w) mean |F| over channels, scaled to [0, 1]."""
+    e = np.abs(np.asarray(features, dtype=float)).mean(axis=0)
+    return e / e.max() if e.max() > 0 else e
+
+
+def _draw_points(ax, predictions, pos: int, size: int) -> None:
+    gt, vis = predictions.landmarks[pos], predictions.visibility[pos]
+    pred = None if predictions.landmarks_pred is None else predictions.landmarks_pred[pos]
+    for s in range(gt.shape[0]):
+        if vis[s] != 0:
+            continue
+        x, y = gt[s] * size - 0.5
+        ax.plot(x, y, "o", color=LANDMARK_COLORS[s], ms=5, mec="white", mew=0.8)
+        if pred is not None:
+            px, py = pred[s] * size - 0.5
+            ax.plot([x, px], [y, py], "-", color="white", lw=0.7)
+            ax.plot(px, py, "+", color=LANDMARK_COLORS[s], ms=8, mew=2)
+
+
+def _overlay(ax, image: np.ndarray, grid: np.ndarray, cmap: str, vmin=None, vmax=None, alpha: float = 0.55):
+    s = image.shape[0]
+    ax.imshow(image)
+    im = ax.imshow(grid, cmap=cmap, alpha=alpha, vmin=vmin, vmax=vmax, interpolation="bilinear",
+                   extent=(-0.5, s - 0.5, s - 0.5, -0.5))
+    ax.set_xlim(-0.5, s - 0.5)
+    ax.set_ylim(s - 0.5, -0.5)
+    ax.set_axis_off()
+    return im
+
+
+def plot_cases(predictions, images: np.ndarray, positions: Sequence[int], category_names: Sequence[str],
+               title: str = "", row_labels: Optional[Sequence[str]] = None):
+    """One row per image: crop with landmarks, heat maps, attention (or feature energy) -- all from ``maps``.
+
+    ``images``: uint8 (n, S, S, 3) crops of ``positions`` (:func:`vfu_nb.runs.images_of`); ``predictions.maps``
+    must hold these positions (``vfu_nb.runs.predict(..., keep_maps=positions)``).
+    """
+    positions = [int(p) for p in positions]
+    has_heat = any("heatmaps" in predictions.maps.get(p, {}) for p in positions)
+    has_att = any("attention" in predictions.maps.get(p, {}) for p in positions)
+    cols = 1 + int(has_heat) + 1
+    fig, axes = plt.subplots(max(1, len(positions)), cols, figsize=(2.6 * cols, 2.6 * max(1, len(positions))),
+                             squeeze=False)
+    probs = predictions.category_prob
+    top1 = predictions.category_logits.argmax(axis=1)
+    for r, (pos, image) in enumerate(zip(positions, images)):
+        size = image.shape[0]
+        maps = predictions.maps.get(pos, {})
+        ax = axes[r, 0]
+        ax.imshow(image)
+        _draw_points(ax, predictions, pos, size)
+        ax.set_axis_off()
+        true, guess = category_names[predictions.category[pos]], category_names[top1[pos]]
+        label = (row_labels[r] + ": ") if row_labels else ""
+        ax.set_title(f"{label}{true}\npred {guess}, p(true)={probs[pos]:.2f}", fontsize=8)
+        c = 1
+        if has_heat:
+            if "heatmaps" in maps:
+                _overlay(axes[r, c], image, heatmap_strength(maps["heatmaps"]), "magma", 0, 1)
+                _draw_points(axes[r, c], predictions, pos, size)
+            axes[r, c].set_axis_off()
+            axes[r, c].set_title("landmark heat maps (max of 8)", fontsize=8)
+            c += 1
+        if has_att and "attention" in maps:
+            a = attention_strength(maps["attention"])
+            lim = max(1e-6, float(np.abs(a).max()))
+            _overlay(axes[r, c], image, a, "coolwarm", -lim, lim)
+            axes[r, c].set_title(f"attention A, channel mean (±{lim:.2f})", fontsize=8)
+        elif "features" in maps:
+            _overlay(axes[r, c], image, feature_energy(maps["features"]), "viridis", 0, 1)
+            axes[r, c].set_title("conv4_3 feature energy (no attention)", fontsize=8)
+        axes[r, c].set_axis_off()
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def side_by_side(predictions: Mapping[str, object], images: np.ndarray, positions: Sequence[int],
+                 category_names: Sequence[str], title: str = ""):
+    """The same images under several models: per model, its attention (or feature-energy) map and p(true)."""
+    labels = list(predictions)
+    fig, axes = plt.subplots(max(1, len(positions)), 1 + len(labels),
+                             figsize=(2.6 * (1 + len(labels)), 2.6 * max(1, len(positions))), squeeze=False)
+    for r, (pos, image) in enumerate(zip(positions, images)):
+        first = predictions[labels[0]]
+        axes[r, 0].imshow(image)
+        axes[r, 0].set_axis_off()
+        axes[r, 0].set_title(category_names[first.category[pos]], fontsize=8)
+        for c, label in enumerate(labels, start=1):
+            p = predictions[label]
+            maps = p.maps.get(pos, {})
+            if "attention" in maps:
+                a = attention_strength(maps["attention"])
+                lim = max(1e-6, float(np.abs(a).max()))
+                _overlay(axes[r, c], image, a, "coolwarm", -lim, lim)
+                kind = "attention"
+            elif "features" in maps:
+                _overlay(axes[r, c], image, feature_energy(maps["features"]), "viridis", 0, 1)
+                kind = "feature energy"
+            else:
+                axes[r, c].set_axis_off()
+                kind = "no map"
+            axes[r, c].set_title(f"{label.upper()} {kind}\np(true)={p.category_prob[pos]:.2f}", fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,455 @@
+"""MTL versus CAT (thesis sections 3.3 and 3.5): curves, relative improvements, Table 3.2, per-class views.
+
+* :func:`plot_metric_curves` -- thesis figures 3.11 (top-3 category accuracy per epoch, both models) and 3.12
+  (top-3 texture recall per epoch).
+* :func:`improvement_table` -- the "+53% category accuracy, +149% attribute recall" computation of section 3.3
+  redone on our runs: relative improvement = (MTL - CAT) / CAT of the best-epoch values. The thesis took each
+  model's best **test** epoch per metric (0.8605 at epoch 3 vs 0.5621 at epoch 4; texture 0.5287 vs 0.2124).
+  We select the epoch on **val** (top-3 category accuracy) and report test values there (``select="val"``);
+  ``select="best"`` reproduces the thesis' rule.
+* :func:`table_3_2` -- our top-3 category accuracy beside the published numbers (:data:`PUBLISHED_CATEGORY_TOP3`).
+* :func:`plot_confusion`, :func:`per_attribute_recall` -- need predictions of the best checkpoint on the test
+  split (:func:`vfu_nb.runs.predict`).
+* :func:`plot_study`, :func:`plot_differences`, :func:`study_statements` -- the seeds x models study of
+  notebook 06 (:mod:`vfu_nb.study`).
+
+Every sentence these helpers write is computed from the numbers they are given; none is fixed text about the
+outcome.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Mapping, Optional, Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+
+from vfu_nb.curves import ATTRIBUTE_TYPES, best_epoch_value, best_val_epoch, epoch_frame, load_history
+
+# ----------------------------------------------------------------------------------------------------------
+# Published numbers (DeepFashion-C category and attribute benchmark, test split)
+
+#: Convention of every number below: top-3 category accuracy = fraction of test images whose true category is
+#: among the 3 highest scores (anchors_science.md 6.1); all on the 40,000-image DeepFashion-C test split.
+CATEGORY_CONVENTION = ("top-3 category accuracy: fraction of test images whose true category is among the 3 "
+                       "highest-scoring categories")
+
+#: Thesis Table 3.2 and the published systems it lists, with the source of each number.
+PUBLISHED_CATEGORY_TOP3 = [
+    {"method": "thesis MTL", "top3": 0.8605, "selection": "best test epoch (3)",
+     "source": "thesis Table 3.2, Fig. 3.11"},
+    {"method": "thesis CAT", "top3": 0.5621, "selection": "best test epoch (4)",
+     "source": "thesis Fig. 3.11 text (Table 3.2 rounds to 0.562)"},
+    {"method": "Liu & Lu 2018 (landmark-driven attention)", "top3": 0.9116, "selection": "test (released code)",
+     "source": "paper table, anchors_science.md 8.1"},
+    {"method": "Wang et al. 2018 (AFGN)", "top3": 0.9099, "selection": "paper",
+     "source": "anchors_science.md 8.1"},
+    {"method": "FashionNet, Liu et al. 2016 (thesis: 'Luo et al. [19]')", "top3": 0.8258, "selection": "paper",
+     "source": "anchors_science.md 8.1"},
+    {"method": "DARN, Huang et al. 2015", "top3": 0.5948, "selection": "paper",
+     "source": "anchors_science.md 8.1"},
+]
+
+#: Published top-3 attribute recall per type (A1-group convention where the code is known; anchors_science.md
+#: 8.1 notes that no released code reproduces the ~0.66-0.69 style numbers). The thesis MTL row is Table 3.1;
+#: "thesis CAT" has only the texture value of Fig. 3.12.
+PUBLISHED_ATTRIBUTE_TOP3 = {
+    "thesis MTL": {"texture": 0.5298, "fabric": 0.4359, "shape": 0.5528, "part": 0.4677, "style": 0.3169},
+    "thesis MTL (Fig. 3.12)": {"texture": 0.5287},
+    "thesis CAT (Fig. 3.12)": {"texture": 0.2124},
+    "FashionNet 2016": {"texture": 0.3746, "fabric": 0.3930, "shape": 0.3947, "part": 0.4413, "style": 0.6643},
+    "AFGN 2018": {"texture": 0.5031, "fabric": 0.4031, "shape": 0.5332, "part": 0.4065, "style": 0.6870},
+    "Liu & Lu 2018": {"texture": 0.5617, "fabric": 0.4320, "shape": 0.5828, "part": 0.4697, "style": 0.6882},
+    "Liu & Lu code, reproduction": {"texture": 0.5685, "fabric": 0.4335, "shape": 0.5799, "part": 0.4326,
+                                    "style": 0.3254},
+}
+
+#: The thesis' two relative improvements (section 3.3), with the best-epoch values they come from.
+THESIS_IMPROVEMENTS = {
+    "category_top3": {"mtl": 0.8605, "cat": 0.5621, "claimed": 0.53},
+    "attr_top3_texture": {"mtl": 0.5287, "cat": 0.2124, "claimed": 1.49},
+}
+
+METRIC_LABELS = {
+    "category_top3": "top-3 category accuracy",
+    "attr_top3_all_grouped": "top-3 attribute recall (all types pooled)",
+    "landmark_ne_mean": "landmark NE (lower is better)",
+    **{f"attr_top3_{t}": f"top-3 {t} recall" for t in ATTRIBUTE_TYPES},
+}
+LOWER_IS_BETTER = {"landmark_ne_mean"}
+MODEL_COLORS = {"mtl": "tab:blue", "cat": "tab:orange", "mtl_no_landmarks": "tab:gray", "mtl_pool": "tab:green",
+                "mtl_bi": "tab:purple"}
+
+
+def label_of(metric: str) -> str:
+    return METRIC_LABELS.get(metric, metric)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Relative improvements
+
+
+def relative_improvement(new: float, base: float) -> float:
+    """(new - base) / base; nan when either is missing or base is 0."""
+    if new is None or base is None or not (math.isfinite(new) and math.isfinite(base)) or base == 0:
+        return float("nan")
+    return (new - base) / base
+
+
+def improvement_table(mtl, cat, metrics: Sequence[str] = ("category_top3", "attr_top3_texture",
+                                                           "attr_top3_all_grouped"),
+                      select: str = "val", split: str = "test") -> pd.DataFrame:
+    """MTL vs CAT at their best epochs, with the thesis' numbers beside ours.
+
+    ``mtl``, ``cat``: histories (dicts or run directories). ``select="val"``: each model's epoch with the best val
+    top-3 category accuracy (ours); ``select="best"``: each model's best ``split`` epoch for each metric (the
+    thesis' rule). Columns: ``MTL, MTL epoch, CAT, CAT epoch, difference, relative`` and, for the two metrics the
+    thesis compares, ``thesis MTL, thesis CAT, thesis relative``.
+    """
+    rows = []
+    for metric in metrics:
+        lower = metric in LOWER_IS_BETTER
+        em, vm = best_epoch_value(mtl, metric, split, select, higher_is_better=not lower)
+        ec, vc = best_epoch_value(cat, metric, split, select, higher_is_better=not lower)
+        row = {"metric": label_of(metric), "MTL": vm, "MTL epoch": em, "CAT": vc, "CAT epoch": ec,
+               "difference": vm - vc, "relative": relative_improvement(vm, vc)}
+        th = THESIS_IMPROVEMENTS.get(metric)
+        row["thesis MTL"] = th["mtl"] if th else float("nan")
+        row["thesis CAT"] = th["cat"] if th else float("nan")
+        row["thesis relative"] = relative_improvement(th["mtl"], th["cat"]) if th else float("nan")
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("metric")
+
+
+def format_relative(x: float) -> str:
+    return "n/a" if x is None or not math.isfinite(x) else f"{x:+.0%}"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Curves (thesis figures 3.11, 3.12)
+
+
+def plot_metric_curves(histories: Mapping[str, object], metric: str = "category_top3", split: str = "test",
+                       show_val: bool = True, ax=None, title: Optional[str] = None):
+    """``metric`` per epoch for several runs (``{label: history or run dir}``); each run's best val epoch starred.
+
+    Thesis Fig. 3.11 is ``metric="category_top3"``, Fig. 3.12 ``metric="attr_top3_texture"`` (test split; the
+    thesis labels CAT "CAT+ATTR"). With ``show_val`` the val curve is drawn dotted.
+    """
+    ax = ax or plt.subplots(figsize=(6.5, 3.4))[1]
+    n_max = 1
+    for i, (label, hist) in enumerate(histories.items()):
+        h = load_history(hist)
+        color = MODEL_COLORS.get(label.lower(), plt.get_cmap("tab10")(i))
+        frame = epoch_frame(h, split)
+        n_max = max(n_max, len(frame))
+        if metric in frame:
+            ax.plot(frame.index, frame[metric], marker="o", color=color, label=f"{label.upper()} ({split})")
+            e = best_val_epoch(h)
+            if e is not None and e in frame.index:
+                ax.plot([e], [frame.at[e, metric]], marker="*", ms=14, color=color, ls="")
+        if show_val:
+            val = epoch_frame(h, "val")
+            if metric in val:
+                ax.plot(val.index, val[metric], ls=":", color=color, lw=1, label=f"{label.upper()} (val)")
+    ax.set_xlim(0.5, n_max + 0.5)
+    ax.set_xticks(range(1, n_max + 1))
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(label_of(metric))
+    fig_no = {"category_top3": " (thesis Fig. 3.11)", "attr_top3_texture": " (thesis Fig. 3.12)"}.get(metric, "")
+    ax.set_title(title or f"{label_of(metric)} per epoch{fig_no}; * = best val epoch")
+    ax.legend(fontsize=8)
+    ax.figure.tight_layout()
+    return ax.figure
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Table 3.2
+
+
+def table_3_2(ours: Mapping[str, Mapping], data: str = "this run's data", published=PUBLISHED_CATEGORY_TOP3,
+              key: str = "category_top3") -> pd.DataFrame:
+    """Our top-3 category accuracy (``{label: test metrics at the best val epoch}``) above the published ones.
+
+    Columns: ``top-3 category accuracy, data, epoch selection, source``. Convention: :data:`CATEGORY_CONVENTION`.
+    Published rows are on DeepFashion-C; ours are on ``data`` (not comparable when that is the synthetic set).
+    """
+    rows = []
+    for label, metrics in ours.items():
+        v = metrics.get(key) if metrics else None
+        rows.append({"method": f"ours: {label}", "top-3 category accuracy": float("nan") if v is None else float(v),
+                     "data": data, "epoch selection": "best val epoch, reported on test",
+                     "source": "this notebook"})
+    for p in published:
+        rows.append({"method": p["method"], "top-3 category accuracy": p["top3"], "data": "DeepFashion-C test",
+                     "epoch selection": p["selection"], "source": p["source"]})
+    return pd.DataFrame(rows).set_index("method")
+
+
+def attribute_table(ours: Mapping[str, Mapping], published: Mapping[str, Mapping] = PUBLISHED_ATTRIBUTE_TOP3,
+                    k: int = 3) -> pd.DataFrame:
+    """Top-k recall per attribute type: our rows (``{label: test metrics}``) and the published ones (nan: none)."""
+    rows = {f"ours: {label}": {t: _get(m, f"attr_top{k}_{t}") for t in ATTRIBUTE_TYPES} for label, m in ours.items()}
+    rows.update({name: {t: vals.get(t, float("nan")) for t in ATTRIBUTE_TYPES} for name, vals in published.items()})
+    return pd.DataFrame.from_dict(rows, orient="index")
+
+
+def _get(m: Optional[Mapping], key: str) -> float:
+    v = (m or {}).get(key)
+    return float("nan") if v is None else float(v)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Per-class views (need predictions: vfu_nb.runs.predict)
+
+
+def confusion_matrix(true, pred, num_classes: int) -> np.ndarray:
+    """Counts ``cm[t, p]`` of images of true class t predicted as p (top-1)."""
+    true = np.asarray(true, dtype=np.int64)
+    pred = np.asarray(pred, dtype=np.int64)
+    return np.bincount(true * num_classes + pred, minlength=num_classes * num_classes).reshape(num_classes,
+                                                                                               num_classes)
+
+
+def plot_confusion(predictions, category_names: Sequence[str], normalize: bool = True, ax=None, title: str = ""):
+    """Seaborn heat map of the top-1 confusion matrix, rows = true category (normalised per row by default).
+
+    Only categories that occur in the split (as truth or prediction) are shown.
+    """
+    import seaborn as sns
+
+    logits = predictions.category_logits
+    pred = logits.argmax(axis=1)
+    cm = confusion_matrix(predictions.category, pred, logits.shape[1])
+    used = np.flatnonzero((cm.sum(axis=0) + cm.sum(axis=1)) > 0)
+    cm = cm[np.ix_(used, used)].astype(float)
+    if normalize:
+        cm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
+    names = [category_names[i] for i in used]
+    size = max(4.0, 0.32 * len(used) + 2)
+    ax = ax or plt.subplots(figsize=(size + 1, size))[1]
+    # numbers only in the non-empty cells (and only when they fit)
+    labels = np.where(cm > 0, np.vectorize(lambda v: f"{v:.2f}" if normalize else f"{v:.0f}")(cm), "")
+    sns.heatmap(pd.DataFrame(cm, index=names, columns=names), ax=ax, cmap="Blues", vmin=0,
+                vmax=1 if normalize else None, square=True, cbar_kws={"shrink": 0.7},
+                annot=labels if len(used) <= 20 else False, fmt="", annot_kws={"fontsize": 6})
+    ax.set_xlabel("predicted (top-1)")
+    ax.set_ylabel("true category")
+    top1 = float((pred == predictions.category).mean()) if len(pred) else float("nan")
+    ax.set_title(title or f"{predictions.model.upper()}: confusion on {predictions.split} (top-1 {top1:.3f})")
+    ax.figure.tight_layout()
+    return ax.figure
+
+
+def per_attribute_recall(predictions, attribute_names: Sequence[str], k: int = 3) -> pd.DataFrame:
+    """Top-k recall of every attribute, the top-k taken within its type (A1-group convention).
+
+    Columns: ``attribute, type, positives, hits, recall``. Summing ``hits`` and ``positives`` over a type gives
+    exactly that type's ``attr_top{k}_<type>`` metric. Attributes without positives have recall nan.
+    """
+    from vfu_nb.metrics import ATTRIBUTE_TYPE_NAMES
+
+    scores, labels = predictions.attribute_scores, predictions.attributes == 1
+    types = np.asarray(predictions.attribute_types)
+    hits = np.zeros(scores.shape[1], dtype=np.int64)
+    for t in ATTRIBUTE_TYPE_NAMES:
+        cols = np.flatnonzero(types == t)
+        if cols.size == 0 or not len(scores):
+            continue
+        top = np.argsort(-scores[:, cols], axis=1, kind="stable")[:, :k]
+        chosen = np.zeros((len(scores), cols.size), dtype=bool)
+        np.put_along_axis(chosen, top, True, axis=1)
+        hits[cols] = (chosen & labels[:, cols]).sum(axis=0)
+    positives = labels.sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        recall = np.where(positives > 0, hits / np.maximum(positives, 1), np.nan)
+    return pd.DataFrame({"attribute": list(attribute_names), "type": [ATTRIBUTE_TYPE_NAMES.get(int(t), "?")
+                                                                       for t in types],
+                         "positives": positives, "hits": hits, "recall": recall})
+
+
+def plot_per_attribute_recall(frames: Mapping[str, pd.DataFrame], top: int = 25, ax=None):
+    """Grouped bars of per-attribute recall for the ``top`` most frequent attributes (``{label: frame}``)."""
+    labels = list(frames)
+    base = frames[labels[0]]
+    chosen = base[base["positives"] > 0].sort_values("positives", ascending=False).head(top)
+    ax = ax or plt.subplots(figsize=(max(6, 0.35 * len(chosen) + 2), 3.6))[1]
+    width = 0.8 / max(1, len(labels))
+    x = np.arange(len(chosen))
+    for i, label in enumerate(labels):
+        f = frames[label].set_index("attribute").loc[chosen["attribute"]]
+        ax.bar(x + (i - (len(labels) - 1) / 2) * width, f["recall"], width,
+               color=MODEL_COLORS.get(label.lower(), plt.get_cmap("tab10")(i)), label=label.upper())
+    ax.set_xticks(x)
+    ax.set_xticklabels([f"{a} ({t[:3]})" for a, t in zip(chosen["attribute"], chosen["type"])], rotation=70,
+                       ha="right", fontsize=7)
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("top-3 recall (within its type)")
+    ax.set_title(f"Per-attribute recall, the {len(chosen)} most frequent attributes of the test split")
+    ax.legend(fontsize=8)
+    ax.figure.tight_layout()
+    return ax.figure
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Sentences computed from numbers
+
+
+def comparison_sentence(mtl: float, cat: float, what: str = "top-3 category accuracy", data: str = "this data",
+                        higher_is_better: bool = True) -> str:
+    """'On <data> MTL's <what> is X vs CAT's Y (difference Z, relative R): <who> is better / they tie.'"""
+    if mtl is None or cat is None or not (math.isfinite(mtl) and math.isfinite(cat)):
+        return f"On {data} the {what} of MTL or CAT is missing; no comparison."
+    diff = mtl - cat
+    if diff == 0:
+        verdict = "they tie"
+    else:
+        better = "MTL" if (diff > 0) == higher_is_better else "CAT"
+        verdict = f"{better} is better on this single run (one seed: no interval, see notebook 06)"
+    return (f"On {data} MTL's {what} is {mtl:.4f} vs CAT's {cat:.4f} (difference {diff:+.4f}, relative "
+            f"{format_relative(relative_improvement(mtl, cat))}); {verdict}.")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Seeds x models study (notebook 06)
+
+
+def plot_study(summary: pd.DataFrame, metrics: Sequence[str] = ("category_top3", "attr_top3_all_grouped",
+                                                                 "landmark_ne_mean"),
+               runs: Optional[pd.DataFrame] = None, order: Optional[Sequence[str]] = None, axes=None):
+    """Mean ± sample std over seeds per model (bars and error bars), one panel per metric.
+
+    ``summary``: :func:`vfu_nb.study.summarize`. ``runs`` (optional, :func:`vfu_nb.study.results_frame`): one
+    grey dot per seed on top. ``order``: the models from left to right (default: as in ``summary``).
+    """
+    metrics = [m for m in metrics if m in set(summary["metric"])]
+    models = list(order) if order is not None else list(dict.fromkeys(summary["model"]))
+    models = [m for m in models if m in set(summary["model"])]
+    if axes is None:
+        axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.4), squeeze=False)[1][0]
+    for ax, metric in zip(axes, metrics):
+        sub = summary[summary["metric"] == metric].set_index("model").loc[models]
+        x = np.arange(len(models))
+        colors = [MODEL_COLORS.get(m, "k") for m in models]
+        std = sub["std"].fillna(0).to_numpy()
+        ax.bar(x, sub["mean"], color=colors, alpha=0.35)
+        ax.errorbar(x, sub["mean"], yerr=std, fmt="o", color="k", capsize=4)
+        values = [sub["mean"].to_numpy() - std, sub["mean"].to_numpy() + std]
+        if runs is not None and metric in runs:
+            for i, m in enumerate(models):
+                seeds = runs.loc[runs["model"] == m, metric].to_numpy(dtype=float)
+                ax.plot(np.full(len(seeds), i + 0.18), seeds, ".", color="0.45", ms=6)
+                values.append(seeds)
+        ax.set_xticks(x)
+        ax.set_xticklabels(models, rotation=30, ha="right", fontsize=8)
+        ax.set_title(label_of(metric), fontsize=9)
+        finite = np.concatenate([np.ravel(v) for v in values])
+        finite = finite[np.isfinite(finite)]
+        if len(finite):
+            lo, hi = float(finite.min()), float(finite.max())
+            pad = 0.1 * (hi - lo) + 1e-3
+            ax.set_ylim(max(0.0, lo - pad), hi + pad)
+    n = int(summary["n"].max()) if len(summary) else 0
+    axes[0].figure.suptitle(f"Test metrics at the best val epoch: mean ± std over {n} seed(s)"
+                            + ("; dots: single seeds" if runs is not None else ""), fontsize=10)
+    axes[0].figure.tight_layout()
+    return axes[0].figure
+
+
+def plot_differences(diffs: Mapping[str, pd.DataFrame], metric: str = "category_top3", ax=None):
+    """Paired differences (model - baseline) with their 95% t-intervals, one row per (model, baseline)."""
+    rows = []
+    for baseline, frame in diffs.items():
+        sub = frame[frame["metric"] == metric]
+        for _, r in sub.iterrows():
+            rows.append((f"{r['model']} - {baseline}", r["mean_diff"], r["ci_low"], r["ci_high"], int(r["n"])))
+    ax = ax or plt.subplots(figsize=(6.5, 0.45 * max(1, len(rows)) + 1.4))[1]
+    for i, (name, mean, lo, hi, n) in enumerate(rows):
+        has_ci = math.isfinite(lo) and math.isfinite(hi)
+        color = "k" if not has_ci else ("tab:green" if lo > 0 else "tab:red" if hi < 0 else "tab:gray")
+        if has_ci:
+            ax.plot([lo, hi], [i, i], color=color, lw=2)
+        ax.plot([mean], [i], "o", color=color)
+        ax.annotate(f"n={n}", (mean, i), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=7)
+    ax.axvline(0, color="k", lw=0.8)
+    ax.set_yticks(range(len(rows)))
+    ax.set_yticklabels([r[0] for r in rows], fontsize=8)
+    ax.set_ylim(-0.7, len(rows) - 0.3)
+    ax.set_xlabel(f"difference in {label_of(metric)} (paired by seed, 95% interval)")
+    ax.set_title("Green: interval above 0; red: below 0; grey: includes 0; no bar: one seed", fontsize=9)
+    ax.figure.tight_layout()
+    return ax.figure
+
+
+def interval_statement(row: Mapping, metric: str = "category_top3") -> str:
+    """One sentence about one paired difference (a row of :func:`vfu_nb.study.differences`)."""
+    model, base, n = row["model"], row["baseline"], int(row["n"])
+    mean, lo, hi = float(row["mean_diff"]), float(row["ci_low"]), float(row["ci_high"])
+    what = label_of(metric)
+    higher_better = metric not in LOWER_IS_BETTER
+    if n == 0 or not math.isfinite(mean):
+        return f"{model} vs {base}: no paired seeds with a finite {what}."
+    head = f"{model} - {base} in {what}: mean {mean:+.4f} over {n} seed(s)"
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        return head + " (one seed: no interval, so no conclusion)."
+    span = f", 95% interval [{lo:+.4f}, {hi:+.4f}]"
+    if lo > 0 or hi < 0:
+        better = model if (lo > 0) == higher_better else base
+        return head + span + f": the interval excludes 0, {better} is better."
+    return head + span + ": the interval includes 0, no difference detected at this number of seeds."
+
+
+def study_statements(diffs: Mapping[str, pd.DataFrame], metric: str = "category_top3", data: str = "this data") -> dict:
+    """Plain statements about the thesis' conclusion (mtl vs cat) and the control (mtl vs mtl_no_landmarks).
+
+    Returns ``{"thesis": str, "control": str, "details": [str, ...], "thesis_holds": bool|None,
+    "landmarks_help": bool|None}``. ``thesis_holds``: True when the 95% interval of mtl - cat lies entirely on
+    the better side of 0, False when it lies entirely on the worse side, None when it includes 0 or there is no
+    interval (one seed). ``landmarks_help``: the same for mtl - mtl_no_landmarks.
+    """
+    def find(baseline, model="mtl"):
+        frame = diffs.get(baseline)
+        if frame is None:
+            return None
+        sub = frame[(frame["model"] == model) & (frame["metric"] == metric)]
+        return None if sub.empty else sub.iloc[0]
+
+    def decide(row):
+        if row is None:
+            return None
+        lo, hi = float(row["ci_low"]), float(row["ci_high"])
+        if not (math.isfinite(lo) and math.isfinite(hi)):
+            return None
+        higher_better = metric not in LOWER_IS_BETTER
+        if lo > 0:
+            return higher_better
+        if hi < 0:
+            return not higher_better
+        return None
+
+    vs_cat, vs_ctrl = find("cat"), find("mtl_no_landmarks")
+    holds, helps = decide(vs_cat), decide(vs_ctrl)
+    if vs_cat is None:
+        thesis = "The study has no mtl and cat runs with common seeds; the thesis' comparison cannot be checked."
+    else:
+        sentence = interval_statement(vs_cat, metric)
+        outcome = {True: "the thesis' conclusion (MTL better than CAT) holds on " + data,
+                   False: "the thesis' conclusion does not hold on " + data + ": CAT is better",
+                   None: "the thesis' conclusion is not supported on " + data + " (no detectable difference, or "
+                         "too few seeds for an interval)"}[holds]
+        thesis = f"{sentence} So {outcome}."
+    if vs_ctrl is None:
+        control = "No mtl_no_landmarks runs: the control cannot separate landmark knowledge from extra capacity."
+    else:
+        sentence = interval_statement(vs_ctrl, metric)
+        outcome = {True: "landmark supervision itself helps (same network, only the landmark loss differs)",
+                   False: "landmark supervision hurts here (the network without the landmark loss is better)",
+                   None: "the control does not show that landmark knowledge, rather than the extra branch and "
+                         "attention, makes the difference"}[helps]
+        control = f"{sentence} So {outcome}."
+    details = [interval_statement(r, metric) for frame in diffs.values()
+               for _, r in frame[frame["metric"] == metric].iterrows()]
+    return {"thesis": thesis, "control": control, "details": details, "thesis_holds": holds,
+            "landmarks_help": helps}
