@@ -157,8 +157,10 @@ def scan_images(paths, windows, size, cache_file=None, workers=None, progress=Tr
     return np.concatenate(sizes), sorted(failures)
 
 
-def _files_fingerprint(annotations: Annotations) -> str:
-    stats = [(k, os.stat(p).st_size, os.stat(p).st_mtime_ns) for k, p in sorted(annotations.files.items())]
+def _files_fingerprint(paths: dict) -> str:
+    """Size and modification time of each annotation file (None where missing), as one string."""
+    stats = [(k, os.stat(p).st_size, os.stat(p).st_mtime_ns) if os.path.exists(p) else (k, None)
+             for k, p in sorted(paths.items())]
     return json.dumps(stats)
 
 
@@ -169,10 +171,7 @@ def _load_cached(root: str, fingerprint: str) -> Annotations:
 
 def cached_annotations(root) -> Annotations:
     """load_annotations, memoised per root while its files are unchanged."""
-    paths = annotation_paths(root)
-    stats = [(k, os.stat(p).st_size, os.stat(p).st_mtime_ns) if p.exists() else (k, None)
-             for k, p in sorted(paths.items())]
-    return _load_cached(str(Path(root).resolve()), json.dumps(stats))
+    return _load_cached(str(Path(root).resolve()), _files_fingerprint(annotation_paths(root)))
 
 
 class DeepFashionC(Dataset):
@@ -238,7 +237,7 @@ class DeepFashionC(Dataset):
     # ----- cache ----------------------------------------------------------------------------
     def cache_key(self) -> str:
         h = hashlib.sha1()
-        h.update(_files_fingerprint(self.annotations).encode())
+        h.update(_files_fingerprint(self.annotations.files).encode())
         h.update(np.ascontiguousarray(self.rows).tobytes())
         h.update(f"{CACHE_VERSION}:{self.image_size}:{self.pad_to_square}".encode())
         return h.hexdigest()[:16]
