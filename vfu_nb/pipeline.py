@@ -152,10 +152,11 @@ def run_pipeline(profile: str = "smoke", data_root: str | None = None, device: s
     run_dir = Path(run_dir or REPO / "runs" / profile).resolve()
     # kernels import vfu_nb from this checkout even when it is not pip-installed
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
-    # kernels inherit this: torch's OpenMP threads sleep when idle instead of spinning. With one other busy
-    # process on the 2-core machine, a 400-image epoch (64 px, width 0.25) took 228 s with the default policy
-    # and 11 s with PASSIVE; a tiny 32 px smoke run 16 s vs 0.5 s.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    # Kernels inherit this: torch's OpenMP threads (libgomp) spin only briefly before sleeping. With the default
+    # spin time a second busy process on the 2-core machine slows training many-fold (measured on a 400-image
+    # 64 px epoch: 26 s instead of 12 s next to another torch job, and up to 228 s vs 11 s earlier, next to
+    # other jobs); OMP_WAIT_POLICY=PASSIVE fixes that too but costs 43% when the machine is idle, this 4%.
+    os.environ.setdefault("GOMP_SPINCOUNT", "1000")
     figures_dir = Path(figures_dir or (REPO / "figures" if PROFILES[profile]["figures_in_repo"]
                                        else run_dir / "figures")).resolve()
     results, timings = {}, {}
