@@ -369,12 +369,12 @@ def image_metric(name: str, labels: dict):
         k = int(name[len("category_top"):])
         return lambda p, idx: float(np.mean(p["category_rank"][idx] < k))
     if name == "attr_map_all":
-        from vfu_nb.metrics import attribute_average_precision
+        from vfu_nb.metrics import average_precision
 
         attrs = labels["attributes"]
 
         def mean_ap(p, idx):
-            ap = attribute_average_precision(p["attribute_logits"][idx], attrs[idx] > 0, attrs[idx] != 0)
+            ap = average_precision(p["attribute_logits"][idx], attrs[idx] > 0, attrs[idx] != 0)
             return float(np.nanmean(ap)) if np.isfinite(ap).any() else float("nan")
         return mean_ap
     raise ValueError(f"no image-level form of metric {name!r}")
