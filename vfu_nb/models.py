@@ -34,8 +34,9 @@ layer from its own generator seeded by (base seed, the layer's qualified name), 
 shapes agree), landmark branch and attention, and leave the global generator in the same state.
 
 Precision: the last heatmap conv and the last layer of both heads run in fp32 under autocast (FP32Conv1x1,
-FP32Linear). Determinism on CUDA: every op here has a deterministic CUDA backward (with cuDNN in deterministic
-mode) except ``grid_sample`` in mtl_pool's LandmarkPooling, so mtl_pool runs are not bitwise reproducible on CUDA.
+FP32Linear). Determinism on CUDA: of the ops used here only ``grid_sample`` (mtl_pool's LandmarkPooling) has no
+deterministic CUDA backward, so mtl_pool runs are not bitwise reproducible on CUDA even with ``--deterministic``.
+Reference page with shapes, parameter counts and the differences from the papers: docs/models.md.
 """
 
 from __future__ import annotations
