@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from vfu_nb.metrics import (
-    EvalAccumulator, attribute_topk_recall, category_topk_accuracy, chance_levels, jsonable,
+    EvalAccumulator, attribute_topk_recall, category_topk_accuracy, jsonable,
     landmark_normalized_error, metric_keys,
 )
 
@@ -186,14 +186,3 @@ def test_eval_accumulator_without_landmarks_gives_nan_ne():
     assert math.isnan(out["landmark_ne_mean"])
     assert out["attr_top3_texture"] == pytest.approx(1.0)  # k=3 = whole texture group
     assert set(out) == set(metric_keys())
-
-
-def test_chance_levels():
-    c = chance_levels(ATTR_LABELS_PM, ATTR_TYPES, num_categories=4, k_cat=3, k_attr=1)
-    # category 3/4; texture 1/3; fabric 1/2; style 1/1; all_strict 1/7;
-    # all_grouped = (1/3*3 + 1/2*1 + 1*1) / 5 = 2.5/5 = 0.5
-    assert c["category"] == pytest.approx(0.75)
-    assert c["texture"] == pytest.approx(1 / 3)
-    assert c["fabric"] == pytest.approx(0.5)
-    assert c["all_grouped"] == pytest.approx(0.5)
-    assert c["all_strict"] == pytest.approx(1 / 7)
