@@ -121,7 +121,7 @@ def _kth_largest(x: torch.Tensor, columns: Optional[torch.Tensor], kths: Sequenc
     torch's ``topk`` falls back to a slow full selection."""
     width = x.shape[1] if columns is None else columns.numel()
     kmax, index = max(kths), [k - 1 for k in kths]
-    if x.device.type == "cpu" and width < 64 * kmax:
+    if _on_host(x) and width < 64 * kmax:
         a = x.numpy() if columns is None else x.index_select(1, columns).numpy()
         a = -a if columns is None else np.negative(a, out=a)      # partition selects the smallest
         top = -np.sort(np.partition(a, kmax - 1, axis=1)[:, :kmax], axis=1)
@@ -240,22 +240,26 @@ def attribute_topk_recall(scores, labels, attribute_types, k: int) -> dict:
 # Attribute average precision
 
 
+def _on_host(x: torch.Tensor) -> bool:
+    """Whether numpy kernels may run on ``x`` (it is on the CPU); other devices use torch's."""
+    return x.device.type == "cpu"
+
+
 def _sort_rows_(x: torch.Tensor) -> None:
     """Sort each row of a contiguous 2-D tensor ascending, in place.
 
     On the CPU numpy's vectorised sort runs on row slices in threads (it releases the GIL); elsewhere
-    ``torch.sort``."""
-    if x.device.type != "cpu":
-        x.copy_(torch.sort(x, dim=1).values)
+    ``torch.sort`` on blocks of :data:`COLUMN_CHUNK` rows."""
+    if not _on_host(x):
+        for start in range(0, x.shape[0], COLUMN_CHUNK):
+            block = x[start:start + COLUMN_CHUNK]
+            block.copy_(torch.sort(block, dim=1).values)
         return
     a = x.numpy()
-    bounds = np.linspace(0, a.shape[0], min(a.shape[0], 4 * max(1, torch.get_num_threads())) + 1).astype(int)
-
-    def sort(i):
-        a[bounds[i]:bounds[i + 1]].sort(axis=1)
-
-    with ThreadPoolExecutor(max(1, torch.get_num_threads())) as pool:
-        list(pool.map(sort, range(len(bounds) - 1)))
+    workers = max(1, torch.get_num_threads())
+    bounds = np.linspace(0, a.shape[0], min(a.shape[0], 4 * workers) + 1).astype(int)
+    with ThreadPoolExecutor(workers) as pool:
+        list(pool.map(lambda i: a[bounds[i]:bounds[i + 1]].sort(axis=1), range(len(bounds) - 1)))
 
 
 def _average_precision_rows(ranked: torch.Tensor, attr: torch.Tensor, value: torch.Tensor,
@@ -310,23 +314,23 @@ def average_precision(scores, labels, known=None) -> np.ndarray:
     img, attr = pos.nonzero(as_tuple=True)
     n_known = torch.full((a,), n, dtype=torch.long, device=s.device)
     if known is not None:
-        unknown_img, unknown_attr = (~_tensor(known, s.device).bool()).nonzero(as_tuple=True)
-        keep = ~_tensor(known, s.device).bool()[img, attr]
-        img, attr = img[~keep], attr[~keep]
-        ranked[unknown_attr, unknown_img] = float("inf")
+        kn = _tensor(known, s.device).bool()
+        is_known = kn[img, attr]
+        img, attr = img[is_known], attr[is_known]
+        unknown_img, unknown_attr = (~kn).nonzero(as_tuple=True)
+        ranked[unknown_attr, unknown_img] = float("inf")   # sorts last, never below a positive's score
         n_known -= torch.bincount(unknown_attr, minlength=a)
     value = s[img, attr]
     order = torch.sort(value, stable=True).indices
     order = order[torch.sort(attr[order], stable=True).indices]   # by attribute, then ascending score
     attr, value = attr[order], value[order]
-    out = torch.full((a,), float("nan"), dtype=torch.float64, device=s.device)
-    bounds = torch.searchsorted(attr, torch.arange(0, a + COLUMN_CHUNK, COLUMN_CHUNK, device=s.device))
+    _sort_rows_(ranked)
+    out = torch.empty(a, dtype=torch.float64, device=s.device)
+    bounds = torch.searchsorted(attr, torch.arange(0, a + COLUMN_CHUNK, COLUMN_CHUNK, device=s.device)).tolist()
     for i, start in enumerate(range(0, a, COLUMN_CHUNK)):
-        stop = min(start + COLUMN_CHUNK, a)
-        _sort_rows_(ranked[start:stop])
-        lo, hi = int(bounds[i]), int(bounds[i + 1])
-        out[start:stop] = _average_precision_rows(ranked[start:stop], attr[lo:hi] - start, value[lo:hi],
-                                                  n_known[start:stop])
+        rows = slice(start, start + COLUMN_CHUNK)
+        out[rows] = _average_precision_rows(ranked[rows], attr[bounds[i]:bounds[i + 1]] - start,
+                                            value[bounds[i]:bounds[i + 1]], n_known[rows])
     return out.cpu().numpy()
 
 
@@ -446,7 +450,8 @@ class EvalAccumulator:
             landmarks: (B, L, 2) float ground truth in crop units.
             landmark_visibility: (B, L) integer codes; a landmark counts where the code is 0.
             attributes_known: optional (B, A) mask (bool or 0/1), true where a label is known; unknown labels
-                are left out of average precision (top-k recall counts only positives anyway).
+                are left out of average precision (top-k recall counts only positives anyway). Without it
+                every label counts, so pass ``labels != 0`` with the file's ±1 / 0 codes.
         """
         self._joined = None
         parts = self._parts
@@ -482,6 +487,10 @@ class EvalAccumulator:
                                               for k, p in zip(parts["attr_known"], parts["attr_pos"])])
         else:
             joined["attr_known"] = None
+        for name, value in joined.items():      # keep one copy: later updates append to the joined tensors
+            parts[name] = [] if value is None else [value]
+        if joined["attr_known"] is None and joined["attr_scores"] is not None:
+            parts["attr_known"] = [None]
         joined["device"] = device
         self._joined = joined
         return joined
