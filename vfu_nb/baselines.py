@@ -179,10 +179,12 @@ def conditional_attribute_rates(ann: Annotations, train: np.ndarray, smoothing: 
     """
     positive, known = attribute_masks(ann, train)
     overall = positive_rates(positive, known)
-    one_hot = np.eye(len(ann.category_names), dtype=np.float64)[ann.category[train]]
-    pos_ca = one_hot.T @ positive.astype(np.float64)
-    known_ca = one_hot.T @ known.astype(np.float64)
-    return ((pos_ca + smoothing * overall) / (known_ca + smoothing)).astype(np.float32)
+    categories = ann.category[train]
+    table = np.empty((len(ann.category_names), positive.shape[1]), dtype=np.float32)
+    for c in range(len(table)):
+        of_c = categories == c
+        table[c] = (positive[of_c].sum(0) + smoothing * overall) / (known[of_c].sum(0) + smoothing)
+    return table
 
 
 def attribute_prior_given_category(ann: Annotations, rows: np.ndarray, train: np.ndarray,
