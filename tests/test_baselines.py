@@ -208,6 +208,23 @@ def test_crop_units_equal_the_dataset_conversion(tmp_path):
         np.testing.assert_array_equal(vis[i], want_vis)
 
 
+def test_crop_units_clamp_boxes_to_the_image():
+    lms = np.zeros((2, 8, 2), np.float32)
+    lms[:, 0], lms[:, 1] = (40, 30), (60, 30)
+    vis = np.zeros((2, 8), np.int64)
+    vis[:, 2:] = -1
+    boxes = [[-10, -5, 100, 100], [10, 20, 45, 80]]        # past the near and the far edges
+    ann = toy([0, 0], ["test", "test"], landmarks=lms, visibility=vis, bbox=boxes)
+    sizes = np.array([[50, 90], [50, 90]])
+    units, v = B.crop_units(ann, np.arange(2), sizes)
+    for i in range(2):
+        window = crop_window(ann.bbox[i], tuple(sizes[i]), pad_to_square=False)
+        want_units, want_vis = landmarks_in_window(ann.landmarks[i], ann.landmark_visibility[i], window)
+        np.testing.assert_array_equal(units[i], want_units)
+        np.testing.assert_array_equal(v[i], want_vis)
+    assert units[0, 0].tolist() == pytest.approx([0.8, 30 / 90]) and v[0, 1] == 2   # x 60 is outside 0..50
+
+
 def test_compute_baselines_on_the_tiny_tree(tmp_path, capsys):
     root = write_tree(tmp_path / "tree")
     results = B.compute_baselines(root, "test")

@@ -54,16 +54,16 @@ REFERENCE_CHUNK = 16384  # training images per k-NN distance block (block = 64 M
 def crop_units(ann: Annotations, rows: np.ndarray, image_sizes: Optional[np.ndarray] = None):
     """Landmarks of ``rows`` in crop units of the default crop, vectorised ``data.landmarks_in_window``.
 
-    The default crop is the bbox clamped to the image. ``image_sizes`` ((len(rows), 2) width, height)
-    clamps the far edges; without it only the near edges are clamped at 0 (DeepFashion-C's boxes lie
-    inside their images). Returns ``(units (n, L, 2) float32, visibility (n, L) int64)``: visibility
+    The default crop is the bbox clamped to the image. ``image_sizes`` ((len(ann), 2) width, height of
+    every annotation row) clamps the far edges; without it only the near edges are clamped at 0
+    (DeepFashion-C's boxes lie inside their images). Returns ``(units (n, L, 2) float32, visibility (n, L) int64)``: visibility
     becomes 2 for points outside the crop, and absent slots (-1) get coordinates 0.
     """
     box = ann.bbox[rows].astype(np.float64)
     x1, y1 = np.maximum(box[:, 0], 0.0), np.maximum(box[:, 1], 0.0)
     x2, y2 = box[:, 2], box[:, 3]
     if image_sizes is not None:
-        sizes = np.asarray(image_sizes, dtype=np.float64).reshape(len(rows), 2)
+        sizes = np.asarray(image_sizes, dtype=np.float64)[rows]
         x2, y2 = np.minimum(x2, sizes[:, 0]), np.minimum(y2, sizes[:, 1])
     origin = np.stack([x1, y1], 1).astype(np.float32)[:, None, :]
     size = np.stack([x2 - x1, y2 - y1], 1).astype(np.float32)[:, None, :]
@@ -208,11 +208,11 @@ def nearest_neighbours(queries: np.ndarray, references: np.ndarray, k: int) -> n
     out = np.empty((q_all.shape[0], k), dtype=np.int64)
     for qs in range(0, q_all.shape[0], QUERY_CHUNK):
         q = q_all[qs:qs + QUERY_CHUNK]
-        q_sq = (q * q).sum(1, keepdim=True)
         best_d, best_i = torch.empty(q.shape[0], 0), torch.empty(q.shape[0], 0, dtype=torch.long)
         for rs in range(0, ref.shape[0], REFERENCE_CHUNK):
             r = ref[rs:rs + REFERENCE_CHUNK]
-            d = torch.addmm(q_sq + ref_sq[None, rs:rs + REFERENCE_CHUNK], q, r.t(), alpha=-2.0)
+            # |q - r|^2 - |q|^2 = |r|^2 - 2 q.r ranks the references of a query like the distance does
+            d = torch.addmm(ref_sq[None, rs:rs + REFERENCE_CHUNK], q, r.t(), alpha=-2.0)
             d, i = d.topk(min(k, d.shape[1]), dim=1, largest=False)
             merged_d, merged_i = torch.cat([best_d, d], 1), torch.cat([best_i, i + rs], 1)
             best_d, order = merged_d.topk(min(k, merged_d.shape[1]), dim=1, largest=False)
@@ -244,17 +244,14 @@ def geometry_knn(ann: Annotations, rows: np.ndarray, train: np.ndarray, val: np.
     """k-NN on ground-truth landmark geometry (:func:`geometry_features`, standardised with train statistics).
 
     k is chosen on ``val`` from ``ks`` by top-3 category accuracy (ties: the smaller k) and reported as
-    ``knn_k``. ``image_sizes`` maps annotation row -> (width, height) when known (see :func:`crop_units`).
+    ``knn_k``. ``image_sizes``: see :func:`crop_units`.
     """
-    def features(r):
-        return geometry_features(ann, r, None if image_sizes is None else image_sizes[r])
-
-    reference = features(train)
+    reference = geometry_features(ann, train, image_sizes)
     mean, std = reference.mean(0), reference.std(0)
     std[std == 0] = 1.0
 
     def standardised(r):
-        return (features(r) - mean) / std
+        return (geometry_features(ann, r, image_sizes) - mean) / std
 
     reference = (reference - mean) / std
     ks = sorted({min(k, len(train)) for k in ks})
@@ -278,15 +275,12 @@ def geometry_knn(ann: Annotations, rows: np.ndarray, train: np.ndarray, val: np.
 def mean_landmarks(ann: Annotations, rows: np.ndarray, train: np.ndarray, image_sizes=None) -> dict:
     """Every image gets the per-slot mean of the visible training landmarks (crop units; 0.5 for a slot
     never visible in train) -> landmark NE."""
-    def units(r):
-        return crop_units(ann, r, None if image_sizes is None else image_sizes[r])
-
-    train_units, train_vis = units(train)
+    train_units, train_vis = crop_units(ann, train, image_sizes)
     visible = train_vis == 0
     count = visible.sum(0)
     mean = np.where(count[:, None] > 0,
                     (train_units * visible[:, :, None]).sum(0) / np.maximum(count, 1)[:, None], 0.5)
-    gt, vis = units(rows)
+    gt, vis = crop_units(ann, rows, image_sizes)
     pred = np.repeat(mean[None].astype(np.float32), len(rows), axis=0)
     return landmark_metrics(pred, gt, vis == 0)
 
