@@ -56,8 +56,10 @@ def crop_units(ann: Annotations, rows: np.ndarray, image_sizes: Optional[np.ndar
 
     The default crop is the bbox clamped to the image. ``image_sizes`` ((len(ann), 2) width, height of
     every annotation row) clamps the far edges; without it only the near edges are clamped at 0
-    (DeepFashion-C's boxes lie inside their images). Returns ``(units (n, L, 2) float32, visibility (n, L) int64)``: visibility
-    becomes 2 for points outside the crop, and absent slots (-1) get coordinates 0.
+    (DeepFashion-C's boxes lie inside their images).
+
+    Returns ``(units (n, L, 2) float32, visibility (n, L) int64)``: visibility becomes 2 for points
+    outside the crop, and absent slots (-1) get coordinates 0.
     """
     box = ann.bbox[rows].astype(np.float64)
     x1, y1 = np.maximum(box[:, 0], 0.0), np.maximum(box[:, 1], 0.0)
