@@ -8,6 +8,7 @@ from torch.utils.data import DataLoader
 from dftree import write_tree
 from vfu_nb.data import (
     MAX_SHIFT, SCALE_RANGE, Augmentation, BatchLoader, DeepFashionC, augment_batch, augment_sample, invert_affine,
+    normalize_images,
 )
 
 SIZE = 16
@@ -118,7 +119,7 @@ def test_bad_arguments(synth, tmp_path):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_cuda_batches_are_pinned_copies_of_the_cpu_ones(synth, tmp_path):
+def test_cuda_batches_match_the_cpu_ones_without_host_syncs(synth, tmp_path):
     ds = cached(synth, tmp_path)
     batches = shuffled_batches(len(ds), 6)
     loader = BatchLoader(ds, batches, "cuda")
@@ -132,6 +133,13 @@ def test_cuda_batches_are_pinned_copies_of_the_cpu_ones(synth, tmp_path):
     for a, b in zip(on_cpu, on_gpu):
         assert (a["image"].int() - b["image"].cpu().int()).abs().max() <= 1
         torch.testing.assert_close(a["landmarks"], b["landmarks"].cpu(), atol=1e-5, rtol=0)
+    normalize_images(on_gpu[0]["image"])                     # device constants exist from here on
+    torch.cuda.set_sync_debug_mode("error")                  # any host sync below raises
+    try:
+        for batch in BatchLoader(ds, batches, "cuda", augment=True, generator=gen.manual_seed(2)):
+            normalize_images(batch["image"])
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
 
 
 # ----- augmentation ---------------------------------------------------------------------------

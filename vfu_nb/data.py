@@ -53,7 +53,15 @@ class BadImageError(OSError):
     """An image file that is missing or cannot be decoded; the message names its path."""
 
 
-_NORMALIZATION: dict = {}   # device -> (mean, std), built once per device
+_DEVICE_CONSTANTS: dict = {}   # (name, device) -> tensor, made once per device
+
+
+def _device_constant(name: str, device: torch.device, values, dtype=torch.float32) -> torch.Tensor:
+    """A small constant tensor on ``device``, copied there once: no host->device copy (a sync) per step."""
+    key = (name, device)
+    if key not in _DEVICE_CONSTANTS:
+        _DEVICE_CONSTANTS[key] = torch.tensor(values, dtype=dtype, device=device)
+    return _DEVICE_CONSTANTS[key]
 
 
 def normalize_images(images: torch.Tensor) -> torch.Tensor:
@@ -61,11 +69,8 @@ def normalize_images(images: torch.Tensor) -> torch.Tensor:
 
     The mean and std tensors are made once per device, so a training step copies nothing to the device.
     """
-    constants = _NORMALIZATION.get(images.device)
-    if constants is None:
-        constants = tuple(torch.tensor(v, device=images.device).view(3, 1, 1) for v in (IMAGENET_MEAN, IMAGENET_STD))
-        _NORMALIZATION[images.device] = constants
-    mean, std = constants
+    mean = _device_constant("imagenet_mean", images.device, IMAGENET_MEAN).view(3, 1, 1)
+    std = _device_constant("imagenet_std", images.device, IMAGENET_STD).view(3, 1, 1)
     return (images.float() / 255.0 - mean) / std
 
 
@@ -448,9 +453,9 @@ def augment_batch(images: torch.Tensor, landmarks: torch.Tensor, vis: torch.Tens
     out = F.grid_sample(images.float(), grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     if not images.is_floating_point():
         out = out.round_().clamp_(0, 255).to(images.dtype)
-    flip = aug.flip.view(-1, 1)
-    vis = torch.where(flip, vis[:, _FLIP_ORDER], vis)
-    landmarks = torch.where(flip.unsqueeze(-1), landmarks[:, _FLIP_ORDER], landmarks)
+    flip, order = aug.flip.view(-1, 1), _device_constant("flip_order", vis.device, _FLIP_ORDER, torch.int64)
+    vis = torch.where(flip, vis.index_select(1, order), vis)
+    landmarks = torch.where(flip.unsqueeze(-1), landmarks.index_select(1, order), landmarks)
     points = (2 * landmarks - 1) @ forward[:, :, :2].transpose(1, 2) + forward[:, None, :, 2]
     landmarks, vis = _truncate_outside((points + 1) / 2, vis)
     return out, landmarks, vis
