@@ -33,6 +33,7 @@ def test_data_benchmark_reports_every_path_side_by_side(tree, tmp_path, capsys):
                 for name in ("decode", "cache", "cache + v2 augmentation") for w in (0, 1)]
     expected += [f"batch loader{aug} ({d})" for d in devices for aug in ("", " + augmentation")]
     expected += [f"batch loader ({devices[-1]}), prefetch {p}, 1 ms step" for p in (0, 2)]
+    expected += ["no loader, 1 ms step (the ceiling)"]
     assert list(paths) == expected
     for p in paths.values():
         assert len(p["runs"]) == 2 and p["img_s"] > 0 and p["x_decode"] > 0

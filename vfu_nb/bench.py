@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import json
 import os
 import re
@@ -236,6 +237,8 @@ def bench_data(root: str, split: str = "train", image_size: int = 224, batch_siz
         for prefetch in (0, 2):
             rows.append((f"batch loader ({step_device.type}), prefetch {prefetch}, {1000 * step_s:.0f} ms step",
                          batch_loader(step_device, prefetch=prefetch), step_device, step_s))
+        rows.append((f"no loader, {1000 * step_s:.0f} ms step (the ceiling)",
+                     lambda seed: itertools.repeat({"index": range(batch_size)}), step_device, step_s))
         runs: dict[str, list[float]] = {label: [] for label, *_ in rows}
         for rep in range(repeats):
             for label, make, device, sleep in rows:

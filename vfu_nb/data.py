@@ -491,6 +491,7 @@ class BatchLoader:
         want_pin = self.device.type == "cuda" if pin_memory is None else pin_memory
         self.pin_memory = bool(want_pin) and torch.cuda.is_available()
         self._arrays = dataset.item_arrays()
+        self._images = dataset._cache.view(np.ndarray)   # the memmap as a plain array: cheaper to index
 
     def __len__(self) -> int:
         return len(self.batch_sampler)
@@ -513,7 +514,7 @@ class BatchLoader:
         images = torch.empty((len(idx), size, size, 3), dtype=torch.uint8, pin_memory=pin)
         pixels, rows = images.numpy(), arrays["cache_row"][idx]
         for k in np.argsort(rows, kind="stable"):    # file order; each row goes straight to its place
-            pixels[k] = ds._cache[rows[k]]
+            pixels[k] = self._images[rows[k]]
         attrs = torch.from_numpy(ds.annotations.attributes[arrays["index"][idx]])
         batch = {
             "image": images.permute(0, 3, 1, 2),
