@@ -149,6 +149,17 @@ def test_every_field_is_an_option_with_its_help_and_default():
     assert "--model" not in study and "--seed " not in study and "--epochs" in study
 
 
+def test_every_option_is_documented():
+    from pathlib import Path
+
+    from vfu_nb.train_config import cli_options
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "training.md").read_text()
+    missing = [opt.flags[0] for opt in cli_options() if f"`{opt.flags[0]}`" not in doc]
+    assert missing == [], f"options missing from docs/training.md: {missing}"
+    assert all(f"`{name}`" in doc for name in RESUME_SAFE_FIELDS)
+
+
 def test_config_file_yaml_and_json_with_flags_overriding(tmp_path):
     yml = tmp_path / "run.yaml"
     yml.write_text("model: cat\nlr: 3e-4\nepochs: 4\nloss_weights:\n  attribute: 10\npatience: 2\n")
@@ -255,9 +266,9 @@ def test_tiny_training_run_learns_and_writes_files(synth_root, tmp_path):
     model = build_model("mtl", ck["num_categories"], ck["num_attributes"], 8, 64, 0.125)
     model.load_state_dict(ck["model"])
     # config.json: the settings plus what was resolved for this machine
-    stored = read_json(run_dir / "config.json")
-    assert TrainConfig.from_dict(stored) == cfg
-    assert stored["resolved"] == {**stored["resolved"], "device": "cpu", "bf16": False, "channels_last": False,
+    stored, resolved = train_mod.read_run_config(run_dir)
+    assert stored == cfg
+    assert resolved == {**resolved, "device": "cpu", "bf16": False, "channels_last": False,
                                   "deterministic": True, "num_workers": 0, "sync_every": 1, "heatmap_sigma": 4.0,
                                   "eval_batch_size": 32, "threads": 1}
     # metrics.csv: one row per epoch, equal to the history; batches.csv: one row per step

@@ -186,6 +186,15 @@ def check_resume(run_dir, config: TrainConfig, ignore=()) -> None:
                                f"its own settings, or start a new run with a new --run-dir")
 
 
+def read_run_config(run_dir) -> tuple:
+    """``(TrainConfig, resolved)`` of a run: its settings, and the per-device values the trainer picked for
+    them (``bf16``, ``channels_last``, ``deterministic``, ``num_workers``, ``sync_every``, ``heatmap_sigma``,
+    ``eval_batch_size``, ...; ``{}`` for runs written before config.json recorded them)."""
+    cfile = Path(run_dir) / "config.json"
+    stored = json.loads(cfile.read_text())
+    return TrainConfig.from_dict(stored, source=str(cfile)), dict(stored.get("resolved") or {})
+
+
 def check_run_dir(config: TrainConfig) -> None:
     """Refuse to overwrite a run: without ``resume`` an existing run is an error; with it, changed settings are."""
     run_dir = Path(config.run_dir)

@@ -53,7 +53,7 @@ from vfu_nb.losses import LossWeights, default_heatmap_sigma, multitask_loss  # 
 from vfu_nb.metrics import EvalAccumulator, jsonable
 from vfu_nb.rundir import (  # noqa: F401 (re-exported)
     LOSS_TERMS, CorruptCheckpointError, RunDirError, RunExistsError, RunLock, RunLockedError, RunLog,
-    RunMismatchError, check_resume, check_run_dir, load_checkpoint, save_checkpoint, write_json,
+    RunMismatchError, check_resume, check_run_dir, load_checkpoint, read_run_config, save_checkpoint, write_json,
 )
 from vfu_nb.train_config import (  # noqa: F401 (re-exported)
     LR_SCHEDULES, RESUME_SAFE_FIELDS, ConfigError, TrainConfig, add_train_args, config_differences,

@@ -315,7 +315,7 @@ def add_train_args(parser: argparse.ArgumentParser, skip: tuple = ()) -> argpars
             kw["action"] = argparse.BooleanOptionalAction
         else:
             kw["type"] = _parse_value(opt)
-            kw["metavar"] = opt.dest.upper() if not opt.choices else None
+            kw["metavar"] = {int: "N", float: "X"}.get(opt.type, "STR") if not opt.choices else None
             if opt.choices:
                 kw["choices"] = opt.choices
         groups[opt.group].add_argument(*opt.flags, **kw)
