@@ -415,7 +415,8 @@ def test_corrupt_checkpoint_gives_one_line_saying_what_to_do(synth_root, tmp_pat
 def _tiny_batch(B=4, S=32, C=5, A=7, seed=0):
     g = torch.Generator().manual_seed(seed)
     return {"image": torch.randint(0, 256, (B, 3, S, S), dtype=torch.uint8, generator=g),
-            "category": torch.randint(0, C, (B,), generator=g), "attributes": (torch.rand(B, A, generator=g) < 0.2).float(),
+            "category": torch.randint(0, C, (B,), generator=g),
+            "attributes": (torch.rand(B, A, generator=g) < 0.2).float(),
             "attributes_known": torch.ones(B, A), "landmarks": torch.rand(B, 8, 2, generator=g),
             "landmark_visibility": torch.zeros(B, 8, dtype=torch.int64), "index": torch.arange(B)}
 

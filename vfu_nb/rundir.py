@@ -24,6 +24,7 @@ import json
 import os
 import socket
 import time
+import warnings
 from pathlib import Path
 from typing import Optional
 
@@ -137,6 +138,11 @@ class RunLock:
                 os.close(fd)
                 raise RunLockedError(f"{self.path.parent} is being written by another process ({holder}); wait "
                                      f"for it to finish or stop it, or use another --run-dir") from None
+            except OSError as exc:   # a file system without locks: train unprotected rather than not at all
+                os.close(fd)
+                warnings.warn(f"{self.path}: cannot lock ({exc.strerror}); nothing stops a second process "
+                              f"from writing this run", stacklevel=2)
+                return self
             try:
                 same_file = os.fstat(fd).st_ino == os.stat(self.path).st_ino
             except FileNotFoundError:
@@ -239,8 +245,8 @@ class RunLog:
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._log = open(self.run_dir / "train.log", "a", buffering=1)
-        rows = [dict(zip(BATCH_COLUMNS, r)) for r in zip(*(history or {}).get("batches", {}).values())] \
-            if history and history["batches"].get("step") else []
+        steps = (history or {}).get("batches") or {}
+        rows = [{c: steps[c][i] for c in BATCH_COLUMNS} for i in range(len(steps.get("step", [])))]
         write_csv(self.run_dir / "batches.csv", rows, list(BATCH_COLUMNS))
         self._batches = open(self.run_dir / "batches.csv", "a")
         if tensorboard:
@@ -282,7 +288,7 @@ class RunLog:
         write_csv(self.run_dir / "metrics.csv", [_epoch_row(rec) for rec in epochs])
         if self._tb is not None:
             for key, value in _epoch_row(epochs[-1]).items():
-                if isinstance(value, (int, float)) and value is not None and key != "epoch":
+                if isinstance(value, (int, float)) and key != "epoch":
                     part, _, name = key.partition("_")
                     tag = f"{part}/{name}" if part in ("train", "val", "test") else f"epoch/{key}"
                     self._tb.add_scalar(tag, value, step)

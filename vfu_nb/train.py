@@ -480,7 +480,8 @@ class TrainState:
     model: torch.nn.Module
     optimizer: torch.optim.Optimizer
     scheduler: Optional[object]
-    loss_fn: Callable                  # multitask_loss with the run's weights, sigma, pos_weight, DDP counts
+    loss_weights: LossWeights          # the config's, landmark 0 for models without landmark supervision
+    loss_fn: Callable                  # multitask_loss with those weights, sigma, pos_weight, DDP counts
     attribute_types: np.ndarray
     meta: dict                         # model name, class / attribute counts, parameter count
     train_model: Optional[torch.nn.Module] = None    # DDP and/or compiled wrapper of ``model``
@@ -567,7 +568,7 @@ def _loaders(config: TrainConfig, rt: Runtime, sets: dict):
 
 
 def _build_model(config: TrainConfig, rt: Runtime, annotations):
-    """(model on the device, its metadata for checkpoints, the loss function with its fixed arguments)."""
+    """(model on the device, its metadata for checkpoints, loss weights, the loss with its fixed arguments)."""
     from vfu_nb.models import build_model, count_parameters
 
     meta = {"model_name": config.model, "num_categories": len(annotations.category_names),
@@ -584,7 +585,7 @@ def _build_model(config: TrainConfig, rt: Runtime, annotations):
         torch.full((), float(config.attr_pos_weight), device=rt.device)   # made once, not per step
     loss_fn = functools.partial(multitask_loss, weights=weights, heatmap_sigma=rt.heatmap_sigma,
                                 attr_pos_weight=pos_weight, reduce_counts=rt.all_mean if rt.distributed else None)
-    return model, meta, loss_fn
+    return model, meta, weights, loss_fn
 
 
 def _resume(s: TrainState, ck: dict) -> Optional[dict]:
@@ -608,11 +609,11 @@ def build(config: TrainConfig, rt: Runtime) -> TrainState:
     """Data sets and loaders, model, optimiser, scheduler, loss; the state of ``last.pt`` when resuming."""
     sets = _build_datasets(config, rt)
     ann = sets["val"].annotations
-    model, meta, loss_fn = _build_model(config, rt, ann)
+    model, meta, weights, loss_fn = _build_model(config, rt, ann)
     # one optimiser for the whole run (Liu & Lu re-create Adam every epoch, resetting its moments)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay,
                                  **({"fused": True} if rt.fused_adam else {}))
-    s = TrainState(config, rt, model, optimizer, _make_scheduler(config, optimizer), loss_fn,
+    s = TrainState(config, rt, model, optimizer, _make_scheduler(config, optimizer), weights, loss_fn,
                    np.asarray(ann.attribute_types), meta)
 
     rng_to_restore = None
@@ -771,9 +772,10 @@ def end_epoch(s: TrainState, stats: EpochStats) -> None:
     if rt.is_main:
         t_eval = time.perf_counter()
         n = stats.batches
-        train_means = {t: (float(v) if n else float("nan")) for t, v in zip(LOSS_TERMS, (stats.sums / max(1, n)).tolist())}
+        train_means = {t: (float(v) if n else float("nan"))
+                       for t, v in zip(LOSS_TERMS, (stats.sums / max(1, n)).tolist())}
         results = {split: evaluate(s.model, loader, rt.device, s.attribute_types, bf16=rt.bf16,
-                                   channels_last=rt.channels_last, loss_weights=s.loss_fn.keywords["weights"],
+                                   channels_last=rt.channels_last, loss_weights=s.loss_weights,
                                    heatmap_sigma=rt.heatmap_sigma, progress=config.progress, desc=f"{split} {s.epoch}")
                    for split, loader in s.eval_loaders.items()}
         if config.select_metric not in results["val"]:
@@ -829,6 +831,7 @@ def finish(s: TrainState) -> dict:
     }
     if s.rt.is_main:
         write_json(s.run_dir / "metrics.json", metrics)
+        s.log.info(format_metrics(jsonable(metrics)), echo=False)   # the CLI prints it
     s.rt.barrier()
     return jsonable(metrics)
 

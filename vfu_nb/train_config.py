@@ -212,10 +212,10 @@ def coerce(name: str, value: Any, tp, where: str = "") -> Any:
         if optional:
             return None
         raise ConfigError(f"{name}{where} cannot be none")
+    if base is str and isinstance(value, os.PathLike):
+        value = os.fspath(value)
     try:
-        if base is bool:
-            if isinstance(value, bool):
-                return value
+        if base in (bool, str) and not isinstance(value, base):
             raise TypeError
         if base is int and (isinstance(value, bool) or (isinstance(value, float) and not value.is_integer())):
             raise TypeError
