@@ -6,10 +6,12 @@ import math
 import numpy as np
 import pytest
 import torch
+from sklearn.metrics import average_precision_score
 
+from vfu_nb import metrics
 from vfu_nb.metrics import (
-    EvalAccumulator, attribute_topk_recall, category_topk_accuracy, chance_levels, jsonable,
-    landmark_normalized_error, metric_keys,
+    ATTRIBUTE_TYPE_NAMES, EvalAccumulator, attribute_topk_recall, average_precision, category_topk_accuracy,
+    jsonable, landmark_normalized_error, map_by_type, metric_keys,
 )
 
 # ---------------------------------------------------------------------------------------------------------
@@ -188,12 +190,205 @@ def test_eval_accumulator_without_landmarks_gives_nan_ne():
     assert set(out) == set(metric_keys())
 
 
-def test_chance_levels():
-    c = chance_levels(ATTR_LABELS_PM, ATTR_TYPES, num_categories=4, k_cat=3, k_attr=1)
-    # category 3/4; texture 1/3; fabric 1/2; style 1/1; all_strict 1/7;
-    # all_grouped = (1/3*3 + 1/2*1 + 1*1) / 5 = 2.5/5 = 0.5
-    assert c["category"] == pytest.approx(0.75)
-    assert c["texture"] == pytest.approx(1 / 3)
-    assert c["fabric"] == pytest.approx(0.5)
-    assert c["all_grouped"] == pytest.approx(0.5)
-    assert c["all_strict"] == pytest.approx(1 / 7)
+# ---------------------------------------------------------------------------------------------------------
+# average precision
+
+
+def _sklearn_ap(scores, labels, known):
+    """Reference: one sklearn call per attribute on its known labels (nan without a known positive)."""
+    out = []
+    for j in range(scores.shape[1]):
+        keep = known[:, j]
+        y = labels[keep, j] == 1
+        out.append(average_precision_score(y, scores[keep, j]) if y.any() else float("nan"))
+    return np.array(out)
+
+
+def _random_split(n=400, a=40, seed=0, levels=6):
+    """Scores with many ties (few distinct values), ±1/0 labels with unknowns, every attribute type."""
+    rng = np.random.default_rng(seed)
+    scores = rng.integers(0, levels, (n, a)).astype(np.float32) + rng.integers(0, 2, (1, a))
+    labels = rng.choice(np.array([1, -1, 0], np.int8), (n, a), p=[0.15, 0.7, 0.15])
+    labels[:, 0] = -1          # no positive at all -> nan
+    labels[:, 1] = 0           # nothing known -> nan
+    labels[:5, 2], labels[5:, 2] = 1, 0      # positives only, few known
+    types = np.arange(a) % 5 + 1
+    return scores, labels, types
+
+
+def test_average_precision_equals_sklearn_with_ties_and_unknowns():
+    scores, labels, _ = _random_split()
+    got = average_precision(scores, labels, labels != 0)
+    want = _sklearn_ap(scores, labels, labels != 0)
+    assert np.isnan(got[0]) and np.isnan(got[1]) and got[2] == 1.0
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-9, equal_nan=True)
+    # continuous scores, all labels known, torch input
+    rng = np.random.default_rng(1)
+    s = rng.normal(size=(300, 25))
+    y = (rng.random((300, 25)) < 0.1).astype(np.float32)
+    np.testing.assert_allclose(average_precision(torch.tensor(s), torch.tensor(y)),
+                               _sklearn_ap(s, y, np.ones_like(y, bool)), rtol=0, atol=1e-9, equal_nan=True)
+
+
+def test_average_precision_hand_computed_and_errors():
+    # scores 0.9 (pos), 0.8 (neg), 0.8 (pos), 0.1 (pos), unknown 0.95:
+    # thresholds 0.9: P 1/1, R 1/3; 0.8 (tie): P 2/3, R 2/3; 0.1: P 3/4, R 1 -> AP = (1 + 2/3 + 3/4) / 3
+    s = np.array([[0.9], [0.8], [0.8], [0.1], [0.95]])
+    y = np.array([[1], [-1], [1], [1], [0]])
+    assert average_precision(s, y, y != 0)[0] == pytest.approx((1 + 2 / 3 + 3 / 4) / 3, abs=1e-12)
+    with pytest.raises(ValueError, match="NaN"):
+        average_precision(np.array([[np.nan], [1.0]]), np.array([[1], [0]]))
+    with pytest.raises(ValueError, match="same"):
+        average_precision(np.zeros((3, 2)), np.zeros((3, 3)))
+
+
+def test_map_by_type_skips_undefined_attributes():
+    ap = np.array([0.5, np.nan, 1.0, 0.25, np.nan])
+    m = map_by_type(ap, [1, 1, 2, 5, 4])
+    assert m["attr_map_texture"] == 0.5 and m["attr_map_fabric"] == 1.0 and m["attr_map_style"] == 0.25
+    assert math.isnan(m["attr_map_part"]) and math.isnan(m["attr_map_shape"])
+    assert m["attr_map_all"] == pytest.approx((0.5 + 1.0 + 0.25) / 3)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# top-k against the definition (stable descending argsort), with ties
+
+
+def _reference_recall(scores, labels, types, k):
+    pos = labels == 1
+    out, tp_sum, gt_sum = {}, 0, 0
+    for t, name in ATTRIBUTE_TYPE_NAMES.items():
+        cols = np.flatnonzero(types == t)
+        top = np.argsort(-scores[:, cols], axis=1, kind="stable")[:, :k]
+        tp, gt = int(np.take_along_axis(pos[:, cols], top, 1).sum()), int(pos[:, cols].sum())
+        out[name] = tp / gt if gt else float("nan")
+        tp_sum, gt_sum = tp_sum + tp, gt_sum + gt
+    out["all_grouped"] = tp_sum / gt_sum
+    top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    out["all_strict"] = int(np.take_along_axis(pos, top, 1).sum()) / int(pos.sum())
+    return out
+
+
+@pytest.mark.parametrize("levels", [2, 6, 1000])
+@pytest.mark.parametrize("k", [1, 3, 5, 9])
+def test_attribute_recall_matches_stable_sort_definition(levels, k):
+    scores, labels, types = _random_split(levels=levels)
+    got = attribute_topk_recall(scores, labels, types, k)
+    want = _reference_recall(scores, labels, types, k)
+    for key in want:
+        assert got[key] == pytest.approx(want[key], abs=1e-15), key
+
+
+def test_category_matches_stable_sort_definition():
+    rng = np.random.default_rng(3)
+    scores = rng.integers(0, 4, (500, 12)).astype(np.float32)
+    targets = rng.integers(0, 12, 500)
+    rank = np.argsort(np.argsort(-scores, axis=1, kind="stable"), axis=1)[np.arange(500), targets]
+    for k in (1, 3, 5):
+        assert category_topk_accuracy(scores, targets, k) == pytest.approx((rank < k).mean(), abs=1e-15)
+    with pytest.raises(ValueError, match="class indices"):
+        category_topk_accuracy(scores, np.full(500, 12), 1)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# accumulator: batching, chunking, device kernels
+
+
+def _accumulate(batches, split, known=True):
+    cat_scores, cats, scores, labels, pred, gt, codes = split
+    acc = EvalAccumulator(np.arange(scores.shape[1]) % 5 + 1)
+    bounds = np.linspace(0, len(cats), batches + 1).astype(int)
+    for lo, hi in zip(bounds[:-1], bounds[1:]):
+        acc.update(torch.tensor(cat_scores[lo:hi]).to(torch.bfloat16), torch.tensor(cats[lo:hi]),
+                   torch.tensor(scores[lo:hi]), torch.tensor((labels[lo:hi] == 1).astype(np.float32)),
+                   torch.tensor(pred[lo:hi]), torch.tensor(gt[lo:hi]), torch.tensor(codes[lo:hi]),
+                   attributes_known=torch.tensor(labels[lo:hi] != 0) if known else None)
+    return acc
+
+
+def _full_split(n=400, seed=0):
+    scores, labels, _ = _random_split(n=n, seed=seed)
+    rng = np.random.default_rng(seed)
+    cat_scores = rng.integers(0, 5, (n, 10)).astype(np.float32)   # bf16-exact, many ties
+    cats = rng.integers(0, 10, n)
+    gt = rng.random((n, 8, 2)).astype(np.float32)
+    pred = gt + rng.normal(0, 0.05, gt.shape).astype(np.float32)
+    codes = rng.integers(-1, 3, (n, 8))
+    codes[:, 7] = 1            # r_hem never visible -> nan
+    return cat_scores, cats, scores, labels, pred, gt, codes
+
+
+def _same(a, b):
+    assert list(a) == list(b)
+    for key in a:
+        assert (math.isnan(a[key]) and math.isnan(b[key])) or a[key] == b[key], key
+
+
+def test_accumulator_values_match_the_functions():
+    split = _full_split()
+    cat_scores, cats, scores, labels, pred, gt, codes = split
+    out = _accumulate(4, split).compute()
+    types = np.arange(scores.shape[1]) % 5 + 1
+    assert out["n_images"] == 400
+    assert out["category_top3"] == category_topk_accuracy(cat_scores, cats, 3)
+    for k in (3, 5):
+        for name, value in _reference_recall(scores, labels, types, k).items():
+            assert out[f"attr_top{k}_{name}"] == pytest.approx(value, abs=1e-15)
+    ap = _sklearn_ap(scores, labels, labels != 0)
+    for t, name in ATTRIBUTE_TYPE_NAMES.items():
+        assert out[f"attr_map_{name}"] == pytest.approx(np.nanmean(ap[types == t]), abs=1e-9)
+    assert out["attr_map_all"] == pytest.approx(np.nanmean(ap), abs=1e-9)
+    ne = landmark_normalized_error(pred, gt, codes == 0)
+    assert out["landmark_ne_mean"] == pytest.approx(ne["mean"])
+    assert math.isnan(out["landmark_ne_r_hem"])
+    np.testing.assert_allclose(_accumulate(1, split).attribute_ap(), ap, atol=1e-9, equal_nan=True)
+    # without the known mask every non-positive label is a known negative
+    no_mask = _accumulate(2, split, known=False).compute()
+    assert no_mask["attr_map_all"] == pytest.approx(np.nanmean(_sklearn_ap(scores, labels, np.ones_like(labels, bool))),
+                                                    abs=1e-9)
+    assert list(out) == metric_keys()
+
+
+def test_accumulator_same_result_for_any_batching_and_chunking(monkeypatch):
+    split = _full_split(n=1000, seed=5)
+    one = _accumulate(1, split).compute()
+    monkeypatch.setattr(metrics, "ROW_CHUNK", 7)       # the split is far larger than every chunk
+    monkeypatch.setattr(metrics, "COLUMN_CHUNK", 3)
+    _same(one, _accumulate(1, split).compute())
+    _same(one, _accumulate(13, split).compute())
+    _same(one, _accumulate(1000, split).compute())
+
+
+def test_device_kernels_give_the_same_numbers(monkeypatch):
+    """torch.topk / torch.sort (used off the CPU) agree with the numpy kernels used on the CPU."""
+    split = _full_split(n=600, seed=2)
+    host = _accumulate(3, split).compute()
+    monkeypatch.setattr(metrics, "_on_host", lambda x: False)
+    _same(host, _accumulate(3, split).compute())
+
+
+def test_accumulator_keeps_outputs_where_they_are_and_labels_on_the_host():
+    acc = EvalAccumulator(ATTR_TYPES)
+    logits = torch.tensor(CAT_LOGITS, dtype=torch.bfloat16)
+    acc.update(logits, CAT_TARGETS, torch.tensor(np.tile(ATTR_SCORES, (2, 1))), np.tile(ATTR_LABELS_PM, (2, 1)))
+    assert acc._parts["cat_scores"][0].dtype == torch.float32          # bf16 widened exactly
+    assert isinstance(acc._parts["cat"][0], torch.Tensor) and acc._parts["cat"][0].device.type == "cpu"
+    assert math.isnan(acc.compute(with_map=False)["attr_map_all"])
+    assert acc.compute()["attr_map_all"] == pytest.approx(np.nanmean(acc.attribute_ap()))
+    acc.reset()
+    assert len(acc) == 0
+
+
+def test_updates_after_compute_extend_the_split():
+    split = _full_split(n=300, seed=4)
+    whole = _accumulate(1, split).compute()
+    cat_scores, cats, scores, labels, pred, gt, codes = split
+    for known in (True, False):
+        acc = EvalAccumulator(np.arange(scores.shape[1]) % 5 + 1)
+        for lo, hi in ((0, 100), (100, 300)):
+            acc.update(cat_scores[lo:hi], cats[lo:hi], scores[lo:hi], labels[lo:hi], pred[lo:hi], gt[lo:hi],
+                       codes[lo:hi], attributes_known=labels[lo:hi] != 0 if known else None)
+            partial = acc.compute()
+        assert partial["n_images"] == 300
+        if known:
+            _same(whole, partial)

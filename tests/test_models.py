@@ -8,11 +8,14 @@ import torchvision
 
 from vfu_nb.models import (
     MODEL_NAMES,
+    LandmarkAttention,
     LandmarkBranch,
     LandmarkPooling,
+    ModelConfig,
     build_model,
     count_parameters,
     decode_landmarks,
+    init_weights,
     parameter_summary,
 )
 
@@ -260,3 +263,167 @@ def test_bad_arguments():
         build_model("cat", C, A, image_size=100, width=W)
     with pytest.raises(ValueError, match="expected images"):
         small("cat")(torch.randn(1, 3, 96, 96))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# ModelConfig
+
+
+def test_build_model_with_config_equals_positional_arguments():
+    config = ModelConfig(C, A, image_size=S, width=W)
+    torch.manual_seed(0)
+    a = build_model("mtl", config=config)
+    torch.manual_seed(0)
+    b = build_model("mtl", C, A, 8, S, W, "vgg16", None)              # the positional form train.py uses
+    assert a.config == b.config == config and a.image_size == S
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_config_fields_reach_the_model():
+    model = build_model("mtl_pool", config=ModelConfig(C, 7, num_landmarks=5, image_size=32, width=0.125,
+                                                       backbone="vgg16_bn", pool_window=5))
+    assert model.pooling.window == 5 and model.pooling.offsets.shape == (25, 2)
+    assert model.landmarks.head.conv.out_channels == 5 and model.local[0].in_features == 5 * 64
+    assert model.categorization.attribute_head[2].out_features == 7
+    out = model(torch.randn(1, 3, 32, 32))
+    assert out["landmark_heatmaps"].shape == (1, 5, 32, 32) and out["attribute_logits"].shape == (1, 7)
+
+
+def test_config_errors_name_the_field():
+    with pytest.raises(ValueError, match="pool_window must be an odd"):
+        ModelConfig(C, A, pool_window=4)
+    with pytest.raises(ValueError, match="backbone must be one of"):
+        ModelConfig(C, A, backbone="resnet50")
+    with pytest.raises(ValueError, match="width must be > 0"):
+        ModelConfig(C, A, width=0)
+    with pytest.raises(TypeError, match="also \\['image_size'\\]"):
+        build_model("cat", config=ModelConfig(C, A), image_size=64)
+    with pytest.raises(TypeError, match="num_categories and num_attributes"):
+        build_model("cat", image_size=64)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Paired initialisation
+
+
+def test_paired_initialisation_across_models():
+    """At one seed every parameter two models share by name and shape is equal; the global RNG ends equal."""
+    models, rng_after = {}, {}
+    for name in MODEL_NAMES:
+        torch.manual_seed(7)
+        models[name] = build_model(name, C, A, image_size=S, width=W)
+        rng_after[name] = torch.get_rng_state()
+    for name in MODEL_NAMES:
+        assert torch.equal(rng_after[name], rng_after["mtl"]), name
+    states = {n: m.state_dict() for n, m in models.items()}
+    compared = {n: set() for n in MODEL_NAMES}
+    for a in MODEL_NAMES:
+        for b in MODEL_NAMES:
+            for key, value in states[a].items():
+                other = states[b].get(key)
+                if other is not None and other.shape == value.shape:
+                    assert torch.equal(value, other), (a, b, key)
+                    compared[a].add(key)
+    # the shared parts really were compared (not vacuous): backbone, conv5, heads, landmark branch, attention
+    cat_keys = set(states["cat"])
+    for name in MODEL_NAMES:
+        expected = {k for k in cat_keys if not (name == "mtl_pool" and k.endswith("head.0.weight"))}
+        assert expected <= compared[name], name
+    landmark_keys = {k for k in states["mtl"] if k.startswith("landmarks.")}
+    assert landmark_keys and all(landmark_keys <= set(states[n]) for n in LANDMARK_MODELS)
+    attention_keys = {k for k in states["mtl"] if k.startswith("attention.")}
+    assert attention_keys <= set(states["mtl_bi"]) and attention_keys <= set(states["mtl_no_landmarks"])
+    # mtl_pool's head sees [conv5 features, local features]: same seed stream, different shape
+    assert states["mtl_pool"]["categorization.category_head.0.weight"].shape[1] > \
+        states["cat"]["categorization.category_head.0.weight"].shape[1]
+
+
+def test_different_seeds_give_different_weights():
+    a = small("cat").state_dict()
+    torch.manual_seed(1)
+    b = build_model("cat", C, A, image_size=S, width=W).state_dict()
+    for key in ("backbone.features.0.weight", "categorization.block.0.weight",
+                "categorization.category_head.0.weight", "categorization.attribute_head.2.weight"):
+        assert not torch.equal(a[key], b[key]), key
+
+
+def test_weights_depend_only_on_the_base_seed():
+    """Construction-time draws of PyTorch's default init neither leak nor matter, and init uses no global RNG."""
+    reference = small("mtl_bi")
+    torch.manual_seed(123)
+    other = build_model("mtl_bi", C, A, image_size=S, width=W)
+    state = torch.get_rng_state()
+    init_weights(other, reference.init_seed)
+    assert torch.equal(state, torch.get_rng_state())
+    ref, got = reference.state_dict(), other.state_dict()
+    assert all(torch.equal(ref[k], got[k]) for k in ref)
+
+
+def test_initialisation_scheme():
+    model = small("mtl_bi")
+    conv = model.backbone.features[21].weight                             # conv4_3, 128 x 128 x 3 x 3
+    assert abs(conv.std().item() / (2 / (conv.shape[0] * 9)) ** 0.5 - 1) < 0.03    # Kaiming fan_out, ReLU
+    head = model.categorization.attribute_head[2].weight
+    assert abs(head.std().item() - 0.01) < 0.0005 and abs(head.mean().item()) < 0.0005
+    assert abs(model.landmarks.head.conv.weight.std().item() - 0.01) < 0.004    # 128 values only
+    biases = [m.bias for m in model.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear))]
+    assert all(torch.count_nonzero(b) == 0 for b in biases)
+    assert torch.count_nonzero(model.feedback.weight) == 0
+    pool = small("mtl_pool").pooling
+    assert torch.equal(pool.gate_scale, torch.full((8,), 4.0)) and torch.equal(pool.gate_shift, torch.full((8,), 0.5))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# CUDA-clean building blocks
+
+
+@pytest.mark.parametrize("name", ["cat", "mtl_pool"])
+def test_logits_are_fp32_under_bf16_autocast(name):
+    model = small(name)
+    inputs = {}
+    for head in ("category_head", "attribute_head"):
+        layer = getattr(model.categorization, head)[2]
+        layer.register_forward_hook(lambda m, args, out, head=head: inputs.__setitem__(head, (args[0], out)))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(fake_batch()["image"])
+    assert out["features"].dtype == torch.bfloat16                     # autocast is really on
+    for head, key in (("category_head", "category_logits"), ("attribute_head", "attribute_logits")):
+        hidden, logits = inputs[head]
+        assert hidden.dtype == torch.bfloat16 and out[key].dtype == torch.float32
+        layer = getattr(model.categorization, head)[2]
+        assert torch.equal(out[key], F.linear(hidden.float(), layer.weight, layer.bias))
+
+
+def test_attention_downsampling_is_an_exact_block_mean():
+    heatmaps = torch.randn(2, 8, 64, 64, generator=torch.Generator().manual_seed(0))
+    small_maps = LandmarkAttention.downsample(heatmaps, (8, 8))
+    torch.testing.assert_close(small_maps, F.adaptive_avg_pool2d(heatmaps, (8, 8)), rtol=0, atol=1e-6)
+    torch.testing.assert_close(small_maps[0, 3, 2, 5], heatmaps[0, 3, 16:24, 40:48].mean(), rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="multiple of the feature grid"):
+        LandmarkAttention.downsample(heatmaps, (6, 6))
+
+
+def test_forward_builds_no_tensors_from_python_values(monkeypatch):
+    """torch.tensor(..., device=cuda) in forward is a blocking host-to-device copy on every call."""
+    models = {name: small(name) for name in MODEL_NAMES}
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("torch.tensor called in forward")
+
+    monkeypatch.setattr(torch, "tensor", forbidden)
+    images = fake_batch()["image"]
+    for name, model in models.items():
+        assert torch.isfinite(model(images)["category_logits"]).all(), name
+
+
+def test_truncated_pretrained_file_gives_one_clear_line(tmp_path):
+    path = tmp_path / "vgg16-397923af.pth"
+    _fake_vgg_checkpoint(path, False)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(RuntimeError) as err:
+        build_model("cat", C, A, image_size=64, width=1.0, pretrained=str(path))
+    message = str(err.value)
+    assert "\n" not in message and str(path) in message and "truncated or corrupt" in message
+    assert "https://download.pytorch.org/models/vgg16-397923af.pth" in message
+    assert err.value.__cause__ is None and err.value.__suppress_context__          # no raw zip-reader traceback

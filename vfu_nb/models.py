@@ -1,20 +1,21 @@
 """Networks for the MTL-vs-CAT study (thesis section 3.2), in one readable file.
 
-Everything starts from ``build_model(name, ...)``. Five networks share the same parts:
+Everything starts from ``build_model(name, ...)`` (or ``build_model(name, config=ModelConfig(...))``). Five
+networks share the same parts:
 
     images (B,3,S,S)
       -> VGGBackbone           VGG-16 conv1_1 ... conv4_3 (+ReLU)          -> features F (B,C4,S/8,S/8)
       -> LandmarkBranch        4 convs + 3 transposed convs + 1x1 (fp32)   -> heatmaps H (B,8,S,S)
       -> LandmarkAttention     [F, avgpool8(H)] -> conv-relu-conv-tanh     -> A (B,C4,S/8,S/8)
       -> CategorizationBranch  max-pool, conv5_1..5_3, max-pool, flatten,
-                               category head and attribute head            -> logits
+                               category head and attribute head (fp32)     -> logits
 
     "mtl"               thesis 3.2.1: F' = (1 + A) * F goes to the categorization branch.
     "cat"               thesis 3.2.2: no landmark branch, no attention; F goes straight to categorization.
     "mtl_no_landmarks"  the "mtl" network unchanged (same class, same parameters); only
                         ``model.landmark_supervised`` is False, so the trainer sets the landmark loss weight
                         to 0. This separates "extra parameters + attention" from "landmark knowledge".
-    "mtl_pool"          FashionNet-style sharing (Liu et al. 2016): conv4_3 features max-pooled around each
+    "mtl_pool"          FashionNet-style sharing (Liu et al., CVPR 2016): conv4_3 features max-pooled around each
                         predicted landmark, gated by the heatmap peak, joined with the CAT path's features.
     "mtl_bi"            "mtl" plus a feedback path from the categorization branch back into the landmark
                         branch (the thesis' proposed next step), see MTLBiNet.
@@ -23,14 +24,26 @@ Everything starts from ``build_model(name, ...)``. Five networks share the same 
 2-core CPU, except the landmark branch, which stays at full width (0.35M parameters; scaled to 0.25 it did not
 learn, see LandmarkBranch); ``backbone="vgg16_bn"`` adds BatchNorm after every backbone conv and in the conv5 block.
 
-Shapes at 224 px, width 1: features 512x28x28, heatmaps 8x224x224, flattened 512x7x7 = 25,088 (as in Liu & Lu).
-Heatmaps are raw (no sigmoid). ``decode_landmarks`` turns them into crop units with the project convention
-u = (i + 0.5) / S (see notes/conventions.md).
+Shapes at 224 px, width 1: features 512x28x28, heatmaps 8x224x224, flattened 512x7x7 = 25,088 (as in Liu & Lu,
+ECCV Workshops 2018). Heatmaps are raw (no sigmoid). ``decode_landmarks`` turns them into crop units
+u = (i + 0.5) / S, the convention of the landmark targets.
+
+Paired initialisation: ``build_model`` draws one base seed from the global torch generator and initialises every
+layer from its own generator seeded by (base seed, the layer's qualified name), see ``init_weights``. At the same
+``torch.manual_seed`` all five networks therefore start from the same backbone, conv5 block, heads (where their
+shapes agree), landmark branch and attention, and leave the global generator in the same state.
+
+Precision: the last heatmap conv and the last layer of both heads run in fp32 under autocast (FP32Conv1x1,
+FP32Linear). Determinism on CUDA: of the ops used here only ``grid_sample`` (mtl_pool's LandmarkPooling) has no
+deterministic CUDA backward, so mtl_pool runs are not bitwise reproducible on CUDA even with ``--deterministic``.
+Reference page with shapes, parameter counts and the differences from the papers: docs/models.md.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -53,6 +66,32 @@ TORCHVISION_VGG_WEIGHTS = {
 
 #: The landmark branch is never narrower than this width (see LandmarkBranch for the measurements).
 LANDMARK_BRANCH_MIN_WIDTH = 1.0
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything that fixes a network's shapes (the model name is passed separately)."""
+
+    num_categories: int           # category classes (DeepFashion-C's list_category_cloth.txt: 50)
+    num_attributes: int           # binary attributes (DeepFashion-C: 1,000)
+    num_landmarks: int = 8        # landmark heatmaps (DeepFashion-C: 8)
+    image_size: int = 224         # input side S in pixels; a multiple of 32 (features S/8, conv5 output S/32)
+    width: float = 1.0            # channel multiplier for backbone, conv5, attention, heads (landmark branch >= 1)
+    backbone: str = "vgg16"       # "vgg16" or "vgg16_bn" (BatchNorm after every backbone and conv5 conv)
+    pool_window: int = 3          # mtl_pool: odd side of the window max-pooled around each landmark, in feature cells
+
+    def __post_init__(self):
+        for field in ("num_categories", "num_attributes", "num_landmarks"):
+            if int(getattr(self, field)) < 1:
+                raise ValueError(f"ModelConfig.{field} must be >= 1, got {getattr(self, field)}")
+        if self.image_size % 32 != 0 or self.image_size < 32:
+            raise ValueError(f"ModelConfig.image_size must be a multiple of 32 (>= 32), got {self.image_size}")
+        if self.width <= 0:
+            raise ValueError(f"ModelConfig.width must be > 0, got {self.width}")
+        if self.backbone not in BACKBONES:
+            raise ValueError(f"ModelConfig.backbone must be one of {BACKBONES}, got {self.backbone!r}")
+        if self.pool_window < 1 or self.pool_window % 2 == 0:
+            raise ValueError(f"ModelConfig.pool_window must be an odd number >= 1, got {self.pool_window}")
 
 
 def scaled(channels: int, width: float, minimum: int = 8) -> int:
@@ -103,8 +142,8 @@ class VGGBackbone(nn.Module):
 class FP32Conv1x1(nn.Module):
     """A 1x1 convolution that always runs in fp32, even under bf16/fp16 autocast.
 
-    Used for the last heatmap layer: heatmap MSE and argmax decoding are sensitive to bf16 rounding
-    (performance notes 6.2); the layer is 16 -> 8 channels, so fp32 costs nothing.
+    Used for the last heatmap layer: the heatmap MSE and the arg-max decoding are sensitive to bf16 rounding
+    (8 bits of mantissa flatten the peak and create ties); the layer is 16 -> 8 channels, so fp32 costs nothing.
     """
 
     def __init__(self, in_channels: int, out_channels: int):
@@ -114,6 +153,18 @@ class FP32Conv1x1(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         with torch.autocast(device_type=x.device.type, enabled=False):
             return self.conv(x.float())
+
+
+class FP32Linear(nn.Linear):
+    """A linear layer that always runs in fp32, even under bf16/fp16 autocast (used for the logits).
+
+    bf16 logits tie and swap top-k ranks among 1,000 attribute scores; the last layer is a small part of the
+    head's cost (1024 x 1,000 against 25,088 x 1024 for the first layer). Same parameters as nn.Linear.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            return super().forward(x.float())
 
 
 class LandmarkBranch(nn.Module):
@@ -137,8 +188,8 @@ class LandmarkBranch(nn.Module):
     predicting the mean position (0.167); at full width with the 4 px sigma floor of
     ``losses.default_heatmap_sigma`` it reached 0.18 / 0.14 (width 0.5 with a 3 px sigma: 0.33 at lr 1e-4);
     the full-width branch with the old 1.43 px sigma: 0.37 / 0.21. Both changes are needed. The branch is
-    small anyway: 0.35M parameters at width 1 (0.33M on a width-0.25 backbone, vs 0.02M scaled). Only the input 1x1 conv
-    follows the backbone's width. At 224 px / width 1 nothing changes.
+    small anyway: 0.35M parameters at width 1 (0.33M on a width-0.25 backbone, vs 0.02M scaled). Only the input
+    1x1 conv follows the backbone's width. At 224 px / width 1 nothing changes.
     """
 
     def __init__(self, in_channels: int, num_landmarks: int = 8, width: float = 1.0):
@@ -195,8 +246,15 @@ class LandmarkAttention(nn.Module):
 
     @staticmethod
     def downsample(heatmaps: torch.Tensor, size) -> torch.Tensor:
-        """Heatmaps (B,L,S,S) -> (B,L,h,w) by area averaging."""
-        return F.adaptive_avg_pool2d(heatmaps, size)
+        """Heatmaps (B,L,S,S) -> (B,L,h,w), the mean of each (S/h x S/w) block; S must be a multiple of h and w.
+
+        ``avg_pool2d`` with kernel = stride = S/h: the same values as ``adaptive_avg_pool2d`` for such sizes, but
+        with a deterministic CUDA backward (adaptive_avg_pool2d's backward is not).
+        """
+        (big_h, big_w), (h, w) = heatmaps.shape[-2:], size
+        if big_h % h or big_w % w:
+            raise ValueError(f"heatmaps {big_h}x{big_w} are not a whole multiple of the feature grid {h}x{w}")
+        return F.avg_pool2d(heatmaps, kernel_size=(big_h // h, big_w // w))
 
     def forward(self, features: torch.Tensor, heatmaps: torch.Tensor) -> torch.Tensor:
         small = self.downsample(heatmaps, features.shape[-2:]).to(features.dtype)
@@ -204,10 +262,10 @@ class LandmarkAttention(nn.Module):
 
 
 class MLPHead(nn.Sequential):
-    """Linear -> ReLU -> Linear (thesis: two dense layers per task, ReLU after the first)."""
+    """Linear -> ReLU -> Linear (thesis: two dense layers per task, ReLU after the first); logits in fp32."""
 
     def __init__(self, in_features: int, hidden: int, out_features: int):
-        super().__init__(nn.Linear(in_features, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, out_features))
+        super().__init__(nn.Linear(in_features, hidden), nn.ReLU(inplace=True), FP32Linear(hidden, out_features))
 
 
 class CategorizationBranch(nn.Module):
@@ -217,18 +275,17 @@ class CategorizationBranch(nn.Module):
     before the heads (used by mtl_pool). Returns (category_logits, attribute_logits, conv5_output).
     """
 
-    def __init__(self, in_channels: int, image_size: int, num_categories: int, num_attributes: int,
-                 width: float = 1.0, batch_norm: bool = False, extra_dim: int = 0):
+    def __init__(self, in_channels: int, config: ModelConfig, extra_dim: int = 0):
         super().__init__()
         self.pool4 = nn.MaxPool2d(kernel_size=2, stride=2)
-        self.block = make_vgg_layers(VGG16_CONV5, in_channels, width, batch_norm)
+        self.block = make_vgg_layers(VGG16_CONV5, in_channels, config.width, config.backbone == "vgg16_bn")
         self.pool5 = nn.MaxPool2d(kernel_size=2, stride=2)
-        self.out_channels = scaled(512, width)
-        grid = image_size // 32
+        self.out_channels = scaled(512, config.width)
+        grid = config.image_size // 32
         self.flat_dim = self.out_channels * grid * grid
-        self.hidden = max(64, int(round(1024 * width)))
-        self.category_head = MLPHead(self.flat_dim + extra_dim, self.hidden, num_categories)
-        self.attribute_head = MLPHead(self.flat_dim + extra_dim, self.hidden, num_attributes)
+        self.hidden = scaled(1024, config.width, minimum=64)
+        self.category_head = MLPHead(self.flat_dim + extra_dim, self.hidden, config.num_categories)
+        self.attribute_head = MLPHead(self.flat_dim + extra_dim, self.hidden, config.num_attributes)
 
     def forward(self, x: torch.Tensor, extra: torch.Tensor | None = None):
         conv5 = self.block(self.pool4(x))
@@ -239,12 +296,12 @@ class CategorizationBranch(nn.Module):
 
 
 class LandmarkPooling(nn.Module):
-    """FashionNet-style landmark pooling on the conv4_3 grid.
+    """FashionNet-style landmark pooling on the conv4_3 grid (Liu et al., CVPR 2016).
 
     For each landmark (decoded by argmax, so the *position* carries no gradient) we sample the features
     bilinearly on a ``window x window`` grid of points one feature cell apart, centred on the landmark
     (``grid_sample``, align_corners=False, which matches u = (i + 0.5) / S), and max-pool them: (B, L, C).
-    Gradients reach the features.
+    Gradients reach the features. ``grid_sample``'s CUDA backward is nondeterministic (atomic adds).
 
     Visibility gating: FashionNet had a visibility classifier; our loss has no visibility term, so the gate is
     the heatmap peak through a sigmoid, ``g = sigmoid(a_l * (max H_l - b_l))`` with learnable per-landmark
@@ -259,15 +316,21 @@ class LandmarkPooling(nn.Module):
         offsets = torch.arange(window, dtype=torch.float32) - (window - 1) / 2
         oy, ox = torch.meshgrid(offsets, offsets, indexing="ij")
         self.register_buffer("offsets", torch.stack([ox.reshape(-1), oy.reshape(-1)], -1), persistent=False)
-        self.gate_scale = nn.Parameter(torch.full((num_landmarks,), 4.0))
-        self.gate_shift = nn.Parameter(torch.full((num_landmarks,), 0.5))
+        self.gate_scale = nn.Parameter(torch.empty(num_landmarks))
+        self.gate_shift = nn.Parameter(torch.empty(num_landmarks))
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        self.gate_scale.fill_(4.0)
+        self.gate_shift.fill_(0.5)
 
     def forward(self, features: torch.Tensor, heatmaps: torch.Tensor, coords: torch.Tensor):
         """features (B,C,h,w), heatmaps (B,L,S,S), coords (B,L,2) crop units -> pooled (B,L,C), gate (B,L)."""
         h, w = features.shape[-2:]
         centre = coords.float() * 2 - 1                                       # (B,L,2) in [-1, 1]
-        step = torch.tensor([2.0 / w, 2.0 / h], device=features.device)
-        grid = centre[:, :, None, :] + self.offsets[None, None] * step        # (B,L,k*k,2)
+        step = torch.stack([self.offsets[:, 0] * (2.0 / w), self.offsets[:, 1] * (2.0 / h)], dim=-1)
+        grid = centre[:, :, None, :] + step[None, None]                       # (B,L,k*k,2)
         samples = F.grid_sample(features, grid.to(features.dtype), mode="bilinear",
                                 padding_mode="zeros", align_corners=False)   # (B,C,L,k*k)
         pooled = samples.amax(dim=3).transpose(1, 2)                          # (B,L,C)
@@ -294,26 +357,24 @@ class LandmarkPooling(nn.Module):
 
 
 class _Net(nn.Module):
-    """Common bookkeeping: name, flags, config, input-size check."""
+    """Common bookkeeping: name, flags, config, input-size check. Every network is built as ``Net(name, config)``."""
 
+    names: tuple[str, ...] = ()           # the model names this class implements
     has_landmark_branch = True
 
-    def __init__(self, name, num_categories, num_attributes, num_landmarks, image_size, width, backbone,
-                 landmark_supervised):
+    def __init__(self, name: str, config: ModelConfig):
         super().__init__()
-        if image_size % 32 != 0 or image_size < 32:
-            raise ValueError(f"image_size must be a multiple of 32 (>= 32), got {image_size}")
-        if backbone not in BACKBONES:
-            raise ValueError(f"backbone must be one of {BACKBONES}, got {backbone!r}")
-        if width <= 0:
-            raise ValueError(f"width must be > 0, got {width}")
-        self.name = name
-        self.landmark_supervised = landmark_supervised
-        self.num_categories, self.num_attributes = num_categories, num_attributes
-        self.num_landmarks, self.image_size, self.width, self.backbone_name = num_landmarks, image_size, width, backbone
-        self.config = dict(name=name, num_categories=num_categories, num_attributes=num_attributes,
-                           num_landmarks=num_landmarks, image_size=image_size, width=width, backbone=backbone)
-        self.backbone = VGGBackbone(width, batch_norm=backbone == "vgg16_bn")
+        if name not in self.names:
+            raise ValueError(f"{type(self).__name__} implements {self.names}, not {name!r}")
+        if not isinstance(config, ModelConfig):
+            raise TypeError(f"config must be a ModelConfig, got {type(config).__name__}")
+        self.name, self.config = name, config
+        self.landmark_supervised = self.has_landmark_branch and name != "mtl_no_landmarks"
+        self.backbone = VGGBackbone(config.width, batch_norm=config.backbone == "vgg16_bn")
+
+    @property
+    def image_size(self) -> int:
+        return self.config.image_size
 
     def _check(self, images: torch.Tensor) -> None:
         if images.dim() != 4 or images.shape[1] != 3 or tuple(images.shape[-2:]) != (self.image_size,) * 2:
@@ -324,14 +385,12 @@ class _Net(nn.Module):
 class CATNet(_Net):
     """Thesis 3.2.2 (CAT): conv4_3 -> max-pool -> conv5 block -> max-pool -> category/attribute heads."""
 
+    names = ("cat",)
     has_landmark_branch = False
 
-    def __init__(self, name, num_categories, num_attributes, num_landmarks, image_size, width, backbone):
-        super().__init__(name, num_categories, num_attributes, num_landmarks, image_size, width, backbone,
-                         landmark_supervised=False)
-        c4 = self.backbone.out_channels
-        self.categorization = CategorizationBranch(c4, image_size, num_categories, num_attributes, width,
-                                                   backbone == "vgg16_bn")
+    def __init__(self, name: str, config: ModelConfig):
+        super().__init__(name, config)
+        self.categorization = CategorizationBranch(self.backbone.out_channels, config)
 
     def forward(self, images: torch.Tensor) -> dict:
         self._check(images)
@@ -347,15 +406,14 @@ class MTLNet(_Net):
         A = attention(F, H);  logits = categorization((1 + A) * F)
     """
 
-    def __init__(self, name, num_categories, num_attributes, num_landmarks, image_size, width, backbone,
-                 landmark_supervised=True):
-        super().__init__(name, num_categories, num_attributes, num_landmarks, image_size, width, backbone,
-                         landmark_supervised)
+    names = ("mtl", "mtl_no_landmarks")
+
+    def __init__(self, name: str, config: ModelConfig):
+        super().__init__(name, config)
         c4 = self.backbone.out_channels
-        self.landmarks = LandmarkBranch(c4, num_landmarks, width)
-        self.attention = LandmarkAttention(c4, num_landmarks, width)
-        self.categorization = CategorizationBranch(c4, image_size, num_categories, num_attributes, width,
-                                                   backbone == "vgg16_bn")
+        self.landmarks = LandmarkBranch(c4, config.num_landmarks, config.width)
+        self.attention = LandmarkAttention(c4, config.num_landmarks, config.width)
+        self.categorization = CategorizationBranch(c4, config)
 
     def forward(self, images: torch.Tensor) -> dict:
         self._check(images)
@@ -371,24 +429,23 @@ class MTLPoolNet(_Net):
     """FashionNet-style sharing: the CAT path plus landmark-pooled local features.
 
         F = backbone(x);  H = landmarks(F);  P = landmark positions = argmax(H)   (no gradient through P)
-        local = ReLU(Linear(flatten(gate * maxpool3x3(F around P))))             (8*C4 -> 1024*width)
+        local = ReLU(Linear(flatten(gate * maxpool_kxk(F around P))))            (8*C4 -> 1024*width), k = pool_window
         logits = heads([flatten(pool5(conv5(pool4(F)))), local])
 
     No attention module. The ``attention`` output is a display-only (B,8,S/8,S/8) map of the gated pooling
     windows; ``landmark_gate`` (B,8) is the gate itself.
     """
 
-    def __init__(self, name, num_categories, num_attributes, num_landmarks, image_size, width, backbone,
-                 window: int = 3):
-        super().__init__(name, num_categories, num_attributes, num_landmarks, image_size, width, backbone,
-                         landmark_supervised=True)
+    names = ("mtl_pool",)
+
+    def __init__(self, name: str, config: ModelConfig):
+        super().__init__(name, config)
         c4 = self.backbone.out_channels
-        hidden = max(64, int(round(1024 * width)))
-        self.landmarks = LandmarkBranch(c4, num_landmarks, width)
-        self.pooling = LandmarkPooling(num_landmarks, window)
-        self.local = nn.Sequential(nn.Linear(num_landmarks * c4, hidden), nn.ReLU(inplace=True))
-        self.categorization = CategorizationBranch(c4, image_size, num_categories, num_attributes, width,
-                                                   backbone == "vgg16_bn", extra_dim=hidden)
+        hidden = scaled(1024, config.width, minimum=64)
+        self.landmarks = LandmarkBranch(c4, config.num_landmarks, config.width)
+        self.pooling = LandmarkPooling(config.num_landmarks, config.pool_window)
+        self.local = nn.Sequential(nn.Linear(config.num_landmarks * c4, hidden), nn.ReLU(inplace=True))
+        self.categorization = CategorizationBranch(c4, config, extra_dim=hidden)
 
     def forward(self, images: torch.Tensor) -> dict:
         self._check(images)
@@ -420,8 +477,10 @@ class MTLBiNet(MTLNet):
     one more decoder pass (about 0.45 GMAC at 224 px, width 1) and a Linear(512, 128).
     """
 
-    def __init__(self, name, num_categories, num_attributes, num_landmarks, image_size, width, backbone):
-        super().__init__(name, num_categories, num_attributes, num_landmarks, image_size, width, backbone, True)
+    names = ("mtl_bi",)
+
+    def __init__(self, name: str, config: ModelConfig):
+        super().__init__(name, config)
         self.feedback = nn.Linear(self.categorization.out_channels, self.landmarks.mid_channels)
 
     def forward(self, images: torch.Tensor) -> dict:
@@ -437,31 +496,47 @@ class MTLBiNet(MTLNet):
                 "landmark_heatmaps": heatmaps, "landmark_heatmaps_first": first, "attention": attention}
 
 
+NETWORKS = {"mtl": MTLNet, "cat": CATNet, "mtl_no_landmarks": MTLNet, "mtl_pool": MTLPoolNet, "mtl_bi": MTLBiNet}
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Initialisation, pretrained weights, helpers
 
 
-def init_weights(model: nn.Module) -> None:
+def part_generator(seed: int, part: str) -> torch.Generator:
+    """A CPU generator seeded from (``seed``, ``part``) alone: the same part name gets the same stream anywhere."""
+    digest = hashlib.sha256(f"{int(seed)}/{part}".encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little"))
+
+
+@torch.no_grad()
+def init_weights(model: nn.Module, seed: int) -> None:
     """torchvision VGG initialisation: Kaiming-normal (fan_out, ReLU) convs, N(0, 0.01) linears, zero biases.
 
     Exceptions: the final heatmap 1x1 conv gets N(0, 0.01) so initial heatmaps are near 0 (targets are mostly 0);
     the mtl_bi feedback projection is zero so the second landmark pass starts identical to the first.
+
+    Each layer draws from ``part_generator(seed, its qualified name)`` (on the CPU, then copied to the layer's
+    device), so a layer's values depend on the seed, its name and its shape only: never on which other layers
+    the network has, on construction order, or on the global generator, which is not touched. Every parameter
+    and BatchNorm statistic is overwritten, so the values PyTorch drew while building the modules do not matter.
     """
-    for m in model.modules():
-        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+    heatmap_convs = {id(m.conv) for m in model.modules() if isinstance(m, FP32Conv1x1)}
+    for name, m in model.named_modules():
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+            weight = torch.empty(m.weight.shape)
+            generator = part_generator(seed, name)
+            if isinstance(m, nn.Linear) or id(m) in heatmap_convs:
+                nn.init.normal_(weight, 0, 0.01, generator=generator)
+            else:
+                nn.init.kaiming_normal_(weight, mode="fan_out", nonlinearity="relu", generator=generator)
+            m.weight.copy_(weight)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
         elif isinstance(m, nn.BatchNorm2d):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.Linear):
-            nn.init.normal_(m.weight, 0, 0.01)
-            nn.init.zeros_(m.bias)
-    for m in model.modules():
-        if isinstance(m, FP32Conv1x1):
-            nn.init.normal_(m.conv.weight, 0, 0.01)
-            nn.init.zeros_(m.conv.bias)
+            m.reset_parameters()                                            # weight 1, bias 0, running stats reset
+        elif isinstance(m, LandmarkPooling):
+            m.reset_parameters()
     if isinstance(model, MTLBiNet):
         nn.init.zeros_(model.feedback.weight)
         nn.init.zeros_(model.feedback.bias)
@@ -487,6 +562,23 @@ def pretrained_path(pretrained: str | os.PathLike, backbone: str = "vgg16") -> P
     return path
 
 
+def read_vgg_checkpoint(path: Path, backbone: str = "vgg16") -> dict:
+    """``torch.load`` a VGG state dict; a truncated or corrupt file raises one RuntimeError line saying what to do."""
+    filename, url = TORCHVISION_VGG_WEIGHTS[backbone]
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:                   # zip errors (RuntimeError), EOFError, unpickling errors, ...
+        first = (str(err).split(". ")[0].splitlines() or [""])[0]
+        reason = f"{type(err).__name__}: {first}" if first else type(err).__name__
+        raise RuntimeError(
+            f"pretrained VGG weights {path} are truncated or corrupt ({reason}); delete the file and download "
+            f"torchvision's {filename} again from {url} (e.g. on a machine with internet access), then put it at "
+            f"{path}") from None
+    if isinstance(state, dict) and "state_dict" in state and not any(k.startswith("features.") for k in state):
+        state = state["state_dict"]
+    return state
+
+
 def load_pretrained_vgg(model: _Net, pretrained: str | os.PathLike) -> list[str]:
     """Copy an ImageNet VGG-16 checkpoint (torchvision key layout ``features.N.*``) into ``model``.
 
@@ -495,12 +587,11 @@ def load_pretrained_vgg(model: _Net, pretrained: str | os.PathLike) -> list[str]
     the small conv5 block of the categorization branch, as Liu & Lu do. The classifier is ignored. Only valid
     at width 1. Returns the list of model keys that were filled.
     """
-    if model.width != 1.0:
-        raise ValueError(f"pretrained VGG weights need width=1.0, got width={model.width}")
-    path = pretrained_path(pretrained, model.backbone_name)
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(state, dict) and "state_dict" in state and not any(k.startswith("features.") for k in state):
-        state = state["state_dict"]
+    backbone = model.config.backbone
+    if model.config.width != 1.0:
+        raise ValueError(f"pretrained VGG weights need width=1.0, got width={model.config.width}")
+    path = pretrained_path(pretrained, backbone)
+    state = read_vgg_checkpoint(path, backbone)
     n_backbone = len(model.backbone.features)
     targets = {f"backbone.features.{k}": v for k, v in model.backbone.features.state_dict().items()}
     block_offset = n_backbone + 1                                    # skip pool4
@@ -515,7 +606,7 @@ def load_pretrained_vgg(model: _Net, pretrained: str | os.PathLike) -> list[str]
     missing = [source_key(t) for t in targets if source_key(t) not in state]
     if missing:
         raise KeyError(f"{path} lacks {len(missing)} VGG keys, e.g. {missing[:4]}; is it a torchvision "
-                       f"{model.backbone_name} checkpoint?")
+                       f"{backbone} checkpoint?")
     loaded = []
     with torch.no_grad():
         for target, dest in targets.items():
@@ -528,28 +619,37 @@ def load_pretrained_vgg(model: _Net, pretrained: str | os.PathLike) -> list[str]
     return loaded
 
 
-def build_model(name: str, num_categories: int, num_attributes: int, num_landmarks: int = 8,
-                image_size: int = 224, width: float = 1.0, backbone: str = "vgg16",
-                pretrained: str | os.PathLike | None = None) -> nn.Module:
-    """Build one of MODEL_NAMES (see the module docstring).
+def build_model(name: str, num_categories: int | None = None, num_attributes: int | None = None,
+                num_landmarks: int | None = None, image_size: int | None = None, width: float | None = None,
+                backbone: str | None = None, pretrained: str | os.PathLike | None = None, *,
+                config: ModelConfig | None = None) -> nn.Module:
+    """Build one of MODEL_NAMES (see the module docstring); the model keeps its ModelConfig as ``model.config``.
 
+    Either the shape arguments (``num_categories``, ``num_attributes`` required; ``num_landmarks=8,
+    image_size=224, width=1.0, backbone="vgg16"`` by default, as in ModelConfig) or ``config=``, not both.
     pretrained: None (random init), a path to a torchvision VGG-16 state dict, or "torchvision" (torch.hub's
     checkpoint cache). A missing file raises FileNotFoundError; nothing is ever downloaded.
+
+    Initialisation takes exactly one draw from the global torch generator (the base seed, kept as
+    ``model.init_seed``), whatever the model, so paired runs at one seed start from the same shared weights and
+    continue with the same global random stream.
     """
-    args = (name, num_categories, num_attributes, num_landmarks, image_size, width, backbone)
-    if name == "cat":
-        model = CATNet(*args)
-    elif name == "mtl":
-        model = MTLNet(*args, landmark_supervised=True)
-    elif name == "mtl_no_landmarks":
-        model = MTLNet(*args, landmark_supervised=False)
-    elif name == "mtl_pool":
-        model = MTLPoolNet(*args)
-    elif name == "mtl_bi":
-        model = MTLBiNet(*args)
-    else:
+    if name not in NETWORKS:
         raise ValueError(f"unknown model {name!r}; choose from {MODEL_NAMES}")
-    init_weights(model)
+    shape_args = dict(num_categories=num_categories, num_attributes=num_attributes, num_landmarks=num_landmarks,
+                      image_size=image_size, width=width, backbone=backbone)
+    given = {k: v for k, v in shape_args.items() if v is not None}
+    if config is None:
+        if num_categories is None or num_attributes is None:
+            raise TypeError("build_model needs num_categories and num_attributes, or config=ModelConfig(...)")
+        config = ModelConfig(**given)
+    elif given:
+        raise TypeError(f"build_model got config= and also {sorted(given)}; put them into the ModelConfig")
+    seed = int(torch.randint(0, 2**62, ()).item())
+    with torch.random.fork_rng(devices=[]):       # PyTorch's default reset_parameters draws stay in here
+        model = NETWORKS[name](name, config)
+    init_weights(model, seed)
+    model.init_seed = seed
     if pretrained is not None:
         load_pretrained_vgg(model, pretrained)
     return model
@@ -592,7 +692,8 @@ def describe(model: nn.Module) -> str:
     return "\n".join(f"{k:<{width}}  {v / 1e6:8.3f} M" for k, v in rows.items())
 
 
-__all__ = ["MODEL_NAMES", "BACKBONES", "build_model", "decode_landmarks", "count_parameters",
-           "parameter_summary", "describe", "load_pretrained_vgg", "pretrained_path", "CATNet", "MTLNet",
-           "MTLPoolNet", "MTLBiNet", "VGGBackbone", "LandmarkBranch", "LandmarkAttention",
-           "CategorizationBranch", "LandmarkPooling", "FP32Conv1x1", "init_weights"]
+__all__ = ["MODEL_NAMES", "BACKBONES", "ModelConfig", "build_model", "decode_landmarks", "count_parameters",
+           "parameter_summary", "describe", "load_pretrained_vgg", "read_vgg_checkpoint", "pretrained_path",
+           "CATNet", "MTLNet", "MTLPoolNet", "MTLBiNet", "VGGBackbone", "LandmarkBranch", "LandmarkAttention",
+           "CategorizationBranch", "LandmarkPooling", "FP32Conv1x1", "FP32Linear", "init_weights",
+           "part_generator"]
