@@ -479,7 +479,7 @@ def test_evaluate_keeps_labels_on_the_host(monkeypatch):
                              heatmap_sigma=4.0)
     assert out["category_top3"] == 0.5 and math.isfinite(out["loss_total"])
     for kw, batch in zip(seen, batches):
-        for key in ("category", "attributes", "landmarks", "landmark_visibility"):
+        for key in ("category", "attributes", "attributes_known", "landmarks", "landmark_visibility"):
             assert kw[key] is batch[key], key                   # the loader's own host tensor, no round trip
         assert kw["category_logits"].shape == (4, 5) and kw["landmarks_pred"].shape == (4, 8, 2)
 

@@ -398,6 +398,7 @@ def evaluate(model: torch.nn.Module, loader, device, attribute_types=None, *, bf
         heat = out.get("landmark_heatmaps")
         acc.update(category_logits=out["category_logits"], category=batch["category"],
                    attribute_logits=out["attribute_logits"], attributes=batch["attributes"],
+                   attributes_known=batch.get("attributes_known"),
                    landmarks_pred=decode_landmarks(heat) if heat is not None else None,
                    landmarks=batch["landmarks"] if heat is not None else None,
                    landmark_visibility=batch["landmark_visibility"] if heat is not None else None)
