@@ -1,8 +1,19 @@
-"""The benchmarks print numbers and return them; tiny sizes only (speed targets live in the README)."""
+"""The benchmarks print numbers and return them; tiny sizes only (the measured numbers are in docs/benchmarks.md)."""
 
 import json
 
+import pytest
+import torch
+
 from vfu_nb import bench
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory):
+    from vfu_nb.synthetic import generate
+    root = tmp_path_factory.mktemp("bench") / "tree"
+    generate(root, 30, seed=0, workers=1, progress=False)
+    return root
 
 
 def test_parse_benchmark_round_trips_a_generated_set(tmp_path, capsys):
@@ -12,20 +23,46 @@ def test_parse_benchmark_round_trips_a_generated_set(tmp_path, capsys):
     assert "500 rows x 1000 attributes" in capsys.readouterr().out
 
 
-def test_data_benchmark_reports_both_paths(tmp_path, capsys):
-    from vfu_nb.synthetic import generate
-    generate(tmp_path / "tree", 30, seed=0, workers=1, progress=False)
-    result = bench.main(["data", "--root", str(tmp_path / "tree"), "--image-size", "32", "--items", "20",
-                         "--workers", "1"])
-    assert result["decode_img_s"] > 0 and result["cache_item_img_s"] > 0
+def test_data_benchmark_reports_every_path_side_by_side(tree, tmp_path, capsys):
+    result = bench.main(["data", "--root", str(tree), "--image-size", "16", "--batch-size", "4", "--workers", "1",
+                         "--repeats", "2", "--seconds", "0", "--min-batches", "1", "--cache-dir", str(tmp_path)])
     assert result["images"] == 21            # 14 of every 20 synthetic images are train
+    paths = {p["path"]: p for p in result["paths"]}
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    expected = [f"{name} per item, DataLoader, {w} workers"
+                for name in ("decode", "cache", "cache + v2 augmentation") for w in (0, 1)]
+    expected += [f"batch loader{aug} ({d})" for d in devices for aug in ("", " + augmentation")]
+    expected += [f"batch loader ({devices[-1]}), prefetch {p}, 1 ms step" for p in (0, 2)]
+    expected += ["no loader, 1 ms step (the ceiling)"]
+    assert list(paths) == expected
+    for p in paths.values():
+        assert len(p["runs"]) == 2 and p["img_s"] > 0 and p["x_decode"] > 0
+    assert paths[result["reference"]]["x_decode"] == 1.0
+    assert result["batch_loader_vs_cache_item_0_workers"] == pytest.approx(
+        paths["batch loader (cpu)"]["img_s"] / paths["cache per item, DataLoader, 0 workers"]["img_s"], rel=0.01)
     out = capsys.readouterr().out
-    assert "decode path" in out and "cache path" in out
+    assert "median img/s of 2 repetitions" in out and "batch loader + augmentation (cpu)" in out
 
 
-def test_train_benchmark_measures_a_tiny_model(capsys):
+def test_train_benchmark_runs_each_batch_size_and_the_batch_loader(tree, tmp_path, capsys):
     result = bench.main(["train", "--model", "mtl", "--image-size", "32", "--width", "0.125",
-                         "--batch-size", "2", "--steps", "1", "--warmup", "1", "--windows", "1",
-                         "--num-attributes", "10", "--no-cache", "--device", "cpu"])
-    assert result["img_s"] > 0 and result["train_gflop_per_image"] > 0 and result["parameters"] > 0
-    assert "img/s" in capsys.readouterr().out
+                         "--batch-size", "2", "3", "--steps", "1", "--warmup", "1", "--windows", "2",
+                         "--device", "cpu", "--peak-tflops", "1", "--cache-images", "8", "--batch-loader", "--root", str(tree),
+                         "--cache-dir", str(tmp_path), "--augment", "--json", str(tmp_path / "t.json")])
+    assert result["train_gflop_per_image"] > 0 and result["parameters"] > 0 and result["compile"] is None
+    assert result["num_attributes"] == 40                     # from the tree, not the default 1000
+    assert [run["batch_size"] for run in result["runs"]] == [2, 3]
+    for run in result["runs"]:
+        assert run["img_s"] > 0 and len(run["window_img_s"]) == 2 and run["host_syncs_per_step"] is None
+        assert run["fraction_of_peak"] > 0 and run["cache"]["img_s"] > 0 and run["cache"]["gather_img_s"] > 0
+        loader = run["batch_loader"]
+        assert loader["img_s"] > 0 and loader["loader_img_s"] > 0 and loader["augment"] and loader["images"] == 21
+    assert json.loads((tmp_path / "t.json").read_text())["runs"][1]["batch_size"] == 3
+    out = capsys.readouterr().out
+    assert "batch 2" in out and "batch 3" in out and "batch loader img/s" in out
+
+
+def test_batch_loader_needs_a_root(capsys):
+    with pytest.raises(SystemExit):
+        bench.main(["train", "--batch-loader"])
+    assert "--batch-loader needs --root" in capsys.readouterr().err

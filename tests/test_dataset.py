@@ -10,8 +10,10 @@ import torch
 from PIL import Image
 
 from dftree import FILES, NAMES, pad, write_tree
+from vfu_nb import data
 from vfu_nb.data import (
-    IMAGENET_MEAN, IMAGENET_STD, BadImageError, DeepFashionC, normalize_images, read_records,
+    IMAGENET_MEAN, IMAGENET_STD, Augmentation, BadImageError, DeepFashionC, augment_sample, crop_window,
+    crop_windows, landmarks_in_window, normalize_images, read_records,
 )
 
 SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "deepfashion_sample"
@@ -80,6 +82,34 @@ def test_pad_to_square_keeps_aspect(tree):
     assert (img[:, 44, 0].int() - fill).abs().max() <= 2          # padding at the left edge
 
 
+def test_normalisation_builds_its_constants_once_per_device(monkeypatch):
+    images = torch.randint(0, 256, (2, 3, 4, 4), dtype=torch.uint8)
+    first = normalize_images(images)
+    calls = []
+    monkeypatch.setattr(data.torch, "tensor", lambda *a, **k: calls.append(a))
+    torch.testing.assert_close(normalize_images(images), first)
+    assert calls == []                     # nothing built (on CUDA: nothing copied to the device) per call
+
+
+def test_windows_and_landmarks_vectorised_equal_one_by_one():
+    rng = np.random.default_rng(0)
+    boxes = np.concatenate([rng.uniform(-20, 60, (50, 2)), rng.uniform(70, 260, (50, 2))], 1).astype(np.float32)
+    sizes = rng.integers(150, 240, (50, 2))
+    landmarks = rng.uniform(-30, 280, (50, 8, 2)).astype(np.float32)
+    vis = rng.integers(-1, 2, (50, 8))
+    for pad in (False, True):
+        windows = crop_windows(boxes, sizes, pad)
+        units, v = landmarks_in_window(landmarks, vis, windows)
+        for k in range(50):
+            window = crop_window(boxes[k], tuple(sizes[k]), pad)
+            assert windows[k].tolist() == list(window)
+            one, one_vis = landmarks_in_window(landmarks[k], vis[k], window)
+            assert np.array_equal(units[k], one) and np.array_equal(v[k], one_vis)   # bit for bit
+        assert ((v == 2) == ((vis >= 0) & ((units < 0) | (units > 1)).any(-1))).all()
+    with pytest.raises(ValueError, match=r"bounding box \(5.0, 5.0, 5.5, 50.0\) is empty inside an image of 40x60"):
+        crop_windows([[0, 0, 30, 30], [5, 5, 5.5, 50]], [(40, 60), (40, 60)], False)
+
+
 def _dot_tree(tmp_path):
     """Tree whose train image is black with one white dot at the left sleeve landmark."""
     root = write_tree(tmp_path)
@@ -94,20 +124,23 @@ def _dot_tree(tmp_path):
 def test_flip_mirrors_x_and_swaps_left_and_right(tmp_path):
     ds = DeepFashionC(_dot_tree(tmp_path), "train", image_size=64, uint8=True)
     plain = ds[0]
-    ds._jitter = lambda image, points: (image, points)      # flip only
-    flipped = None
-    for seed in range(20):
-        torch.manual_seed(seed)
-        item = ds.augment_sample(plain["image"], plain["landmarks"], plain["landmark_visibility"])
-        if not torch.equal(item[0], plain["image"]):
-            flipped = item
-            break
-    image, lm, vis = flipped
+    image, lm, vis = augment_sample(plain["image"], plain["landmarks"], plain["landmark_visibility"],
+                                    Augmentation(flip=[True], scale=[1.0], shift=[[0.0, 0.0]]))
     torch.testing.assert_close(image, plain["image"].flip(-1))
     # left sleeve (slot 2) of the flipped image is the mirrored right sleeve (slot 3)
     assert lm[2].tolist() == pytest.approx([1 - plain["landmarks"][3, 0].item(), plain["landmarks"][3, 1].item()])
     assert lm[3].tolist() == pytest.approx([1 - plain["landmarks"][2, 0].item(), plain["landmarks"][2, 1].item()])
     assert vis.tolist() == plain["landmark_visibility"][[1, 0, 3, 2, 5, 4, 7, 6]].tolist()
+    assert lm[4:6].abs().sum() == 0                 # absent slots (no waistline on a tee) stay at (0, 0)
+
+
+def test_shift_moves_points_out_of_the_crop(tmp_path):
+    ds = DeepFashionC(_dot_tree(tmp_path), "train", image_size=64, uint8=True)
+    plain = ds[0]   # left sleeve (slot 2) at x = (15 - 10) / 80 = 0.0625
+    _, lm, vis = augment_sample(plain["image"], plain["landmarks"], plain["landmark_visibility"],
+                                Augmentation(flip=[False], scale=[1.0], shift=[[-0.07, 0.0]]))
+    assert lm[2, 0].item() == pytest.approx(0.0625 - 0.07) and vis[2] == 2
+    assert vis.tolist() == [0, 0, 2, 0, -1, -1, 0, 0]
 
 
 def test_jitter_moves_image_and_landmarks_together(tmp_path):

@@ -169,3 +169,57 @@ def test_reduce_counts_hook_rescales_denominators():
     doubled = multitask_loss(out, batch, LossWeights(), reduce_counts=lambda c: 2 * c)
     for k in ("category", "attribute", "landmark", "total"):
         assert doubled[k].item() == pytest.approx(base[k].item() / 2, rel=1e-6)
+
+
+# ops of the multi-task loss (forward and backward) that have no deterministic CUDA implementation, or only one
+# under torch.use_deterministic_algorithms (see its documentation)
+NONDETERMINISTIC_ON_CUDA = {"nll_loss_forward", "nll_loss_backward", "nll_loss2d_forward", "nll_loss2d_backward",
+                            "scatter_add", "scatter_add_", "scatter_reduce", "index_add", "index_add_", "index_put",
+                            "index_put_", "put_", "gather", "histc", "bincount", "cumsum", "embedding_dense_backward"}
+
+
+def _recorded_ops(device: str) -> set:
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    ops = set()
+
+    class Record(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            ops.add(func.overloadpacket.__name__)
+            return func(*args, **(kwargs or {}))
+
+    B, C, A, S = 4, 6, 10, 16
+    out = {"category_logits": torch.randn(B, C, device=device, requires_grad=True),
+           "attribute_logits": torch.randn(B, A, device=device, requires_grad=True),
+           "landmark_heatmaps": torch.randn(B, 8, S, S, device=device, requires_grad=True)}
+    batch = {"image": torch.zeros(B, 3, S, S, dtype=torch.uint8, device=device),
+             "category": torch.zeros(B, dtype=torch.int64, device=device),
+             "attributes": torch.zeros(B, A, device=device), "attributes_known": torch.ones(B, A, device=device),
+             "landmarks": torch.rand(B, 8, 2, device=device),
+             "landmark_visibility": torch.zeros(B, 8, dtype=torch.int64, device=device)}
+    with Record():
+        losses = multitask_loss(out, batch, LossWeights(), attr_pos_weight=2.0)
+        losses["total"].backward()
+    return ops
+
+
+def test_loss_off_the_cpu_uses_only_deterministic_ops():
+    # "meta" stands in for CUDA: the same device-independent code path, recorded op by op (forward + backward)
+    ops = _recorded_ops("meta")
+    assert "binary_cross_entropy_with_logits" in ops and "_log_softmax_backward_data" in ops
+    assert not ops & NONDETERMINISTIC_ON_CUDA, ops & NONDETERMINISTIC_ON_CUDA
+    assert "nll_loss_forward" in _recorded_ops("cpu")          # the CPU keeps F.cross_entropy (the recorder works)
+
+
+def test_category_term_is_the_same_off_the_cpu():
+    from vfu_nb.losses import masked_cross_entropy_sum
+
+    g = torch.Generator().manual_seed(0)
+    logits = (torch.randn(16, 48, generator=g) * 4).requires_grad_()
+    target = torch.randint(0, 48, (16,), generator=g)
+    cpu = torch.nn.functional.cross_entropy(logits, target, reduction="sum")
+    masked = masked_cross_entropy_sum(logits, target)
+    assert masked.item() == pytest.approx(cpu.item(), rel=1e-6)
+    (ga,) = torch.autograd.grad(cpu, logits)
+    (gb,) = torch.autograd.grad(masked, logits)
+    assert torch.allclose(ga, gb, atol=1e-6)

@@ -1,10 +1,15 @@
-"""vfu_nb.train: a tiny real run, NaN detection, exact resume after SIGKILL, DDP (gloo) equivalence."""
+"""vfu_nb.train: config and CLI, run-directory safety, logs, exact resume, DDP, and the CUDA path on the CPU."""
 
 from __future__ import annotations
 
+import argparse
+import csv
+import json
 import math
+import os
 import random
 import signal
+import sys
 
 import numpy as np
 import pytest
@@ -12,10 +17,12 @@ import torch
 
 from train_helpers import read_json, run_cli, strip_timing, synth_root, tiny_args  # noqa: F401 (fixture)
 from vfu_nb import train as train_mod
-from vfu_nb.losses import LossWeights
+from vfu_nb.losses import LossWeights, multitask_loss
 from vfu_nb.train import (
-    EpochBatchSampler, NonFiniteLossError, TrainConfig, config_from_args, add_train_args, get_rng_state,
-    load_checkpoint, set_rng_state, train,
+    RESUME_SAFE_FIELDS, ConfigError, CorruptCheckpointError, EpochBatchSampler, NonFiniteLossError, RunExistsError,
+    RunLock, RunLockedError, RunMismatchError, TrainConfig, add_train_args, config_differences, config_from_args,
+    fit_optimizer_state, get_rng_state, load_checkpoint, resolve_runtime, select_best, set_rng_state, train,
+    train_subset, training_step,
 )
 
 
@@ -24,6 +31,10 @@ def tiny_config(root, run_dir, **over) -> TrainConfig:
                 width=0.125, max_items=40, num_workers=0, progress=False, seed=0, threads=1)
     base.update(over)
     return TrainConfig(**base)
+
+
+def parse(argv, **kw) -> TrainConfig:
+    return config_from_args(add_train_args(argparse.ArgumentParser(), **kw).parse_args(argv))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -47,10 +58,14 @@ def test_sampler_ranks_partition_the_single_process_batches():
     again = EpochBatchSampler(50, 8, seed=3)
     again.set_epoch(2)
     assert list(again) == full
+    again.set_epoch(2, start_batch=4)                       # resuming inside the epoch skips the first 4
+    assert list(again) == full[4:] and len(again) == 3
     again.set_epoch(3)
     assert list(again) != full
     assert sorted(i for b in full for i in b) == list(range(50))
     assert len(EpochBatchSampler(50, 8, max_batches=2)) == 2 and len(list(EpochBatchSampler(50, 8, max_batches=2))) == 2
+    dropped = EpochBatchSampler(50, 8, drop_last=True)      # what --compile uses: one batch shape
+    assert len(dropped) == 6 and all(len(b) == 8 for b in dropped)
 
 
 def test_rng_state_roundtrip_through_weights_only_checkpoint(tmp_path):
@@ -69,14 +84,40 @@ def test_rng_state_roundtrip_through_weights_only_checkpoint(tmp_path):
     assert torch.equal(want[0], got[0]) and np.array_equal(want[1], got[1]) and want[2] == got[2]
 
 
-def test_cli_arguments_map_to_config():
-    import argparse
+def test_select_best_on_scripted_val_sequences():
+    def run(scores, patience):
+        best = {"epoch": None, "score": -math.inf, "val": None, "test": None, "bad_epochs": 0, "stopped": False}
+        trace = []
+        for epoch, score in enumerate(scores, start=1):
+            before = dict(best)
+            new = select_best(best, epoch, score, patience)
+            assert best == before                                   # a pure function: input unchanged
+            best = new
+            trace.append((best["epoch"], best["bad_epochs"], best["stopped"]))
+            if best["stopped"]:
+                break
+        return trace
 
-    parser = add_train_args(argparse.ArgumentParser())
-    args = parser.parse_args(["--model", "cat", "--data-root", "d", "--run-dir", "r", "--epochs", "2", "--bf16",
-                              "--lr-schedule", "cosine", "--w-landmark", "5", "--workers", "3", "--resume",
-                              "--max-items", "10", "--patience", "2", "--no-progress"])
-    cfg = config_from_args(args)
+    # strict improvement only: the tie at epoch 3 keeps epoch 2
+    assert run([0.1, 0.3, 0.3, 0.2], None) == [(1, 0, False), (2, 0, False), (2, 1, False), (2, 2, False)]
+    # patience 2: two epochs without improvement stop the run
+    assert run([0.5, 0.4, 0.6, 0.6, 0.1, 0.9], 2) == [(1, 0, False), (1, 1, False), (3, 0, False), (3, 1, False),
+                                                     (3, 2, True)]
+    # nan never improves, even as the first score
+    assert run([float("nan"), 0.2, float("nan")], 3) == [(None, 1, False), (2, 0, False), (2, 1, False)]
+    assert run([0.2, 0.1], 1) == [(1, 0, False), (1, 1, True)]
+    new = select_best({"epoch": 1, "score": 0.5, "bad_epochs": 0, "stopped": False}, 2, 0.7, None)
+    assert new["score"] == 0.7 and new["epoch"] == 2
+
+
+# ---------------------------------------------------------------------------------------------------------
+# config and command line
+
+
+def test_cli_arguments_map_to_config():
+    cfg = parse(["--model", "cat", "--data-root", "d", "--run-dir", "r", "--epochs", "2", "--bf16",
+                 "--lr-schedule", "cosine", "--w-landmark", "5", "--workers", "3", "--resume",
+                 "--max-items", "10", "--patience", "2", "--no-progress"])
     assert (cfg.model, cfg.data_root, cfg.run_dir, cfg.epochs, cfg.bf16, cfg.lr_schedule) == \
         ("cat", "d", "r", 2, True, "cosine")
     assert cfg.loss_weights == LossWeights(landmark=5.0) and cfg.num_workers == 3 and cfg.resume
@@ -84,6 +125,104 @@ def test_cli_arguments_map_to_config():
     d = TrainConfig()
     assert (d.batch_size, d.epochs, d.lr, d.image_size) == (8, 10, 1e-4, 224)  # thesis defaults
     assert TrainConfig.from_dict(cfg.to_dict()) == cfg
+    assert parse([]) == TrainConfig()                        # nothing given: the dataclass defaults
+    assert parse(["--num-workers", "2", "--patience", "none", "--no-bf16"]).num_workers == 2
+    assert parse(["--patience", "none"]).patience is None and parse(["--no-bf16"]).bf16 is False
+
+
+def test_every_field_is_an_option_with_its_help_and_default():
+    import dataclasses
+
+    parser = add_train_args(argparse.ArgumentParser())
+    text = parser.format_help()
+    for f in dataclasses.fields(TrainConfig):
+        if f.name == "loss_weights":
+            for flag in ("--w-category", "--w-attribute", "--w-landmark"):
+                assert flag in text
+            continue
+        assert "--" + f.name.replace("_", "-") in text, f.name
+        assert f.metadata["help"], f"{f.name} has no help text"
+    assert "--no-augment" in text and "--config" in text and "(default: 0.0001)" in text
+    assert "(default: 1.0)" in text                           # train_fraction
+    # a study-style parser leaves fields out
+    study = add_train_args(argparse.ArgumentParser(), skip=("model", "seed")).format_help()
+    assert "--model" not in study and "--seed " not in study and "--epochs" in study
+
+
+def test_every_option_is_documented():
+    from pathlib import Path
+
+    from vfu_nb.train_config import cli_options
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "training.md").read_text()
+    missing = [opt.flags[0] for opt in cli_options() if f"`{opt.flags[0]}`" not in doc]
+    assert missing == [], f"options missing from docs/training.md: {missing}"
+    assert all(f"`{name}`" in doc for name in RESUME_SAFE_FIELDS)
+
+
+def test_config_file_yaml_and_json_with_flags_overriding(tmp_path):
+    yml = tmp_path / "run.yaml"
+    yml.write_text("model: cat\nlr: 3e-4\nepochs: 4\nloss_weights:\n  attribute: 10\npatience: 2\n")
+    cfg = parse(["--config", str(yml), "--epochs", "6", "--w-landmark", "0"])
+    assert cfg.model == "cat" and cfg.lr == 3e-4 and cfg.epochs == 6 and cfg.patience == 2   # flag wins
+    assert cfg.loss_weights == LossWeights(category=1.0, attribute=10.0, landmark=0.0)
+    js = tmp_path / "config.json"                               # a run's config.json, resolved block included
+    js.write_text(json.dumps({**cfg.to_dict(), "resolved": {"device": "cpu", "bf16": False}}))
+    assert parse(["--config", str(js)]) == cfg
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("modle: cat\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml.*modle"):
+        parse(["--config", str(bad)])
+    bad.write_text("train_fraction: 1.5\n")
+    with pytest.raises(ConfigError, match=r"--train-fraction must be in \(0, 1\].*bad\.yaml"):
+        parse(["--config", str(bad)])
+    bad.write_text("epochs: three\n")
+    with pytest.raises(ConfigError, match="epochs in .*bad.yaml must be int"):
+        parse(["--config", str(bad)])
+
+
+def test_print_config_is_yaml_that_loads_back(tmp_path, capsys):
+    assert train_mod.main(["--print-config", "--model", "cat", "--lr", "0.001", "--w-attribute", "5",
+                           "--train-fraction", "0.5", "--device", "cpu"]) is None
+    text = capsys.readouterr().out
+    assert "resolved on this machine" in text and "bf16 False" in text and "model: cat" in text
+    (tmp_path / "c.yaml").write_text(text)
+    again = parse(["--config", str(tmp_path / "c.yaml")])
+    assert again == TrainConfig(model="cat", lr=1e-3, loss_weights=LossWeights(attribute=5.0), train_fraction=0.5,
+                                device="cpu")
+
+
+def test_bad_values_name_the_option(capsys):
+    for kw, flag in [({"train_fraction": 0.0}, "--train-fraction"), ({"lr_schedule": "linear"}, "--lr-schedule"),
+                     ({"sync_every": 0}, "--sync-every"), ({"batch_size": 0}, "--batch-size")]:
+        with pytest.raises(ConfigError, match=flag):
+            TrainConfig(**kw)
+    with pytest.raises(SystemExit) as err:
+        train_mod.main(["--train-fraction", "2", "--print-config"])
+    assert err.value.code == 2 and "--train-fraction must be in (0, 1], got 2.0" in capsys.readouterr().err
+
+
+def test_train_subset_is_seeded_and_nested():
+    data = list(range(100))
+    half, quarter = train_subset(data, 0.5, 7), train_subset(data, 0.25, 7)
+    assert len(half) == 50 and len(quarter) == 25 and len(train_subset(data, 0.001, 7)) == 1
+    assert set(quarter.indices) <= set(half.indices) and half.indices == sorted(half.indices)
+    assert train_subset(data, 0.5, 7).indices == half.indices and train_subset(data, 0.5, 8).indices != half.indices
+
+
+def test_resume_rule_lists_changed_settings_except_the_safe_ones():
+    stored = {**TrainConfig(image_size=32, epochs=2).to_dict(), "resolved": {"device": "cpu"}}
+    assert config_differences(stored, TrainConfig(image_size=32, epochs=5, device="cuda", threads=4,
+                                                  num_workers=8, patience=3, progress=False)) == []
+    diffs = config_differences(stored, TrainConfig(image_size=64, epochs=2, lr=1e-3,
+                                                   loss_weights=LossWeights(landmark=1.0)))
+    assert diffs == ["image_size: 32 -> 64", "lr: 0.0001 -> 0.001", "loss_weights.landmark: 1000.0 -> 1.0"]
+    old = {k: v for k, v in stored.items() if k != "train_fraction"}   # written before the field existed
+    assert config_differences(old, TrainConfig(image_size=32)) == []
+    cosine = TrainConfig(image_size=32, epochs=2, lr_schedule="cosine").to_dict()
+    assert config_differences(cosine, TrainConfig(image_size=32, epochs=4, lr_schedule="cosine")) == ["epochs: 2 -> 4"]
+    assert {"epochs", "patience", "device", "num_workers", "threads", "sync_every"} <= RESUME_SAFE_FIELDS
+    assert not {"model", "lr", "batch_size", "image_size", "seed", "data_root", "bf16"} & RESUME_SAFE_FIELDS
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -94,9 +233,10 @@ def test_tiny_training_run_learns_and_writes_files(synth_root, tmp_path):
     run_dir = tmp_path / "run"
     cfg = tiny_config(synth_root, run_dir, epochs=3, image_size=64, max_items=None, lr=1e-3)
     metrics = train(cfg)
-    for name in ("config.json", "history.json", "metrics.json", "checkpoints/last.pt", "checkpoints/best.pt"):
+    for name in ("config.json", "history.json", "metrics.json", "metrics.csv", "batches.csv", "train.log",
+                 "checkpoints/last.pt", "checkpoints/best.pt"):
         assert (run_dir / name).is_file(), name
-    assert not list(run_dir.rglob("*.tmp"))
+    assert not list(run_dir.rglob("*.tmp")) and not (run_dir / "train.lock").exists()
     hist = read_json(run_dir / "history.json")
     assert len(hist["epochs"]) == 3
     batches = hist["batches"]
@@ -125,6 +265,43 @@ def test_tiny_training_run_learns_and_writes_files(synth_root, tmp_path):
 
     model = build_model("mtl", ck["num_categories"], ck["num_attributes"], 8, 64, 0.125)
     model.load_state_dict(ck["model"])
+    # config.json: the settings plus what was resolved for this machine
+    stored, resolved = train_mod.read_run_config(run_dir)
+    assert stored == cfg
+    assert resolved == {**resolved, "device": "cpu", "bf16": False, "channels_last": False,
+                                  "deterministic": True, "num_workers": 0, "sync_every": 1, "heatmap_sigma": 4.0,
+                                  "eval_batch_size": 32, "threads": 1}
+    # metrics.csv: one row per epoch, equal to the history; batches.csv: one row per step
+    with open(run_dir / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
+    assert float(rows[1]["val_category_top3"]) == hist["epochs"][1]["val"]["category_top3"]
+    assert float(rows[2]["train_total"]) == hist["epochs"][2]["train"]["total"] and float(rows[0]["lr"]) == 1e-3
+    with open(run_dir / "batches.csv") as f:
+        steps = list(csv.DictReader(f))
+    assert len(steps) == len(batches["total"]) and float(steps[-1]["total"]) == batches["total"][-1]
+    log = (run_dir / "train.log").read_text()
+    assert "device cpu x1" in log and "precision fp32" in log and str(synth_root) in log and "0 workers" in log
+    assert "epoch 3/3 loss" in log
+
+
+def test_batch_losses_reach_disk_during_the_epoch_and_tensorboard(synth_root, tmp_path):
+    run_dir = tmp_path / "tb"
+    seen = {}
+
+    def on_step(epoch, batch, step):
+        if step == 3:   # mid-epoch: rows of steps 1-3 are already on disk
+            seen["rows"] = (run_dir / "batches.csv").read_text().strip().splitlines()
+
+    train(tiny_config(synth_root, run_dir, epochs=1, max_batches=4, log_every=1, tensorboard=True), on_step=on_step)
+    assert len(seen["rows"]) == 1 + 3 and seen["rows"][3].startswith("1,3,3,")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir / "tensorboard"))
+    events.Reload()
+    tags = events.Tags()["scalars"]
+    assert "train_step/total" in tags and "val/category_top3" in tags and "test/category_top3" in tags
+    assert [e.step for e in events.Scalars("train_step/total")] == [1, 2, 3, 4]
 
 
 def test_nan_loss_names_epoch_batch_and_term(synth_root, tmp_path, monkeypatch):
@@ -159,6 +336,9 @@ def test_early_stopping_and_finished_resume(synth_root, tmp_path):
     # resuming a finished run trains nothing and reports the same metrics
     again = train(tiny_config(synth_root, run_dir, epochs=5, lr=0.0, patience=2, max_batches=1, resume=True))
     assert strip_timing(again) == strip_timing(m)
+    # patience is re-applied on resume: a larger one continues the stopped run
+    more = train(tiny_config(synth_root, run_dir, epochs=5, lr=0.0, patience=3, max_batches=1, resume=True))
+    assert more["epochs_run"] == 4 and more["early_stopped"]
 
 
 def test_cat_model_has_no_landmark_loss_or_ne(synth_root, tmp_path):
@@ -168,27 +348,232 @@ def test_cat_model_has_no_landmark_loss_or_ne(synth_root, tmp_path):
     assert m["test"]["landmark_ne_mean"] is None  # nan -> null in strict JSON
 
 
+def test_train_fraction_trains_on_a_subset_with_the_same_evaluation(synth_root, tmp_path):
+    full = train(tiny_config(synth_root, tmp_path / "full", epochs=1, batch_size=4))
+    half = train(tiny_config(synth_root, tmp_path / "half", epochs=1, batch_size=4, train_fraction=0.5))
+    h_full, h_half = read_json(tmp_path / "full" / "history.json"), read_json(tmp_path / "half" / "history.json")
+    assert h_full["epochs"][0]["train_images"] == 40 and h_half["epochs"][0]["train_images"] == 20
+    assert len(h_half["batches"]["step"]) == 5
+    assert full["test"]["n_images"] == half["test"]["n_images"] and full["val"]["n_images"] == half["val"]["n_images"]
+
+
 # ---------------------------------------------------------------------------------------------------------
-# subprocess runs: SIGKILL + resume, DDP
+# run-directory safety
 
 
+def test_existing_run_is_refused_without_resume_and_changed_settings_with_it(synth_root, tmp_path):
+    run_dir = tmp_path / "run"
+    train(tiny_config(synth_root, run_dir, epochs=1, max_batches=1))
+    stamp = (run_dir / "checkpoints" / "last.pt").stat().st_mtime_ns
+    with pytest.raises(RunExistsError) as err:
+        train(tiny_config(synth_root, run_dir, epochs=1, max_batches=1))
+    msg = str(err.value)
+    assert str(run_dir) in msg and "config.json" in msg and "--resume" in msg and "--run-dir" in msg
+    with pytest.raises(RunMismatchError, match=r"image_size: 32 -> 64; lr: 0\.0001 -> 0\.001"):
+        train(tiny_config(synth_root, run_dir, epochs=2, max_batches=1, image_size=64, lr=1e-3, resume=True))
+    assert (run_dir / "checkpoints" / "last.pt").stat().st_mtime_ns == stamp          # nothing touched
+    # safe changes are accepted: more epochs, other thread count, progress, sync_every
+    m = train(tiny_config(synth_root, run_dir, epochs=2, max_batches=1, resume=True, threads=2, sync_every=2))
+    assert m["epochs_run"] == 2
+
+
+def test_a_second_writer_is_refused_and_a_dead_writers_lock_taken_over(synth_root, tmp_path):
+    run_dir = tmp_path / "locked"
+    with RunLock(run_dir):
+        with pytest.raises(RunLockedError, match=rf"pid {os.getpid()}"):
+            train(tiny_config(synth_root, run_dir, epochs=1, max_batches=1))
+    assert not (run_dir / "config.json").exists()
+    # a lock file left by a killed process (nobody holds the flock) is taken over
+    (run_dir / "train.lock").write_text("pid 999999 on somewhere since yesterday\n")
+    m = train(tiny_config(synth_root, run_dir, epochs=1, max_batches=1))
+    assert m["epochs_run"] == 1 and not (run_dir / "train.lock").exists()
+
+
+def test_corrupt_checkpoint_gives_one_line_saying_what_to_do(synth_root, tmp_path, capsys):
+    run_dir = tmp_path / "corrupt"
+    train(tiny_config(synth_root, run_dir, epochs=1, max_batches=1))
+    last = run_dir / "checkpoints" / "last.pt"
+    last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])                    # truncated
+    with pytest.raises(CorruptCheckpointError) as err:
+        train(tiny_config(synth_root, run_dir, epochs=2, max_batches=1, resume=True))
+    msg = str(err.value)
+    assert str(last) in msg and "best.pt" in msg and "--run-dir" in msg and "\n" not in msg
+    argv = ["--data-root", str(synth_root), "--run-dir", str(run_dir), "--epochs", "2", "--max-batches", "1",
+            "--image-size", "32", "--width", "0.125", "--max-items", "40", "--threads", "1", "--resume",
+            "--no-progress"]
+    with pytest.raises(SystemExit) as exit_:
+        train_mod.main(argv)
+    err_text = capsys.readouterr().err
+    assert exit_.value.code == 2 and str(last) in err_text and "Traceback" not in err_text
+    assert len(err_text.strip().splitlines()) == 1
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the CUDA path, checked on the CPU
+
+
+def _tiny_batch(B=4, S=32, C=5, A=7, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return {"image": torch.randint(0, 256, (B, 3, S, S), dtype=torch.uint8, generator=g),
+            "category": torch.randint(0, C, (B,), generator=g),
+            "attributes": (torch.rand(B, A, generator=g) < 0.2).float(),
+            "attributes_known": torch.ones(B, A), "landmarks": torch.rand(B, 8, 2, generator=g),
+            "landmark_visibility": torch.zeros(B, 8, dtype=torch.int64), "index": torch.arange(B)}
+
+
+def test_training_step_makes_no_host_device_copies_or_syncs(monkeypatch):
+    """Nothing in train.py / losses.py builds a tensor from host data with a device argument or reads one back."""
+    import functools
+
+    from vfu_nb.models import build_model
+
+    rt = resolve_runtime(TrainConfig(device="cpu", sync_every=25, image_size=32))
+    model = build_model("mtl", 5, 7, 8, 32, 0.125)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    loss_fn = functools.partial(multitask_loss, weights=LossWeights(), heatmap_sigma=4.0,
+                                attr_pos_weight=torch.full((), 2.0))
+    batch = _tiny_batch()
+    ours = (os.path.join("vfu_nb", "train.py"), os.path.join("vfu_nb", "losses.py"), "test_train.py")
+    calls = []
+
+    def spy(name, real, needs_device):
+        def wrapper(*args, **kwargs):
+            caller = sys._getframe(1).f_code
+            if caller.co_filename.endswith(ours) and (not needs_device or "device" in kwargs):
+                calls.append((name, caller.co_name))
+            return real(*args, **kwargs)
+        return wrapper
+
+    monkeypatch.setattr(torch, "tensor", spy("tensor", torch.tensor, True))
+    monkeypatch.setattr(torch, "as_tensor", spy("as_tensor", torch.as_tensor, True))
+    for method in ("item", "tolist", "cpu", "numpy", "__bool__", "__float__", "__int__"):
+        monkeypatch.setattr(torch.Tensor, method, spy(method, getattr(torch.Tensor, method), False))
+    logged = training_step(model, optimizer, batch, loss_fn, rt)
+    assert calls == []
+    torch.tensor([1.0], device="cpu").tolist()              # the spy does see such calls
+    monkeypatch.undo()
+    assert calls == [("tensor", "test_training_step_makes_no_host_device_copies_or_syncs"),
+                     ("tolist", "test_training_step_makes_no_host_device_copies_or_syncs")]
+    assert logged.shape == (4,) and torch.isfinite(logged).all()
+
+
+def test_evaluate_keeps_labels_on_the_host(monkeypatch):
+    from vfu_nb.models import build_model
+
+    seen = []
+
+    class Recorder:
+        def __init__(self, attribute_types, num_landmarks=8):
+            pass
+
+        def update(self, **kw):
+            seen.append(kw)
+
+        def compute(self):
+            return {"category_top3": 0.5}
+
+    batches = [_tiny_batch(seed=s) for s in range(2)]
+    monkeypatch.setattr(train_mod, "EvalAccumulator", Recorder)
+    model = build_model("mtl", 5, 7, 8, 32, 0.125)
+    out = train_mod.evaluate(model, batches, "cpu", np.ones(7, dtype=int), loss_weights=LossWeights(),
+                             heatmap_sigma=4.0)
+    assert out["category_top3"] == 0.5 and math.isfinite(out["loss_total"])
+    for kw, batch in zip(seen, batches):
+        for key in ("category", "attributes", "attributes_known", "landmarks", "landmark_visibility"):
+            assert kw[key] is batch[key], key                   # the loader's own host tensor, no round trip
+        assert kw["category_logits"].shape == (4, 5) and kw["landmarks_pred"].shape == (4, 8, 2)
+
+
+def _conv_net():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.Conv2d(8, 4, 3))
+
+
+@pytest.mark.parametrize("saved_layout,resumed_layout", [(torch.channels_last, torch.contiguous_format),
+                                                         (torch.contiguous_format, torch.channels_last)])
+def test_optimizer_state_resumes_in_another_memory_layout_exactly(tmp_path, saved_layout, resumed_layout):
+    def grads(model, k):
+        g = torch.Generator().manual_seed(k)
+        for p in model.parameters():
+            p.grad = torch.empty_like(p).copy_(torch.randn(p.shape, generator=g))
+
+    ref = _conv_net().to(memory_format=saved_layout)
+    opt = torch.optim.Adam(ref.parameters(), lr=1e-2)
+    for k in range(3):
+        grads(ref, k)
+        opt.step()
+    state = opt.state_dict()
+    for group in state["param_groups"]:
+        group["fused"] = True        # as written by a CUDA run (fused Adam)
+    torch.save({"model": ref.state_dict(), "optimizer": state}, tmp_path / "ck.pt")
+    ck = torch.load(tmp_path / "ck.pt", weights_only=True)
+    resumed = _conv_net().to(memory_format=resumed_layout)
+    resumed.load_state_dict(ck["model"])
+    opt2 = torch.optim.Adam(resumed.parameters(), lr=1e-2)
+    opt2.load_state_dict(ck["optimizer"])
+    fit_optimizer_state(opt2)
+    for p in resumed.parameters():
+        assert opt2.state[p]["exp_avg"].stride() == p.stride() and opt2.state[p]["step"].device.type == "cpu"
+    assert opt2.param_groups[0]["fused"] is None
+    for k in range(3, 6):             # the next steps equal the uninterrupted reference exactly
+        grads(ref, k)
+        opt.step()
+        grads(resumed, k)
+        opt2.step()
+        for a, b in zip(ref.parameters(), resumed.parameters()):
+            assert torch.equal(a, b)
+
+
+def test_run_saved_channels_last_resumes_contiguous(synth_root, tmp_path):
+    # a channels_last run with a CUDA-style checkpoint (fused Adam) continues contiguous on the CPU
+    common = dict(epochs=2, max_batches=3, lr=1e-3)
+    ref = tiny_config(synth_root, tmp_path / "ref", channels_last=True, **common)
+    train(ref)
+    res = tmp_path / "res"
+    train(tiny_config(synth_root, res, channels_last=True, **{**common, "epochs": 1}))
+    last = res / "checkpoints" / "last.pt"
+    ck = torch.load(last, weights_only=True)
+    for group in ck["optimizer"]["param_groups"]:
+        group["fused"] = True
+    torch.save(ck, last)
+    train(tiny_config(synth_root, res, channels_last=False, resume=True, **common))
+    a, b = read_json(tmp_path / "ref" / "history.json"), read_json(res / "history.json")
+    assert a["batches"]["total"][:3] == b["batches"]["total"][:3]
+    # convolutions differ at float precision between layouts; a misread optimiser state differs by far more
+    np.testing.assert_allclose(b["batches"]["total"][3:], a["batches"]["total"][3:], rtol=1e-4)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# subprocess runs: SIGKILL + resume, DDP, compile
+
+
+@pytest.mark.slow
 def test_resume_after_sigkill_matches_uninterrupted_run(synth_root, tmp_path):
-    ref = run_cli(tiny_args(synth_root, tmp_path / "ref"))
+    # augmentation draws from the restored RNG states, so the resumed data must match too
+    ref = run_cli(tiny_args(synth_root, tmp_path / "ref", augment=True))
     assert ref.returncode == 0, ref.stderr[-3000:]
-    killed = run_cli(tiny_args(synth_root, tmp_path / "res"), env_extra={train_mod.KILL_ENV: "2:3"})
-    assert killed.returncode == -signal.SIGKILL, (killed.returncode, killed.stderr[-3000:])
-    assert not (tmp_path / "res" / "metrics.json").exists()
-    assert load_checkpoint(tmp_path / "res" / "checkpoints" / "last.pt")["epoch"] == 1
-    resumed = run_cli(tiny_args(synth_root, tmp_path / "res", resume=True))
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "resuming" in resumed.stdout
-    a, b = read_json(tmp_path / "ref" / "metrics.json"), read_json(tmp_path / "res" / "metrics.json")
-    assert strip_timing(a) == strip_timing(b)                       # exact equality on CPU
-    ha, hb = read_json(tmp_path / "ref" / "history.json"), read_json(tmp_path / "res" / "history.json")
-    assert ha["batches"] == hb["batches"]
-    assert strip_timing(ha["epochs"]) == strip_timing(hb["epochs"])
+    a, ha = read_json(tmp_path / "ref" / "metrics.json"), read_json(tmp_path / "ref" / "history.json")
+    # killed after epoch 2, batch 3 (5 batches per epoch, step 8); resumed from the epoch-1 checkpoint (step 5),
+    # or, with --checkpoint-every 2, from the step checkpoint 2 steps after it (step 7 = epoch 2, batch 2)
+    for name, extra, ck_batch, ck_step in [("res", {"augment": True}, 0, 5),
+                                           ("steps", {"augment": True, "checkpoint_every": 2}, 2, 7)]:
+        killed = run_cli(["--kill-at", "2:3", *tiny_args(synth_root, tmp_path / name, **extra)], module="train_helpers")
+        assert killed.returncode == -signal.SIGKILL, (killed.returncode, killed.stderr[-3000:])
+        assert not (tmp_path / name / "metrics.json").exists()
+        ck = load_checkpoint(tmp_path / name / "checkpoints" / "last.pt")
+        assert (ck["epoch"], ck["batch"], ck["global_step"]) == (1, ck_batch, ck_step)
+        resumed = run_cli(tiny_args(synth_root, tmp_path / name, resume=True, **extra))
+        assert resumed.returncode == 0, resumed.stderr[-3000:]
+        assert "resuming" in resumed.stdout
+        b, hb = read_json(tmp_path / name / "metrics.json"), read_json(tmp_path / name / "history.json")
+        assert strip_timing(a) == strip_timing(b)                       # exact equality on CPU
+        assert ha["batches"] == hb["batches"]
+        assert strip_timing(ha["epochs"]) == strip_timing(hb["epochs"])
+        with open(tmp_path / name / "batches.csv") as f:                # no duplicated rows of redone steps
+            assert [int(r["step"]) for r in csv.DictReader(f)] == list(range(1, 16))
 
 
+@pytest.mark.slow
 def test_ddp_gloo_two_processes_match_one_process(synth_root, tmp_path):
     common = dict(epochs=1, max_batches=4, lr="1e-3")  # 40 train images: 5 global batches of 8
     single = run_cli(tiny_args(synth_root, tmp_path / "one", batch_size=8, **common))
@@ -203,9 +588,25 @@ def test_ddp_gloo_two_processes_match_one_process(synth_root, tmp_path):
         np.testing.assert_allclose(two["batches"][term], one["batches"][term], rtol=1e-4, err_msg=term)
     m = read_json(tmp_path / "two" / "metrics.json")
     assert m["timing"]["world_size"] == 2
+    assert read_json(tmp_path / "two" / "config.json")["resolved"]["world_size"] == 2
     # evaluation (rank 0, full split) after identical training steps agrees too
     m1 = read_json(tmp_path / "one" / "metrics.json")
     assert m["test"]["category_top3"] == pytest.approx(m1["test"]["category_top3"], abs=0.03)
+
+
+@pytest.mark.slow
+def test_compiled_epoch_with_a_partial_batch_compiles_once(synth_root, tmp_path):
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    # 44 train images, batch 8: 5 full batches and one of 4, which --compile drops
+    train(tiny_config(synth_root, tmp_path / "compiled", epochs=1, max_items=44, compile=True))
+    assert counters["stats"]["unique_graphs"] == 1, dict(counters["stats"])
+    assert not counters["recompiles"]
+    hist = read_json(tmp_path / "compiled" / "history.json")
+    assert hist["batches"]["step"] == [1, 2, 3, 4, 5] and hist["epochs"][0]["train_images"] == 40
+    torch._dynamo.reset()
 
 
 def test_bf16_channels_last_path_runs_on_cpu(synth_root, tmp_path):
@@ -216,3 +617,4 @@ def test_bf16_channels_last_path_runs_on_cpu(synth_root, tmp_path):
     assert hist["batches"]["batch"] == [1, 2, 3] and hist["batches"]["step"] == [1, 2, 3]
     assert all(math.isfinite(v) for v in hist["batches"]["total"])
     assert 0 <= m["test"]["category_top3"] <= 1 and m["test"]["landmark_ne_mean"] is not None
+    assert read_json(tmp_path / "bf16" / "config.json")["resolved"]["tf32"] is False

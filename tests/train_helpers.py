@@ -2,12 +2,16 @@
 
 Import the fixture into a test module with ``from train_helpers import synth_root`` (tests/ is on sys.path
 through conftest.py).
+
+``python -m train_helpers --kill-at EPOCH:BATCH <train options>`` runs the training CLI and SIGKILLs itself
+after that optimiser step (and its step checkpoint): a crash at a chosen point, for the resume tests.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -50,7 +54,7 @@ def run_cli(args, env_extra=None, module="vfu_nb.train", launcher=None, timeout=
     """Run ``python -m module args`` (or a launcher such as torchrun) in a fresh process."""
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", "1")
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), str(REPO / "tests"), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     env.update(env_extra or {})
     cmd = [sys.executable, *(launcher or []), "-m", module, *args]
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
@@ -73,3 +77,21 @@ def strip_timing(obj):
 
 def read_json(path) -> dict:
     return json.loads(Path(path).read_text())
+
+
+def kill_at(spec: str):
+    """An ``on_step`` callback that SIGKILLs this process after step ``"epoch:batch"`` (both 1-based)."""
+    def on_step(epoch: int, batch: int, step: int) -> None:
+        if f"{epoch}:{batch}" == spec:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.kill(os.getpid(), signal.SIGKILL)
+    return on_step
+
+
+if __name__ == "__main__":
+    from vfu_nb.train import main
+
+    argv = sys.argv[1:]
+    at = argv.index("--kill-at")
+    main(argv[:at] + argv[at + 2:], on_step=kill_at(argv[at + 1]))

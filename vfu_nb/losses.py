@@ -4,12 +4,14 @@ Heatmap targets are built on the device from crop-unit coordinates (no heatmaps 
 DataLoader). Pixel convention (conventions.md): crop-unit ``u`` is the continuous pixel position ``u*S``;
 pixel ``i`` covers ``[i, i+1)``, so the Gaussian centre in pixel-index space is ``u*S - 0.5``.
 
-All reductions run in fp32 (``.float()``), so the losses are safe under bf16 autocast.
+All reductions run in fp32 (``.float()``), so the losses are safe under bf16 autocast. Nothing here copies from
+the host to the device or reads a value back (constants are built with ``torch.full``/``arange`` on the
+device), and off the CPU every operation, forward and backward, has a deterministic CUDA implementation.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Mapping, Optional
 
 import torch
@@ -63,9 +65,10 @@ class LossWeights:
     ``landmark`` must be 0 for models without landmark supervision (``mtl_no_landmarks``, ``cat``).
     """
 
-    category: float = 1.0
-    attribute: float = 20.0
-    landmark: float = 1000.0
+    category: float = field(default=1.0, metadata={"help": "weight of the category cross-entropy"})
+    attribute: float = field(default=20.0, metadata={"help": "weight of the attribute BCE"})
+    landmark: float = field(default=1000.0, metadata={"help": "weight of the landmark heatmap MSE (0 for models "
+                                                              "without landmark supervision)"})
 
 
 def gaussian_heatmaps(coords: torch.Tensor, height: int, width: int, sigma: float,
@@ -124,11 +127,28 @@ def _attribute_sum_count(logits, targets, known=None, pos_weight=None):
     y = targets.to(x.device, torch.float32)
     m = torch.ones_like(y) if known is None else known.to(x.device, torch.float32)
     if pos_weight is not None and not isinstance(pos_weight, torch.Tensor):
-        pos_weight = torch.tensor(float(pos_weight), device=x.device)
+        pos_weight = torch.full((), float(pos_weight), device=x.device)
     elif pos_weight is not None:
         pos_weight = pos_weight.to(x.device, torch.float32)
     per = F.binary_cross_entropy_with_logits(x, y, pos_weight=pos_weight, reduction="none")
     return (per * m).sum(), m.sum()
+
+
+def _category_sum(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy summed over the batch: ``F.cross_entropy`` on the CPU, :func:`masked_cross_entropy_sum`
+    elsewhere (CUDA's ``nll_loss`` is on the list of nondeterministic operations of
+    ``torch.use_deterministic_algorithms``)."""
+    if logits.device.type == "cpu":
+        return F.cross_entropy(logits, target, reduction="sum")
+    return masked_cross_entropy_sum(logits, target)
+
+
+def masked_cross_entropy_sum(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Summed cross-entropy as the log-softmax picked by a one-hot mask: elementwise operations and one full
+    reduction, forward and backward, so deterministic on every device (equal to ``F.cross_entropy`` up to the
+    order of the sum)."""
+    picked = target[:, None] == torch.arange(logits.shape[1], device=logits.device)
+    return -torch.where(picked, torch.log_softmax(logits, dim=1), 0.0).sum()
 
 
 def multitask_loss(outputs: Mapping[str, torch.Tensor], batch: Mapping[str, torch.Tensor],
@@ -159,8 +179,8 @@ def multitask_loss(outputs: Mapping[str, torch.Tensor], batch: Mapping[str, torc
     cat_logits = outputs["category_logits"].float()
     device = cat_logits.device
     target = batch["category"].to(device)
-    cat_sum = F.cross_entropy(cat_logits, target, reduction="sum")
-    cat_count = torch.tensor(float(target.shape[0]), device=device)
+    cat_sum = _category_sum(cat_logits, target)
+    cat_count = torch.full((), float(target.shape[0]), device=device)
 
     attr_sum, attr_count = _attribute_sum_count(outputs["attribute_logits"], batch["attributes"],
                                                 batch.get("attributes_known"), attr_pos_weight)

@@ -25,13 +25,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-#: Config fields that may differ between a stored run and a request to continue it.
-RESUMABLE_CHANGES = {"epochs", "resume", "progress", "device", "num_workers", "run_dir", "sync_every",
-                     "patience", "cache_dir", "eval_batch_size"}
-
-
-class RunMismatchError(ValueError):
-    """``run_dir`` holds a run trained with another configuration (it is never overwritten)."""
+from vfu_nb.rundir import RunMismatchError, check_resume  # noqa: F401 (RunMismatchError re-exported)
 
 
 def _read_json(path) -> dict:
@@ -56,24 +50,16 @@ def ensure_run(run_dir, model: str = "mtl", *, data_root: str = "../data/synthet
     ``config`` holds any :class:`vfu_nb.train.TrainConfig` field (``epochs``, ``batch_size``, ``lr``,
     ``image_size``, ``width``, ``max_items``, ``seed``, ``device`` ...). ``data_root`` is stored as an absolute
     path so the run can be reloaded from any working directory. A run directory whose ``config.json`` differs
-    in anything but :data:`RESUMABLE_CHANGES` raises :class:`RunMismatchError`; raising ``epochs`` continues a
-    finished run.
+    in anything but :data:`vfu_nb.train_config.RESUME_SAFE_FIELDS` raises :class:`RunMismatchError` (the
+    trainer's own rule, :func:`vfu_nb.rundir.check_resume`); raising ``epochs`` continues a finished run.
     """
     from vfu_nb.train import TrainConfig, train
 
     run_dir = Path(run_dir)
     cfg = TrainConfig.from_dict({**config, "model": model, "data_root": str(Path(data_root).resolve()),
                                  "run_dir": str(run_dir), "resume": True, "progress": progress})
-    cfile = run_dir / "config.json"
-    if cfile.exists():
-        from vfu_nb.metrics import jsonable
-
-        have, want = _read_json(cfile), jsonable(cfg.to_dict())
-        changed = sorted(k for k in want if k not in RESUMABLE_CHANGES and have.get(k) != want[k])
-        if changed:
-            diff = ", ".join(f"{k}: {have.get(k)!r} -> {want[k]!r}" for k in changed)
-            raise RunMismatchError(f"{run_dir} holds a run with another configuration ({diff}); "
-                                   f"choose another run_dir or delete that folder")
+    if (run_dir / "config.json").exists():
+        check_resume(run_dir, cfg)
         check_compatible(run_dir)
         if is_finished(run_dir, cfg.epochs) and (run_dir / "checkpoints" / "best.pt").exists():
             print(f"{run_dir}: finished run found ({_read_json(run_dir / 'metrics.json')['epochs_run']} epochs), "

@@ -1,22 +1,26 @@
-"""Training loop: ``TrainConfig``, ``train(config)``, ``evaluate(...)`` and the CLI.
+"""Training loop: ``train(config)``, ``evaluate(...)`` and the CLI (reference: docs/training.md).
 
     python -m vfu_nb.train --model mtl --data-root DIR --run-dir runs/x [--epochs 10 --batch-size 8 ...]
+    python -m vfu_nb.train --config run.yaml [--lr 3e-4]   # file settings, flags override; --print-config shows them
     torchrun --nproc_per_node 8 -m vfu_nb.train ...        # DistributedDataParallel, batch size per process
 
-Design (see ecosystem.md 7.3-7.4 and performance.md 6):
+Reading order (top to bottom, as the run goes): :func:`train` claims the run directory, then
+:func:`setup_runtime` (device, distributed, precision, threads, seeds), :func:`build` (data, model, optimiser,
+scheduler, resume), and per epoch :func:`train_epoch` (steps of :func:`training_step`) and :func:`end_epoch`
+(evaluate, select / stop early with :func:`select_best`, checkpoint, log); :func:`finish` writes metrics.json.
 
 * Thesis defaults: Adam, lr 1e-4, batch 8, 10 epochs. **One** optimiser for the whole run (Liu & Lu re-create
   Adam every epoch, which resets its moments); an optional per-epoch LR schedule.
 * Every epoch evaluates on ``val`` (model selection and early stopping on top-3 category accuracy) and on
   ``test`` (what is reported: the test metrics *at the best val epoch*).
 * Exact resume. The data order of epoch e comes from a generator seeded with (seed, e); model, optimiser,
-  scheduler, history and all RNG states are saved at the end of every epoch (``checkpoints/last.pt``, written
-  to a temp file and ``os.replace``d). A run killed mid-epoch and resumed with ``--resume`` redoes that epoch
-  and ends with the same metrics as an uninterrupted run (bit-identical on CPU).
-* Checkpoints hold only tensors and plain Python, so ``torch.load(path, weights_only=True)`` works.
-* Images come from the data layer's uint8 cache and are normalised on the device (CPU and GPU alike).
-  GPU path: bf16 autocast, channels_last, cudnn.benchmark, optional torch.compile, pinned memory, persistent
-  workers, non_blocking copies, and loss values read back only every ``sync_every`` steps.
+  scheduler, history, RNG states (and, for ``checkpoint_every``, the position inside the epoch) are saved to
+  ``checkpoints/last.pt``. A run killed and resumed with ``--resume`` ends with the same metrics as an
+  uninterrupted run (bit-identical on CPU). Checkpoints hold only tensors and plain Python
+  (``torch.load(path, weights_only=True)`` works) and resume on another device or memory layout.
+* Images come from the data layer's uint8 cache and are normalised on the device. GPU path: bf16 autocast,
+  channels_last, cudnn.benchmark, optional torch.compile / CUDA graphs, fused Adam, pinned memory, persistent
+  workers, non_blocking copies, no host round trip in a step except the loss read-back every ``sync_every``.
 * DDP under torchrun (env:// when WORLD_SIZE > 1; nccl on CUDA, gloo on CPU). Every rank draws the same
   seeded permutation; global batch b is ``perm[b*B*W:(b+1)*B*W]`` and rank r takes ``[r::W]`` of it, so a
   W-process run sees exactly the batches of a 1-process run with batch B*W. Loss denominators are all-reduced
@@ -28,31 +32,35 @@ Design (see ecosystem.md 7.3-7.4 and performance.md 6):
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
-import json
+import functools
 import math
 import os
 import random
-import signal
-import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Sampler
 
-from vfu_nb.losses import LossWeights, default_heatmap_sigma, multitask_loss
+from vfu_nb.losses import LossWeights, default_heatmap_sigma, multitask_loss  # noqa: F401 (LossWeights re-exported)
 from vfu_nb.metrics import EvalAccumulator, jsonable
+from vfu_nb.rundir import (  # noqa: F401 (re-exported)
+    LOSS_TERMS, CorruptCheckpointError, RunDirError, RunExistsError, RunLock, RunLockedError, RunLog,
+    RunMismatchError, check_resume, check_run_dir, load_checkpoint, read_run_config, save_checkpoint, write_json,
+)
+from vfu_nb.train_config import (  # noqa: F401 (re-exported)
+    LR_SCHEDULES, RESUME_SAFE_FIELDS, ConfigError, TrainConfig, add_train_args, config_differences,
+    config_from_args, config_to_yaml,
+)
 
-LOSS_TERMS = ("category", "attribute", "landmark", "total")
-LR_SCHEDULES = ("none", "cosine", "step", "exp")
-KILL_ENV = "VFU_NB_TEST_KILL_AT"   # "epoch:batch" (1-based): SIGKILL self after that optimizer step (tests)
-CHECKPOINT_FORMAT = 1
+CHECKPOINT_FORMAT = 2   # 2: adds the position inside an epoch ("batch", "epoch_stats"); format 1 still loads
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -61,69 +69,6 @@ class NonFiniteLossError(FloatingPointError):
     def __init__(self, epoch: int, batch: int, term: str, value: float):
         self.epoch, self.batch, self.term, self.value = epoch, batch, term, value
         super().__init__(f"non-finite {term} loss ({value}) at epoch {epoch}, batch {batch}")
-
-
-@dataclass
-class TrainConfig:
-    """Everything a run needs; saved as ``config.json`` in the run directory.
-
-    Defaults follow the thesis (Adam, batch 8, 10 epochs, lr 1e-4, 224 px, full-width VGG-16).
-    ``None`` means "pick per device": ``bf16``/``channels_last`` on for CUDA, ``num_workers`` 0 on CPU,
-    ``deterministic`` on for CPU, ``heatmap_sigma`` = 5 px at 224 scaled with ``image_size``, at least 4 px (vfu_nb.losses.default_heatmap_sigma).
-    """
-
-    model: str = "mtl"
-    data_root: str = "data/deepfashion"
-    run_dir: str = "runs/mtl"
-    epochs: int = 10
-    batch_size: int = 8                    # per process; global batch = batch_size * world size
-    eval_batch_size: Optional[int] = None  # default 4 * batch_size
-    lr: float = 1e-4
-    weight_decay: float = 0.0
-    lr_schedule: str = "none"              # none | cosine | step | exp (stepped once per epoch)
-    lr_step_size: int = 3                  # step: decay every N epochs
-    lr_gamma: float = 0.1                  # step / exp factor (Liu & Lu: exp 0.8)
-    image_size: int = 224
-    width: float = 1.0
-    backbone: str = "vgg16"
-    pretrained: Optional[str] = None       # path to torchvision VGG-16 weights, or "torchvision"
-    device: str = "auto"
-    seed: int = 0
-    data_seed: int = 0                     # seed of the max_items subsets (same subset for every run seed)
-    resume: bool = False
-    compile: bool = False
-    bf16: Optional[bool] = None
-    channels_last: Optional[bool] = None
-    deterministic: Optional[bool] = None
-    max_items: Optional[int] = None        # per split: first N after a seeded permutation (smoke runs)
-    max_batches: Optional[int] = None      # per training epoch (smoke runs)
-    patience: Optional[int] = None         # early stopping: epochs without val improvement
-    select_metric: str = "category_top3"   # val metric for model selection (higher is better)
-    num_workers: Optional[int] = None
-    augment: bool = False                  # flip + scale/shift jitter (vfu_nb.data), train split only
-    pad_to_square: bool = False
-    cache_dir: Optional[str] = None
-    loss_weights: LossWeights = field(default_factory=LossWeights)
-    heatmap_sigma: Optional[float] = None  # pixels at input resolution
-    attr_pos_weight: Optional[float] = None
-    sync_every: Optional[int] = None       # read losses back every N steps (1 on CPU, 25 on CUDA)
-    threads: Optional[int] = None          # torch.set_num_threads (CPU); None = torch's default
-    progress: bool = True
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
-        d = dict(d)
-        lw = d.get("loss_weights")
-        if isinstance(lw, dict):
-            d["loss_weights"] = LossWeights(**lw)
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise ValueError(f"unknown TrainConfig fields: {sorted(unknown)}")
-        return cls(**d)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -165,14 +110,13 @@ def get_rng_state() -> dict:
     """All RNG states as tensors / plain Python (safe for ``torch.load(weights_only=True)``)."""
     name, keys, pos, has_gauss, cached = np.random.get_state()
     py = random.getstate()
-    state = {
+    return {
         "torch": torch.get_rng_state(),
         "numpy": [str(name), torch.from_numpy(np.asarray(keys, dtype=np.int64)), int(pos), int(has_gauss),
                   float(cached)],
         "python": [int(py[0]), [int(x) for x in py[1]], py[2]],
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
     }
-    return state
 
 
 def set_rng_state(state: dict) -> None:
@@ -190,8 +134,9 @@ class EpochBatchSampler(Sampler):
 
     Epoch e permutes ``range(n)`` with a generator seeded by ``derive_seed(seed, e, 0)`` (or keeps the order
     with ``shuffle=False``). Global batches have ``batch_size * world_size`` items; rank r gets items
-    ``r::world_size`` of each. With ``world_size > 1`` an incomplete last global batch is dropped so every
-    rank runs the same number of equal steps.
+    ``r::world_size`` of each. With ``drop_last`` (default: when ``world_size > 1``, so every rank runs the same
+    number of equal steps) an incomplete last global batch is dropped. ``set_epoch(e, start_batch=k)`` skips
+    the first k batches (a resume inside an epoch) without loading them.
     """
 
     def __init__(self, n: int, batch_size: int, *, shuffle: bool = True, seed: int = 0, rank: int = 0,
@@ -201,9 +146,10 @@ class EpochBatchSampler(Sampler):
         self.drop_last = world_size > 1 if drop_last is None else drop_last
         self.max_batches = max_batches
         self.epoch = 0
+        self.start_batch = 0
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        self.epoch, self.start_batch = epoch, start_batch
 
     def global_batches(self) -> list:
         if self.shuffle:
@@ -218,7 +164,7 @@ class EpochBatchSampler(Sampler):
             batches.pop()
         if self.max_batches is not None:
             batches = batches[:self.max_batches]
-        return batches
+        return batches[self.start_batch:]
 
     def __iter__(self):
         for batch in self.global_batches():
@@ -227,38 +173,12 @@ class EpochBatchSampler(Sampler):
     def __len__(self) -> int:
         gb = self.batch_size * self.world_size
         n = self.n // gb if self.drop_last else math.ceil(self.n / gb)
-        return n if self.max_batches is None else min(n, self.max_batches)
+        n = n if self.max_batches is None else min(n, self.max_batches)
+        return max(0, n - self.start_batch)
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Small helpers
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def write_json(path, obj, indent: Optional[int] = 1) -> None:
-    """Strict JSON (nan/inf -> null), written atomically (temp file + os.replace)."""
-    text = json.dumps(jsonable(obj), indent=indent, separators=None if indent else (",", ":"))
-    _atomic_write_bytes(Path(path), (text + "\n").encode())
-
-
-def save_checkpoint(path, payload: dict) -> None:
-    """``torch.save`` to ``path.tmp``, then ``os.replace`` (never a half-written checkpoint)."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
-
-
-def load_checkpoint(path, map_location="cpu") -> dict:
-    return torch.load(path, map_location=map_location, weights_only=True)
+# Runtime: device, distributed, precision (everything that depends on the machine)
 
 
 def resolve_device(name: str = "auto", local_rank: int = 0) -> torch.device:
@@ -270,23 +190,149 @@ def resolve_device(name: str = "auto", local_rank: int = 0) -> torch.device:
     return dev
 
 
+def dist_info() -> tuple[int, int, int]:
+    """(world size, rank, local rank) from torchrun's environment (1, 0, 0 without it)."""
+    return (int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0")),
+            int(os.environ.get("LOCAL_RANK", "0")))
+
+
+@dataclass
+class Runtime:
+    """The per-machine values of a run (``None`` settings resolved) and the collectives of DDP.
+
+    The collectives are no-ops in a single process, so the trainer reads the same with and without DDP.
+    """
+
+    device: torch.device
+    world: int
+    rank: int
+    bf16: bool
+    channels_last: bool
+    deterministic: bool
+    num_workers: int
+    sync_every: int
+    heatmap_sigma: float
+    eval_batch_size: int
+    fused_adam: bool
+    tf32: bool
+    threads: int = 0
+
+    @property
+    def is_cuda(self) -> bool:
+        return self.device.type == "cuda"
+
+    @property
+    def distributed(self) -> bool:
+        return self.world > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def resolved(self) -> dict:
+        """The ``resolved`` block of config.json."""
+        return {"device": str(self.device), "world_size": self.world, "bf16": self.bf16,
+                "channels_last": self.channels_last, "deterministic": self.deterministic,
+                "num_workers": self.num_workers, "sync_every": self.sync_every, "heatmap_sigma": self.heatmap_sigma,
+                "eval_batch_size": self.eval_batch_size, "fused_adam": self.fused_adam, "tf32": self.tf32,
+                "threads": self.threads, "torch": torch.__version__}
+
+    # collectives (no-ops without DDP)
+    def barrier(self) -> None:
+        if self.distributed:
+            dist.barrier()
+
+    def all_mean(self, t: torch.Tensor) -> torch.Tensor:
+        if not self.distributed:
+            return t
+        t = t.clone()
+        dist.all_reduce(t)
+        return t / self.world
+
+    def share(self, obj):
+        """Rank 0's ``obj`` on every rank."""
+        if not self.distributed:
+            return obj
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def gather(self, obj) -> list:
+        """``[obj of rank 0, obj of rank 1, ...]`` on every rank."""
+        if not self.distributed:
+            return [obj]
+        out = [None] * self.world
+        dist.all_gather_object(out, obj)
+        return out
+
+
+def resolve_runtime(config: TrainConfig, world: int = 1, rank: int = 0, local_rank: int = 0) -> Runtime:
+    """Resolve the device-dependent settings (pure: nothing is initialised)."""
+    device = resolve_device(config.device, local_rank)
+    cuda = device.type == "cuda"
+    bf16 = cuda if config.bf16 is None else bool(config.bf16)
+    workers = config.num_workers
+    if workers is None:
+        workers = min(8, max(1, (os.cpu_count() or 1) // max(1, world))) if cuda else 0
+    return Runtime(
+        device=device, world=world, rank=rank, bf16=bf16,
+        channels_last=cuda if config.channels_last is None else bool(config.channels_last),
+        deterministic=(not cuda) if config.deterministic is None else bool(config.deterministic),
+        num_workers=workers,
+        sync_every=config.sync_every or (25 if cuda else 1),
+        heatmap_sigma=float(config.heatmap_sigma if config.heatmap_sigma is not None
+                            else default_heatmap_sigma(config.image_size)),
+        # CPU: 4 x batch (larger batches change CPU kernels' float results, not the metrics' meaning)
+        eval_batch_size=config.eval_batch_size or (max(256, 4 * config.batch_size) if cuda else 4 * config.batch_size),
+        fused_adam=cuda,
+        # bf16 autocast: TF32 off, so the fp32 islands (landmark head, losses) really compute in fp32; the
+        # bulk runs in bf16 either way. fp32 training on CUDA keeps TF32 convolutions and matmuls.
+        tf32=cuda and not bf16,
+    )
+
+
+def setup_runtime(config: TrainConfig, world: int, rank: int, local_rank: int) -> Runtime:
+    """Join the process group (DDP), set threads, seeds and backend flags; return the :class:`Runtime`."""
+    rt = resolve_runtime(config, world, rank, local_rank)
+    if rt.distributed and not dist.is_initialized():
+        if rt.is_cuda:
+            torch.cuda.set_device(rt.device)
+        dist.init_process_group("nccl" if rt.is_cuda else "gloo", init_method="env://", timeout=timedelta(hours=2))
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    elif rt.distributed and not rt.is_cuda:
+        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world))
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
+    rt.threads = torch.get_num_threads()
+    seed_everything(config.seed, rt.deterministic)
+    if rt.is_cuda:
+        torch.backends.cudnn.benchmark = not rt.deterministic
+        torch.backends.cuda.matmul.allow_tf32 = rt.tf32
+        torch.backends.cudnn.allow_tf32 = rt.tf32
+    return rt
+
+
+@contextlib.contextmanager
+def _process_settings():
+    """Restore the process-wide torch settings a run changes (notebooks and test sessions keep their own)."""
+    saved = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+             torch.get_num_threads(), torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark,
+             torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
+        torch.set_num_threads(saved[2])
+        (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark, torch.backends.cudnn.allow_tf32,
+         torch.backends.cuda.matmul.allow_tf32) = saved[3:]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Steps and evaluation
+
+
 def _to_device(batch: dict, device: torch.device) -> dict:
     return {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
-
-
-def _dist_info() -> tuple[int, int, int]:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    return world, rank, local
-
-
-def _maybe_kill(epoch: int, batch: int) -> None:
-    spec = os.environ.get(KILL_ENV)
-    if spec and spec == f"{epoch}:{batch}":
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _prepare_images(images: torch.Tensor, channels_last: bool) -> torch.Tensor:
@@ -298,8 +344,27 @@ def _prepare_images(images: torch.Tensor, channels_last: bool) -> torch.Tensor:
     return x
 
 
-# ----------------------------------------------------------------------------------------------------------
-# Evaluation
+def training_step(model, optimizer, batch: dict, loss_fn: Callable, rt: Runtime, cuda_graphs: bool = False,
+                  before_update: Optional[Callable] = None) -> torch.Tensor:
+    """One optimiser step on a batch already on the device; returns the logged loss terms.
+
+    The result is the 4 terms of :data:`LOSS_TERMS` (detached fp32, averaged over ranks), still on the device:
+    nothing here waits for the device. ``before_update(logged)`` runs between the loss and the update (the
+    trainer's finite check when it reads every step back).
+    """
+    if cuda_graphs:
+        torch.compiler.cudagraph_mark_step_begin()
+    images = _prepare_images(batch["image"], rt.channels_last)
+    with torch.autocast(device_type=rt.device.type, dtype=torch.bfloat16, enabled=rt.bf16):
+        outputs = model(images)
+    losses = loss_fn(outputs, batch)
+    logged = rt.all_mean(torch.stack([losses[t].detach() for t in LOSS_TERMS]).float())
+    if before_update is not None:
+        before_update(logged)
+    optimizer.zero_grad(set_to_none=True)
+    losses["total"].backward()
+    optimizer.step()
+    return logged
 
 
 @torch.no_grad()
@@ -308,6 +373,8 @@ def evaluate(model: torch.nn.Module, loader, device, attribute_types=None, *, bf
              heatmap_sigma: Optional[float] = None, progress: bool = False, desc: str = "eval") -> dict:
     """Run ``model`` over ``loader`` and return a flat dict of floats (see :class:`EvalAccumulator`).
 
+    Only the images go to the device (and the labels, one way, for the losses); the accumulator gets the
+    device outputs and the host labels, and the loss sums stay on the device until the end of the split.
     Also returns the mean loss terms (``loss_category`` ... ``loss_total``, batch-size weighted) when
     ``loss_weights`` is given. ``attribute_types`` defaults to ``loader.dataset.annotations.attribute_types``.
     The model is put in eval mode and back into its previous mode afterwards.
@@ -322,22 +389,24 @@ def evaluate(model: torch.nn.Module, loader, device, attribute_types=None, *, bf
     was_training = model.training
     model.eval()
     acc = EvalAccumulator(attribute_types, num_landmarks=getattr(model, "num_landmarks", 8))
-    loss_sums = torch.zeros(4, dtype=torch.float64)
+    loss_sums = torch.zeros(4, dtype=torch.float64, device=device)
     n_seen = 0
     for batch in tqdm(loader, desc=desc, leave=False, disable=not progress):
-        batch = _to_device(batch, device)
-        images = _prepare_images(batch["image"], channels_last)
+        images = _prepare_images(batch["image"].to(device, non_blocking=True), channels_last)
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16):
             out = model(images)
         heat = out.get("landmark_heatmaps")
-        lm_pred = decode_landmarks(heat) if heat is not None else None
-        acc.update(out["category_logits"], batch["category"], out["attribute_logits"], batch["attributes"],
-                   lm_pred, batch["landmarks"] if heat is not None else None,
-                   batch["landmark_visibility"] if heat is not None else None)
+        acc.update(category_logits=out["category_logits"], category=batch["category"],
+                   attribute_logits=out["attribute_logits"], attributes=batch["attributes"],
+                   attributes_known=batch.get("attributes_known"),
+                   landmarks_pred=decode_landmarks(heat) if heat is not None else None,
+                   landmarks=batch["landmarks"] if heat is not None else None,
+                   landmark_visibility=batch["landmark_visibility"] if heat is not None else None)
         if loss_weights is not None:
             b = int(batch["category"].shape[0])
-            losses = multitask_loss(out, batch, loss_weights, heatmap_sigma)
-            loss_sums += torch.stack([losses[t].detach().float() for t in LOSS_TERMS]).double().cpu() * b
+            labels = {**_to_device({k: v for k, v in batch.items() if k != "image"}, device), "image": batch["image"]}
+            losses = multitask_loss(out, labels, loss_weights, heatmap_sigma)
+            loss_sums += torch.stack([losses[t].detach().float() for t in LOSS_TERMS]).double() * b
             n_seen += b
     model.train(was_training)
     result = acc.compute()
@@ -347,39 +416,391 @@ def evaluate(model: torch.nn.Module, loader, device, attribute_types=None, *, bf
     return result
 
 
+def select_best(best: dict, epoch: int, score: float, patience: Optional[int]) -> dict:
+    """The model-selection state after an epoch whose val metric is ``score`` (a new dict; ``best`` unchanged).
+
+    A strictly higher score than the best so far makes ``epoch`` the best one (ties keep the earlier epoch; nan
+    never improves); otherwise it is one more bad epoch. ``stopped`` once ``bad_epochs`` reaches ``patience``.
+    """
+    new = dict(best)
+    if not math.isnan(score) and score > best["score"]:
+        new.update(epoch=epoch, score=float(score), bad_epochs=0)
+    else:
+        new["bad_epochs"] = best["bad_epochs"] + 1
+    new["stopped"] = patience is not None and new["bad_epochs"] >= patience
+    return new
+
+
+def fit_optimizer_state(optimizer: torch.optim.Optimizer) -> None:
+    """After ``load_state_dict``: make the loaded state fit the current parameters and device.
+
+    Each state tensor gets its parameter's device and memory layout (channels_last or contiguous), and the
+    ``fused`` / ``foreach`` / ``capturable`` choices of the checkpoint's device are replaced by the current
+    optimiser's (fused Adam reads mismatched layouts wrongly). Adam's ``step`` counter goes where the
+    implementation wants it (on the parameter's device for fused, on the CPU otherwise).
+    """
+    for group in optimizer.param_groups:
+        for key in ("fused", "foreach", "capturable"):
+            if key in optimizer.defaults:
+                group[key] = optimizer.defaults[key]
+        on_device = bool(group.get("fused") or group.get("capturable"))
+        for p in group["params"]:
+            state = optimizer.state.get(p, {})
+            for key, value in list(state.items()):
+                if not isinstance(value, torch.Tensor):
+                    continue
+                if key == "step":
+                    state[key] = value.to(device=p.device if on_device else "cpu", dtype=torch.float32)
+                elif value.shape == p.shape:
+                    state[key] = torch.empty_like(p, dtype=value.dtype).copy_(value)
+                else:
+                    state[key] = value.to(p.device)
+
+
 # ----------------------------------------------------------------------------------------------------------
-# Training
+# Build: data, model, optimiser, scheduler, resume
+
+
+@dataclass
+class EpochStats:
+    """Running totals of the current epoch (saved with a step checkpoint, so a resumed epoch continues them)."""
+
+    lr: float
+    sums: torch.Tensor = field(default_factory=lambda: torch.zeros(4, dtype=torch.float64))
+    batches: int = 0          # steps done and read back
+    images: int = 0           # over all ranks
+    seconds: float = 0.0      # training time so far
+
+
+@dataclass
+class TrainState:
+    """Everything the epoch functions share (made by :func:`build`)."""
+
+    config: TrainConfig
+    rt: Runtime
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Optional[object]
+    loss_weights: LossWeights          # the config's, landmark 0 for models without landmark supervision
+    loss_fn: Callable                  # multitask_loss with those weights, sigma, pos_weight, DDP counts
+    attribute_types: np.ndarray
+    meta: dict                         # model name, class / attribute counts, parameter count
+    train_model: Optional[torch.nn.Module] = None    # DDP and/or compiled wrapper of ``model``
+    sampler: Optional[EpochBatchSampler] = None
+    loader_gen: Optional[torch.Generator] = None
+    train_loader: Optional[DataLoader] = None
+    eval_loaders: dict = field(default_factory=dict)
+    log: Optional[RunLog] = None
+    history: dict = field(default_factory=lambda: {"batches": {k: [] for k in ("epoch", "batch", "step", *LOSS_TERMS)},
+                                                   "epochs": []})
+    best: dict = field(default_factory=lambda: {"epoch": None, "score": -math.inf, "val": None, "test": None,
+                                                "bad_epochs": 0, "stopped": False})
+    epoch: int = 0                     # completed epochs
+    step: int = 0                      # optimiser steps so far
+    resumed_epoch: Optional[EpochStats] = None    # a partly done epoch from a step checkpoint
+    last_checkpoint_step: int = 0
+    started: float = field(default_factory=time.perf_counter)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.config.run_dir)
 
 
 def _make_scheduler(config: TrainConfig, optimizer):
     s = config.lr_schedule
-    if s == "none":
-        return None
     if s == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, config.epochs))
     if s == "step":
         return torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.lr_step_size, gamma=config.lr_gamma)
     if s == "exp":
         return torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=config.lr_gamma)
-    raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {s!r}")
+    return None
 
 
-def _build_datasets(config: TrainConfig, rank: int, world: int):
+def _build_datasets(config: TrainConfig, rt: Runtime) -> dict:
+    """train / val / test data sets (rank 0 builds the image caches first, then the others open them)."""
     from vfu_nb.data import DeepFashionC
 
     def make(split):
         return DeepFashionC(config.data_root, split, config.image_size, augment=config.augment and split == "train",
                             cache=True, uint8=True, cache_dir=config.cache_dir, pad_to_square=config.pad_to_square,
                             max_items=config.max_items, subset_seed=config.data_seed,
-                            progress=config.progress and rank == 0)
+                            progress=config.progress and rt.is_main)
 
-    # rank 0 builds the caches first; the others then open them
-    if world > 1 and rank != 0:
-        dist.barrier()
+    if not rt.is_main:
+        rt.barrier()
     sets = {split: make(split) for split in ("train", "val", "test")}
-    if world > 1 and rank == 0:
-        dist.barrier()
+    if rt.is_main:
+        rt.barrier()
+    if config.train_fraction < 1.0:
+        sets["train"] = train_subset(sets["train"], config.train_fraction, config.data_seed)
     return sets
+
+
+def train_subset(dataset, fraction: float, data_seed: int) -> torch.utils.data.Subset:
+    """A seeded ``fraction`` of ``dataset`` (at least one item) in data-set order; for one ``data_seed``, a
+    smaller fraction is a subset of a larger one."""
+    n = len(dataset)
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(derive_seed(data_seed, 3)))
+    return torch.utils.data.Subset(dataset, sorted(order[:max(1, round(fraction * n))].tolist()))
+
+
+def _loaders(config: TrainConfig, rt: Runtime, sets: dict):
+    """(training sampler, its loader generator, training loader, {"val", "test"} loaders on rank 0)."""
+    sampler = EpochBatchSampler(len(sets["train"]), config.batch_size, shuffle=True, seed=config.seed, rank=rt.rank,
+                                world_size=rt.world, max_batches=config.max_batches,
+                                # a compiled model sees one batch shape only (no recompile for the last batch)
+                                drop_last=rt.distributed or config.compile or config.cuda_graphs)
+    loader_gen = torch.Generator()
+    # Persistent workers keep their RNG across epochs, so with augmentation they would make a resumed run
+    # differ; without augmentation the workers draw no random numbers and persistence is free.
+    common = dict(num_workers=rt.num_workers, pin_memory=rt.is_cuda, worker_init_fn=seed_worker,
+                  persistent_workers=rt.num_workers > 0 and not config.augment)
+    if rt.num_workers > 0:
+        common["prefetch_factor"] = 4
+    train_loader = DataLoader(sets["train"], batch_sampler=sampler, generator=loader_gen, **common)
+    eval_loaders = {}
+    if rt.is_main:
+        for split in ("val", "test"):
+            eval_loaders[split] = DataLoader(
+                sets[split], batch_sampler=EpochBatchSampler(len(sets[split]), rt.eval_batch_size, shuffle=False),
+                generator=torch.Generator().manual_seed(0), **common)
+    return sampler, loader_gen, train_loader, eval_loaders
+
+
+def _build_model(config: TrainConfig, rt: Runtime, annotations):
+    """(model on the device, its metadata for checkpoints, loss weights, the loss with its fixed arguments)."""
+    from vfu_nb.models import build_model, count_parameters
+
+    meta = {"model_name": config.model, "num_categories": len(annotations.category_names),
+            "num_attributes": len(annotations.attribute_names)}
+    model = build_model(config.model, meta["num_categories"], meta["num_attributes"], 8, config.image_size,
+                        config.width, config.backbone, config.pretrained).to(rt.device)
+    if rt.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    meta["params"] = count_parameters(model)
+    weights = dataclasses.replace(config.loss_weights)
+    if not getattr(model, "has_landmark_branch", True) or not getattr(model, "landmark_supervised", True):
+        weights.landmark = 0.0
+    pos_weight = None if config.attr_pos_weight is None else \
+        torch.full((), float(config.attr_pos_weight), device=rt.device)   # made once, not per step
+    loss_fn = functools.partial(multitask_loss, weights=weights, heatmap_sigma=rt.heatmap_sigma,
+                                attr_pos_weight=pos_weight, reduce_counts=rt.all_mean if rt.distributed else None)
+    return model, meta, weights, loss_fn
+
+
+def _resume(s: TrainState, ck: dict) -> Optional[dict]:
+    """Load a ``last.pt`` payload into the fresh state; returns this rank's RNG states to restore."""
+    s.model.load_state_dict(ck["model"])
+    s.optimizer.load_state_dict(ck["optimizer"])
+    fit_optimizer_state(s.optimizer)
+    if s.scheduler is not None and ck.get("scheduler") is not None:
+        s.scheduler.load_state_dict(ck["scheduler"])
+    s.history, s.best = ck["history"], ck["best"]
+    s.best["stopped"] = s.config.patience is not None and s.best["bad_epochs"] >= s.config.patience
+    s.epoch, s.step = int(ck["epoch"]), int(ck["global_step"])
+    s.last_checkpoint_step = s.step
+    if ck.get("batch"):
+        s.resumed_epoch = EpochStats(**ck["epoch_stats"])
+    rngs = ck["rng"]
+    return rngs[s.rt.rank] if isinstance(rngs, list) and s.rt.rank < len(rngs) else None
+
+
+def build(config: TrainConfig, rt: Runtime) -> TrainState:
+    """Data sets and loaders, model, optimiser, scheduler, loss; the state of ``last.pt`` when resuming."""
+    sets = _build_datasets(config, rt)
+    ann = sets["val"].annotations
+    model, meta, weights, loss_fn = _build_model(config, rt, ann)
+    # one optimiser for the whole run (Liu & Lu re-create Adam every epoch, resetting its moments)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay,
+                                 **({"fused": True} if rt.fused_adam else {}))
+    s = TrainState(config, rt, model, optimizer, _make_scheduler(config, optimizer), weights, loss_fn,
+                   np.asarray(ann.attribute_types), meta)
+
+    rng_to_restore = None
+    last_path = s.run_dir / "checkpoints" / "last.pt"
+    resuming = config.resume and last_path.exists()
+    if resuming:
+        rng_to_restore = _resume(s, load_checkpoint(last_path))
+    elif rt.distributed:
+        # different augmentation streams per rank (model init above used the common seed)
+        torch.manual_seed(derive_seed(config.seed, rt.rank, 1))
+
+    s.train_model = model
+    if rt.distributed:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        s.train_model = DDP(model, device_ids=[rt.device.index] if rt.is_cuda else None)
+    if config.compile or config.cuda_graphs:
+        s.train_model = torch.compile(s.train_model, **({"mode": "reduce-overhead"} if config.cuda_graphs else {}))
+    s.sampler, s.loader_gen, s.train_loader, s.eval_loaders = _loaders(config, rt, sets)
+    if rng_to_restore is not None:
+        set_rng_state(rng_to_restore)
+
+    s.log = RunLog(config.run_dir, active=rt.is_main, show=config.progress and rt.is_main,
+                   log_every=config.log_every, tensorboard=config.tensorboard, history=s.history, step=s.step)
+    if rt.is_main:
+        write_json(s.run_dir / "config.json", {**config.to_dict(), "resolved": rt.resolved()})
+        _log_setup(s, sets, resuming)
+    return s
+
+
+def _non_defaults(config: TrainConfig) -> str:
+    default = TrainConfig().to_dict()
+    return ", ".join(f"{k} {v}" for k, v in config.to_dict().items() if v != default[k]) or "none"
+
+
+def _log_setup(s: TrainState, sets: dict, resumed: bool) -> None:
+    c, rt = s.config, s.rt
+    if resumed:
+        where = f"after epoch {s.epoch}" + (f", step {s.step}" if s.resumed_epoch else "")
+        s.log.info(f"resuming {s.run_dir} {where}")
+    precision = "bf16 autocast" if rt.bf16 else ("fp32 (TF32 on)" if rt.tf32 else "fp32")
+    s.log.info("\n".join([
+        f"== {'resume' if resumed else 'start'} {s.run_dir}, settings other than the defaults: {_non_defaults(c)}",
+        f"model {c.model} ({s.meta['params'] / 1e6:.2f} M params), {c.image_size} px, width {c.width}",
+        f"data {c.data_root}: {len(sets['train'])} train (fraction {c.train_fraction}) / {len(sets['val'])} val / "
+        f"{len(sets['test'])} test images",
+        f"device {rt.device} x{rt.world}, threads {rt.threads}, precision {precision}, channels_last "
+        f"{rt.channels_last}, deterministic {rt.deterministic}, compile {c.compile or c.cuda_graphs}"
+        f"{' (CUDA graphs)' if c.cuda_graphs else ''}",
+        f"loader {rt.num_workers} workers, pin_memory {rt.is_cuda}, batch {c.batch_size} x {rt.world}, "
+        f"eval batch {rt.eval_batch_size}, sync_every {rt.sync_every}, checkpoint_every {c.checkpoint_every}",
+    ]), echo=False)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# One training epoch
+
+
+def save_state(s: TrainState, stats: Optional[EpochStats] = None) -> dict:
+    """Write ``checkpoints/last.pt`` (all ranks take part: RNG states are gathered); returns the payload.
+
+    ``stats`` is given for a step checkpoint inside an epoch (``s.epoch`` epochs done, ``stats.batches`` steps
+    of the next one); at an epoch end it is None.
+    """
+    rngs = s.rt.gather(get_rng_state())
+    payload = {"format": CHECKPOINT_FORMAT, "model": s.model.state_dict(), "optimizer": s.optimizer.state_dict(),
+               "scheduler": s.scheduler.state_dict() if s.scheduler is not None else None,
+               "epoch": s.epoch, "global_step": s.step, "batch": stats.batches if stats else 0,
+               "epoch_stats": dataclasses.asdict(stats) if stats else None,
+               "history": s.history, "best": s.best, "rng": rngs, "config": jsonable(s.config.to_dict()), **s.meta}
+    if s.rt.is_main:
+        (s.run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+        save_checkpoint(s.run_dir / "checkpoints" / "last.pt", payload)
+    s.last_checkpoint_step = s.step
+    return payload
+
+
+def train_epoch(s: TrainState, on_step: Optional[Callable] = None) -> EpochStats:
+    """Train epoch ``s.epoch + 1`` (from its step checkpoint when resuming inside it)."""
+    from tqdm.auto import tqdm
+
+    config, rt = s.config, s.rt
+    e1 = s.epoch + 1
+    stats = s.resumed_epoch or EpochStats(lr=s.optimizer.param_groups[0]["lr"])
+    s.resumed_epoch = None
+    s.sampler.set_epoch(s.epoch, start_batch=stats.batches)
+    s.loader_gen.manual_seed(derive_seed(config.seed, s.epoch, 2))
+    s.train_model.train()
+    t0 = time.perf_counter() - stats.seconds
+    bar = tqdm(s.train_loader, desc=f"epoch {e1}", leave=False, disable=not (config.progress and rt.is_main),
+               unit="batch")
+    pending: list = []
+
+    def read_back() -> None:
+        """Copy the pending losses to the host (the deliberate sync), check them, log them."""
+        if not pending:
+            return
+        vals = torch.stack(pending).double().cpu()
+        first = stats.batches + 1
+        bad = ~torch.isfinite(vals)
+        if bad.any():
+            i, j = (int(v) for v in bad.nonzero()[0])
+            raise NonFiniteLossError(e1, first + i, LOSS_TERMS[j], float(vals[i, j]))
+        rows = [(e1, first + i, s.step - len(vals) + i + 1, *row) for i, row in enumerate(vals.tolist())]
+        for row in rows:
+            for key, v in zip(("epoch", "batch", "step", *LOSS_TERMS), row):
+                s.history["batches"][key].append(v)
+        s.log.batches(rows)
+        stats.sums += vals.sum(0)
+        stats.batches += len(vals)
+        pending.clear()
+        bar.set_postfix(loss=f"{rows[-1][-1]:.4f}", refresh=False)
+
+    def check_finite(logged: torch.Tensor, b: int) -> None:
+        if not bool(torch.isfinite(logged).all()):
+            i = int((~torch.isfinite(logged)).nonzero()[0])
+            raise NonFiniteLossError(e1, b, LOSS_TERMS[i], float(logged[i]))
+
+    n_batches = len(s.sampler) + stats.batches
+    for b, batch in enumerate(bar, start=stats.batches + 1):
+        batch = _to_device(batch, rt.device)
+        # reading every step back (CPU default): stop before a non-finite loss updates the weights
+        guard = functools.partial(check_finite, b=b) if rt.sync_every == 1 else None
+        pending.append(training_step(s.train_model, s.optimizer, batch, s.loss_fn, rt,
+                                     cuda_graphs=config.cuda_graphs, before_update=guard))
+        s.step += 1
+        stats.images += int(batch["category"].shape[0]) * rt.world
+        if len(pending) >= rt.sync_every:
+            read_back()
+            if config.checkpoint_every and s.step - s.last_checkpoint_step >= config.checkpoint_every \
+                    and b < n_batches:   # the epoch end saves anyway
+                stats.seconds = time.perf_counter() - t0
+                save_state(s, stats)
+                s.log.flush()
+        if on_step is not None:
+            on_step(e1, b, s.step)
+    read_back()
+    bar.close()
+    if rt.is_cuda:
+        torch.cuda.synchronize(rt.device)
+    stats.seconds = time.perf_counter() - t0
+    return stats
+
+
+# ----------------------------------------------------------------------------------------------------------
+# End of epoch: evaluate, select, checkpoint, log
+
+
+def end_epoch(s: TrainState, stats: EpochStats) -> None:
+    """Step the schedule, evaluate (rank 0), update selection / early stopping, checkpoint, log."""
+    config, rt = s.config, s.rt
+    s.epoch += 1
+    if s.scheduler is not None:
+        s.scheduler.step()
+    rec = None
+    if rt.is_main:
+        t_eval = time.perf_counter()
+        n = stats.batches
+        train_means = {t: (float(v) if n else float("nan"))
+                       for t, v in zip(LOSS_TERMS, (stats.sums / max(1, n)).tolist())}
+        results = {split: evaluate(s.model, loader, rt.device, s.attribute_types, bf16=rt.bf16,
+                                   channels_last=rt.channels_last, loss_weights=s.loss_weights,
+                                   heatmap_sigma=rt.heatmap_sigma, progress=config.progress, desc=f"{split} {s.epoch}")
+                   for split, loader in s.eval_loaders.items()}
+        if config.select_metric not in results["val"]:
+            raise ConfigError(f"--select-metric {config.select_metric!r} is not a metric; choose one of "
+                              f"{', '.join(sorted(results['val']))}")
+        eval_seconds = time.perf_counter() - t_eval
+        rec = {"epoch": s.epoch, "lr": stats.lr, "train": train_means, "val": results["val"], "test": results["test"],
+               "train_images": stats.images, "train_seconds": stats.seconds, "eval_seconds": eval_seconds,
+               "seconds": stats.seconds + eval_seconds,
+               "images_per_s": stats.images / stats.seconds if stats.seconds > 0 else float("nan")}
+        s.history["epochs"].append(jsonable(rec))
+        best = select_best(s.best, s.epoch, results["val"][config.select_metric], config.patience)
+        if best["epoch"] == s.epoch:
+            best.update(val=jsonable(results["val"]), test=jsonable(results["test"]))
+        s.best = best
+    s.best, s.history["epochs"] = rt.share([s.best, s.history["epochs"]])
+    payload = save_state(s)
+    if rt.is_main:
+        if s.best["epoch"] == s.epoch:
+            save_checkpoint(s.run_dir / "checkpoints" / "best.pt", payload)
+        write_json(s.run_dir / "history.json", s.history, indent=None)  # compact: per-batch lists
+        s.log.epoch(s.history["epochs"], s.step)
+        s.log.info(_summary_line(s.epoch, config.epochs, rec))
+    rt.barrier()
 
 
 def _summary_line(epoch: int, epochs: int, rec: dict) -> str:
@@ -396,350 +817,60 @@ def _summary_line(epoch: int, epochs: int, rec: dict) -> str:
             f"{rec['seconds']:.1f}s {rec['images_per_s']:.1f} img/s")
 
 
-def train(config: TrainConfig | dict) -> dict:
-    """Train one model; returns the content of ``metrics.json`` (on every rank).
-
-    Run directory: ``config.json``, ``history.json`` (per-batch losses, per-epoch train/val/test metrics and
-    timings), ``metrics.json`` (best val epoch, its val and test metrics, model name and parameter count),
-    ``checkpoints/last.pt`` and ``checkpoints/best.pt``.
-
-    The process-wide deterministic-algorithms setting and thread count are restored on return (notebooks and
-    test sessions keep their own settings).
-    """
-    previous = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
-    threads = torch.get_num_threads()
-    try:
-        return _train(config)
-    finally:
-        torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
-        torch.set_num_threads(threads)
-
-
-def _train(config: TrainConfig | dict) -> dict:
-    from tqdm.auto import tqdm
-
-    from vfu_nb.models import build_model, count_parameters
-
-    if isinstance(config, dict):
-        config = TrainConfig.from_dict(config)
-    if config.lr_schedule not in LR_SCHEDULES:
-        raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {config.lr_schedule!r}")
-    t_start = time.perf_counter()
-    world, rank, local_rank = _dist_info()
-    device = resolve_device(config.device, local_rank)
-    distributed = world > 1
-    if distributed and not dist.is_initialized():
-        if device.type == "cuda":
-            torch.cuda.set_device(device)
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", init_method="env://",
-                                timeout=timedelta(hours=2))
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    elif distributed and device.type == "cpu":
-        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world))
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
-    is_cuda = device.type == "cuda"
-    bf16 = is_cuda if config.bf16 is None else bool(config.bf16)
-    channels_last = is_cuda if config.channels_last is None else bool(config.channels_last)
-    deterministic = (not is_cuda) if config.deterministic is None else bool(config.deterministic)
-    sync_every = config.sync_every or (25 if is_cuda else 1)
-    num_workers = config.num_workers
-    if num_workers is None:
-        num_workers = min(8, max(1, (os.cpu_count() or 1) // max(1, world))) if is_cuda else 0
-    show = config.progress and rank == 0
-
-    seed_everything(config.seed, deterministic)
-    if is_cuda:
-        torch.backends.cudnn.benchmark = not deterministic
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-
-    run_dir = Path(config.run_dir)
-    ckpt_dir = run_dir / "checkpoints"
-    if rank == 0:
-        ckpt_dir.mkdir(parents=True, exist_ok=True)
-        write_json(run_dir / "config.json", config.to_dict())
-
-    sets = _build_datasets(config, rank, world)
-    ann = sets["train"].annotations
-    num_categories, num_attributes = len(ann.category_names), len(ann.attribute_names)
-    attribute_types = np.asarray(ann.attribute_types)
-
-    model = build_model(config.model, num_categories, num_attributes, 8, config.image_size, config.width,
-                        config.backbone, config.pretrained).to(device)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    n_params = count_parameters(model)
-    weights = dataclasses.replace(config.loss_weights)
-    if not getattr(model, "has_landmark_branch", True) or not getattr(model, "landmark_supervised", True):
-        weights.landmark = 0.0
-    sigma = config.heatmap_sigma if config.heatmap_sigma is not None else default_heatmap_sigma(config.image_size)
-
-    # one optimiser for the whole run (Liu & Lu re-create Adam every epoch, resetting its moments)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay,
-                                 **({"fused": True} if is_cuda else {}))
-    scheduler = _make_scheduler(config, optimizer)
-
-    history: dict = {"batches": {k: [] for k in ("epoch", "batch", "step", *LOSS_TERMS)}, "epochs": []}
-    best: dict = {"epoch": None, "score": -math.inf, "val": None, "test": None, "bad_epochs": 0, "stopped": False}
-    start_epoch, global_step = 0, 0
-    rng_to_restore = None
-    last_path = ckpt_dir / "last.pt"
-    if config.resume and last_path.exists():
-        ck = load_checkpoint(last_path)
-        model.load_state_dict(ck["model"])
-        optimizer.load_state_dict(ck["optimizer"])
-        if scheduler is not None and ck.get("scheduler") is not None:
-            scheduler.load_state_dict(ck["scheduler"])
-        history, best = ck["history"], ck["best"]
-        start_epoch, global_step = int(ck["epoch"]), int(ck["global_step"])
-        rngs = ck["rng"]
-        rng_to_restore = rngs[rank] if isinstance(rngs, list) and rank < len(rngs) else None
-        if rank == 0:
-            print(f"resuming {run_dir} after epoch {start_epoch}", flush=True)
-    elif distributed:
-        # different augmentation streams per rank (model init above used the common seed)
-        torch.manual_seed(derive_seed(config.seed, rank, 1))
-
-    train_model: torch.nn.Module = model
-    if distributed:
-        from torch.nn.parallel import DistributedDataParallel as DDP
-
-        train_model = DDP(model, device_ids=[device.index] if is_cuda else None)
-    if config.compile:
-        train_model = torch.compile(train_model)
-
-    sampler = EpochBatchSampler(len(sets["train"]), config.batch_size, shuffle=True, seed=config.seed, rank=rank,
-                                world_size=world, max_batches=config.max_batches)
-    loader_gen = torch.Generator()
-    # Persistent workers keep their RNG across epochs, so with augmentation they would make a resumed run
-    # differ; without augmentation the workers draw no random numbers and persistence is free.
-    common = dict(num_workers=num_workers, pin_memory=is_cuda, worker_init_fn=seed_worker,
-                  persistent_workers=num_workers > 0 and not config.augment)
-    if num_workers > 0:
-        common["prefetch_factor"] = 4
-    train_loader = DataLoader(sets["train"], batch_sampler=sampler, generator=loader_gen, **common)
-    eval_bs = config.eval_batch_size or 4 * config.batch_size
-    eval_loaders = {}
-    if rank == 0:
-        for split in ("val", "test"):
-            eval_loaders[split] = DataLoader(
-                sets[split], batch_sampler=EpochBatchSampler(len(sets[split]), eval_bs, shuffle=False),
-                generator=torch.Generator().manual_seed(0), **common)
-
-    def reduce_counts(counts: torch.Tensor) -> torch.Tensor:
-        counts = counts.clone()
-        dist.all_reduce(counts)
-        return counts / world
-
-    if rng_to_restore is not None:
-        set_rng_state(rng_to_restore)
-
-    epoch_bar = tqdm(range(start_epoch, config.epochs), desc=f"{config.model}", unit="epoch", disable=not show,
-                     initial=start_epoch, total=config.epochs)
-    for epoch in epoch_bar:
-        if best["stopped"]:
-            break
-        e1 = epoch + 1
-        t_epoch = time.perf_counter()
-        sampler.set_epoch(epoch)
-        loader_gen.manual_seed(derive_seed(config.seed, epoch, 2))
-        train_model.train()
-        lr_now = optimizer.param_groups[0]["lr"]
-        pending: list = []
-        sums = torch.zeros(4, dtype=torch.float64)
-        n_batches = 0
-        n_images = 0
-        batch_bar = tqdm(train_loader, desc=f"epoch {e1}", leave=False, disable=not show, unit="batch")
-
-        def flush(pending, first_batch):
-            nonlocal sums, n_batches
-            if not pending:
-                return
-            vals = torch.stack(pending).double().cpu()
-            bad = ~torch.isfinite(vals)
-            if bad.any():
-                i, j = (int(v) for v in bad.nonzero()[0])
-                raise NonFiniteLossError(e1, first_batch + i, LOSS_TERMS[j], float(vals[i, j]))
-            H = history["batches"]
-            for i, row in enumerate(vals.tolist()):
-                H["epoch"].append(e1)
-                H["batch"].append(first_batch + i)
-                H["step"].append(global_step - len(vals) + i + 1)
-                for t, v in zip(LOSS_TERMS, row):
-                    H[t].append(v)
-            sums += vals.sum(0)
-            n_batches += len(vals)
-            if show:
-                batch_bar.set_postfix(loss=f"{vals[-1, 3].item():.4f}", refresh=False)
-
-        first_pending = 1
-        for b, batch in enumerate(batch_bar, start=1):
-            batch = _to_device(batch, device)
-            images = _prepare_images(batch["image"], channels_last)
-            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16):
-                outputs = train_model(images)
-            losses = multitask_loss(outputs, batch, weights, sigma, config.attr_pos_weight,
-                                    reduce_counts if distributed else None)
-            logged = torch.stack([losses[t].detach() for t in LOSS_TERMS]).float()
-            if distributed:
-                dist.all_reduce(logged)
-                logged = logged / world
-            if sync_every == 1 and not bool(torch.isfinite(logged).all()):
-                flush([logged], b)  # raises before the optimiser step
-            optimizer.zero_grad(set_to_none=True)
-            losses["total"].backward()
-            optimizer.step()
-            global_step += 1
-            n_images += int(batch["category"].shape[0]) * world
-            pending.append(logged)
-            if len(pending) >= sync_every:
-                flush(pending, first_pending)
-                pending, first_pending = [], b + 1
-            _maybe_kill(e1, b)
-        flush(pending, first_pending)
-        batch_bar.close()
-        if is_cuda:
-            torch.cuda.synchronize(device)
-        train_seconds = time.perf_counter() - t_epoch
-        if scheduler is not None:
-            scheduler.step()
-
-        rec = None
-        if rank == 0:
-            t_eval = time.perf_counter()
-            train_means = {t: (float(v) if n_batches else float("nan"))
-                           for t, v in zip(LOSS_TERMS, (sums / max(1, n_batches)).tolist())}
-            results = {split: evaluate(model, loader, device, attribute_types, bf16=bf16,
-                                       channels_last=channels_last, loss_weights=weights, heatmap_sigma=sigma,
-                                       progress=show, desc=f"{split} {e1}")
-                       for split, loader in eval_loaders.items()}
-            seconds = time.perf_counter() - t_epoch
-            rec = {"epoch": e1, "lr": lr_now, "train": train_means, "val": results["val"], "test": results["test"],
-                   "train_images": n_images, "train_seconds": train_seconds,
-                   "eval_seconds": time.perf_counter() - t_eval, "seconds": seconds,
-                   "images_per_s": n_images / train_seconds if train_seconds > 0 else float("nan")}
-            history["epochs"].append(jsonable(rec))
-            score = results["val"].get(config.select_metric, float("nan"))
-            improved = not math.isnan(score) and score > best["score"]
-            if improved:
-                best.update(epoch=e1, score=float(score), val=jsonable(results["val"]),
-                            test=jsonable(results["test"]), bad_epochs=0)
-            else:
-                best["bad_epochs"] += 1
-            if config.patience is not None and best["bad_epochs"] >= config.patience:
-                best["stopped"] = True
-        if distributed:
-            obj = [best, history["epochs"]]
-            dist.broadcast_object_list(obj, src=0)
-            best, history["epochs"] = obj
-        rngs = [get_rng_state()]
-        if distributed:
-            gathered = [None] * world
-            dist.all_gather_object(gathered, rngs[0])
-            rngs = gathered
-        if rank == 0:
-            payload = {"format": CHECKPOINT_FORMAT, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                       "scheduler": scheduler.state_dict() if scheduler is not None else None,
-                       "epoch": e1, "global_step": global_step, "history": history, "best": best,
-                       "rng": rngs, "config": jsonable(config.to_dict()), "model_name": config.model,
-                       "num_categories": num_categories, "num_attributes": num_attributes}
-            save_checkpoint(last_path, payload)
-            if best["epoch"] == e1:
-                save_checkpoint(ckpt_dir / "best.pt", payload)
-            write_json(run_dir / "history.json", history, indent=None)  # compact: per-batch lists
-            line = _summary_line(e1, config.epochs, rec)
-            if show:
-                tqdm.write(line)
-            else:
-                print(line, flush=True)
-        if distributed:
-            dist.barrier()
-    epoch_bar.close()
-
-    epochs_run = len(history["epochs"])
-    ips = [e["images_per_s"] for e in history["epochs"] if e.get("images_per_s")]
+def finish(s: TrainState) -> dict:
+    """metrics.json: the best val epoch with its val and test metrics, parameter count and timings."""
+    epochs = s.history["epochs"]
+    ips = [e["images_per_s"] for e in epochs if e.get("images_per_s")]
     metrics = {
-        "model": config.model, "params": n_params, "seed": config.seed, "select_metric": config.select_metric,
-        "best_epoch": best["epoch"], "epochs_run": epochs_run, "early_stopped": bool(best["stopped"]),
-        "val": best["val"], "test": best["test"],
-        "timing": {"wall_seconds": time.perf_counter() - t_start,
-                   "train_seconds": sum(e["train_seconds"] for e in history["epochs"]),
+        "model": s.config.model, "params": s.meta["params"], "seed": s.config.seed,
+        "select_metric": s.config.select_metric, "best_epoch": s.best["epoch"], "epochs_run": len(epochs),
+        "early_stopped": bool(s.best["stopped"]), "val": s.best["val"], "test": s.best["test"],
+        "timing": {"wall_seconds": time.perf_counter() - s.started,
+                   "train_seconds": sum(e["train_seconds"] for e in epochs),
                    "mean_images_per_s": float(np.mean(ips)) if ips else None,
-                   "device": str(device), "world_size": world},
+                   "device": str(s.rt.device), "world_size": s.rt.world},
     }
-    if rank == 0:
-        write_json(run_dir / "metrics.json", metrics)
-    if distributed:
-        dist.barrier()
+    if s.rt.is_main:
+        write_json(s.run_dir / "metrics.json", metrics)
+        s.log.info(format_metrics(jsonable(metrics)), echo=False)   # the CLI prints it
+    s.rt.barrier()
     return jsonable(metrics)
 
 
 # ----------------------------------------------------------------------------------------------------------
+# The run
+
+
+def train(config: TrainConfig | dict, on_step: Optional[Callable[[int, int, int], None]] = None) -> dict:
+    """Train one model; returns the content of ``metrics.json`` (on every rank).
+
+    Run directory (see :mod:`vfu_nb.rundir`): ``config.json``, ``history.json``, ``metrics.json``,
+    ``metrics.csv``, ``batches.csv``, ``train.log``, optional ``tensorboard/``, ``checkpoints/{last,best}.pt``.
+    A folder that holds a run is refused unless ``config.resume`` is set, a resume with changed settings is
+    refused (:data:`RESUME_SAFE_FIELDS` may change), and a second process writing the same run is refused.
+
+    ``on_step(epoch, batch, step)`` (1-based) is called after every optimiser step (and its checkpoint).
+    The process-wide torch settings (deterministic algorithms, threads, TF32, cudnn) are restored on return.
+    """
+    if isinstance(config, dict):
+        config = TrainConfig.from_dict(config)
+    world, rank, local_rank = dist_info()
+    with contextlib.ExitStack() as stack:
+        if rank == 0:
+            stack.enter_context(RunLock(config.run_dir))
+        check_run_dir(config)              # every rank, before any rank can write (init below is a rendezvous)
+        stack.enter_context(_process_settings())
+        rt = setup_runtime(config, world, rank, local_rank)
+        s = build(config, rt)
+        stack.callback(s.log.close)
+        while s.epoch < config.epochs and not s.best["stopped"]:
+            stats = train_epoch(s, on_step)
+            end_epoch(s, stats)
+        return finish(s)
+
+
+# ----------------------------------------------------------------------------------------------------------
 # CLI
-
-
-def add_train_args(parser: argparse.ArgumentParser, skip: tuple = ()) -> argparse.ArgumentParser:
-    """Add TrainConfig options to ``parser`` (names in ``skip`` are left out, e.g. for the study CLI)."""
-    d = TrainConfig()
-    lw = LossWeights()
-
-    def add(name, *args, **kw):
-        if name not in skip:
-            parser.add_argument(*args, **kw)
-
-    add("model", "--model", default=d.model, help="mtl | cat | mtl_no_landmarks | mtl_pool | mtl_bi")
-    add("data_root", "--data-root", default=d.data_root)
-    add("run_dir", "--run-dir", default=d.run_dir)
-    add("epochs", "--epochs", type=int, default=d.epochs)
-    add("batch_size", "--batch-size", type=int, default=d.batch_size, help="per process")
-    add("eval_batch_size", "--eval-batch-size", type=int, default=None)
-    add("lr", "--lr", type=float, default=d.lr)
-    add("weight_decay", "--weight-decay", type=float, default=d.weight_decay)
-    add("lr_schedule", "--lr-schedule", choices=LR_SCHEDULES, default=d.lr_schedule)
-    add("lr_step_size", "--lr-step-size", type=int, default=d.lr_step_size)
-    add("lr_gamma", "--lr-gamma", type=float, default=d.lr_gamma)
-    add("image_size", "--image-size", type=int, default=d.image_size)
-    add("width", "--width", type=float, default=d.width)
-    add("backbone", "--backbone", default=d.backbone)
-    add("pretrained", "--pretrained", default=None, help="PATH or 'torchvision' (never downloads)")
-    add("device", "--device", default=d.device)
-    add("seed", "--seed", type=int, default=d.seed)
-    add("data_seed", "--data-seed", type=int, default=d.data_seed)
-    add("resume", "--resume", action="store_true")
-    add("compile", "--compile", action="store_true")
-    add("bf16", "--bf16", action=argparse.BooleanOptionalAction, default=None)
-    add("channels_last", "--channels-last", action=argparse.BooleanOptionalAction, default=None)
-    add("deterministic", "--deterministic", action=argparse.BooleanOptionalAction, default=None)
-    add("max_items", "--max-items", type=int, default=None)
-    add("max_batches", "--max-batches", type=int, default=None)
-    add("patience", "--patience", type=int, default=None)
-    add("select_metric", "--select-metric", default=d.select_metric)
-    add("num_workers", "--workers", dest="num_workers", type=int, default=None)
-    add("augment", "--augment", action="store_true")
-    add("pad_to_square", "--pad-to-square", action="store_true")
-    add("cache_dir", "--cache-dir", default=None)
-    add("loss_weights", "--w-category", type=float, default=lw.category)
-    add("loss_weights", "--w-attribute", type=float, default=lw.attribute)
-    add("loss_weights", "--w-landmark", type=float, default=lw.landmark)
-    add("heatmap_sigma", "--heatmap-sigma", type=float, default=None, help="pixels at input resolution")
-    add("attr_pos_weight", "--attr-pos-weight", type=float, default=None)
-    add("sync_every", "--sync-every", type=int, default=None)
-    add("threads", "--threads", type=int, default=None,
-        help="CPU threads (torch.set_num_threads); 1 is much faster on a CPU shared with other jobs")
-    add("progress", "--no-progress", dest="progress", action="store_false")
-    return parser
-
-
-def config_from_args(args: argparse.Namespace, **overrides) -> TrainConfig:
-    d = vars(args).copy()
-    lw = LossWeights(d.pop("w_category", LossWeights.category), d.pop("w_attribute", LossWeights.attribute),
-                     d.pop("w_landmark", LossWeights.landmark))
-    names = {f.name for f in dataclasses.fields(TrainConfig)}
-    kw = {k: v for k, v in d.items() if k in names}
-    kw["loss_weights"] = lw
-    kw.update(overrides)
-    return TrainConfig(**kw)
 
 
 def format_metrics(metrics: dict) -> str:
@@ -768,12 +899,32 @@ def format_metrics(metrics: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(prog="python -m vfu_nb.train", description=__doc__.split("\n")[0])
-    add_train_args(parser)
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m vfu_nb.train", description=__doc__.split("\n")[0],
+                                     epilog="Every option is a TrainConfig field; see docs/training.md.")
+    parser.add_argument("--print-config", action="store_true",
+                        help="print the resolved config as YAML (loadable with --config) and exit")
+    return add_train_args(parser)
+
+
+def main(argv=None, on_step: Optional[Callable] = None) -> Optional[dict]:
+    parser = build_parser()
     args = parser.parse_args(argv)
-    metrics = train(config_from_args(args))
-    if _dist_info()[1] == 0:
+    print_config = vars(args).pop("print_config")
+    try:
+        config = config_from_args(args)
+    except ConfigError as exc:
+        parser.error(str(exc))
+    if print_config:
+        rt = resolve_runtime(config, *dist_info())
+        note = "resolved on this machine: " + ", ".join(f"{k} {v}" for k, v in rt.resolved().items())
+        print(config_to_yaml(config, note), end="")
+        return None
+    try:
+        metrics = train(config, on_step=on_step)
+    except (RunDirError, ConfigError) as exc:
+        parser.exit(2, f"{parser.prog}: error: {exc}\n")
+    if dist_info()[1] == 0:
         print(format_metrics(metrics), flush=True)
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()

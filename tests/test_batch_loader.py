@@ -1,0 +1,260 @@
+"""BatchLoader (whole batches from the uint8 cache) and batch augmentation on the device."""
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from dftree import write_tree
+from vfu_nb.data import (
+    MAX_SHIFT, SCALE_RANGE, Augmentation, BatchLoader, DeepFashionC, augment_batch, augment_sample, invert_affine,
+    normalize_images,
+)
+
+SIZE = 16
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory):
+    from vfu_nb.synthetic import generate
+    root = tmp_path_factory.mktemp("synth") / "tree"
+    generate(root, 40, seed=3, workers=1, progress=False)
+    return root
+
+
+def cached(root, tmp_path, **kw):
+    return DeepFashionC(root, "train", image_size=SIZE, cache=True, uint8=True, cache_dir=tmp_path / "cache",
+                        progress=False, **kw)
+
+
+def shuffled_batches(n, batch_size, seed=0):
+    order = np.random.default_rng(seed).permutation(n).tolist()
+    return [order[i:i + batch_size] for i in range(0, n, batch_size)]   # the last one is short
+
+
+def assert_same_batches(expected, actual):
+    assert len(expected) == len(actual)
+    for want, got in zip(expected, actual):
+        assert want.keys() == got.keys()
+        for key in want:
+            assert got[key].dtype == want[key].dtype and got[key].shape == want[key].shape, key
+            assert torch.equal(got[key], want[key]), key
+
+
+@pytest.mark.parametrize("prefetch", [0, 2])
+def test_batches_equal_dataloader_collation(synth, tmp_path, prefetch):
+    ds = cached(synth, tmp_path)
+    batches = shuffled_batches(len(ds), 6)
+    expected = list(DataLoader(ds, batch_sampler=batches))
+    loader = BatchLoader(ds, batches, "cpu", prefetch=prefetch)
+    assert len(loader) == len(batches) and not loader.augment
+    assert_same_batches(expected, list(loader))
+    assert_same_batches(expected, list(loader))               # a second epoch reads the same
+
+
+def test_skipped_images_keep_items_and_cache_rows_aligned(tmp_path):
+    from vfu_nb.synthetic import generate
+    root = tmp_path / "tree"
+    generate(root, 20, seed=5, workers=1, progress=False)
+    first = DeepFashionC(root, "train", image_size=SIZE, progress=False)
+    (root / first.annotations.image_names[first.rows[1]]).write_bytes(b"broken")
+    with pytest.warns(UserWarning, match="skipped 1 bad image"):
+        ds = cached(root, tmp_path, on_bad_image="skip")
+    assert len(ds) == len(first) - 1 and ds._keep[1] == 2       # item 1 is cache row 2
+    batches = shuffled_batches(len(ds), 4, seed=1)
+    assert_same_batches(list(DataLoader(ds, batch_sampler=batches)), list(BatchLoader(ds, batches)))
+
+
+def test_per_rank_index_lists_gather_only_their_items(synth, tmp_path):
+    ds = cached(synth, tmp_path)
+    global_batches = shuffled_batches(len(ds), 8, seed=2)
+    for rank in range(2):
+        mine = [b[rank::2] for b in global_batches]
+        got = list(BatchLoader(ds, mine))
+        assert [b["index"].tolist() for b in got] == [ds.rows[m].tolist() for m in mine]
+        assert_same_batches(list(DataLoader(ds, batch_sampler=mine)), got)
+
+
+def test_augmented_batches_repeat_for_the_same_generator_state(synth, tmp_path):
+    ds = cached(synth, tmp_path)
+    batches = shuffled_batches(len(ds), 5)
+    gen = torch.Generator()
+
+    def epoch(seed):
+        gen.manual_seed(seed)
+        return list(BatchLoader(ds, batches, augment=True, generator=gen))
+
+    first = epoch(7)
+    assert_same_batches(first, epoch(7))
+    other = epoch(8)
+    assert not torch.equal(first[0]["image"], other[0]["image"])
+    plain = list(BatchLoader(ds, batches))
+    assert not torch.equal(first[0]["image"], plain[0]["image"])
+    for a, p in zip(first, plain):   # augmentation leaves labels alone
+        for key in ("category", "attributes", "attributes_known", "index"):
+            assert torch.equal(a[key], p[key])
+
+
+def test_stopping_early_and_errors_in_the_thread(synth, tmp_path):
+    ds = cached(synth, tmp_path)
+    loader = BatchLoader(ds, shuffled_batches(len(ds), 2), prefetch=1)
+    it = iter(loader)
+    next(it)
+    it.close()                                              # stops and joins the prefetch thread
+    assert len(list(loader)) == len(loader)
+    with pytest.raises(IndexError):
+        list(BatchLoader(ds, [[0, 1], [0, len(ds) + 5]], prefetch=2))
+
+
+def test_bad_arguments(synth, tmp_path):
+    with pytest.raises(ValueError, match=r"cache=True, uint8=True"):
+        BatchLoader(DeepFashionC(synth, "train", image_size=SIZE, uint8=True), [[0]])
+    with pytest.raises(ValueError, match=r"cache=True, uint8=True"):
+        BatchLoader(DeepFashionC(synth, "train", image_size=SIZE, cache=True, cache_dir=tmp_path, progress=False),
+                    [[0]])
+    with pytest.raises(ValueError, match="prefetch must be >= 0"):
+        BatchLoader(cached(synth, tmp_path), [[0]], prefetch=-1)
+    with pytest.raises(ValueError, match="one row per image"):
+        Augmentation([True, False], [1.0], [[0, 0], [0, 0]])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_batches_match_the_cpu_ones_without_host_syncs(synth, tmp_path):
+    ds = cached(synth, tmp_path)
+    batches = shuffled_batches(len(ds), 6)
+    loader = BatchLoader(ds, batches, "cuda")
+    assert loader.pin_memory and loader.gather(batches[0])["category"].is_pinned()
+    for want, got in zip(BatchLoader(ds, batches), loader):
+        assert all(v.is_cuda for v in got.values())
+        assert_same_batches([want], [{k: v.cpu() for k, v in got.items()}])
+    gen = torch.Generator()
+    on_cpu = list(BatchLoader(ds, batches, augment=True, generator=gen.manual_seed(1)))
+    on_gpu = list(BatchLoader(ds, batches, "cuda", augment=True, generator=gen.manual_seed(1)))
+    for a, b in zip(on_cpu, on_gpu):
+        assert (a["image"].int() - b["image"].cpu().int()).abs().max() <= 1
+        torch.testing.assert_close(a["landmarks"], b["landmarks"].cpu(), atol=1e-5, rtol=0)
+    normalize_images(on_gpu[0]["image"])                     # device constants exist from here on
+    torch.cuda.set_sync_debug_mode("error")                  # any host sync below raises
+    try:
+        for batch in BatchLoader(ds, batches, "cuda", augment=True, generator=gen.manual_seed(2)):
+            normalize_images(batch["image"])
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
+# ----- augmentation ---------------------------------------------------------------------------
+
+
+def random_items(n, size=SIZE, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=g)
+    landmarks = torch.rand(n, 8, 2, generator=g) * 0.9 + 0.05
+    vis = torch.randint(-1, 2, (n, 8), generator=g)
+    return images, landmarks.masked_fill((vis < 0)[..., None], 0.0), vis
+
+
+def per_item(images, landmarks, vis, aug):
+    rows = [augment_sample(images[k], landmarks[k], vis[k], Augmentation(aug.flip[k], aug.scale[k], aug.shift[k]))
+            for k in range(len(images))]
+    return tuple(torch.stack(parts) for parts in zip(*rows))
+
+
+def assert_agree(batch, item):
+    (bi, bl, bv), (ii, il, iv) = batch, item
+    assert bi.dtype == ii.dtype == torch.uint8
+    diff = (bi.int() - ii.int()).abs()
+    assert diff.max() <= 1 and (diff > 0).float().mean() < 0.01      # bilinear rounding only
+    torch.testing.assert_close(bl, il, atol=1e-4, rtol=0)
+    assert torch.equal(bv, iv)
+
+
+def test_batch_and_per_item_augmentation_agree():
+    images, landmarks, vis = random_items(24, size=20)
+    aug = Augmentation.draw(24, torch.Generator().manual_seed(4))
+    assert aug.flip.any() and not aug.flip.all()
+    assert_agree(augment_batch(images, landmarks, vis, aug), per_item(images, landmarks, vis, aug))
+
+
+def test_flip_mirrors_pixels_and_swaps_left_right_slots():
+    images, landmarks, vis = random_items(1)
+    aug = Augmentation([True], [1.0], [[0.0, 0.0]])
+    image, lm, v = augment_batch(images, landmarks, vis, aug)
+    assert torch.equal(image, images.flip(-1))                            # exact: pixel centres map to centres
+    swap = [1, 0, 3, 2, 5, 4, 7, 6]
+    want = torch.stack([1 - landmarks[0, swap, 0], landmarks[0, swap, 1]], dim=-1)
+    want[vis[0, swap] < 0] = 0
+    torch.testing.assert_close(lm[0], want, atol=1e-6, rtol=0)
+    assert v[0].tolist() == vis[0, swap].tolist()
+    assert_agree((image, lm, v), per_item(images, landmarks, vis, aug))
+
+
+def test_points_leaving_on_any_side_become_truncated():
+    images, _, _ = random_items(4)
+    landmarks = torch.tensor([[0.02, 0.5], [0.98, 0.5], [0.5, 0.03], [0.5, 0.97],
+                              [0.5, 0.5], [0.3, 0.3], [0.0, 0.0], [0.7, 0.6]]).repeat(4, 1, 1)
+    vis = torch.tensor([0, 1, 0, 0, 0, 1, -1, 0]).repeat(4, 1)
+    aug = Augmentation(flip=[False, False, True, False], scale=[1.0, 1.0, 1.0, 1.1],
+                       shift=[[-0.05, 0.0], [0.0, -0.05], [0.04, 0.0], [0.0, 0.0]])
+    out_image, lm, v = augment_batch(images, landmarks, vis, aug)
+    # 0: shifted left: the point at x=0.02 leaves on the left; 1: shifted up: y=0.03 leaves at the top
+    assert v[0].tolist() == [2, 1, 0, 0, 0, 1, -1, 0] and lm[0, 0, 0] < 0
+    assert v[1].tolist() == [0, 1, 2, 0, 0, 1, -1, 0] and lm[1, 2, 1] < 0
+    # 2: flipped, then shifted right: the point at x=0.02 lands in slot 1 at x=1.02, right of the crop
+    assert v[2].tolist() == [1, 2, 0, 0, 1, 0, 0, -1] and lm[2, 1, 0] > 1
+    # 3: zoomed in about the centre: points near all four edges leave
+    assert v[3].tolist() == [2, 2, 2, 2, 0, 1, -1, 0]
+    assert lm[[0, 1, 3], 6].abs().sum() == 0 and lm[2, 7].abs().sum() == 0   # absent slots stay at (0, 0)
+    assert_agree((out_image, lm, v), per_item(images, landmarks, vis, aug))
+
+
+def test_a_bright_dot_moves_with_its_landmark():
+    size = 64
+    images = torch.zeros(6, 3, size, size, dtype=torch.uint8)
+    images[:, :, 18:23, 10:15] = 255                                         # dot centred at (12.5, 20.5) px
+    landmarks = torch.zeros(6, 8, 2)
+    landmarks[:, 2] = torch.tensor([12.5, 20.5]) / size
+    vis = torch.full((6, 8), -1)
+    vis[:, 2] = 0
+    aug = Augmentation.draw(6, torch.Generator().manual_seed(11))
+    out, lm, v = augment_batch(images, landmarks, vis, aug)
+    for k in range(6):
+        ys, xs = torch.nonzero(out[k].float().mean(0) > 100, as_tuple=True)
+        centre = (torch.stack([xs.float().mean(), ys.float().mean()]) + 0.5) / size
+        slot = 3 if aug.flip[k] else 2
+        assert v[k, slot] == 0 and v[k].tolist().count(-1) == 7
+        torch.testing.assert_close(lm[k, slot], centre, atol=1.0 / size, rtol=0)
+
+
+def test_float_batches_stay_float_and_parameters_are_in_range():
+    images, landmarks, vis = random_items(3)
+    aug = Augmentation.draw(3, torch.Generator().manual_seed(0))
+    out, _, _ = augment_batch(images.float() / 255, landmarks, vis, aug)
+    assert out.dtype == torch.float32
+    ref, _, _ = augment_batch(images, landmarks, vis, aug)
+    assert (out * 255 - ref.float()).abs().max() <= 0.5 + 1e-3
+    many = Augmentation.draw(2000, torch.Generator().manual_seed(1))
+    assert 0.45 < many.flip.float().mean() < 0.55
+    low, high = SCALE_RANGE
+    assert low <= many.scale.min() < low + 0.01 and high - 0.01 < many.scale.max() <= high
+    assert many.shift.abs().max() <= MAX_SHIFT
+    assert (many.shift.amin(0) < -0.95 * MAX_SHIFT).all() and (many.shift.amax(0) > 0.95 * MAX_SHIFT).all()
+    assert torch.equal(Augmentation.draw(5, torch.Generator().manual_seed(2)).scale,
+                       Augmentation.draw(5, torch.Generator().manual_seed(2)).scale)
+    m = many.matrices()[:4]
+    identity = torch.cat([torch.eye(2), torch.zeros(2, 1)], dim=1)
+    both = invert_affine(m)
+    composed = both[:, :, :2] @ m[:, :, :2], both[:, :, :2] @ m[:, :, 2:] + both[:, :, 2:]
+    torch.testing.assert_close(torch.cat(composed, dim=2), identity.expand(4, 2, 3), atol=1e-6, rtol=0)
+
+
+def test_dataset_items_use_the_same_augmentation(tmp_path):
+    """dataset[k] with augment=True draws from torch's global RNG and gives what augment_sample gives."""
+    root = write_tree(tmp_path)
+    ds = DeepFashionC(root, "train", image_size=SIZE, uint8=True, augment=True)
+    plain = DeepFashionC(root, "train", image_size=SIZE, uint8=True)[0]
+    torch.manual_seed(3)
+    item = ds[0]
+    torch.manual_seed(3)
+    image, lm, v = augment_sample(plain["image"], plain["landmarks"], plain["landmark_visibility"])
+    assert torch.equal(item["image"], image) and torch.equal(item["landmarks"], lm)
+    assert torch.equal(item["landmark_visibility"], v)
