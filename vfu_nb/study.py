@@ -257,7 +257,7 @@ def _write_labels(plan: Plan, tag: str, run_dir: Path) -> None:
 
     ds = runs.dataset_for(run_dir, "test")
     ann = ds.annotations
-    index = np.asarray(ds.indices)
+    index = np.asarray(ds.rows)
     path.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(path, index=index.astype(np.int32), category=np.asarray(ann.category)[index].astype(np.int16),
                         attributes=np.asarray(ann.attributes)[index].astype(np.int8),

@@ -144,6 +144,7 @@ def plot_learning_curve(study: Mapping, metrics: Sequence[str] = ("category_top3
             bottom.fill_between(x, np.asarray(b_lo, float), np.asarray(b_hi, float), color=color, alpha=0.15)
         bottom.axhline(0, color="k", lw=0.8)
         bottom.set_xscale("log")
+        bottom.minorticks_off()
         bottom.set_xticks(fractions)
         bottom.set_xticklabels([f"{f:.0%}" for f in fractions])
         bottom.set_xlabel("fraction of the training split")
