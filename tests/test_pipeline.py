@@ -107,20 +107,12 @@ def test_attention_metrics(smoke):
 
 
 def test_study_metrics(smoke):
-    run_dir, _, results = smoke
+    _, _, results = smoke
     m = results["06_controls_and_seeds"]
-    assert m["study_dir"] == str(run_dir / "06_controls_and_seeds" / "study")
-    assert m["models"] == ["mtl", "mtl_no_landmarks", "cat"] and m["seeds"] == [0, 1] and m["runs"] == 6
-    for model in m["models"]:
-        for seed in m["seeds"]:
-            assert (Path(m["study_dir"]) / f"{model}_seed{seed}" / "metrics.json").exists()
-    means = {(r["model"], r["metric"]): r for r in m["summary"]}
-    assert all(means[(mod, "category_top3")]["n"] == 2 for mod in m["models"])
-    for verdict in m["verdicts"].values():
-        assert verdict["thesis"].startswith("mtl - cat in") and verdict["thesis_holds"] in (True, False, None)
-        assert verdict["control"].startswith("mtl - mtl_no_landmarks in")
-    assert {Path(f).name for f in m["figures"]} == {"06_study_bars.png", "06_differences_category_top3.png",
-                                                    "06_differences_attr_top3_all_grouped.png"}
+    assert m["runs"]["exported"] == m["runs"]["planned"] > 0
+    assert set(m["chosen"]) >= {"mtl", "cat"}
+    assert all(v.startswith(("mtl ", "cat ", "mtl_no_landmarks ")) for v in m["verdicts"].values())
+    assert {Path(f).name for f in m["figures"]} >= {"06_study.png", "06_pairs.png"}
 
 
 def test_default_profile_figures_go_to_the_repository_others_to_the_run(monkeypatch, tmp_path):

@@ -1,146 +1,162 @@
-"""vfu_nb.study: aggregation and paired t-intervals on fake results (hand-computed), grid resume, report."""
+"""vfu_nb.study: the plan, run keys and reuse, tuning choice, paired comparison, README block (fake exports)."""
 
 import json
 import math
 
+import numpy as np
 import pytest
 
 from vfu_nb import study
-from vfu_nb.study import STUDY_METRICS, differences, summarize, t_quantile_975
+from vfu_nb.study import Plan
+
+PLAN = {
+    "data": {"default": {"root": "data/x", "n": 100, "seed": 0},
+             "g1": {"root": "data/x_g1", "n": 100, "seed": 0, "geometry_informativeness": 1.0}},
+    "base": {"image_size": 32, "width": 0.125, "batch_size": 8, "epochs": 20, "patience": 3},
+    "tuning": {"data": "default", "models": ["mtl", "cat"], "grid": {"lr": [1e-3, 3e-4], "backbone": ["vgg16_bn"]},
+               "seed": 0},
+    "seeds": {"data": "default", "models": {"mtl": 3, "cat": 3}, "pairs": [["mtl", "cat"]]},
+    "learning_curve": {"data": "default", "models": ["mtl", "cat"], "fractions": [0.5, 1.0], "seeds": 2},
+    "dial": {"data": "g1", "models": ["mtl", "cat"], "seeds": 2},
+    "bootstrap": 200,
+}
 
 
-def rec(model, seed, **metrics):
-    test = {k: None for k in STUDY_METRICS}
-    test.update(metrics)
-    return {"model": model, "seed": seed, "run_dir": f"x/{model}_seed{seed}", "best_epoch": 1, "val": {},
-            "test": test}
+@pytest.fixture
+def plan(tmp_path):
+    return Plan.load({**PLAN, "results": str(tmp_path / "results"), "runs": str(tmp_path / "runs"),
+                      "figures": str(tmp_path / "figures")})
 
 
-# category_top3: mtl 0.80 / 0.82 / 0.84, cat 0.78 x3, mtl_no_landmarks only seed 0 (0.81) and seed 7 (unpaired)
-RESULTS = [
-    rec("mtl", 0, category_top3=0.80, landmark_ne_mean=0.10),
-    rec("mtl", 1, category_top3=0.82, landmark_ne_mean=0.12),
-    rec("mtl", 2, category_top3=0.84, landmark_ne_mean=0.14),
-    rec("cat", 0, category_top3=0.78),
-    rec("cat", 1, category_top3=0.78),
-    rec("cat", 2, category_top3=0.78),
-    rec("mtl_no_landmarks", 0, category_top3=0.81, landmark_ne_mean=0.3),
-    rec("mtl_no_landmarks", 7, category_top3=0.50),
-]
+def export(plan, spec, val=0.5, test=None, best=5, run=9, stopped=True, preds=None):
+    d = plan.results_dir / "runs" / spec.key
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "config.json").write_text(json.dumps(spec.config))
+    metrics = {"model": spec.model, "seed": spec.seed, "select_metric": "category_top3", "best_epoch": best,
+               "epochs_run": run, "early_stopped": stopped, "val": {"category_top3": val}, "test": test or {},
+               "timing": {"wall_seconds": 360.0}}
+    if preds is not None:
+        np.savez_compressed(d / "predictions.npz", **preds)
+    (d / "metrics.json").write_text(json.dumps(metrics))
 
 
-def row(frame, **where):
-    sub = frame
-    for k, v in where.items():
-        sub = sub[sub[k] == v]
-    assert len(sub) == 1, where
-    return sub.iloc[0]
+def test_plan_refuses_unknown_keys(tmp_path):
+    with pytest.raises(ValueError, match="unknown keys.*'sedes'"):
+        Plan.load({**PLAN, "sedes": {}})
 
 
-def test_t_table_and_tail():
-    assert t_quantile_975(1) == pytest.approx(12.706, abs=1e-3)
-    assert t_quantile_975(2) == pytest.approx(4.303, abs=1e-3)
-    assert t_quantile_975(30) == pytest.approx(2.042, abs=1e-3)
-    assert t_quantile_975(60) == pytest.approx(2.000, abs=1e-3)   # beyond the table: Cornish-Fisher
-    assert t_quantile_975(1000) == pytest.approx(1.962, abs=1e-3)
-    assert math.isnan(t_quantile_975(0))
+def test_keys_and_reuse(plan):
+    tuning = plan.tuning_specs()
+    assert [s.key for s in tuning] == ["default/mtl/vgg16_bn_lr0.001_f1/seed0", "default/mtl/vgg16_bn_lr0.0003_f1/seed0",
+                                       "default/cat/vgg16_bn_lr0.001_f1/seed0", "default/cat/vgg16_bn_lr0.0003_f1/seed0"]
+    assert tuning[0].config["data_root"].endswith("data/x") and tuning[0].config["lr"] == 1e-3
+    assert tuning[0].config["image_size"] == 32 and tuning[0].config["train_fraction"] == 1.0
+    chosen = {"mtl": {"lr": 1e-3, "backbone": "vgg16_bn"}, "cat": {"lr": 3e-4, "backbone": "vgg16_bn"}}
+    later = plan.later_specs(chosen)
+    keys = [s.key for s in later]
+    assert len(keys) == len(set(keys))
+    # 2 models x 3 seeds, + the 50 % curve (2 x 2; the 100 % points are the seed runs), + dial 2 x 2
+    assert len(later) == 6 + 4 + 4
+    assert "default/mtl/vgg16_bn_lr0.001_f1/seed0" in keys            # = the chosen tuning run: trained once
+    assert "default/cat/vgg16_bn_lr0.0003_f0.5/seed1" in keys
+    assert "g1/cat/vgg16_bn_lr0.0003_f1/seed1" in keys
+    assert next(s for s in later if s.data == "g1").config["data_root"].endswith("data/x_g1")
 
 
-def test_summarize_mean_and_sample_std():
-    s = summarize(RESULTS)
-    assert list(s.columns) == ["model", "metric", "n", "mean", "std"]
-    r = row(s, model="mtl", metric="category_top3")
-    # mean (0.80 + 0.82 + 0.84) / 3 = 0.82; sample std sqrt((0.02^2 + 0 + 0.02^2) / 2) = 0.02
-    assert (r["n"], r["mean"], r["std"]) == (3, pytest.approx(0.82), pytest.approx(0.02))
-    r = row(s, model="cat", metric="category_top3")
-    assert r["mean"] == pytest.approx(0.78) and r["std"] == pytest.approx(0.0, abs=1e-12)
-    r = row(s, model="cat", metric="landmark_ne_mean")      # cat has no NE: n 0, nan
-    assert r["n"] == 0 and math.isnan(r["mean"]) and math.isnan(r["std"])
-    r = row(s, model="mtl_no_landmarks", metric="landmark_ne_mean")   # one value: std nan
-    assert r["n"] == 1 and r["mean"] == pytest.approx(0.3) and math.isnan(r["std"])
+def test_choose_settings_by_val_and_refuses_unfinished(plan):
+    specs = plan.tuning_specs()
+    with pytest.raises(RuntimeError, match="has not finished"):
+        study.choose_settings(plan)
+    for spec, val in zip(specs, [0.70, 0.80, 0.60, 0.60]):
+        export(plan, spec, val=val, best=9 if val == 0.8 else 4, run=9, stopped=False)
+    chosen, rows = study.choose_settings(plan)
+    assert chosen == {"mtl": {"backbone": "vgg16_bn", "lr": 3e-4}, "cat": {"backbone": "vgg16_bn", "lr": 1e-3}}
+    assert [r["val_score"] for r in rows] == [0.70, 0.80, 0.60, 0.60]      # tie: the first setting wins
+    assert [r["converged"] for r in rows] == [True, False, True, True]     # best epoch 9 of 9: not converged
 
 
-def test_differences_paired_t_interval():
-    d = differences(RESULTS, "cat")
-    r = row(d, model="mtl", metric="category_top3")
-    # paired diffs 0.02, 0.04, 0.06: mean 0.04, sd 0.02, n 3, t_{0.975,2} = 4.3027
-    # half-width = 4.3027 * 0.02 / sqrt(3) = 0.049683 -> [-0.009683, 0.089683]
-    assert r["n"] == 3 and r["mean_diff"] == pytest.approx(0.04) and r["std_diff"] == pytest.approx(0.02)
-    assert r["t"] == pytest.approx(4.3027)
-    assert r["ci_low"] == pytest.approx(-0.0096833, abs=1e-6)
-    assert r["ci_high"] == pytest.approx(0.0896833, abs=1e-6)
-    assert r["seeds"] == [0, 1, 2]
-    # mtl_no_landmarks vs cat: only seed 0 pairs (seed 7 has no cat run): diff 0.03, n 1, no interval
-    r = row(d, model="mtl_no_landmarks", metric="category_top3")
-    assert r["n"] == 1 and r["mean_diff"] == pytest.approx(0.03)
-    assert math.isnan(r["std_diff"]) and math.isnan(r["ci_low"]) and math.isnan(r["ci_high"])
-    # NE against cat: no finite pairs
-    r = row(d, model="mtl", metric="landmark_ne_mean")
-    assert r["n"] == 0 and math.isnan(r["mean_diff"])
-    assert set(d["model"]) == {"mtl", "mtl_no_landmarks"}        # the baseline is not compared with itself
-    # against mtl_no_landmarks: mtl seed 0 only, NE 0.10 - 0.30 = -0.20 (lower NE is better)
-    d2 = differences(RESULTS, "mtl_no_landmarks")
-    r = row(d2, model="mtl", metric="landmark_ne_mean")
-    assert r["n"] == 1 and r["mean_diff"] == pytest.approx(-0.2)
+def test_compact_history_keeps_epochs_and_averages_batches():
+    n = 1000
+    history = {"batches": {"epoch": [1] * n, "batch": list(range(1, n + 1)), "step": list(range(1, n + 1)),
+                           "total": [float(i) for i in range(n)]},
+               "epochs": [{"epoch": 1, "val": {"category_top3": 0.123456789}}]}
+    c = study.compact_history(history, max_points=100)
+    assert c["batch_window"] == 10 and len(c["batches"]["total"]) == 100
+    assert c["batches"]["total"][0] == pytest.approx(4.5) and c["batches"]["step"][0] == 10
+    assert c["epochs"][0]["val"]["category_top3"] == 0.123457
 
 
-def test_flat_records_and_frames_are_accepted():
-    flat = [{"model": r["model"], "seed": r["seed"], **r["test"]} for r in RESULTS]
-    a = summarize(RESULTS)
-    b = summarize(flat)
-    assert a.fillna(-1).equals(b.fillna(-1))
-    c = summarize(study.results_frame(RESULTS))
-    assert a.fillna(-1).equals(c.fillna(-1))
+def seed_runs(plan, gain=0.1):
+    """Exports for mtl and cat x 3 seeds with per-image category ranks; mtl is right on more images."""
+    rng = np.random.default_rng(0)
+    chosen = {"mtl": {"lr": 1e-3, "backbone": "vgg16_bn"}, "cat": {"lr": 1e-3, "backbone": "vgg16_bn"}}
+    specs = [s for s in plan.later_specs(chosen) if s.part == "seeds"]
+    labels = plan.results_dir / "labels"
+    labels.mkdir(parents=True, exist_ok=True)
+    n = 400
+    np.savez(labels / "default.npz", category=np.zeros(n, np.int16), attributes=np.ones((n, 2), np.int8))
+    for spec in specs:
+        base = rng.random(n) < 0.6
+        right = base | (rng.random(n) < gain) if spec.model == "mtl" else base
+        rank = np.where(right, 0, 5).astype(np.int16)
+        export(plan, spec, test={"category_top3": float(right.mean()), "category_top1": float(right.mean())},
+               preds={"category_rank": rank, "attribute_logits": np.zeros((n, 2), np.float32)})
+    return study.load_runs(plan, specs)
 
 
-def test_report_files(tmp_path):
-    out = study.write_report(RESULTS, tmp_path)
-    data = json.loads((tmp_path / "study.json").read_text())
-    assert set(data["differences"]) == {"cat", "mtl_no_landmarks"}
-    assert data == json.loads(json.dumps(out))
-    md = (tmp_path / "study.md").read_text()
-    assert "0.8200 ± 0.0200 (n=3)" in md
-    assert "0.0400 [-0.0097, 0.0897] (n=3)" in md
-    assert "## Difference from `cat`" in md and "## Difference from `mtl_no_landmarks`" in md
+def test_compare_establishes_a_clear_gain_and_not_a_null_one(plan):
+    results = seed_runs(plan, gain=0.3)
+    out = study.compare(plan, results, "mtl", "cat", metrics_primary=("category_top3",),
+                        metrics_secondary=("category_top1", "landmark_ne_mean"))
+    assert out["seeds"] == [0, 1, 2]
+    res = out["primary"]["category_top3"]
+    assert res["verdict"] == "a better" and res["t"]["low"] > 0 and res["bootstrap"]["low"] > 0
+    assert out["secondary"]["category_top1"]["verdict"] == "a better"
+    assert out["secondary"]["landmark_ne_mean"]["verdict"] == "no difference established"   # no values
+    null = study.compare(plan, results, "cat", "cat", metrics_primary=("category_top3",), metrics_secondary=())
+    assert null["primary"]["category_top3"]["verdict"] == "no difference established"
 
 
-def _fake_train(calls):
-    def fake(config):
-        from pathlib import Path
+def test_verdict_needs_every_interval_on_one_side():
+    from vfu_nb.stats import Interval
 
-        calls.append((config.model, config.seed, config.resume))
-        run = Path(config.run_dir)
-        run.mkdir(parents=True, exist_ok=True)
-        (run / "config.json").write_text(json.dumps(config.to_dict()))
-        top3 = {"mtl": 0.8, "cat": 0.7, "mtl_no_landmarks": 0.75}[config.model] + 0.01 * config.seed
-        m = {"model": config.model, "seed": config.seed, "params": 1, "best_epoch": 1, "epochs_run": 1,
-             "val": {"category_top3": top3}, "test": {"category_top3": top3, "landmark_ne_mean": None}}
-        (run / "metrics.json").write_text(json.dumps(m))
-        return m
-    return fake
+    pos, neg, wide = Interval(0.1, 0.05, 0.15, 3), Interval(-0.1, -0.15, -0.05, 3), Interval(0.1, -0.05, 0.2, 3)
+    assert study.verdict("category_top3", pos, pos) == "a better"
+    assert study.verdict("category_top3", pos, wide) == "no difference established"
+    assert study.verdict("category_top3", neg) == "b better"
+    assert study.verdict("landmark_ne_mean", neg) == "a better"                        # lower NE is better
+    assert study.verdict("category_top3", pos, neg) == "no difference established"
 
 
-def test_run_study_skips_finished_runs_and_cli(tmp_path, monkeypatch, capsys):
-    import vfu_nb.train as train_mod
+def fake_study():
+    interval = {"mean": 0.05, "low": 0.01, "high": 0.09, "n": 5, "p": 0.02}
+    summary = [{"model": m, "metric": k, "n": 5, "values": [v] * 5, "mean": v, "std": 0.01, "not_converged": 0}
+               for m, v in (("mtl", 0.9), ("cat", 0.85)) for k in study.TABLE_METRICS]
+    return {"base": PLAN["base"], "data": PLAN["data"], "grid": PLAN["tuning"]["grid"], "primary": list(study.PRIMARY),
+            "secondary": list(study.SECONDARY), "chosen": {"mtl": {"lr": 0.001}, "cat": {"lr": 0.0003}},
+            "seeds": {"data": "default", "summary": summary, "pairs": [
+                {"a": "mtl", "b": "cat", "seeds": [0, 1, 2, 3, 4],
+                 "primary": {m: {"t": interval, "bootstrap": interval, "verdict": "a better"} for m in study.PRIMARY},
+                 "secondary": {"category_top1": {"t": interval, "p_holm": 0.3, "verdict": "no difference established"}}}]},
+            "baselines": {"default": {"class_prior": {"category_top3": 0.447}}},
+            "runs": {"exported": 10, "planned": 10, "train_hours": 1.25}}
 
-    calls = []
-    monkeypatch.setattr(train_mod, "train", _fake_train(calls))
-    out = tmp_path / "study"
-    (out / "cat_seed1").mkdir(parents=True)            # an interrupted run: no metrics.json -> resumed
-    argv = ["--models", "mtl", "mtl_no_landmarks", "cat", "--seeds", "0", "1", "--data-root", "d", "--out",
-            str(out), "--epochs", "2", "--image-size", "64", "--no-progress"]
-    res = study.main(argv)
-    assert len(calls) == 6 and all(resume for _, _, resume in calls)
-    assert {(m, s) for m, s, _ in calls} == {(m, s) for m in ("mtl", "mtl_no_landmarks", "cat") for s in (0, 1)}
-    assert len(res["runs"]) == 6 and res["config"]["epochs"] == 2 and res["config"]["image_size"] == 64
-    assert "MTL vs CAT study" in capsys.readouterr().out
-    # second invocation: everything finished -> nothing trained, same report
-    calls.clear()
-    res2 = study.main(argv)
-    assert calls == []
-    assert res2["summary"] == res["summary"]
-    d = {(r["model"], r["metric"]): r for r in res2["differences"]["cat"]}
-    assert d[("mtl", "category_top3")]["mean_diff"] == pytest.approx(0.1)
-    assert d[("mtl", "category_top3")]["std_diff"] == pytest.approx(0.0, abs=1e-12)
-    loaded = study.load_results(out)
-    assert len(loaded) == 6
+
+def test_readme_block_renders_numbers_from_study_and_updates_between_markers(tmp_path):
+    block = study.readme_block(fake_study())
+    assert "| `mtl` | lr 0.001 | 5 | 0.900 ± 0.010" in block
+    assert "| baseline: class prior | | | 0.447 |" in block
+    assert "+0.050 [+0.010, +0.090] / [+0.010, +0.090]: **established**" in block
+    assert "1.2 hours of training" in block or "1.3 hours of training" in block
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{study.BLOCK_BEGIN}\nold\n{study.BLOCK_END}\noutro\n")
+    assert study.update_readme(block, readme) is True
+    assert study.update_readme(block, readme) is False
+    text = readme.read_text()
+    assert text.startswith("intro\n") and text.endswith("outro\n") and "old" not in text
+    (tmp_path / "study.json").write_text(json.dumps(fake_study()))
+    assert study.readme_matches(tmp_path / "study.json", readme)
+    readme.write_text(text.replace("0.900", "0.901"))
+    assert not study.readme_matches(tmp_path / "study.json", readme)
+    with pytest.raises(ValueError, match="markers"):
+        study.update_readme(block, tmp_path / "study.json")

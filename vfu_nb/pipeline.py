@@ -44,24 +44,22 @@ TRAIN_STEPS = ("02_train_mtl", "03_train_cat")
 #   do within 2-4 epochs. Batch 8 (the thesis' value): on a CPU the cost per image hardly depends on the batch
 #   size (mtl 64 px: 10.8 ms/img at batch 8, 9.5 at batch 32), so small batches buy 4x the optimiser steps for
 #   the same time, and the plateau is left after a number of steps. Adam lr 1e-4 and 10 epochs, as in the thesis.
-# study: notebook 06 alone, five models x three seeds at the default profile's settings (about an hour on
-#   2 cores); it does not fit the 15-minute budget of `make run`.
+# study: notebook 06 alone with train_missing: trains whatever results/plan.yaml still lacks (hours on 2 cores,
+#   resumable), then shows the report; it does not fit the 15-minute budget of `make run`.
 # full: the thesis configuration for a GPU and the real DeepFashion-C (--data-root): 224 px, full-width VGG-16,
 #   batch 8, 10 epochs, lr 1e-4, ImageNet weights when torchvision's file is present.
 DEFAULT_TRAIN = {"epochs": 10, "batch_size": 8, "lr": 1e-4, "image_size": 64, "width": 0.25, "max_items": None}
-STUDY_MODELS = ["mtl", "mtl_no_landmarks", "cat", "mtl_pool", "mtl_bi"]
-DEFAULT_STUDY = {**DEFAULT_TRAIN, "models": STUDY_MODELS, "seeds": [0, 1, 2]}
+DEFAULT_STUDY = {"plan": "results/plan.yaml", "train_missing": True, "jobs": 2}
 FULL_TRAIN = {"epochs": 10, "batch_size": 8, "lr": 1e-4, "image_size": 224, "width": 1.0, "backbone": "vgg16",
               "pretrained": "torchvision", "max_items": None, "device": "auto"}
-FULL_STUDY = {**FULL_TRAIN, "models": STUDY_MODELS, "seeds": [0, 1, 2]}
+FULL_STUDY = {"plan": "results/full/plan.yaml", "train_missing": True, "jobs": 1}
 
 # Parameters per profile and notebook; every notebook also gets out_dir and figures_dir, and, where it declares
 # them, data_root, device and the run directories of the notebooks before it (see step_parameters).
 PROFILES = {
-    "smoke": {"common": {}, "figures_in_repo": False, "steps": STEPS,
-              "06_controls_and_seeds": {"models": ["mtl", "mtl_no_landmarks", "cat"], "seeds": [0, 1]}},
+    "smoke": {"common": {}, "figures_in_repo": False, "steps": STEPS},
     "default": {"common": {}, "figures_in_repo": True, "steps": STEPS[:5],
-                "02_train_mtl": DEFAULT_TRAIN, "03_train_cat": DEFAULT_TRAIN, "06_controls_and_seeds": DEFAULT_STUDY},
+                "02_train_mtl": DEFAULT_TRAIN, "03_train_cat": DEFAULT_TRAIN},
     "study": {"common": {}, "figures_in_repo": False, "steps": ["06_controls_and_seeds"],
               "06_controls_and_seeds": DEFAULT_STUDY},
     "full": {"common": {}, "figures_in_repo": False, "steps": STEPS,
@@ -111,7 +109,6 @@ def step_parameters(step: str, profile: str, run_dir: Path, data_root: str | Non
         "run_dir": str(run_dir / step / "run") if step in TRAIN_STEPS else None,
         "mtl_run": str(run_dir / "02_train_mtl" / "run"),
         "cat_run": str(run_dir / "03_train_cat" / "run"),
-        "study_dir": str(run_dir / step / "study"),
         "data_root": str(Path(data_root).resolve()) if data_root else None,
         "device": device,
     }
@@ -173,8 +170,8 @@ def run_pipeline(profile: str = "smoke", data_root: str | None = None, device: s
     print("[pipeline] wall time per notebook: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items())
           + f"; total {sum(timings.values()):.0f} s", flush=True)
     if "06_controls_and_seeds" not in timings and profile == "default":
-        print("[pipeline] notebook 06 (seeds and controls) is not part of `make run`: "
-              "python -m vfu_nb.pipeline --profile study (about an hour on 2 CPU cores)", flush=True)
+        print("[pipeline] notebook 06 (seeds and controls) is not part of `make run`: it shows the committed "
+              "study in results/; python -m vfu_nb.pipeline --profile study trains what it lacks", flush=True)
     return results
 
 

@@ -1,0 +1,1 @@
+"""Figures for the notebooks, one module per chapter of the series."""

@@ -1,0 +1,159 @@
+"""Figures of the study (notebook 06 and the README), drawn from ``results/study.json`` alone.
+
+* :func:`plot_models` -- each model's primary metrics over seeds (dots) with mean +- sd, beside the baselines
+  that make them readable (chance, class prior, geometry-only, attribute priors);
+* :func:`plot_pairs` -- the paired differences with their t-interval (over seeds) and bootstrap interval (over
+  seeds x test images);
+* :func:`plot_learning_curve` -- the primary metrics against the size of the training split, and MTL's gain
+  over CAT and over ``mtl_no_landmarks`` with intervals.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Mapping, Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+
+from vfu_nb.compare import MODEL_COLORS
+
+LABELS = {"category_top3": "top-3 category accuracy", "attr_map_all": "attribute mAP",
+          "category_top1": "top-1 category accuracy", "attr_top3_all_grouped": "top-3 attribute recall (grouped)",
+          "landmark_ne_mean": "landmark NE (lower is better)"}
+#: Baselines drawn as reference lines, per metric: (name in study.json, line style).
+REFERENCE_LINES = {
+    "category_top3": (("chance", ":"), ("class_prior", "--"), ("geometry_knn", "-.")),
+    "category_top1": (("chance", ":"), ("class_prior", "--"), ("geometry_knn", "-.")),
+    "attr_map_all": (("chance", ":"), ("attribute_prior", "--"), ("attribute_prior_given_category", "-."),
+                     ("geometry_knn", (0, (1, 4)))),
+}
+
+
+def label(metric: str) -> str:
+    return LABELS.get(metric, metric)
+
+
+def _rows(summary: Sequence[Mapping], metric: str) -> list:
+    return [r for r in summary if r["metric"] == metric]
+
+
+def _reference_lines(ax, baselines: Mapping, metric: str) -> None:
+    for name, style in REFERENCE_LINES.get(metric, ()):
+        value = (baselines.get(name) or {}).get(metric)
+        if value is not None and math.isfinite(value):
+            ax.axhline(value, color="0.35", ls=style, lw=1)
+            ax.annotate(name.replace("_", " "), (1.0, value), xycoords=("axes fraction", "data"),
+                        xytext=(3, 0), textcoords="offset points", va="center", fontsize=7, color="0.3")
+
+
+def plot_models(study: Mapping, metrics: Sequence[str] = ("category_top3", "attr_map_all"), axes=None):
+    """One panel per metric: seeds as dots, mean +- sd per model, baselines as labelled horizontal lines."""
+    summary, baselines = study["seeds"]["summary"], study.get("baselines", {}).get(study["seeds"]["data"], {})
+    if axes is None:
+        axes = plt.subplots(1, len(metrics), figsize=(4.8 * len(metrics), 3.6), squeeze=False)[1][0]
+    for ax, metric in zip(axes, metrics):
+        rows = _rows(summary, metric)
+        for i, r in enumerate(rows):
+            color = MODEL_COLORS.get(r["model"], "k")
+            vals = np.asarray(r.get("values", []), dtype=float)
+            ax.plot(np.full(len(vals), i) + np.linspace(-0.12, 0.12, len(vals)), vals, "o", color=color,
+                    alpha=0.55, ms=5)
+            if math.isfinite(r["mean"]):
+                sd = r["std"] if math.isfinite(r["std"]) else 0.0
+                ax.errorbar([i + 0.25], [r["mean"]], yerr=[sd], fmt="s", color="k", ms=5, capsize=4)
+        _reference_lines(ax, baselines, metric)
+        ax.set_xticks(range(len(rows)))
+        ax.set_xticklabels([r["model"] for r in rows], rotation=25, ha="right", fontsize=8)
+        ax.set_xlim(-0.6, len(rows) - 0.2)
+        ax.set_title(label(metric), fontsize=10)
+    axes[0].figure.suptitle("Test split, best val epoch: dots = seeds, squares = mean ± sd; lines = baselines",
+                            fontsize=9)
+    axes[0].figure.tight_layout()
+    return axes[0].figure
+
+
+def _interval_bar(ax, y, interval, color, offset=0.0, marker="o"):
+    lo, hi, mean = interval["low"], interval["high"], interval["mean"]
+    if lo is not None and hi is not None and math.isfinite(lo) and math.isfinite(hi):
+        ax.plot([lo, hi], [y + offset] * 2, color=color, lw=2)
+    if mean is not None and math.isfinite(mean):
+        ax.plot([mean], [y + offset], marker, color=color)
+
+
+def plot_pairs(study: Mapping, metrics: Sequence[str] = ("category_top3", "attr_map_all"), axes=None):
+    """Paired differences a - b, one row per pair: t-interval over seeds (upper bar) and bootstrap over seeds x
+    images (lower bar). Green/red when both exclude 0 on one side, grey otherwise."""
+    pairs = study["seeds"]["pairs"]
+    if axes is None:
+        axes = plt.subplots(1, len(metrics), figsize=(5.2 * len(metrics), 0.7 * len(pairs) + 1.6),
+                            squeeze=False)[1][0]
+    for ax, metric in zip(axes, metrics):
+        for i, pair in enumerate(pairs):
+            res = pair["primary"].get(metric)
+            if not res:
+                continue
+            color = {"a better": "tab:green", "b better": "tab:red"}.get(res["verdict"], "tab:gray")
+            _interval_bar(ax, i, res["t"], color, +0.12, "o")
+            _interval_bar(ax, i, res["bootstrap"], color, -0.12, "D")
+        ax.axvline(0, color="k", lw=0.8)
+        ax.set_yticks(range(len(pairs)))
+        ax.set_yticklabels([f"{p['a']} − {p['b']}\n(n={len(p['seeds'])} seeds)" for p in pairs], fontsize=8)
+        ax.set_ylim(-0.6, len(pairs) - 0.4)
+        ax.invert_yaxis()
+        ax.set_xlabel(f"paired difference in {label(metric)}")
+    axes[0].figure.suptitle("95% intervals: ● t over seeds, ◆ bootstrap over seeds × test images; "
+                            "green/red = established, grey = not", fontsize=9)
+    axes[0].figure.tight_layout()
+    return axes[0].figure
+
+
+def plot_learning_curve(study: Mapping, metrics: Sequence[str] = ("category_top3", "attr_map_all"), axes=None):
+    """Top row: each primary metric against the training fraction per model (mean +- sd). Bottom row: the paired
+    gains of the curve's pairs with their t-intervals (bars) and bootstrap intervals (shaded)."""
+    points = study["learning_curve"]["points"]
+    fractions = [p["fraction"] for p in points]
+    if axes is None:
+        axes = plt.subplots(2, len(metrics), figsize=(4.8 * len(metrics), 6.4), squeeze=False,
+                            sharex=True)[1]
+    for col, metric in enumerate(metrics):
+        top, bottom = axes[0][col], axes[1][col]
+        models = list(dict.fromkeys(r["model"] for p in points for r in _rows(p["summary"], metric)))
+        for model in models:
+            mean = [next((r["mean"] for r in _rows(p["summary"], metric) if r["model"] == model), math.nan)
+                    for p in points]
+            sd = [next((r["std"] for r in _rows(p["summary"], metric) if r["model"] == model), math.nan)
+                  for p in points]
+            top.errorbar(fractions, mean, yerr=np.nan_to_num(sd), marker="o", capsize=3, label=model,
+                         color=MODEL_COLORS.get(model))
+        top.set_title(label(metric), fontsize=10)
+        top.legend(fontsize=7)
+        pair_names = list(dict.fromkeys(f"{q['a']} − {q['b']}" for p in points for q in p["pairs"]))
+        for j, name in enumerate(pair_names):
+            color = plt.get_cmap("tab10")(j + 2)
+            rows = [next((q["primary"].get(metric) for q in p["pairs"] if f"{q['a']} − {q['b']}" == name), None)
+                    for p in points]
+            mean = [r["t"]["mean"] if r else math.nan for r in rows]
+            t_lo = [r["t"]["low"] if r else math.nan for r in rows]
+            t_hi = [r["t"]["high"] if r else math.nan for r in rows]
+            b_lo = [r["bootstrap"]["low"] if r else math.nan for r in rows]
+            b_hi = [r["bootstrap"]["high"] if r else math.nan for r in rows]
+            x = np.asarray(fractions) * (1 + 0.04 * (j - (len(pair_names) - 1) / 2))
+            bottom.errorbar(x, mean, yerr=[np.subtract(mean, t_lo), np.subtract(t_hi, mean)], marker="o",
+                            capsize=3, color=color, label=name)
+            bottom.fill_between(x, np.asarray(b_lo, float), np.asarray(b_hi, float), color=color, alpha=0.15)
+        bottom.axhline(0, color="k", lw=0.8)
+        bottom.set_xscale("log")
+        bottom.minorticks_off()
+        bottom.set_xticks(fractions)
+        bottom.set_xticklabels([f"{f:.0%}" for f in fractions])
+        bottom.set_xlabel("fraction of the training split")
+        bottom.set_ylabel("paired gain")
+        bottom.legend(fontsize=7)
+    axes[0][0].figure.suptitle("Learning curve (test, best val epoch). Bottom: bars = t-interval over seeds, "
+                               "band = bootstrap over seeds × images", fontsize=9)
+    axes[0][0].figure.tight_layout()
+    return axes[0][0].figure
+
+
+__all__ = ["plot_models", "plot_pairs", "plot_learning_curve", "label", "REFERENCE_LINES"]
