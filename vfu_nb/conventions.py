@@ -51,7 +51,9 @@ MODEL_COLORS = {"mtl": "tab:blue", "cat": "tab:orange", "mtl_no_landmarks": "tab
 #: One colour per attribute type (tab10, first five).
 ATTRIBUTE_TYPE_COLORS = dict(zip(ATTRIBUTE_TYPES, LANDMARK_COLORS[:5]))
 METRIC_LABELS = {
+    "category_top1": "top-1 category accuracy",
     "category_top3": "top-3 category accuracy",
+    "attr_map_all": "attribute mAP",
     "attr_top3_all_grouped": "top-3 attribute recall (all types pooled)",
     "landmark_ne_mean": "landmark NE (lower is better)",
     **{f"attr_top3_{t}": f"top-3 {t} recall" for t in ATTRIBUTE_TYPES},

@@ -115,11 +115,9 @@ def accepts(notebook: str, name: str) -> bool:
     if name in notebook_parameters(notebook):
         return True
     if notebook == TRAINING_NOTEBOOK:
-        import dataclasses
+        from vfu_nb.runs import training_setting_names
 
-        from vfu_nb.train import TrainConfig
-
-        return name in {f.name for f in dataclasses.fields(TrainConfig)} - {"run_dir", "resume"}
+        return name in training_setting_names()
     return False
 
 

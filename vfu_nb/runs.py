@@ -52,17 +52,20 @@ def _read_json(path) -> dict:
 # Training
 
 
-def train_settings(namespace: Mapping) -> dict:
-    """The :class:`vfu_nb.train.TrainConfig` fields among the names of ``namespace`` (a notebook's ``globals()``).
-
-    The training notebook passes its parameters through this, so a new TrainConfig field needs no notebook edit:
-    ``-p NAME VALUE`` (pipeline or papermill) defines it and it reaches the trainer. ``run_dir`` and ``resume``
-    are left out (:func:`ensure_run` sets them).
-    """
+def training_setting_names() -> set:
+    """The :class:`vfu_nb.train.TrainConfig` fields a caller may set (``run_dir`` and ``resume`` are ensure_run's)."""
     from vfu_nb.train import TrainConfig
 
-    names = {f.name for f in dataclasses.fields(TrainConfig)} - {"run_dir", "resume"}
-    return {name: namespace[name] for name in sorted(names) if name in namespace}
+    return {f.name for f in dataclasses.fields(TrainConfig)} - {"run_dir", "resume"}
+
+
+def train_settings(namespace: Mapping) -> dict:
+    """The training settings among the names of ``namespace`` (a notebook's ``globals()``).
+
+    The training notebook passes its parameters through this, so a new TrainConfig field needs no notebook edit:
+    ``-p NAME VALUE`` (pipeline or papermill) defines it and it reaches the trainer.
+    """
+    return {name: namespace[name] for name in sorted(training_setting_names()) if name in namespace}
 
 
 def is_finished(run_dir, epochs: Optional[int] = None) -> bool:
