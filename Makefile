@@ -1,37 +1,48 @@
-# Two commands: `make run` (the main job) and `make test` (what CI runs). Both bootstrap .venv first.
-PYTHON ?= python3
-VENV   := .venv
-BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed
-DATA   := data/synthetic
+# `make run` (the main job), `make test` (what CI runs), `make lab` (JupyterLab on the repository).
+# Every target bootstraps .venv first, from the exact versions in requirements.lock.
+PYTHON  ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+DATA    := data/synthetic
 # Size of the synthetic benchmark that `make run` and the notebooks' defaults use.
 SYNTHETIC_N ?= 4000
+# `make run PROFILE=smoke ARGS="-p epochs 3"`: any profile of profiles/ and any pipeline options.
+PROFILE ?= default
+ARGS    ?=
 
-.PHONY: run test data install lab clean-runs
+.PHONY: run test data install lab lock clean-runs
 
 install: $(STAMP)
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-$(STAMP): requirements.txt pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --disable-pip-version-check -q -r requirements.txt
+$(STAMP): requirements.lock pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --disable-pip-version-check -q -r requirements.lock
 	$(BIN)/python -m pip install --disable-pip-version-check -q --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
-data: $(DATA)/synthetic.json
-
-$(DATA)/synthetic.json: | $(STAMP)
+# Always asks the generator: it returns at once when the tree is current (same size, seed and version).
+data: $(STAMP)
 	$(BIN)/python -m vfu_nb.synthetic --out $(DATA) --n $(SYNTHETIC_N) --seed 0
 
 run: $(STAMP) data
-	$(BIN)/python -m vfu_nb.pipeline --profile default
+	$(BIN)/python -m vfu_nb.pipeline --profile $(PROFILE) $(ARGS)
 
 test: $(STAMP) data
 	$(BIN)/python -m pytest
 
+# Rooted at the repository: notebooks/, the executed copies in runs/ and figures/ all open from the file browser.
 lab: $(STAMP) data
-	$(BIN)/jupyter lab notebooks/
+	$(BIN)/jupyter lab --config=jupyter_server_config.py --ServerApp.root_dir=$(CURDIR)
+
+# Rewrite requirements.lock from the venv (after changing requirements.txt or pyproject.toml and installing).
+# CUDA wheels, which torch pulls in on Linux only, keep torch's own platform marker.
+lock: | $(BIN)/python
+	{ echo "# Exact versions of every package in .venv (make lock); make install uses this file."; \
+	  $(BIN)/python -m pip freeze --all --exclude-editable --disable-pip-version-check | grep -v '^pip==' \
+	  | sed -E 's/^((nvidia-|cuda-|triton=)[^ ]*)$$/\1 ; platform_system == "Linux"/'; } > requirements.lock
 
 clean-runs:
 	rm -rf runs/

@@ -1,8 +1,7 @@
-"""vfu_nb.attention: per-image landmark error, case selection, map reductions and the case figure."""
+"""vfu_nb.plots.attention: case selection, map reductions and the case figure (per-image error: test_runs.py)."""
 
 from __future__ import annotations
 
-import math
 from types import SimpleNamespace
 
 import matplotlib
@@ -12,7 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from vfu_nb import attention  # noqa: E402
+from vfu_nb.plots import attention  # noqa: E402
 
 
 def predictions(logits, category, pred=None, gt=None, vis=None, maps=None):
@@ -23,20 +22,6 @@ def predictions(logits, category, pred=None, gt=None, vis=None, maps=None):
     return SimpleNamespace(category_logits=logits, category=np.asarray(category), category_prob=prob,
                            landmarks_pred=pred, landmarks=gt if gt is not None else np.zeros((n, 8, 2)),
                            visibility=vis if vis is not None else np.zeros((n, 8), dtype=int), maps=maps or {})
-
-
-def test_landmark_error_uses_visible_landmarks_only():
-    gt = np.zeros((3, 8, 2))
-    pred = np.zeros((3, 8, 2))
-    pred[0, :, 0] = 0.3                      # every landmark 0.3 off
-    pred[1, 0] = [0.3, 0.4]                  # slot 0 off by 0.5, slot 1 off by 1.0 but occluded
-    pred[1, 1] = [1.0, 0.0]
-    vis = np.zeros((3, 8), dtype=int)
-    vis[1, 1:] = 1
-    vis[2, :] = 2                            # nothing visible
-    err = attention.landmark_error_per_image(predictions(np.zeros((3, 2)), [0, 0, 0], pred, gt, vis))
-    assert err[0] == pytest.approx(0.3) and err[1] == pytest.approx(0.5) and math.isnan(err[2])
-    assert np.isnan(attention.landmark_error_per_image(predictions(np.zeros((2, 2)), [0, 1]))).all()
 
 
 def test_select_cases_by_confidence_and_by_landmark_error():

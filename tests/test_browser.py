@@ -1,12 +1,16 @@
-"""The landmark browser in a real browser: JupyterLab + Debian Chromium driven by Playwright (marker ``browser``).
+"""The widgets in a real browser: JupyterLab + Debian Chromium driven by pytest-playwright (markers browser, slow).
 
-The test writes a notebook that builds a small synthetic tree's browser, opens it in JupyterLab (127.0.0.1, free
-port, random token, kernel = this venv's Python), runs all cells from the Run menu, waits for the widget's image,
-moves the image slider with the keyboard and checks that the picture's bytes and the kernel-side label changed,
-then uploads a JPEG and a text file through the try-your-own-image widget's file input and reads its messages.
-Screenshots land in the test's tmp_path. Skipped only where /usr/bin/chromium or playwright is missing
-(``.ci/run`` installs Chromium with apt; never ``playwright install``). The server (with its kernels) and the
-browser are stopped on the way out by their context managers, whatever happens.
+The test writes a notebook that builds the landmark browser on the session's synthetic tree, opens it in
+JupyterLab (127.0.0.1, free port, random token, kernel = this venv's Python, the project's
+``jupyter_server_config.py``), runs all cells from the Run menu, waits for the widget's image, moves the image
+slider with the keyboard and checks that the picture's bytes and the kernel-side label changed. Then it uploads,
+through the try-your-own-image widget's file input, a JPEG, a text file and a file over the widget's size limit
+(and over tornado's default websocket limit, which the project's config raises) and reads the widget's messages.
+
+The browser is ``/usr/bin/chromium`` (``.ci/run`` installs it with apt; ``playwright install`` is never run);
+pytest-playwright keeps a trace and a screenshot of a failing run (``--tracing``/``--screenshot`` in
+pyproject.toml, under ``runs/playwright/``). Skipped only where Chromium or Playwright is missing. The server
+(with its kernels) is stopped on the way out by its context manager, whatever happens.
 """
 
 import time
@@ -14,31 +18,36 @@ import time
 import pytest
 from PIL import Image
 
-from vfu_nb import browser as B
-from vfu_nb import synthetic
+import browser as B
+from vfu_nb.widgets import MAX_UPLOAD_BYTES
 
-pytestmark = [pytest.mark.browser, pytest.mark.slow]
-
-
-def skip_reason():
-    if B.chromium_path() is None:
-        return f"{B.CHROMIUM} not found (apt-get install -y chromium)"
-    return B.playwright_missing()
+pytestmark = [
+    pytest.mark.browser, pytest.mark.slow,
+    pytest.mark.skipif(B.chromium_path() is None, reason=f"{B.CHROMIUM} not found (apt-get install -y chromium)"),
+    pytest.mark.skipif(B.playwright_missing() is not None, reason=str(B.playwright_missing())),
+]
 
 
-def test_landmark_browser_in_jupyterlab(tmp_path):
-    reason = skip_reason()
-    if reason:
-        pytest.skip(reason)
+@pytest.fixture(scope="session")
+def browser_type_launch_args(browser_type_launch_args):
+    """pytest-playwright launches Debian's Chromium, with its background networking off."""
+    return {**browser_type_launch_args, "executable_path": B.CHROMIUM, "args": B.CHROMIUM_ARGS}
+
+
+@pytest.fixture(scope="session")
+def browser_context_args(browser_context_args):
+    return {**browser_context_args, "viewport": {"width": 1400, "height": 1100}}
+
+
+def test_widgets_in_jupyterlab(page, synth_root, tmp_path):
     start = time.monotonic()
-    data = tmp_path / "synthetic"
-    synthetic.generate(data, n=48, seed=4, workers=1, progress=False)
+    page.set_default_timeout(60_000)
     root = tmp_path / "lab"
     root.mkdir()
     B.write_notebook(root / "browser.ipynb", [
         "from vfu_nb.data import DeepFashionC\n"
         "from vfu_nb.widgets import landmark_browser\n"
-        f"browser = landmark_browser(DeepFashionC({str(data)!r}, 'train', image_size=32))\n"
+        f"browser = landmark_browser(DeepFashionC({str(synth_root)!r}, 'train', image_size=32))\n"
         "browser",
         "from vfu_nb.models import build_model\n"
         "from vfu_nb.widgets import predict_image\n"
@@ -48,11 +57,13 @@ def test_landmark_browser_in_jupyterlab(tmp_path):
         "uploader",
     ])
     photo = tmp_path / "my dress.jpg"
-    Image.open(next((data / "img").rglob("*.jpg"))).save(photo, quality=90)
+    Image.open(next((synth_root / "img").rglob("*.jpg"))).save(photo, quality=90)
     not_an_image = tmp_path / "notes.txt"
     not_an_image.write_text("not an image\n")
+    too_large = tmp_path / "huge.jpg"            # over the widget's limit and over tornado's default 10 MiB
+    too_large.write_bytes(b"\xff\xd8" + bytes(12 * 2**20))
     timings = {}
-    with B.JupyterLab(root) as lab, B.chromium_page(1400, 1100) as page:
+    with B.JupyterLab(root) as lab:
         timings["server"] = time.monotonic() - start
         B.run_all(page, lab, "browser.ipynb")
         img = B.wait_for_widget_image(page, timeout_s=240)
@@ -74,7 +85,7 @@ def test_landmark_browser_in_jupyterlab(tmp_path):
         page.wait_for_function("() => document.body.innerText.includes('train image 3 of')", timeout=30_000)
         B.widget_output(img).screenshot(path=str(tmp_path / "landmark_browser.png"))
 
-        # try-your-own-image: a real upload through the browser's file input (ipywidgets 8's value format)
+        # try-your-own-image: real uploads through the browser's file input (ipywidgets 8's value format)
         shown = B.wait_for_widget_image(page, timeout_s=120, index=1)
         placeholder = B.image_digest(shown)
         button = page.locator("button.widget-upload").first
@@ -92,10 +103,13 @@ def test_landmark_browser_in_jupyterlab(tmp_path):
         upload(not_an_image)
         page.wait_for_function("() => document.body.innerText.includes('notes.txt: not an image')",
                                timeout=30_000)
+        upload(too_large)
+        limit = f"huge.jpg: file is 12.0 MB; the limit is {MAX_UPLOAD_BYTES // 2**20} MB"
+        page.wait_for_function(f"() => document.body.innerText.includes({limit!r})", timeout=60_000)
         timings["uploads"] = time.monotonic() - start
         assert not B.notebook_errors(page)
         B.widget_output(shown).scroll_into_view_if_needed()
         page.screenshot(path=str(tmp_path / "predict_image.png"))
     timings["total"] = time.monotonic() - start
     (tmp_path / "timings.txt").write_text("".join(f"{k}: {v:.1f} s\n" for k, v in timings.items()))
-    print("browser test timings:", {k: round(v, 1) for k, v in timings.items()}, "screenshot:", tmp_path)
+    print("browser test timings:", {k: round(v, 1) for k, v in timings.items()}, "screenshots:", tmp_path)

@@ -1,4 +1,4 @@
-"""vfu_nb.compare: relative improvements, Table 3.2, per-class views and study statements, on hand-made inputs."""
+"""vfu_nb.plots.compare: relative improvements, Table 3.2, per-class views and study statements, on hand-made inputs."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
 from test_curves import make_history  # noqa: E402
-from vfu_nb import compare  # noqa: E402
+from vfu_nb.plots import compare  # noqa: E402
 from vfu_nb.metrics import attribute_topk_recall  # noqa: E402
 
 

@@ -1,4 +1,4 @@
-"""vfu_nb.curves: values computed from hand-made histories (moving average, epoch selection, Table 3.1, figures)."""
+"""vfu_nb.plots.curves: values computed from hand-made histories (moving average, epoch selection, Table 3.1, figures)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from vfu_nb import curves  # noqa: E402
+from vfu_nb.plots import curves  # noqa: E402
 
 TYPES = ("texture", "fabric", "shape", "part", "style")
 

@@ -1,75 +1,96 @@
-"""Hygiene of the committed notebooks: no outputs, a papermill `parameters` cell of literals first."""
+"""The committed notebooks: hygiene (no outputs, a `parameters` cell of literals first, one shared setup), and
+papermill run straight from the command line, from the repository root and from notebooks/."""
 
 import ast
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+from vfu_nb import paths, pipeline
+
+REPO = Path(__file__).resolve().parents[1]
+NOTEBOOKS = sorted((REPO / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+SERIES = ["01_explore_data", "02_train", "03_compare_mtl_cat", "04_attention_maps", "05_controls_and_seeds"]
 
 
-SERIES = ["01_explore_data", "02_train_mtl", "03_train_cat", "04_compare_mtl_cat", "05_attention_maps",
-          "06_controls_and_seeds"]
+def cells(path, kind="code"):
+    return [c for c in json.loads(path.read_text())["cells"] if c["cell_type"] == kind]
 
 
 def test_the_series_exists():
-    assert [p.stem for p in NOTEBOOKS][:len(SERIES)] == SERIES
+    assert [p.stem for p in NOTEBOOKS] == SERIES
+    assert sorted({notebook for notebook, _ in pipeline.STEPS.values()}) == SERIES
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_committed_without_outputs(path):
-    nb = json.loads(path.read_text())
-    for cell in nb["cells"]:
-        if cell["cell_type"] == "code":
-            assert cell.get("outputs") == [], f"{path.name}: a code cell has outputs"
-            assert cell.get("execution_count") is None, f"{path.name}: a code cell has an execution count"
+    for cell in cells(path):
+        assert cell.get("outputs") == [], f"{path.name}: a code cell has outputs"
+        assert cell.get("execution_count") is None, f"{path.name}: a code cell has an execution count"
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_parameters_cell_holds_literals_only(path):
-    nb = json.loads(path.read_text())
-    tagged = [c for c in nb["cells"] if "parameters" in c.get("metadata", {}).get("tags", [])]
+    code = cells(path)
+    tagged = [c for c in code if "parameters" in c.get("metadata", {}).get("tags", [])]
     assert len(tagged) == 1, f"{path.name}: expected one cell tagged 'parameters'"
-    first_code = next(c for c in nb["cells"] if c["cell_type"] == "code")
-    assert first_code is tagged[0], f"{path.name}: the parameters cell must be the first code cell"
-    tree = ast.parse("".join(tagged[0]["source"]))
-    for node in tree.body:
+    assert code[0] is tagged[0], f"{path.name}: the parameters cell must be the first code cell"
+    for node in ast.parse("".join(tagged[0]["source"])).body:
         assert isinstance(node, ast.Assign), f"{path.name}: only assignments in the parameters cell"
         ast.literal_eval(node.value)           # literals only, so papermill can override every one
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_opens_with_the_thesis_section_it_reproduces(path):
-    nb = json.loads(path.read_text())
-    assert nb["cells"][0]["cell_type"] == "markdown"
-    assert "thesis" in "".join(nb["cells"][0]["source"]).lower()
-
-
-def _parameters(path) -> dict:
-    nb = json.loads(path.read_text())
-    cell = next(c for c in nb["cells"] if "parameters" in c.get("metadata", {}).get("tags", []))
-    return {node.targets[0].id: ast.literal_eval(node.value) for node in ast.parse("".join(cell["source"])).body}
+    assert "thesis" in "".join(cells(path, "markdown")[0]["source"]).lower()
+    assert json.loads(path.read_text())["cells"][0]["cell_type"] == "markdown"
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
-def test_takes_the_runner_directories(path):
-    params = _parameters(path)
+def test_takes_the_runner_folders_relative_to_the_repository(path):
+    params = pipeline.notebook_parameters(path.stem)
     assert {"out_dir", "figures_dir"} <= set(params), f"{path.name}: the pipeline passes out_dir and figures_dir"
-    assert params["out_dir"].startswith("../runs/smoke/"), "smoke defaults write under runs/smoke"
-
-
-def test_every_profile_passes_only_parameters_the_notebooks_declare():
-    from vfu_nb import pipeline
-
-    declared = {p.stem: set(_parameters(p)) for p in NOTEBOOKS}
-    for name, profile in pipeline.PROFILES.items():
-        for step in [s for s in pipeline.STEPS if s in profile["steps"] or s in profile]:
-            given = set(profile["common"]) | set(profile.get(step, {}))
-            assert given <= declared[step], f"profile {name}, {step}: {sorted(given - declared[step])} undeclared"
+    assert params["out_dir"].startswith("runs/smoke/") and params["figures_dir"] == "runs/smoke/figures"
+    assert not any(isinstance(v, str) and v.startswith("..") for v in params.values()), "paths from the root"
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
-def test_figures_are_saved_through_the_helper(path):
-    source = "".join("".join(c["source"]) for c in json.loads(path.read_text())["cells"] if c["cell_type"] == "code")
-    assert ".savefig(" not in source, f"{path.name}: save figures with vfu_nb.figures.save_figure"
+def test_one_shared_setup_first_and_figures_through_it(path):
+    setup = "".join(cells(path)[1]["source"])         # the first code cell after the parameters
+    assert setup.startswith("from vfu_nb.notebook import setup\n"), f"{path.name}: setup before torch is imported"
+    assert "nb = setup(out_dir" in setup
+    source = "".join("".join(c["source"]) for c in cells(path))
+    for copied in (".savefig(", "save_figure(", "%matplotlib", "GOMP_SPINCOUNT", ".write_text("):
+        assert copied not in source, f"{path.name}: {copied} belongs to vfu_nb.notebook (nb.save, nb.write_metrics)"
+
+
+def test_relative_paths_mean_the_repository_root_wherever_python_runs(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert paths.repo_root() == REPO
+    assert paths.resolve("data/synthetic") == REPO / "data" / "synthetic"
+    assert paths.resolve(tmp_path / "x") == tmp_path / "x"
+
+
+def _papermill(args, cwd):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+           "GOMP_SPINCOUNT": "1000"}
+    return subprocess.run([sys.executable, "-m", "papermill", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=600)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("cwd", [".", "notebooks"])
+def test_papermill_runs_a_notebook_from_the_root_and_from_notebooks(cwd, tmp_path):
+    """The default data_root ("data/synthetic", the tree `make test` generates) is found from either folder."""
+    folder = REPO / cwd
+    notebook = Path(os.path.relpath(REPO / "notebooks" / "01_explore_data.ipynb", folder))
+    proc = _papermill([str(notebook), str(tmp_path / "out.ipynb"), "-p", "out_dir", str(tmp_path / "01"),
+                       "-p", "figures_dir", str(tmp_path / "figures"), "-p", "n_samples", "4"], folder)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    expected = json.loads((REPO / "data" / "synthetic" / "synthetic.json").read_text())["n"]
+    assert json.loads((tmp_path / "01" / "metrics.json").read_text())["images"] == expected
+    assert (tmp_path / "figures" / "01_samples.png").exists()

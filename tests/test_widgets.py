@@ -1,4 +1,4 @@
-"""Headless tests of the widgets (vfu_nb.widgets) and their prediction helpers (vfu_nb.inference).
+"""Headless tests of the widgets (vfu_nb.widgets): drawing, controls, uploads and the upload size limit.
 
 Widgets are built on a small synthetic tree with tiny random models; controls are driven by setting ``.value``
 (observers run synchronously) or ``.click()``; assertions look at what was drawn (artists on the axes, PNG
@@ -18,16 +18,15 @@ import torch
 from matplotlib.patches import Rectangle
 from PIL import Image
 
-from vfu_nb import synthetic
+from vfu_nb.conventions import VISIBILITY_MARKERS
 from vfu_nb.data import BadImageError, DeepFashionC
-from vfu_nb.explore import VISIBILITY_MARKERS
-from vfu_nb.inference import (
-    UploadError, find_runs, landmark_error, load_run, predict, read_upload, to_rgb, top_attributes, top_categories,
-)
 from vfu_nb.models import build_model
+from vfu_nb.paths import repo_root
+from vfu_nb.runs import landmark_errors, predict_one
 from vfu_nb.train import TrainConfig, save_checkpoint
 from vfu_nb.widgets import (
-    attention_explorer, explorer_from_runs, landmark_browser, predict_image, scale_map,
+    MAX_UPLOAD_BYTES, UploadError, attention_explorer, explorer_from_runs, landmark_browser, predict_image,
+    read_upload, scale_map, to_rgb, top_attributes, top_categories,
 )
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -38,11 +37,8 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.fixture(scope="module")
-def tree(tmp_path_factory):
-    # n=48, seed=4 holds all three clothes types (Tee, Shorts, Dress) in every split.
-    root = tmp_path_factory.mktemp("synthetic")
-    synthetic.generate(root, n=48, seed=4, workers=1, progress=False)
-    return root
+def tree(synth_root):
+    return synth_root          # the session's tree (conftest.py): all three clothes types in every split
 
 
 @pytest.fixture(scope="module")
@@ -184,7 +180,8 @@ def test_browser_with_model_draws_predictions_and_error(train_ds, ann, mtl):
     assert len(crop.lines) == 3 * len(slots)               # + a joining line and a predicted marker per slot
     assert sum(line.get_marker() == "P" for line in crop.lines) == len(slots)
     item = train_ds[0]
-    expected = landmark_error(predict(mtl, item["image"]).landmarks, item["landmarks"], item["landmark_visibility"])
+    predicted = predict_one(mtl, item["image"]).landmarks
+    expected = landmark_errors(predicted[None], item["landmarks"][None], item["landmark_visibility"][None])[0]
     assert w.error == pytest.approx(expected)
     assert f"landmark error {expected:.3f}" in w.label.value and "predicted" in w.label.value
     calls = model.calls
@@ -321,9 +318,9 @@ def _png(image):
 REFUSED = {
     "text file": (lambda ann: b"just some text\n" * 10, "notes.txt", "text/plain", None, "not an image"),
     "too large (size field)": (lambda ann: garment_jpeg(ann), "big.jpg", "image/jpeg", 25 * 2**20,
-                               "limit is 20 MB"),
-    "too large (content)": (lambda ann: b"\xff\xd8" + bytes(21 * 2**20), "huge.jpg", "image/jpeg", None,
-                            "limit is 20 MB"),
+                               "limit is 8 MB"),
+    "too large (content)": (lambda ann: b"\xff\xd8" + bytes(9 * 2**20), "huge.jpg", "image/jpeg", None,
+                            "limit is 8 MB"),
     "empty": (lambda ann: b"", "empty.png", "image/png", None, "empty"),
     "gif": (lambda ann: encoded(Image.new("P", (20, 20)), "GIF"), "a.gif", "image/gif", None,
             "GIF images are not supported"),
@@ -397,7 +394,24 @@ def test_read_upload_applies_exif_orientation(ann):
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Runs, prediction helpers, the screenshot entry point
+# The upload limit, prediction text, the explorer of runs
+
+
+def test_the_upload_limit_fits_one_websocket_message(ann):
+    """A file reaches the kernel in one websocket message; a larger one than the server takes drops the connection."""
+    import tornado.websocket
+    from traitlets.config import Config
+
+    header = 2**20                                           # the message's JSON header: far less than this
+    assert MAX_UPLOAD_BYTES + header <= tornado.websocket._default_max_message_size     # any Jupyter server
+    c = Config()
+    exec((repo_root() / "jupyter_server_config.py").read_text(), {"c": c, "get_config": lambda: c})
+    raised = c.ServerApp.tornado_settings["websocket_max_message_size"]                # `make lab`
+    assert raised >= 4 * MAX_UPLOAD_BYTES
+    w = predict_image(tiny("mtl", ann), ann)
+    assert f"at most {MAX_UPLOAD_BYTES // 2**20} MB" in w.message.value
+    with pytest.raises(UploadError, match=f"the limit is {MAX_UPLOAD_BYTES // 2**20} MB"):
+        read_upload(b"x", "big.jpg", size=MAX_UPLOAD_BYTES + 1)
 
 
 def fake_run(root, name, ann, size):
@@ -410,30 +424,6 @@ def fake_run(root, name, ann, size):
                     {"model": model.state_dict(), "num_categories": len(ann.category_names),
                      "num_attributes": len(ann.attribute_names), "model_name": name, "epoch": 1})
     return run, model
-
-
-def test_load_run_rebuilds_the_model(tmp_path, ann, train_ds):
-    run, original = fake_run(tmp_path, "mtl", ann, 32)
-    model, config = load_run(run)
-    assert not model.training and config["model"] == "mtl" and model.image_size == 32
-    image = train_ds[0]["image"]
-    a, b = predict(original, image), predict(model, image)
-    assert np.allclose(a.category_probs, b.category_probs) and np.allclose(a.heatmaps, b.heatmaps)
-    fake_run(tmp_path, "cat", ann, 32)
-    assert set(find_runs(tmp_path)) == {"mtl", "cat"}
-    with pytest.raises(FileNotFoundError):
-        load_run(tmp_path / "nothing")
-
-
-def test_predict_restores_training_mode_and_needs_no_grad(mtl, train_ds):
-    mtl.train()
-    pred = predict(mtl, train_ds[0]["image"])
-    assert mtl.training
-    mtl.eval()
-    assert pred.landmarks.shape == (8, 2) and pred.heatmaps.shape == (8, 32, 32)
-    assert pred.attention.shape == (32, 32) and pred.feature_energy.shape == (32, 32)
-    assert np.isclose(pred.category_probs.sum(), 1, atol=1e-5)
-    assert ((pred.landmarks > 0) & (pred.landmarks < 1)).all()
 
 
 def test_top_attributes_per_type(ann):

@@ -1,80 +1,184 @@
-"""Run the numbered notebook series headless with papermill: ``python -m vfu_nb.pipeline --profile P``.
+"""Run the notebook series headless with papermill, configured by a profile file and overrides.
 
-    python -m vfu_nb.pipeline --profile smoke|default|study|full [--data-root DIR] [--device cuda]
-                              [--run-dir DIR] [--steps 02_train_mtl ...]
+    python -m vfu_nb.pipeline                                    # profiles/default.yaml: what `make run` runs
+    python -m vfu_nb.pipeline --profile smoke                    # the notebooks' own defaults, seconds each
+    python -m vfu_nb.pipeline -p epochs 3 -p 02_train_cat.lr 1e-3
+    python -m vfu_nb.pipeline --profile full -p data_root /data/DeepFashion -p device cuda
+    python -m vfu_nb.pipeline -f my_settings.yaml --steps 02_train_mtl 02_train_cat --dry-run
 
-Each notebook is executed with kernel ``python3`` and cwd ``notebooks/``; executed copies and each
-notebook's ``metrics.json`` land in ``runs/<profile>/`` (``summary.json`` collects them with the wall time of
-each notebook). Run directories are passed between notebooks as parameters: 02 and 03 train into
-``runs/<profile>/02_train_mtl/run`` and ``.../03_train_cat/run``, 04 and 05 get both as ``mtl_run`` and
-``cat_run``, 06 keeps its grid in ``runs/<profile>/06_controls_and_seeds/study``. Figures go to ``figures/``
-for the default profile (the ones the README shows) and to ``runs/<profile>/figures`` otherwise.
+A step is one execution of a notebook. The training notebook runs once per model (the papermill way):
 
-Profiles (details at ``PROFILES``): ``smoke`` (the notebooks' defaults, seconds each, for tests), ``default``
-(``make run``: 01-05 on the synthetic benchmark, ~9 min on 2 CPU cores), ``study`` (06 alone: five models x three
-seeds, ~1 h on 2 cores), ``full`` (the thesis configuration for a GPU and the real DeepFashion-C).
+    01_explore_data        notebooks/01_explore_data.ipynb
+    02_train_mtl           notebooks/02_train.ipynb with model=mtl
+    02_train_cat           notebooks/02_train.ipynb with model=cat
+    03_compare_mtl_cat     notebooks/03_compare_mtl_cat.ipynb, given both runs
+    04_attention_maps      notebooks/04_attention_maps.ipynb, given both runs
+    05_controls_and_seeds  notebooks/05_controls_and_seeds.ipynb
 
-Re-running a profile resumes: finished runs are read back, interrupted ones continue from their last epoch.
-A failing cell stops the pipeline with a non-zero exit naming the notebook and the cell, and the executed
-notebook with the error is kept for inspection. Unknown parameters are refused.
+Parameters, later ones winning: each notebook's own defaults (its ``parameters`` cell); the folders the pipeline
+wires (``out_dir`` = ``runs/<profile>/<step>``, ``figures_dir`` = ``runs/<profile>/figures``, the run
+directories of 02 handed to 03 and 04, ``progress=False``); the profile (``profiles/<name>.yaml`` or any YAML
+file); ``-f FILE.yaml`` files in order; ``-p NAME VALUE`` in order (VALUE is parsed as YAML: ``3``, ``1e-3``,
+``null``, ``true``, ``[1, 2]``). ``NAME`` goes to every notebook that declares it, ``STEP.NAME`` to one step
+(``02_train_cat.lr``) and ``NOTEBOOK.NAME`` to every execution of one notebook (``02_train.epochs``); in YAML a
+step or notebook name may also head a mapping of its parameters. The training notebook takes every
+:class:`vfu_nb.train.TrainConfig` field. A name no notebook declares is refused before anything runs.
+
+Each step writes ``runs/<profile>/<step>/``: the executed notebook ``<step>.ipynb``, its ``metrics.json`` and, for
+02, the run directory ``run/``; ``runs/<profile>/summary.json`` collects every step's parameters, metrics and wall
+time. Re-running a profile resumes: finished runs are read back, interrupted ones continue from their last epoch.
+A failing cell stops the pipeline with exit code 1 naming the notebook and the cell; the executed notebook with
+the error is kept. Relative paths (``data_root``, ``figures_dir``) are taken from the repository root.
 """
+
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import logging
 import os
+import re
 import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+import yaml
+
+from vfu_nb.paths import repo_root, resolve
+
+REPO = repo_root()
 NOTEBOOKS = REPO / "notebooks"
+PROFILES_DIR = REPO / "profiles"
 
-STEPS = ["01_explore_data", "02_train_mtl", "03_train_cat", "04_compare_mtl_cat", "05_attention_maps",
-         "06_controls_and_seeds"]
-TRAIN_STEPS = ("02_train_mtl", "03_train_cat")
-
-# --- what each profile trains -------------------------------------------------------------------------------
-# smoke: the notebooks' own defaults (32 px, width 0.125, 64 images per split, 2 epochs): seconds per notebook.
-# default (`make run`): notebooks 01-05 on the 4,000-image synthetic benchmark (2,800 train / 600 val / 600
-#   test); measured 8.5 min on 2 mostly idle cores (02: 10 epochs of ~21 s, 03: ~15 s each) plus 0.5 min of data
-#   generation, inside the 15-minute budget. 64 px crops at width 0.25 (VGG-16 topology with a quarter of the
-#   channels): at 32 px neither model left the class-prior plateau (top-3 0.447) within 5 epochs; at 64 px both
-#   do within 2-4 epochs. Batch 8 (the thesis' value): on a CPU the cost per image hardly depends on the batch
-#   size (mtl 64 px: 10.8 ms/img at batch 8, 9.5 at batch 32), so small batches buy 4x the optimiser steps for
-#   the same time, and the plateau is left after a number of steps. Adam lr 1e-4 and 10 epochs, as in the thesis.
-# study: notebook 06 alone with train_missing: trains whatever results/plan.yaml still lacks (hours on 2 cores,
-#   resumable), then shows the report; it does not fit the 15-minute budget of `make run`.
-# full: the thesis configuration for a GPU and the real DeepFashion-C (--data-root): 224 px, full-width VGG-16,
-#   batch 8, 10 epochs, lr 1e-4, ImageNet weights when torchvision's file is present.
-DEFAULT_TRAIN = {"epochs": 10, "batch_size": 8, "lr": 1e-4, "image_size": 64, "width": 0.25, "max_items": None}
-DEFAULT_STUDY = {"plan": "results/plan.yaml", "train_missing": True, "jobs": 2}
-FULL_TRAIN = {"epochs": 10, "batch_size": 8, "lr": 1e-4, "image_size": 224, "width": 1.0, "backbone": "vgg16",
-              "pretrained": "torchvision", "max_items": None, "device": "auto"}
-FULL_STUDY = {"plan": "results/full/plan.yaml", "train_missing": True, "jobs": 1}
-
-# Parameters per profile and notebook; every notebook also gets out_dir and figures_dir, and, where it declares
-# them, data_root, device and the run directories of the notebooks before it (see step_parameters).
-PROFILES = {
-    "smoke": {"common": {}, "figures_in_repo": False, "steps": STEPS},
-    "default": {"common": {}, "figures_in_repo": True, "steps": STEPS[:5],
-                "02_train_mtl": DEFAULT_TRAIN, "03_train_cat": DEFAULT_TRAIN},
-    "study": {"common": {}, "figures_in_repo": False, "steps": ["06_controls_and_seeds"],
-              "06_controls_and_seeds": DEFAULT_STUDY},
-    "full": {"common": {}, "figures_in_repo": False, "steps": STEPS,
-             "02_train_mtl": FULL_TRAIN, "03_train_cat": FULL_TRAIN, "06_controls_and_seeds": FULL_STUDY,
-             "04_compare_mtl_cat": {"device": "auto"}, "05_attention_maps": {"device": "auto"}},
+#: step -> (notebook, parameters that make the step what it is).
+STEPS = {
+    "01_explore_data": ("01_explore_data", {}),
+    "02_train_mtl": ("02_train", {"model": "mtl"}),
+    "02_train_cat": ("02_train", {"model": "cat"}),
+    "03_compare_mtl_cat": ("03_compare_mtl_cat", {}),
+    "04_attention_maps": ("04_attention_maps", {}),
+    "05_controls_and_seeds": ("05_controls_and_seeds", {}),
 }
+#: The notebook that passes every TrainConfig field to the trainer (vfu_nb.runs.train_settings).
+TRAINING_NOTEBOOK = "02_train"
+#: Profile keys that are not notebook parameters.
+PROFILE_KEYS = ("description", "steps")
 
 
 class PipelineError(RuntimeError):
-    """A notebook failed; the message names the notebook, the cell and the executed copy."""
+    """A profile or override is wrong, or a notebook failed; the message says which and where."""
 
 
-def notebook_parameters(path: Path) -> set[str]:
-    import papermill as pm
-    return set(pm.inspect_notebook(str(path)))
+class _YAMLLoader(yaml.SafeLoader):
+    """YAML 1.2 floats: ``1e-3`` is a number (PyYAML's YAML 1.1 rules read it as a string)."""
+
+
+_YAMLLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+                   |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+                   |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+                   |[-+]?\.(?:inf|Inf|INF)
+                   |\.(?:nan|NaN|NAN))$""", re.X),
+    list("-+0123456789."))
+
+
+def load_yaml(text: str):
+    """Parse YAML as profiles and ``-p`` values are read (``1e-3`` a float, ``null`` None, ``[1, 2]`` a list)."""
+    return yaml.load(text, Loader=_YAMLLoader)
+
+
+def _file(path) -> Path:
+    """A file named on the command line: relative to the working directory if it is there, else to the root."""
+    path = Path(path).expanduser()
+    return path if path.exists() else resolve(path)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Notebooks, profiles, overrides
+
+
+def notebook_parameters(notebook: str) -> dict:
+    """The ``parameters`` cell of ``notebooks/<notebook>.ipynb`` as ``{name: default}``."""
+    path = NOTEBOOKS / f"{notebook}.ipynb"
+    cells = json.loads(path.read_text())["cells"]
+    cell = next((c for c in cells if "parameters" in c.get("metadata", {}).get("tags", [])), None)
+    if cell is None:
+        raise PipelineError(f"{path}: no cell tagged 'parameters'")
+    tree = ast.parse("".join(cell["source"]))
+    return {node.targets[0].id: ast.literal_eval(node.value) for node in tree.body if isinstance(node, ast.Assign)}
+
+
+def accepts(notebook: str, name: str) -> bool:
+    """Whether ``notebook`` takes parameter ``name`` (declared, or a TrainConfig field for the training notebook)."""
+    if name in notebook_parameters(notebook):
+        return True
+    if notebook == TRAINING_NOTEBOOK:
+        from vfu_nb.runs import training_setting_names
+
+        return name in training_setting_names()
+    return False
+
+
+def _targets() -> set:
+    return set(STEPS) | {nb for nb, _ in STEPS.values()}
+
+
+def overrides_from(mapping: dict, origin: str) -> list:
+    """``{NAME: v, "STEP.NAME": v, STEP: {NAME: v}}`` -> ``[(target or None, NAME, v, origin)]``, checked."""
+    if not isinstance(mapping, dict):
+        raise PipelineError(f"{origin}: expected a mapping of parameters, got {type(mapping).__name__}")
+    out = []
+    for key, value in mapping.items():
+        key = str(key)
+        if key in _targets() and isinstance(value, dict):
+            out += [(key, str(name), v, origin) for name, v in value.items()]
+        elif "." in key:
+            target, name = key.split(".", 1)
+            if target not in _targets():
+                raise PipelineError(f"{origin}: {key}: no step or notebook {target!r}; steps: {sorted(STEPS)}")
+            out.append((target, name, value, origin))
+        else:
+            out.append((None, key, value, origin))
+    for target, name, _, where in out:
+        notebooks = list(dict.fromkeys(nb for step, (nb, _) in STEPS.items() if target in (None, step, nb)))
+        if not any(accepts(nb, name) for nb in notebooks):
+            what = "any notebook" if target is None else ", ".join(f"{nb}.ipynb" for nb in notebooks)
+            if target in STEPS and target != notebooks[0]:
+                what += f" (step {target})"
+            known = sorted(set().union(*(notebook_parameters(nb) for nb in notebooks)))
+            extra = f" (and {TRAINING_NOTEBOOK}.ipynb any TrainConfig field)" if TRAINING_NOTEBOOK in notebooks else ""
+            raise PipelineError(f"{where}: unknown parameter {name!r} for {what}; declared: {known}{extra}")
+    return out
+
+
+def load_profile(profile: str) -> dict:
+    """``profiles/<profile>.yaml`` (or a YAML file path) -> ``{"name", "path", "description", "steps", "overrides"}``."""
+    path = _file(profile) if profile.endswith((".yaml", ".yml")) else PROFILES_DIR / f"{profile}.yaml"
+    if not path.exists():
+        names = sorted(p.stem for p in PROFILES_DIR.glob("*.yaml"))
+        raise PipelineError(f"no profile {profile!r} ({path} does not exist); profiles: {names}")
+    data = load_yaml(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise PipelineError(f"{path}: a profile is a mapping (steps, description, parameters)")
+    steps = data.get("steps", list(STEPS))
+    unknown = [s for s in steps if s not in STEPS]
+    if unknown:
+        raise PipelineError(f"{path}: unknown steps {unknown}; steps: {list(STEPS)}")
+    params = {k: v for k, v in data.items() if k not in PROFILE_KEYS}
+    return {"name": path.stem, "path": path, "description": data.get("description", ""), "steps": list(steps),
+            "overrides": overrides_from(params, str(path))}
+
+
+def parse_assignments(pairs, files=()) -> list:
+    """``-f FILE`` contents then ``-p NAME VALUE`` pairs (VALUE parsed as YAML) as checked overrides."""
+    out = []
+    for file in files:
+        out += overrides_from(load_yaml(_file(file).read_text()) or {}, str(file))
+    for name, text in pairs:
+        out += overrides_from({name: load_yaml(text)}, f"-p {name} {text}")
+    return out
 
 
 def _resolve_pretrained(value):
@@ -92,103 +196,119 @@ def _resolve_pretrained(value):
     return value
 
 
-def step_parameters(step: str, profile: str, run_dir: Path, data_root: str | None, device: str | None,
-                    figures_dir: Path, accepted: set | None = None) -> dict:
-    """Parameters passed to one notebook: profile values, data root, device and the run directories.
+def parameters(profile, step: str, overrides=(), run_dir=None, defaults: bool = False) -> dict:
+    """Everything passed to ``step``'s notebook: wired folders, then the profile's values, then ``overrides``.
 
-    ``accepted`` (the notebook's declared parameters) limits the *wired* values (data_root, device, run
-    directories) to notebooks that take them; profile values are always passed, so a typo is refused.
+    ``profile``: a name, a YAML path or a :func:`load_profile` result. A parameter given to every notebook
+    reaches those that take it (:func:`overrides_from` has refused names that none takes). ``defaults``: start
+    from the notebook's own defaults, i.e. every value the notebook will see.
     """
-    params = dict(PROFILES[profile]["common"])
-    params.update(PROFILES[profile].get(step, {}))
+    profile = load_profile(profile) if isinstance(profile, str) else profile
+    notebook, fixed = STEPS[step]
+    run_dir = resolve(run_dir or f"runs/{profile['name']}")
+    wired = {"out_dir": str(run_dir / step), "figures_dir": str(run_dir / "figures"), "progress": False,
+             **{f"{m}_run": str(run_dir / f"02_train_{m}" / "run") for m in ("mtl", "cat")}}
+    params = dict(notebook_parameters(notebook)) if defaults else {}
+    params.update({name: value for name, value in wired.items() if accepts(notebook, name)})
+    for target, name, value, origin in [*profile["overrides"], *overrides]:
+        if target not in (None, step, notebook):
+            continue
+        if name in fixed:
+            raise PipelineError(f"{origin}: {name} is set by the step ({step}: {name}={fixed[name]!r})")
+        if accepts(notebook, name):
+            params[name] = value
+    params.update(fixed)
     if "pretrained" in params:
         params["pretrained"] = _resolve_pretrained(params["pretrained"])
-    params["out_dir"] = str(run_dir / step)
-    params["figures_dir"] = str(figures_dir)
-    wired = {
-        "run_dir": str(run_dir / step / "run") if step in TRAIN_STEPS else None,
-        "mtl_run": str(run_dir / "02_train_mtl" / "run"),
-        "cat_run": str(run_dir / "03_train_cat" / "run"),
-        "data_root": str(Path(data_root).resolve()) if data_root else None,
-        "device": device,
-    }
-    for name, value in wired.items():
-        if value is not None and (accepted is None or name in accepted):
-            params[name] = value
     return params
 
 
-def run_notebook(step: str, params: dict, run_dir: Path, log_output: bool = True) -> dict:
-    """Execute one notebook; return its metrics.json (or {}), raising PipelineError on a failed cell."""
+# ----------------------------------------------------------------------------------------------------------
+# Running
+
+
+def run_notebook(step: str, params: dict, log_output: bool = True) -> dict:
+    """Execute one step into ``params["out_dir"]``; return its metrics.json (or {}), PipelineError on a failed cell."""
     import papermill as pm
 
-    source = NOTEBOOKS / f"{step}.ipynb"
-    known = notebook_parameters(source)
-    unknown = sorted(set(params) - known)
-    if unknown:
-        raise PipelineError(f"{source.name}: unknown parameters {unknown}; it accepts {sorted(known)}")
-    target = run_dir / "notebooks" / source.name
-    target.parent.mkdir(parents=True, exist_ok=True)
+    notebook, _ = STEPS[step]
+    source = NOTEBOOKS / f"{notebook}.ipynb"
+    out_dir = resolve(params["out_dir"])
+    target = out_dir / f"{step}.ipynb"
+    out_dir.mkdir(parents=True, exist_ok=True)
     try:
-        pm.execute_notebook(str(source), str(target), parameters=params, kernel_name="python3",
-                            cwd=str(NOTEBOOKS), progress_bar=False, log_output=log_output)
+        # cwd = the executed notebook's folder, as when it is reopened in JupyterLab
+        pm.execute_notebook(str(source), str(target), parameters=params, kernel_name="python3", cwd=str(out_dir),
+                            progress_bar=False, log_output=log_output)
     except pm.PapermillExecutionError as err:
         first = next((line for line in str(err.source).splitlines() if line.strip()), "")
-        raise PipelineError(f"{source.name}: cell {err.exec_count} failed with {err.ename}: {err.evalue}\n"
+        raise PipelineError(f"{source.name} ({step}): cell {err.exec_count} failed with {err.ename}: {err.evalue}\n"
                             f"  the cell (In [{err.exec_count}] of the executed notebook) starts: {first}\n"
                             f"  executed notebook with the error: {target}") from None
-    metrics = Path(params["out_dir"]) / "metrics.json"
+    metrics = out_dir / "metrics.json"
     return json.loads(metrics.read_text()) if metrics.exists() else {}
 
 
-def run_pipeline(profile: str = "smoke", data_root: str | None = None, device: str | None = None,
-                 run_dir=None, steps=None, figures_dir=None, log_output: bool = True) -> dict:
-    """Run ``steps`` (default: the whole series) under ``profile``; return {step: metrics}."""
-    if profile not in PROFILES:
-        raise ValueError(f"unknown profile {profile!r}; choose one of {sorted(PROFILES)}")
-    run_dir = Path(run_dir or REPO / "runs" / profile).resolve()
+def run_pipeline(profile: str = "default", overrides=(), run_dir=None, steps=None, log_output: bool = True,
+                 dry_run: bool = False) -> dict:
+    """Run ``steps`` (default: the profile's) of ``profile`` with ``overrides``; return ``{step: metrics}``."""
+    prof = load_profile(profile)
+    run_dir = resolve(run_dir or f"runs/{prof['name']}")
+    steps = list(steps or prof["steps"])
+    unknown = [s for s in steps if s not in STEPS]
+    if unknown:
+        raise PipelineError(f"unknown steps {unknown}; steps: {list(STEPS)}")
+    plan = {step: parameters(prof, step, overrides, run_dir) for step in steps}    # every error before running
+    if dry_run:
+        print(yaml.safe_dump(plan, sort_keys=False), end="")
+        return {}
     # kernels import vfu_nb from this checkout even when it is not pip-installed
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
-    # Kernels inherit this: torch's OpenMP threads (libgomp) spin only briefly before sleeping. With the default
-    # spin time a second busy process on the 2-core machine slows training many-fold (measured on a 400-image
-    # 64 px epoch: 26 s instead of 12 s next to another torch job, and up to 228 s vs 11 s earlier, next to
-    # other jobs); OMP_WAIT_POLICY=PASSIVE fixes that too but costs 43% when the machine is idle, this 4%.
+    # Kernels inherit this: torch's OpenMP threads spin only briefly before sleeping, so a second busy process on
+    # a small shared CPU does not slow training several-fold (vfu_nb.notebook sets the same in interactive use).
     os.environ.setdefault("GOMP_SPINCOUNT", "1000")
-    figures_dir = Path(figures_dir or (REPO / "figures" if PROFILES[profile]["figures_in_repo"]
-                                       else run_dir / "figures")).resolve()
     results, timings = {}, {}
-    for step in steps or PROFILES[profile]["steps"]:
-        params = step_parameters(step, profile, run_dir, data_root, device, figures_dir,
-                                 notebook_parameters(NOTEBOOKS / f"{step}.ipynb"))
-        print(f"[pipeline] {step} ({profile})", flush=True)
+    for step in steps:
+        print(f"[pipeline] {step} ({prof['name']}): notebooks/{STEPS[step][0]}.ipynb -> "
+              f"{resolve(plan[step]['out_dir']) / (step + '.ipynb')}", flush=True)
         t0 = time.perf_counter()
-        results[step] = run_notebook(step, params, run_dir, log_output)
+        results[step] = run_notebook(step, plan[step], log_output)
         timings[step] = round(time.perf_counter() - t0, 1)
         print(f"[pipeline] {step} done in {timings[step]:.0f} s", flush=True)
-        summary = {"profile": profile, "seconds": timings, "metrics": results}
+        summary = {"profile": prof["name"], "seconds": timings, "parameters": plan, "metrics": results}
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    print("[pipeline] wall time per notebook: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items())
+    print("[pipeline] wall time per step: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items())
           + f"; total {sum(timings.values()):.0f} s", flush=True)
-    if "06_controls_and_seeds" not in timings and profile == "default":
-        print("[pipeline] notebook 06 (seeds and controls) is not part of `make run`: it shows the committed "
-              "study in results/; python -m vfu_nb.pipeline --profile study trains what it lacks", flush=True)
+    if "05_controls_and_seeds" not in steps and prof["name"] == "default":
+        print("[pipeline] notebook 05 (seeds and controls) is not part of `make run`: it shows the committed study in "
+              "results/; python -m vfu_nb.pipeline --profile study trains what it lacks", flush=True)
     return results
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m vfu_nb.pipeline", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--profile", choices=sorted(PROFILES), default="smoke")
-    parser.add_argument("--data-root", help="DeepFashion-C folder (default: the synthetic benchmark)")
-    parser.add_argument("--device", help="cpu, cuda, ... (default: the notebooks' own)")
-    parser.add_argument("--run-dir", help="where executed notebooks and metrics go (default runs/<profile>)")
-    parser.add_argument("--steps", nargs="+", choices=STEPS, help="run only these notebooks")
+    names = sorted(p.stem for p in PROFILES_DIR.glob("*.yaml"))
+    parser.add_argument("--profile", default="default", help=f"{' | '.join(names)} or a YAML file (default: default)")
+    parser.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
+                        help="NAME, STEP.NAME or NOTEBOOK.NAME and a YAML value; repeatable")
+    parser.add_argument("-f", "--file", action="append", default=[], metavar="FILE.yaml",
+                        help="parameters from a YAML file (same keys as -p, or STEP: {NAME: value}); repeatable")
+    parser.add_argument("--data-root", help="same as -p data_root DIR (a DeepFashion-C folder)")
+    parser.add_argument("--device", help="same as -p device NAME (cpu, cuda, auto)")
+    parser.add_argument("--run-dir", help="where the steps write (default runs/<profile>)")
+    parser.add_argument("--steps", nargs="+", choices=list(STEPS), help="run only these steps")
+    parser.add_argument("--dry-run", action="store_true", help="print every step's parameters and stop")
     args = parser.parse_args(argv)
+    pairs = list(args.parameter)
+    pairs += [("data_root", args.data_root)] if args.data_root else []
+    pairs += [("device", args.device)] if args.device else []
     # papermill logs each cell's output (the per-epoch lines of training) at INFO level
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     logging.getLogger("papermill").setLevel(logging.INFO)
     try:
-        run_pipeline(args.profile, args.data_root, args.device, args.run_dir, args.steps)
+        run_pipeline(args.profile, parse_assignments(pairs, args.file), args.run_dir, args.steps,
+                     dry_run=args.dry_run)
     except PipelineError as err:
         print(f"[pipeline] FAILED: {err}", file=sys.stderr)
         return 1

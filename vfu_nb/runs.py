@@ -1,40 +1,71 @@
-"""Run directories as the notebooks use them: train-or-resume, load, rebuild the model, predict.
+"""Run directories, the one place that trains, finds, loads and predicts with them.
 
 A run directory is what :func:`vfu_nb.train.train` writes: ``config.json``, ``history.json``, ``metrics.json``
-and ``checkpoints/{last,best}.pt``. The notebooks never call ``train`` directly; they call
+and ``checkpoints/{last,best}.pt``. Notebooks, widgets and the study use only this module:
 
-* :func:`ensure_run` -- train a run, resume it if ``checkpoints/last.pt`` exists (a killed kernel or a
-  restarted pipeline continues where it stopped; a finished run re-executes in seconds), and refuse a run
-  directory that holds a run with a different configuration;
-* :func:`load_run` -- config, history and metrics of a finished run;
-* :func:`load_model` -- the network of ``best.pt`` (the best **val** epoch) or ``last.pt``, in eval mode;
-* :func:`predict` -- raw outputs of that network over a split (category logits, attribute scores, decoded
-  landmarks, optionally the heatmaps and attention maps of a few images) with the ground truth beside them.
+* :func:`ensure_run` -- train a run, resume it from ``checkpoints/last.pt`` (a killed kernel or a restarted
+  pipeline continues where it stopped; a finished run is read back in seconds), refuse a folder that holds a run
+  with another configuration; :func:`train_settings` picks the training settings out of a notebook's variables;
+* :func:`locate_runs` -- the runs a notebook shows: the ones it is given, else the pipeline's ``make run`` runs,
+  else small smoke runs (trained on the spot), saying which in one line;
+* :func:`load_run`, :func:`load_model`, :func:`find_runs` -- config, history and metrics; the network of
+  ``best.pt`` (the best **val** epoch); the run directories under a folder;
+* :func:`predict` -- outputs over a split with the ground truth beside them, at the precision the run trained
+  with; :func:`metrics_tolerance` -- how closely they reproduce ``metrics.json``;
+* :func:`predict_one` -- one image through a model (widgets), :func:`landmark_errors` -- per-image landmark error.
 
-The data set of a run is rebuilt from its ``config.json`` (same ``data_root``, ``image_size``, ``max_items``,
-``data_seed``), so predictions cover exactly the images the run was evaluated on.
+Relative paths are taken from the repository root (:func:`vfu_nb.paths.resolve`). The data set of a run is
+rebuilt from its ``config.json`` (``data_root``, ``image_size``, ``max_items``, ``data_seed``), so predictions
+cover exactly the images the run was evaluated on.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+
+from vfu_nb.paths import resolve
 
 from vfu_nb.rundir import RunMismatchError, check_resume  # noqa: F401 (RunMismatchError re-exported)
+
+#: Where the pipeline's training notebook puts the run of ``model`` (relative to the repository root).
+PIPELINE_RUN = "runs/{profile}/02_train_{model}/run"
 
 
 def _read_json(path) -> dict:
     return json.loads(Path(path).read_text())
 
 
+# ----------------------------------------------------------------------------------------------------------
+# Training
+
+
+def training_setting_names() -> set:
+    """The :class:`vfu_nb.train.TrainConfig` fields a caller may set (``run_dir`` and ``resume`` are ensure_run's)."""
+    from vfu_nb.train import TrainConfig
+
+    return {f.name for f in dataclasses.fields(TrainConfig)} - {"run_dir", "resume"}
+
+
+def train_settings(namespace: Mapping) -> dict:
+    """The training settings among the names of ``namespace`` (a notebook's ``globals()``).
+
+    The training notebook passes its parameters through this, so a new TrainConfig field needs no notebook edit:
+    ``-p NAME VALUE`` (pipeline or papermill) defines it and it reaches the trainer.
+    """
+    return {name: namespace[name] for name in sorted(training_setting_names()) if name in namespace}
+
+
 def is_finished(run_dir, epochs: Optional[int] = None) -> bool:
     """True when ``run_dir`` has a metrics.json (and, if given, at least ``epochs`` epochs or an early stop)."""
-    mfile = Path(run_dir) / "metrics.json"
+    mfile = resolve(run_dir) / "metrics.json"
     if not mfile.exists():
         return False
     if epochs is None:
@@ -43,20 +74,19 @@ def is_finished(run_dir, epochs: Optional[int] = None) -> bool:
     return bool(m.get("early_stopped")) or int(m.get("epochs_run") or 0) >= int(epochs)
 
 
-def ensure_run(run_dir, model: str = "mtl", *, data_root: str = "../data/synthetic", progress: bool = False,
-               **config) -> dict:
+def ensure_run(run_dir, model: str = "mtl", *, data_root="data/synthetic", progress: bool = False, **config) -> dict:
     """Train ``model`` into ``run_dir``, resuming a partial run; return its metrics.json content.
 
     ``config`` holds any :class:`vfu_nb.train.TrainConfig` field (``epochs``, ``batch_size``, ``lr``,
     ``image_size``, ``width``, ``max_items``, ``seed``, ``device`` ...). ``data_root`` is stored as an absolute
-    path so the run can be reloaded from any working directory. A run directory whose ``config.json`` differs
-    in anything but :data:`vfu_nb.train_config.RESUME_SAFE_FIELDS` raises :class:`RunMismatchError` (the
-    trainer's own rule, :func:`vfu_nb.rundir.check_resume`); raising ``epochs`` continues a finished run.
+    path so the run can be reloaded from anywhere. A run directory whose ``config.json`` differs in anything but
+    :data:`vfu_nb.train_config.RESUME_SAFE_FIELDS` raises :class:`RunMismatchError` (the trainer's own rule,
+    :func:`vfu_nb.rundir.check_resume`); raising ``epochs`` continues a finished run.
     """
     from vfu_nb.train import TrainConfig, train
 
-    run_dir = Path(run_dir)
-    cfg = TrainConfig.from_dict({**config, "model": model, "data_root": str(Path(data_root).resolve()),
+    run_dir = resolve(run_dir)
+    cfg = TrainConfig.from_dict({**config, "model": model, "data_root": str(resolve(data_root)),
                                  "run_dir": str(run_dir), "resume": True, "progress": progress})
     if (run_dir / "config.json").exists():
         check_resume(run_dir, cfg)
@@ -73,17 +103,14 @@ def check_compatible(run_dir) -> None:
 
     (A stored run trained before a change to :mod:`vfu_nb.models` cannot be resumed or evaluated.)
     """
-    from vfu_nb.models import build_model
     from vfu_nb.train import load_checkpoint
 
-    run_dir = Path(run_dir)
+    run_dir = resolve(run_dir)
     path = run_dir / "checkpoints" / "last.pt"
     if not path.exists():
         return
-    c = _read_json(run_dir / "config.json")
     ck = load_checkpoint(path)
-    model = build_model(ck.get("model_name", c["model"]), int(ck["num_categories"]), int(ck["num_attributes"]), 8,
-                        c["image_size"], c["width"], c.get("backbone", "vgg16"), pretrained=None)
+    model = _build(run_dir, ck)
     want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     have = {k: tuple(v.shape) for k, v in ck["model"].items()}
     if want != have:
@@ -92,23 +119,94 @@ def check_compatible(run_dir) -> None:
                                f"differ, e.g. {diff[0]}); delete that folder (make clean-runs) to retrain it")
 
 
-def resolve_run(run_dir, model: str, fallback_dir, **smoke) -> Path:
-    """``run_dir`` when given (it must hold a finished run), else a small run trained into ``fallback_dir``.
+# ----------------------------------------------------------------------------------------------------------
+# Finding runs
 
-    This lets a downstream notebook run alone with its defaults (nbval executes each notebook in isolation):
-    with ``run_dir=""`` it trains its own tiny ``model`` with the ``smoke`` settings.
+
+def locate_runs(given: Mapping[str, str], profile: str = "default") -> dict:
+    """The run directory to show for each model of ``given`` (``{"mtl": mtl_run, "cat": cat_run}``).
+
+    A non-empty entry is used as it is (it must hold a finished run). An empty one means: the pipeline's run of
+    that model under ``runs/<profile>/`` (what ``make run`` trains) when it is finished and fits the current
+    model code; else a smoke run under ``runs/smoke/``, trained here in seconds with the smoke profile's
+    settings when missing. One line printed first says which runs these are, so a notebook showing smoke runs
+    says so before anything else. Returns ``{model: run directory}``.
     """
-    if run_dir:
-        run_dir = Path(run_dir)
-        if not is_finished(run_dir):
-            raise FileNotFoundError(f"{run_dir} has no finished run (no metrics.json); run its training notebook "
-                                    f"first or leave the parameter empty to train a small one here")
+    chosen, fallback, notes = {}, [], []
+    for model, run_dir in given.items():
+        if run_dir:
+            chosen[model] = _finished(run_dir)
+            notes.append(f"{model.upper()} {chosen[model]}")
+            continue
+        candidate = resolve(PIPELINE_RUN.format(profile=profile, model=model))
+        problem = "no finished run" if not is_finished(candidate) else _incompatibility(candidate)
+        if problem is None:
+            chosen[model] = candidate
+            notes.append(f"{model.upper()} {candidate} (`make run`)")
+        else:
+            fallback.append((model, problem))
+    if fallback:
+        names = " and ".join(m.upper() for m, _ in fallback)
+        reasons = "; ".join(f"{m.upper()}: {why}" for m, why in fallback)
+        print(f"SMOKE RUNS: no `make run` run of {names} to show (runs/{profile}/: {reasons}), so tiny smoke runs "
+              f"from runs/smoke/ are shown; their numbers say nothing about the thesis' question. Run `make run` "
+              f"first, or pass the run directories." + (f" Given: {'; '.join(notes)}." if notes else ""), flush=True)
+        for model, _ in fallback:
+            chosen[model] = smoke_run(model)
+    else:
+        print("Runs: " + "; ".join(notes), flush=True)
+    return {model: chosen[model] for model in given}
+
+
+def _finished(run_dir) -> Path:
+    run_dir = resolve(run_dir)
+    if not is_finished(run_dir):
+        raise FileNotFoundError(f"{run_dir} has no finished run (no metrics.json); run its training notebook first "
+                                "or leave the parameter empty")
+    check_compatible(run_dir)
+    return run_dir
+
+
+def _incompatibility(run_dir: Path) -> Optional[str]:
+    try:
         check_compatible(run_dir)
-        return run_dir
-    fallback_dir = Path(fallback_dir)
-    print(f"no {model} run given: training a small one in {fallback_dir}", flush=True)
-    ensure_run(fallback_dir, model, **smoke)
-    return fallback_dir
+    except RunMismatchError:
+        return "a run trained with another version of the model code (make clean-runs)"
+    return None
+
+
+def smoke_run(model: str) -> Path:
+    """``runs/smoke/02_train_<model>/run``, trained first when missing, exactly as the smoke profile trains it."""
+    from vfu_nb import pipeline
+
+    params = pipeline.parameters("smoke", f"02_train_{model}", defaults=True)
+    run_dir = resolve(params["out_dir"]) / "run"
+    ensure_run(run_dir, **train_settings(params))
+    return run_dir
+
+
+def find_runs(root) -> dict:
+    """Run directories under ``root`` (itself included) that hold ``config.json`` and a checkpoint.
+
+    Returns ``{model name: run dir}``, the first run (in sorted path order) of each model name.
+    """
+    root = resolve(root)
+    found: dict = {}
+    for run in [root] + sorted(p.parent for p in root.rglob("config.json")):
+        ckpts = run / "checkpoints"
+        if not (run / "config.json").exists() or not ((ckpts / "best.pt").exists() or (ckpts / "last.pt").exists()):
+            continue
+        try:
+            name = _read_json(run / "config.json").get("model")
+        except (OSError, ValueError):
+            continue
+        if name and name not in found:
+            found[name] = run
+    return found
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Reading runs
 
 
 @dataclass
@@ -130,38 +228,81 @@ class Run:
 
 
 def load_run(run_dir) -> Run:
-    run_dir = Path(run_dir)
+    """Config, history and metrics of the finished run in ``run_dir``."""
+    run_dir = resolve(run_dir)
     return Run(run_dir, _read_json(run_dir / "config.json"), _read_json(run_dir / "history.json"),
                _read_json(run_dir / "metrics.json"))
+
+
+def precision(config: Mapping) -> dict:
+    """``{"bf16": ..., "channels_last": ...}`` the run trained with: its ``resolved`` block, fp32 without one."""
+    resolved = config.get("resolved") or {}
+    return {"bf16": bool(resolved.get("bf16", False)), "channels_last": bool(resolved.get("channels_last", False))}
 
 
 def dataset_for(run_dir, split: str = "test", uint8: bool = True):
     """The ``split`` data set of the run (same root, image size, ``max_items`` subset and cache)."""
     from vfu_nb.data import DeepFashionC
 
-    c = _read_json(Path(run_dir) / "config.json")
+    c = _read_json(resolve(run_dir) / "config.json")
     return DeepFashionC(c["data_root"], split, c["image_size"], cache=True, uint8=uint8, cache_dir=c.get("cache_dir"),
                         pad_to_square=c.get("pad_to_square", False), max_items=c.get("max_items"),
                         subset_seed=c.get("data_seed", 0), progress=False)
 
 
-def load_model(run_dir, which: str = "best", device: str = "cpu") -> torch.nn.Module:
-    """Rebuild the network of ``run_dir`` and load ``checkpoints/<which>.pt`` (``best``: the best val epoch).
-
-    ``device``: "cpu", "cuda", "auto" (CUDA when available) ...; the model is returned there, in eval mode.
-    """
+def _build(run_dir: Path, checkpoint: dict) -> torch.nn.Module:
+    from vfu_nb.conventions import NUM_LANDMARKS
     from vfu_nb.models import build_model
+
+    c = _read_json(run_dir / "config.json")
+    return build_model(checkpoint.get("model_name", c["model"]), int(checkpoint["num_categories"]),
+                       int(checkpoint["num_attributes"]), NUM_LANDMARKS, c["image_size"], c["width"],
+                       c.get("backbone", "vgg16"), pretrained=None)
+
+
+def load_model(run_dir, which: str = "best", device: str = "cpu") -> torch.nn.Module:
+    """The network of ``run_dir`` with ``checkpoints/<which>.pt`` loaded, in eval mode on ``device``.
+
+    ``which="best"``: the best val epoch (``last.pt`` when a run has no ``best.pt``). ``device``: "cpu",
+    "cuda", "auto" (CUDA when available) ... The checkpoint's epoch is in ``model.checkpoint_epoch``.
+    """
     from vfu_nb.train import load_checkpoint, resolve_device
 
+    run_dir = resolve(run_dir)
+    if not (run_dir / "config.json").exists():
+        raise FileNotFoundError(f"{run_dir}: no config.json (not a training run directory)")
+    path = run_dir / "checkpoints" / f"{which}.pt"
+    if which == "best" and not path.exists():
+        path = run_dir / "checkpoints" / "last.pt"
+    if not path.exists():
+        raise FileNotFoundError(f"{run_dir}: no checkpoints/{which}.pt" + (" or last.pt" if which == "best" else ""))
     device = resolve_device(str(device))
-    run_dir = Path(run_dir)
-    c = _read_json(run_dir / "config.json")
-    ck = load_checkpoint(run_dir / "checkpoints" / f"{which}.pt", map_location=device)
-    model = build_model(ck.get("model_name", c["model"]), int(ck["num_categories"]), int(ck["num_attributes"]), 8,
-                        c["image_size"], c["width"], c.get("backbone", "vgg16"), pretrained=None)
+    ck = load_checkpoint(path, map_location=device)
+    model = _build(run_dir, ck)
     model.load_state_dict(ck["model"])
     model.checkpoint_epoch = int(ck["epoch"])
     return model.to(device).eval()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Predictions over a split
+
+
+def landmark_errors(predicted, landmarks, visibility) -> np.ndarray:
+    """Landmark error of every image alone: :func:`vfu_nb.metrics.landmark_normalized_error` over one image.
+
+    That is the mean distance in crop units over the image's visible landmarks (visibility code 0); nan for an
+    image without one, and for every image when ``predicted`` is None (a model without landmark branch).
+    Shapes: (N, 8, 2), (N, 8, 2), (N, 8); returns (N,).
+    """
+    from vfu_nb.metrics import landmark_normalized_error
+
+    visible = np.asarray(visibility) == 0
+    if predicted is None:
+        return np.full(len(visible), np.nan)
+    predicted, landmarks = np.asarray(predicted, np.float64), np.asarray(landmarks, np.float64)
+    return np.array([landmark_normalized_error(predicted[i:i + 1], landmarks[i:i + 1], visible[i:i + 1])["mean"]
+                     for i in range(len(visible))], dtype=np.float64)
 
 
 @dataclass
@@ -190,31 +331,45 @@ class Predictions:
         p /= p.sum(axis=1, keepdims=True)
         return p[np.arange(len(p)), self.category]
 
+    @property
+    def landmark_error(self) -> np.ndarray:
+        """Per-image landmark error (:func:`landmark_errors`); all nan for a model without landmark branch."""
+        return landmark_errors(self.landmarks_pred, self.landmarks, self.visibility)
+
     def metrics(self) -> dict:
         """The metrics of :class:`vfu_nb.metrics.EvalAccumulator` recomputed from these predictions."""
         from vfu_nb.metrics import EvalAccumulator
 
         acc = EvalAccumulator(self.attribute_types)
+        with_landmarks = self.landmarks_pred is not None
         acc.update(self.category_logits, self.category, self.attribute_scores, self.attributes,
-                   self.landmarks_pred, self.landmarks if self.landmarks_pred is not None else None,
-                   self.visibility if self.landmarks_pred is not None else None)
+                   self.landmarks_pred, self.landmarks if with_landmarks else None,
+                   self.visibility if with_landmarks else None)
         return acc.compute()
 
 
 @torch.no_grad()
-def predict(run_dir, split: str = "test", which: str = "best", device: str = "cpu", batch_size: int = 64,
+def predict(run_dir, split: str = "test", which: str = "best", device: str = "cpu", batch_size: Optional[int] = None,
             keep_maps: Sequence[int] = (), model: Optional[torch.nn.Module] = None) -> Predictions:
     """Run the ``which`` checkpoint of ``run_dir`` over ``split``; keep the maps of dataset positions ``keep_maps``.
 
-    Maps kept per image: ``heatmaps`` (8, S, S) raw, ``attention`` (channels, S/8, S/8) and ``features``
-    (channels, S/8, S/8) as float32 numpy arrays (missing keys for models without them).
+    As the trainer evaluated: bf16 autocast and channels_last when the run's ``config.json`` records them
+    (:func:`precision`), batches of its evaluation batch size unless ``batch_size`` is given. Maps kept per
+    image: ``heatmaps`` (8, S, S) raw, ``attention`` (channels, S/8, S/8) and ``features`` (channels, S/8, S/8)
+    as float32 numpy arrays (missing keys for models without them).
     """
     from vfu_nb.data import normalize_images
     from vfu_nb.models import decode_landmarks
     from vfu_nb.train import resolve_device
 
+    run_dir = resolve(run_dir)
+    config = _read_json(run_dir / "config.json")
+    mode = precision(config)
     device = resolve_device(str(device))
     model = model if model is not None else load_model(run_dir, which, device)
+    if mode["channels_last"]:
+        model = model.to(memory_format=torch.channels_last)
+    batch_size = batch_size or config.get("eval_batch_size") or 4 * int(config.get("batch_size", 8))
     ds = dataset_for(run_dir, split)
     keep = set(int(k) for k in keep_maps)
     parts: dict = {k: [] for k in ("index", "category", "category_logits", "attributes", "attribute_scores",
@@ -224,7 +379,10 @@ def predict(run_dir, split: str = "test", which: str = "best", device: str = "cp
     pos = 0
     for batch in loader:
         images = normalize_images(batch["image"].to(device))
-        out = model(images)
+        if mode["channels_last"]:
+            images = images.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=mode["bf16"]):
+            out = model(images)
         heat = out.get("landmark_heatmaps")
         parts["index"].append(batch["index"].numpy())
         parts["category"].append(batch["category"].numpy())
@@ -238,10 +396,11 @@ def predict(run_dir, split: str = "test", which: str = "best", device: str = "cp
         n = len(batch["category"])
         for j in range(n):
             if pos + j in keep:
-                maps[pos + j] = {k: out[k][j].float().cpu().numpy() for k in ("landmark_heatmaps", "attention",
-                                                                             "features") if k in out}
-                if "landmark_heatmaps" in maps[pos + j]:
-                    maps[pos + j]["heatmaps"] = maps[pos + j].pop("landmark_heatmaps")
+                kept = {k: out[k][j].float().cpu().numpy() for k in ("landmark_heatmaps", "attention", "features")
+                        if k in out}
+                if "landmark_heatmaps" in kept:
+                    kept["heatmaps"] = kept.pop("landmark_heatmaps")
+                maps[pos + j] = kept
         pos += n
     cat = {k: (np.concatenate(v) if v else None) for k, v in parts.items()}
     return Predictions(model=getattr(model, "name", "?"), split=split, epoch=getattr(model, "checkpoint_epoch", -1),
@@ -252,6 +411,20 @@ def predict(run_dir, split: str = "test", which: str = "best", device: str = "cp
                        maps=maps)
 
 
+def metrics_tolerance(run_dir, device: str = "cpu") -> float:
+    """Absolute tolerance for metrics recomputed from :func:`predict` against the run's ``metrics.json``.
+
+    0 on a CPU in fp32: the same weights, batches and accumulator give the same numbers. On CUDA, TF32 matrix
+    products and cuDNN's algorithm choice change logits in their last bits (0.005), and bf16 autocast changes
+    them more (0.02): either flips a few near-tied top-k ranks.
+    """
+    from vfu_nb.train import resolve_device
+
+    if precision(_read_json(resolve(run_dir) / "config.json"))["bf16"]:
+        return 0.02
+    return 0.0 if resolve_device(str(device)).type == "cpu" else 0.005
+
+
 def images_of(run_dir, positions: Sequence[int], split: str = "test") -> np.ndarray:
     """uint8 crops (n, S, S, 3) of dataset positions ``positions`` of the run's ``split`` (for overlays)."""
     ds = dataset_for(run_dir, split)
@@ -260,12 +433,80 @@ def images_of(run_dir, positions: Sequence[int], split: str = "test") -> np.ndar
 
 def data_description(run_dir) -> str:
     """A short name of the run's data for sentences: "the synthetic benchmark (4000 images, 600 test)" etc."""
-    c = _read_json(Path(run_dir) / "config.json")
+    c = _read_json(resolve(run_dir) / "config.json")
     root = Path(c["data_root"])
-    marker = root / "synthetic.json"
     subset = f", max {c['max_items']} per split" if c.get("max_items") else ""
+    marker = root / "synthetic.json"
     if marker.exists():
         info = _read_json(marker)
         return (f"the synthetic benchmark ({info.get('n')} images, {info.get('splits', {}).get('test')} test"
                 f"{subset})")
     return f"the DeepFashion-C data in {root}" + (f" (max {c['max_items']} per split)" if c.get("max_items") else "")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# One image
+
+
+@dataclass
+class Prediction:
+    """What one model says about one crop (numpy, batch dimension removed).
+
+    ``landmarks`` (L,2) crop units, ``heatmaps`` (L,S,S) raw, ``attention`` (S,S) = mean over channels of the
+    attention output upsampled bilinearly to the input size; all three None for models without a landmark
+    branch. ``feature_energy`` (S,S) = mean |conv4_3 features| upsampled: a class-agnostic map every model has.
+    """
+
+    category_probs: np.ndarray
+    attribute_scores: np.ndarray
+    feature_energy: np.ndarray
+    landmarks: Optional[np.ndarray] = None
+    heatmaps: Optional[np.ndarray] = None
+    attention: Optional[np.ndarray] = None
+
+    def heatmap(self, landmark: Optional[int] = None) -> Optional[np.ndarray]:
+        """One landmark's heatmap, or (``None``) the maximum over all maps."""
+        if self.heatmaps is None:
+            return None
+        return self.heatmaps.max(axis=0) if landmark is None else self.heatmaps[landmark]
+
+
+def _upsample(maps: torch.Tensor, size: int) -> np.ndarray:
+    """(1,h,w) -> (S,S) float32 numpy, bilinear (align_corners=False, the pixel-centre convention)."""
+    return F.interpolate(maps[:, None].float(), size=(size, size), mode="bilinear",
+                         align_corners=False)[0, 0].cpu().numpy()
+
+
+def predict_one(model: torch.nn.Module, image: torch.Tensor) -> Prediction:
+    """Run ``model`` on one normalised image (3,S,S) (or a batch of one) and decode its outputs.
+
+    No gradients, eval mode (the model's previous mode is restored), fp32 on the device of the model's parameters.
+    Landmarks are decoded with :func:`vfu_nb.models.decode_landmarks` (crop units).
+    """
+    from vfu_nb.models import decode_landmarks
+
+    if image.dim() == 3:
+        image = image[None]
+    if image.dim() != 4 or image.shape[0] != 1:
+        raise ValueError(f"predict_one takes one image (3,S,S), got {tuple(image.shape)}")
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(image.to(device=device, dtype=torch.float32))
+    finally:
+        model.train(was_training)
+    size = image.shape[-1]
+    pred = Prediction(
+        category_probs=torch.softmax(out["category_logits"].float(), dim=1)[0].cpu().numpy(),
+        attribute_scores=torch.sigmoid(out["attribute_logits"].float())[0].cpu().numpy(),
+        feature_energy=_upsample(out["features"].float().abs().mean(dim=1), size),
+    )
+    if "landmark_heatmaps" in out:
+        heatmaps = out["landmark_heatmaps"].float()
+        pred.heatmaps = heatmaps[0].cpu().numpy()
+        pred.landmarks = decode_landmarks(heatmaps)[0].cpu().numpy()
+    if "attention" in out:
+        pred.attention = _upsample(out["attention"].float().mean(dim=1), size)
+    return pred

@@ -1,7 +1,7 @@
 """The study behind the README's results: equal tuning, seeds x models, learning curve, geometry dial.
 
     python -m vfu_nb.study run [PLAN] [--jobs 2]    # train what is missing (resumable), export, report
-    python -m vfu_nb.study report [PLAN]            # results/study.json, figures/06_*.png, README block
+    python -m vfu_nb.study report [PLAN]            # results/study.json, figures/05_*.png, README block
     python -m vfu_nb.study readme [PLAN] [--check]  # rewrite (or check) the README block from study.json
 
 ``PLAN`` (default ``results/plan.yaml``) says what to train; see that file. The study runs in four parts:
@@ -518,14 +518,14 @@ def smoke_plan(out, data_root="data/synthetic") -> dict:
 # ----------------------------------------------------------------------------------------------------------
 # Figures and the README block (from study.json alone)
 
-FIGURES = {"models": "06_study.png", "pairs": "06_pairs.png", "learning_curve": "06_learning_curve.png"}
+FIGURES = {"models": "05_study.png", "pairs": "05_pairs.png", "learning_curve": "05_learning_curve.png"}
 
 
 def write_figures(study: dict, folder) -> dict:
     """The study's figures (:mod:`vfu_nb.plots.study`) as PNGs in ``folder``; returns name -> path."""
     import matplotlib.pyplot as plt
 
-    from vfu_nb.figures import save_figure
+    from vfu_nb.plots import save_figure
     from vfu_nb.plots import study as plots
 
     out = {}

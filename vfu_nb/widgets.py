@@ -5,7 +5,7 @@
     attention_explorer({"MTL": mtl, "CAT": cat}, DeepFashionC(data_root, "test", image_size=224))
     predict_image(mtl, dataset.annotations)          # names taken from the annotations
 
-Design (ecosystem.md 4.1, 5.3):
+Models come from run directories: ``vfu_nb.runs.load_model(run_dir)``. Design:
 
 * Each widget owns ONE matplotlib :class:`~matplotlib.figure.Figure`, created once outside pyplot (so it is never
   auto-displayed or leaked), drawn into by plain functions that take an Axes, and shown as PNG bytes in an
@@ -16,44 +16,83 @@ Design (ecosystem.md 4.1, 5.3):
 * Every widget is a ``VBox`` subclass exposing its controls and state as attributes (``w.slider``, ``w.image``,
   ``w.message``, ``w.label``, ...). Errors inside callbacks never surface as tracebacks: they are shown in
   ``w.message`` and logged at ERROR level to the ``vfu_nb.widgets`` logger (tests assert nothing is logged).
-* Models run under ``torch.no_grad()`` in eval mode on their own device (CPU unless moved), see
-  :mod:`vfu_nb.inference`.
+* Models run under ``torch.no_grad()`` in eval mode, fp32, on their own device (:func:`vfu_nb.runs.predict_one`).
+  Maps are drawn with viridis (perceptually uniform), scaled to their own range.
 
-``python -m vfu_nb.widgets screenshot --runs runs/default --out figures/attention_explorer.png`` renders the attention
-explorer for trained MTL and CAT runs in JupyterLab + Chromium and saves a PNG (``--untrained`` for random models).
+Uploaded images (:func:`read_upload`): JPEG or PNG up to :data:`MAX_UPLOAD_BYTES` (8 MiB) and 40 megapixels. The
+file travels from the browser to the kernel in one websocket message, and the Jupyter server drops the connection
+on a message over its ``websocket_max_message_size`` (tornado's default: 10 MiB). 8 MiB leaves room for the
+message's header; ``make lab`` raises the server's limit to 64 MiB (``jupyter_server_config.py``) so that a larger
+file gets this module's message instead of a lost connection. Pixel modes with a faithful 8-bit RGB equivalent are
+converted, with a note for the user: grey and bilevel, palette, YCbCr, transparency (RGBA, LA, PA, palette with a
+transparent colour: composited onto white), CMYK (converted without a colour profile, so colours are approximate)
+and 16-bit grey (scaled 0..65535 -> 0..255; Pillow already reduces 16-bit RGB PNGs to 8 bits). Modes without a
+defined display range are refused: 32-bit integer ("I") and floating point ("F") pixels (depth maps, scientific
+data), and any mode Pillow cannot convert to RGB. Other failures (not an image, truncated or corrupt data, too
+large) raise :class:`UploadError` with a one-line message meant for the user.
+
+The screenshot of the attention explorer in the README is made by ``tests/browser.py screenshot`` (JupyterLab +
+Chromium) from :func:`explorer_from_runs`.
 """
 
 from __future__ import annotations
 
-import argparse
 import html
 import io
+import json
 import logging
-import sys
+import warnings
 from collections import OrderedDict
 from contextlib import contextmanager
-from pathlib import Path
 
 import ipywidgets as W
 import numpy as np
 import torch
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-from PIL import Image
+from PIL import Image, ImageOps, UnidentifiedImageError
 
-from vfu_nb.data import CLOTHES_TYPE_NAMES, LANDMARK_NAMES, SPLITS, DeepFashionC, crop_window, normalize_images
-from vfu_nb.explore import LANDMARK_COLORS, VISIBILITY_MARKERS, VISIBILITY_NAMES, draw_sample
-from vfu_nb.inference import (
-    MAX_UPLOAD_BYTES, UploadError, landmark_error, parse_box, predict, prepare_crop, read_upload, top_attributes,
-    top_categories, unnormalize,
+from vfu_nb.conventions import (
+    ATTRIBUTE_TYPE_NAMES, CLOTHES_TYPE_NAMES, LANDMARK_COLORS, LANDMARK_NAMES, SPLITS, VISIBILITY_MARKERS,
+    VISIBILITY_NAMES,
 )
+from vfu_nb.data import (
+    IMAGENET_MEAN, IMAGENET_STD, DeepFashionC, crop_and_resize, crop_window, normalize_images,
+)
+from vfu_nb.paths import resolve
+from vfu_nb.plots.explore import draw_sample
+from vfu_nb.runs import find_runs, landmark_errors, load_model, predict_one
 
 log = logging.getLogger(__name__)
 
 __all__ = ["landmark_browser", "attention_explorer", "predict_image", "LandmarkBrowser", "AttentionExplorer",
-           "PredictImage", "draw_map_overlay", "draw_prediction_on_image", "predictions_html"]
+           "PredictImage", "draw_map_overlay", "draw_prediction_on_image", "predictions_html", "read_upload",
+           "UploadError"]
 
-MAP_CMAP = "jet"
+MAP_CMAP = "viridis"
+
+#: Largest upload: one websocket message must carry it (tornado's default limit is 10 MiB; see the docstring).
+MAX_UPLOAD_BYTES = 8 * 2**20
+MAX_UPLOAD_PIXELS = 40_000_000
+UPLOAD_FORMATS = ("JPEG", "PNG")
+#: modes converted to RGB, with the note shown to the user (None: nothing worth saying)
+CONVERTED_MODES = {
+    "RGB": None, "L": None, "1": None, "P": None, "YCbCr": None, "RGBX": None,
+    "RGBA": "transparent areas were composited onto white",
+    "LA": "transparent areas were composited onto white",
+    "PA": "transparent areas were composited onto white",
+    "CMYK": "converted from CMYK without a colour profile: colours are approximate",
+    "I;16": "16-bit grey scaled to 8 bits", "I;16L": "16-bit grey scaled to 8 bits",
+    "I;16B": "16-bit grey scaled to 8 bits", "I;16N": "16-bit grey scaled to 8 bits",
+}
+REFUSED_MODES = {
+    "I": "32-bit integer pixels have no defined display range (depth map or scientific image?)",
+    "F": "floating-point pixels have no defined display range (depth map or scientific image?)",
+}
+
+
+class UploadError(ValueError):
+    """An uploaded file that cannot be used; ``str(err)`` is a short message for the user."""
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -158,6 +197,143 @@ def _error_html(text: str) -> str:
 
 def _note_html(text: str) -> str:
     return f"<span style='color:#555'>{html.escape(text)}</span>"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Predictions as text, images for display
+
+
+def top_categories(probs, names, k: int = 5) -> list:
+    """The ``k`` most probable categories: ``[(name, probability), ...]``, best first."""
+    probs = np.asarray(probs)
+    order = np.argsort(-probs, kind="stable")[:k]
+    return [(str(names[i]), float(probs[i])) for i in order]
+
+
+def top_attributes(scores, names, types, k: int = 3) -> dict:
+    """The ``k`` highest-scoring attributes of every type: ``{type name: [(attribute, score), ...]}``."""
+    scores, types = np.asarray(scores), np.asarray(types)
+    out = {}
+    for t, type_name in ATTRIBUTE_TYPE_NAMES.items():
+        idx = np.flatnonzero(types == t)
+        if len(idx):
+            best = idx[np.argsort(-scores[idx], kind="stable")[:k]]
+            out[type_name] = [(str(names[i]), float(scores[i])) for i in best]
+    return out
+
+
+def unnormalize(image: torch.Tensor) -> np.ndarray:
+    """ImageNet-normalised (3,S,S) -> displayable float (S,S,3) in 0..1."""
+    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    return (image.detach().cpu().float() * std + mean).clamp(0, 1).permute(1, 2, 0).numpy()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Your own images
+
+
+def prepare_crop(image: Image.Image, box, image_size: int, pad_to_square: bool = False):
+    """Crop ``box`` (x1 y1 x2 y2 pixels; None = whole image) and resize as the dataset does.
+
+    Returns ``(normalised tensor (3,S,S), window (x1, y1, x2, y2))``; raises UploadError for a box that is empty
+    inside the image.
+    """
+    box = (0, 0, image.width, image.height) if box is None else box
+    try:
+        window = crop_window(box, image.size, pad_to_square)
+    except ValueError as exc:
+        raise UploadError(str(exc)) from None
+    pixels = crop_and_resize(image, window, image_size)
+    return normalize_images(torch.from_numpy(pixels).permute(2, 0, 1)), window
+
+
+def parse_box(text: str):
+    """``"x1 y1 x2 y2"`` (spaces or commas) -> 4 floats; empty -> None; anything else raises UploadError."""
+    text = (text or "").replace(",", " ").strip()
+    if not text:
+        return None
+    parts = text.split()
+    try:
+        values = [float(p) for p in parts]
+    except ValueError:
+        raise UploadError(f"box {text!r}: expected four numbers x1 y1 x2 y2") from None
+    if len(values) != 4 or not all(np.isfinite(values)):
+        raise UploadError(f"box {text!r}: expected four numbers x1 y1 x2 y2")
+    x1, y1, x2, y2 = values
+    if x2 <= x1 or y2 <= y1:
+        raise UploadError(f"box {text!r}: x2 must be greater than x1 and y2 greater than y1")
+    return values
+
+
+def to_rgb(image: Image.Image) -> tuple[Image.Image, list]:
+    """Convert a decoded image to 8-bit RGB by the policy of this module; ``(rgb, notes)`` or UploadError."""
+    mode = image.mode
+    if mode in REFUSED_MODES:
+        raise UploadError(f"pixel mode {mode} is not supported: {REFUSED_MODES[mode]}; save it as an 8-bit "
+                          "RGB JPEG or PNG")
+    has_transparency = mode in ("RGBA", "LA", "PA") or (mode in ("P", "L", "RGB") and "transparency" in image.info)
+    notes = []
+    if mode.startswith("I;16"):
+        array = np.asarray(image, dtype=np.uint16)
+        return Image.fromarray((array >> 8).astype(np.uint8), "L").convert("RGB"), [CONVERTED_MODES["I;16"]]
+    if mode not in CONVERTED_MODES:
+        raise UploadError(f"pixel mode {mode} is not supported; save the image as an 8-bit RGB JPEG or PNG")
+    if has_transparency:
+        rgba = image.convert("RGBA")
+        canvas = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        canvas.alpha_composite(rgba)
+        notes.append(CONVERTED_MODES["RGBA"])
+        return canvas.convert("RGB"), notes
+    if CONVERTED_MODES[mode]:
+        notes.append(CONVERTED_MODES[mode])
+    return image.convert("RGB"), notes
+
+
+def read_upload(content, name: str = "", size: int | None = None,
+                max_bytes: int = MAX_UPLOAD_BYTES) -> tuple[Image.Image, list]:
+    """Bytes of an uploaded file -> ``(8-bit RGB PIL image, notes)``, or :class:`UploadError` saying why not.
+
+    Checks, in order: size (``size`` if given, else ``len(content)``) <= ``max_bytes``; decodable by Pillow; JPEG or
+    PNG; at most :data:`MAX_UPLOAD_PIXELS`; complete pixel data; pixel mode (see the module docstring). EXIF
+    orientation is applied; of an animated PNG only the first frame is used.
+    """
+    label = f"{name}: " if name else ""
+    nbytes = len(content) if size is None else int(size)
+    if nbytes > max_bytes:
+        raise UploadError(f"{label}file is {nbytes / 2**20:.1f} MB; the limit is {max_bytes / 2**20:.0f} MB")
+    if nbytes == 0 or len(content) == 0:
+        raise UploadError(f"{label}the file is empty")
+    data = bytes(content)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError:
+        raise UploadError(f"{label}not an image (or not a format Pillow can read); upload a JPEG or PNG") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise UploadError(f"{label}image has too many pixels (decompression-bomb check)") from None
+    except Exception as exc:   # PIL raises many types for malformed headers
+        raise UploadError(f"{label}cannot read the image ({type(exc).__name__}: {exc})") from None
+    if image.format not in UPLOAD_FORMATS:
+        raise UploadError(f"{label}{image.format} images are not supported; upload a JPEG or PNG")
+    width, height = image.size
+    if width * height > MAX_UPLOAD_PIXELS:
+        raise UploadError(f"{label}image is {width}x{height} = {width * height / 1e6:.0f} megapixels; the limit is "
+                          f"{MAX_UPLOAD_PIXELS / 1e6:.0f}")
+    notes = []
+    if getattr(image, "n_frames", 1) > 1:
+        notes.append("animated image: the first frame is used")
+    try:
+        image.load()
+        orientation = image.getexif().get(0x0112, 1)
+        if orientation not in (None, 1):
+            image = ImageOps.exif_transpose(image)
+            notes.append("rotated as its EXIF orientation says")
+    except Exception as exc:   # truncated or corrupt pixel data
+        raise UploadError(f"{label}the image data is truncated or corrupt ({exc})") from None
+    rgb, mode_notes = to_rgb(image)
+    return rgb, notes + mode_notes
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -318,7 +494,7 @@ class LandmarkBrowser(_FigureWidget):
         self.label = W.HTML()
         self.rows = np.zeros(0, dtype=np.int64)   # annotation rows passing the filters
         self.row: int | None = None               # the row on screen
-        self.prediction = None                    # vfu_nb.inference.Prediction of that row (with a model)
+        self.prediction = None                    # vfu_nb.runs.Prediction of that row (with a model)
         self.error: float | None = None           # its landmark NE (crop units, visible landmarks)
         landmark_legend(self.figure, has_model)
         self.figure.subplots_adjust(left=0.02, right=0.98, top=0.9, bottom=0.17, wspace=0.08)
@@ -373,9 +549,9 @@ class LandmarkBrowser(_FigureWidget):
         key = (split, row)
         if key not in self._cache:
             item = self.pool.item(split, row, _model_size(self.model, self.dataset.image_size))
-            pred = predict(self.model, item["image"])
-            error = None if pred.landmarks is None else landmark_error(pred.landmarks, item["landmarks"].numpy(),
-                                                                        item["landmark_visibility"].numpy())
+            pred = predict_one(self.model, item["image"])
+            error = None if pred.landmarks is None else float(landmark_errors(
+                pred.landmarks[None], item["landmarks"].numpy()[None], item["landmark_visibility"].numpy()[None])[0])
             self._cache[key] = (pred, error)
             while len(self._cache) > self._cache_size:
                 self._cache.popitem(last=False)
@@ -501,7 +677,7 @@ class AttentionExplorer(_FigureWidget):
             out = {}
             for name, model in self.models.items():
                 item = self.pool.item(self.dataset.split, row, _model_size(model, self.dataset.image_size))
-                out[name] = (item, predict(model, item["image"]))
+                out[name] = (item, predict_one(model, item["image"]))
             self._cache[k] = out
             while len(self._cache) > self._cache_size:
                 self._cache.popitem(last=False)
@@ -599,7 +775,7 @@ def attention_explorer(models, dataset: DeepFashionC, **kwargs) -> AttentionExpl
 
     Returns a VBox with ``.slider``, ``.prev``, ``.next``, ``.landmark``, ``.opacity``, ``.label``, ``.image``
     (PNG), ``.predictions`` (HTML), ``.message``, ``.figure``/``.axes`` and state ``.row`` and ``.outputs``
-    ({label: (dataset item, vfu_nb.inference.Prediction)}).
+    ({label: (dataset item, vfu_nb.runs.Prediction)}).
     """
     return AttentionExplorer(models, dataset, **kwargs)
 
@@ -669,7 +845,7 @@ class PredictImage(_FigureWidget):
             return
         entry = entries[-1]
         with self._hold():
-            self.upload.value = ()          # do not keep (up to 20 MB) in the widget state; same file re-uploads
+            self.upload.value = ()          # do not keep the file in the widget state; the same file re-uploads
         name = str(entry.get("name", ""))
         try:
             image, notes = read_upload(entry.get("content", b""), name, entry.get("size"), self.max_bytes)
@@ -697,7 +873,7 @@ class PredictImage(_FigureWidget):
             self._problem(str(exc))
             return
         self.crop, self.window = crop, window
-        self.prediction = pred = predict(self.model, crop)
+        self.prediction = pred = predict_one(self.model, crop)
         full, zoom = self.axes[0]
         full.clear()
         zoom.clear()
@@ -734,25 +910,25 @@ def predict_image(model, category_names, attribute_names=None, attribute_types=N
     """Upload a JPEG or PNG of your own and see the model's categories, attributes, landmarks and attention.
 
     Args:
-        model: a trained network (e.g. from :func:`vfu_nb.inference.load_run`); CAT shows feature energy instead
+        model: a trained network (e.g. :func:`vfu_nb.runs.load_model`); CAT shows feature energy instead
             of attention and no landmarks.
         category_names: the 50 names, or an ``Annotations``/``DeepFashionC`` to take names and attribute
             names/types from.
         attribute_names, attribute_types: for the top attributes per type (optional).
-        max_bytes (20 MB), pad_to_square (False), alpha (0.5), top_k (5), top_attr (3): keyword options.
+        max_bytes (8 MiB, :data:`MAX_UPLOAD_BYTES`), pad_to_square (False), alpha (0.5), top_k (5), top_attr (3): keyword options.
 
     The optional box (``"x1 y1 x2 y2"`` in pixels of the uploaded image) is cropped and resized like the dataset
     crops its bounding boxes; empty means the whole image. Files that are not JPEG/PNG images, larger than
     ``max_bytes``, truncated, or in a pixel mode without a defined range (32-bit integer, float) are refused
     with a message in ``.message``; CMYK, 16-bit grey and transparent images are converted with a note (see
-    :mod:`vfu_nb.inference`). Returns a VBox with ``.upload``, ``.box``, ``.opacity``, ``.message``, ``.image``,
+    this module's docstring). Returns a VBox with ``.upload``, ``.box``, ``.opacity``, ``.message``, ``.image``,
     ``.predictions`` and state ``.source``, ``.window``, ``.crop``, ``.prediction``, ``.notes``, ``.error``.
     """
     return PredictImage(model, category_names, attribute_names, attribute_types, **kwargs)
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Screenshot CLI (README figure)
+# The explorer of trained runs (README screenshot)
 
 
 def explorer_from_runs(runs=None, data_root=None, split: str = "test", index: int = 0, untrained: bool = False,
@@ -760,17 +936,16 @@ def explorer_from_runs(runs=None, data_root=None, split: str = "test", index: in
     """The attention explorer for the MTL and CAT runs under ``runs`` (or untrained models with ``untrained``).
 
     Trained: every run directory below ``runs`` with ``config.json`` and a checkpoint (first run per model name,
-    MTL and CAT first), images at the runs' size from ``data_root`` (default: the first run's ``data_root``).
-    Untrained: ``build_model("mtl"/"cat", ..., image_size, width)`` seeded with ``seed``.
+    MTL and CAT first, :func:`vfu_nb.runs.find_runs`), images at the runs' size from ``data_root`` (default: the
+    first run's ``data_root``). Untrained: ``build_model("mtl"/"cat", ..., image_size, width)`` seeded with ``seed``.
     """
-    from vfu_nb.inference import find_runs, load_run
     from vfu_nb.models import build_model
 
     models: OrderedDict = OrderedDict()
     if untrained:
         if data_root is None:
-            raise ValueError("--untrained needs --data-root")
-        dataset = DeepFashionC(data_root, split, image_size, progress=False)
+            raise ValueError("untrained models need a data_root")
+        dataset = DeepFashionC(resolve(data_root), split, image_size, progress=False)
         ann = dataset.annotations
         for name in ("mtl", "cat"):
             torch.manual_seed(seed)
@@ -781,62 +956,14 @@ def explorer_from_runs(runs=None, data_root=None, split: str = "test", index: in
         order = sorted(found, key=lambda n: ({"mtl": 0, "cat": 1}.get(n, 2), n))
         if not order:
             raise FileNotFoundError(f"no run directories with config.json and checkpoints under {runs}")
-        configs = {}
         for name in order:
-            models[name.upper()], configs[name] = load_run(found[name])
-        first = configs[order[0]]
-        root = (Path(data_root) if data_root is not None
-                else _resolve_data_root(first.get("data_root", ""), found[order[0]]))
+            models[name.upper()] = load_model(found[name])
+        first = json.loads((found[order[0]] / "config.json").read_text())
+        root = resolve(data_root if data_root is not None else first.get("data_root", ""))
+        if not root.is_dir():
+            raise FileNotFoundError(f"data_root {root} of {found[order[0]]} not found; pass data_root")
         dataset = DeepFashionC(root, split, int(first.get("image_size", 224)), progress=False,
                                pad_to_square=bool(first.get("pad_to_square", False)))
     explorer = AttentionExplorer(models, dataset, **kwargs)
     explorer.slider.value = min(index, len(dataset) - 1)
     return explorer
-
-
-def _resolve_data_root(path: str, run_dir: Path) -> Path:
-    repo = Path(__file__).resolve().parents[1]
-    for base in (Path.cwd(), repo, repo / "notebooks", run_dir):
-        if (base / path).is_dir():
-            return (base / path).resolve()
-    raise FileNotFoundError(f"data_root {path!r} of {run_dir} not found; pass --data-root")
-
-
-def screenshot(out, runs=None, data_root=None, split="test", index=0, untrained=False, image_size=128,
-               width=0.25, timeout: float = 300.0, keep_dir=None) -> dict:
-    """Render :func:`explorer_from_runs` in JupyterLab + Chromium and save the widget's screenshot to ``out``."""
-    from vfu_nb import browser
-
-    args = dict(runs=None if runs is None else str(Path(runs).resolve()),
-                data_root=None if data_root is None else str(Path(data_root).resolve()),
-                split=split, index=index, untrained=untrained, image_size=image_size, width=width)
-    cells = ["from vfu_nb.widgets import explorer_from_runs\n"
-             f"explorer = explorer_from_runs(**{args!r})\n"
-             "explorer"]
-    return browser.screenshot_widget(cells, out, timeout=timeout, keep_dir=keep_dir)
-
-
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m vfu_nb.widgets", description=__doc__.split("\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    shot = sub.add_parser("screenshot", help="render the attention explorer in JupyterLab+Chromium and save a PNG")
-    shot.add_argument("--runs", help="folder holding trained run directories (config.json + checkpoints/)")
-    shot.add_argument("--out", default="figures/attention_explorer.png")
-    shot.add_argument("--data-root", help="DeepFashion-C tree (default: the runs' data_root)")
-    shot.add_argument("--split", default="test", choices=SPLITS)
-    shot.add_argument("--index", type=int, default=0, help="which image of the split")
-    shot.add_argument("--untrained", action="store_true", help="random MTL and CAT models instead of runs")
-    shot.add_argument("--image-size", type=int, default=128, help="--untrained: input size")
-    shot.add_argument("--width", type=float, default=0.25, help="--untrained: channel width")
-    shot.add_argument("--timeout", type=float, default=300.0)
-    args = parser.parse_args(argv)
-    if not args.untrained and not args.runs:
-        parser.error("give --runs DIR, or --untrained --data-root DIR")
-    info = screenshot(args.out, args.runs, args.data_root, args.split, args.index, args.untrained, args.image_size,
-                      args.width, args.timeout)
-    print(f"wrote {args.out} ({info['width']}x{info['height']} px) in {info['seconds']:.1f} s")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

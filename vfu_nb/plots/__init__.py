@@ -1,1 +1,31 @@
-"""Figures for the notebooks, one module per chapter of the series."""
+"""Figures for the notebooks, one module per chapter of the series, and the one way to save them.
+
+=========================  ========================================================================
+module                     notebook
+=========================  ========================================================================
+``plots.explore``          01_explore_data: splits, categories, attributes, landmark visibility
+``plots.curves``           02_train: training curves of one run (thesis 3.2.1, 3.2.2)
+``plots.compare``          03_compare_mtl_cat: MTL versus CAT, Table 3.2 (thesis 3.3, 3.5)
+``plots.attention``        04_attention_maps: heat maps and attention over test images
+``plots.study``            05_controls_and_seeds: the seeds x models study
+=========================  ========================================================================
+
+Maps use perceptually uniform colour maps (viridis, magma); signed maps (attention) a diverging one centred on 0.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+PNG_METADATA = {"Software": None}   # matplotlib otherwise records its version string
+
+
+def save_figure(fig, path, dpi: int = 110) -> Path:
+    """Save ``fig`` as PNG at ``path`` (folders created) with deterministic metadata; return the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with matplotlib.rc_context({"svg.hashsalt": "vfu_nb"}):
+        fig.savefig(path, dpi=dpi, bbox_inches="tight", metadata=PNG_METADATA)
+    return path

@@ -1,4 +1,4 @@
-"""Figures of the study (notebook 06 and the README), drawn from ``results/study.json`` alone.
+"""Figures of the study (notebook 05 and the README), drawn from ``results/study.json`` alone.
 
 * :func:`plot_models` -- each model's primary metrics over seeds (dots) with mean +- sd, beside the baselines
   that make them readable (chance, class prior, geometry-only, attribute priors);
@@ -16,7 +16,7 @@ from typing import Mapping, Sequence
 import matplotlib.pyplot as plt
 import numpy as np
 
-from vfu_nb.compare import MODEL_COLORS
+from vfu_nb.conventions import MODEL_COLORS
 
 LABELS = {"category_top3": "top-3 category accuracy", "attr_map_all": "attribute mAP",
           "category_top1": "top-1 category accuracy", "attr_top3_all_grouped": "top-3 attribute recall (grouped)",

@@ -7,7 +7,8 @@
   model's best **test** epoch per metric (0.8605 at epoch 3 vs 0.5621 at epoch 4; texture 0.5287 vs 0.2124).
   We select the epoch on **val** (top-3 category accuracy) and report test values there (``select="val"``);
   ``select="best"`` reproduces the thesis' rule.
-* :func:`table_3_2` -- our top-3 category accuracy beside the published numbers (:data:`PUBLISHED_CATEGORY_TOP3`).
+* :func:`table_3_2` -- our top-3 category accuracy beside the published numbers
+  (:data:`vfu_nb.conventions.PUBLISHED_CATEGORY_TOP3`, each with its paper).
 * :func:`plot_confusion`, :func:`per_attribute_recall` -- need predictions of the best checkpoint on the test
   split (:func:`vfu_nb.runs.predict`).
 
@@ -24,66 +25,11 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from vfu_nb.curves import ATTRIBUTE_TYPES, best_epoch_value, best_val_epoch, epoch_frame, load_history
-
-# ----------------------------------------------------------------------------------------------------------
-# Published numbers (DeepFashion-C category and attribute benchmark, test split)
-
-#: Convention of every number below: top-3 category accuracy = fraction of test images whose true category is
-#: among the 3 highest scores (anchors_science.md 6.1); all on the 40,000-image DeepFashion-C test split.
-CATEGORY_CONVENTION = ("top-3 category accuracy: fraction of test images whose true category is among the 3 "
-                       "highest-scoring categories")
-
-#: Thesis Table 3.2 and the published systems it lists, with the source of each number.
-PUBLISHED_CATEGORY_TOP3 = [
-    {"method": "thesis MTL", "top3": 0.8605, "selection": "best test epoch (3)",
-     "source": "thesis Table 3.2, Fig. 3.11"},
-    {"method": "thesis CAT", "top3": 0.5621, "selection": "best test epoch (4)",
-     "source": "thesis Fig. 3.11 text (Table 3.2 rounds to 0.562)"},
-    {"method": "Liu & Lu 2018 (landmark-driven attention)", "top3": 0.9116, "selection": "test (released code)",
-     "source": "paper table, anchors_science.md 8.1"},
-    {"method": "Wang et al. 2018 (AFGN)", "top3": 0.9099, "selection": "paper",
-     "source": "anchors_science.md 8.1"},
-    {"method": "FashionNet, Liu et al. 2016 (thesis: 'Luo et al. [19]')", "top3": 0.8258, "selection": "paper",
-     "source": "anchors_science.md 8.1"},
-    {"method": "DARN, Huang et al. 2015", "top3": 0.5948, "selection": "paper",
-     "source": "anchors_science.md 8.1"},
-]
-
-#: Published top-3 attribute recall per type (A1-group convention where the code is known; anchors_science.md
-#: 8.1 notes that no released code reproduces the ~0.66-0.69 style numbers). The thesis MTL row is Table 3.1;
-#: "thesis CAT" has only the texture value of Fig. 3.12.
-PUBLISHED_ATTRIBUTE_TOP3 = {
-    "thesis MTL": {"texture": 0.5298, "fabric": 0.4359, "shape": 0.5528, "part": 0.4677, "style": 0.3169},
-    "thesis MTL (Fig. 3.12)": {"texture": 0.5287},
-    "thesis CAT (Fig. 3.12)": {"texture": 0.2124},
-    "FashionNet 2016": {"texture": 0.3746, "fabric": 0.3930, "shape": 0.3947, "part": 0.4413, "style": 0.6643},
-    "AFGN 2018": {"texture": 0.5031, "fabric": 0.4031, "shape": 0.5332, "part": 0.4065, "style": 0.6870},
-    "Liu & Lu 2018": {"texture": 0.5617, "fabric": 0.4320, "shape": 0.5828, "part": 0.4697, "style": 0.6882},
-    "Liu & Lu code, reproduction": {"texture": 0.5685, "fabric": 0.4335, "shape": 0.5799, "part": 0.4326,
-                                    "style": 0.3254},
-}
-
-#: The thesis' two relative improvements (section 3.3), with the best-epoch values they come from.
-THESIS_IMPROVEMENTS = {
-    "category_top3": {"mtl": 0.8605, "cat": 0.5621, "claimed": 0.53},
-    "attr_top3_texture": {"mtl": 0.5287, "cat": 0.2124, "claimed": 1.49},
-}
-
-METRIC_LABELS = {
-    "category_top3": "top-3 category accuracy",
-    "attr_top3_all_grouped": "top-3 attribute recall (all types pooled)",
-    "landmark_ne_mean": "landmark NE (lower is better)",
-    **{f"attr_top3_{t}": f"top-3 {t} recall" for t in ATTRIBUTE_TYPES},
-}
-LOWER_IS_BETTER = {"landmark_ne_mean"}
-MODEL_COLORS = {"mtl": "tab:blue", "cat": "tab:orange", "mtl_no_landmarks": "tab:gray", "mtl_pool": "tab:green",
-                "mtl_bi": "tab:purple"}
-
-
-def label_of(metric: str) -> str:
-    return METRIC_LABELS.get(metric, metric)
-
+from vfu_nb.conventions import (
+    ATTRIBUTE_TYPE_NAMES, ATTRIBUTE_TYPES, LOWER_IS_BETTER, MODEL_COLORS,
+    PUBLISHED_ATTRIBUTE_TOP3, PUBLISHED_CATEGORY_TOP3, THESIS_IMPROVEMENTS, metric_label,
+)
+from vfu_nb.plots.curves import best_epoch_value, best_val_epoch, epoch_frame, load_history
 
 # ----------------------------------------------------------------------------------------------------------
 # Relative improvements
@@ -111,7 +57,7 @@ def improvement_table(mtl, cat, metrics: Sequence[str] = ("category_top3", "attr
         lower = metric in LOWER_IS_BETTER
         em, vm = best_epoch_value(mtl, metric, split, select, higher_is_better=not lower)
         ec, vc = best_epoch_value(cat, metric, split, select, higher_is_better=not lower)
-        row = {"metric": label_of(metric), "MTL": vm, "MTL epoch": em, "CAT": vc, "CAT epoch": ec,
+        row = {"metric": metric_label(metric), "MTL": vm, "MTL epoch": em, "CAT": vc, "CAT epoch": ec,
                "difference": vm - vc, "relative": relative_improvement(vm, vc)}
         th = THESIS_IMPROVEMENTS.get(metric)
         row["thesis MTL"] = th["mtl"] if th else float("nan")
@@ -155,9 +101,9 @@ def plot_metric_curves(histories: Mapping[str, object], metric: str = "category_
     ax.set_xlim(0.5, n_max + 0.5)
     ax.set_xticks(range(1, n_max + 1))
     ax.set_xlabel("epoch")
-    ax.set_ylabel(label_of(metric))
+    ax.set_ylabel(metric_label(metric))
     fig_no = {"category_top3": " (thesis Fig. 3.11)", "attr_top3_texture": " (thesis Fig. 3.12)"}.get(metric, "")
-    ax.set_title(title or f"{label_of(metric)} per epoch{fig_no}; * = best val epoch")
+    ax.set_title(title or f"{metric_label(metric)} per epoch{fig_no}; * = best val epoch")
     ax.legend(fontsize=8)
     ax.figure.tight_layout()
     return ax.figure
@@ -171,7 +117,7 @@ def table_3_2(ours: Mapping[str, Mapping], data: str = "this run's data", publis
               key: str = "category_top3") -> pd.DataFrame:
     """Our top-3 category accuracy (``{label: test metrics at the best val epoch}``) above the published ones.
 
-    Columns: ``top-3 category accuracy, data, epoch selection, source``. Convention: :data:`CATEGORY_CONVENTION`.
+    Columns: ``top-3 category accuracy, data, epoch selection, source``. Convention: :data:`vfu_nb.conventions.CATEGORY_CONVENTION`.
     Published rows are on DeepFashion-C; ours are on ``data`` (not comparable when that is the synthetic set).
     """
     rows = []
@@ -230,7 +176,7 @@ def plot_confusion(predictions, category_names: Sequence[str], normalize: bool =
     ax = ax or plt.subplots(figsize=(size + 1, size))[1]
     # numbers only in the non-empty cells (and only when they fit)
     labels = np.where(cm > 0, np.vectorize(lambda v: f"{v:.2f}" if normalize else f"{v:.0f}")(cm), "")
-    sns.heatmap(pd.DataFrame(cm, index=names, columns=names), ax=ax, cmap="Blues", vmin=0,
+    sns.heatmap(pd.DataFrame(cm, index=names, columns=names), ax=ax, cmap="viridis", vmin=0,
                 vmax=1 if normalize else None, square=True, cbar_kws={"shrink": 0.7},
                 annot=labels if len(used) <= 20 else False, fmt="", annot_kws={"fontsize": 6})
     ax.set_xlabel("predicted (top-1)")
@@ -247,8 +193,6 @@ def per_attribute_recall(predictions, attribute_names: Sequence[str], k: int = 3
     Columns: ``attribute, type, positives, hits, recall``. Summing ``hits`` and ``positives`` over a type gives
     exactly that type's ``attr_top{k}_<type>`` metric. Attributes without positives have recall nan.
     """
-    from vfu_nb.metrics import ATTRIBUTE_TYPE_NAMES
-
     scores, labels = predictions.attribute_scores, predictions.attributes == 1
     types = np.asarray(predictions.attribute_types)
     hits = np.zeros(scores.shape[1], dtype=np.int64)
@@ -305,6 +249,6 @@ def comparison_sentence(mtl: float, cat: float, what: str = "top-3 category accu
         verdict = "they tie"
     else:
         better = "MTL" if (diff > 0) == higher_is_better else "CAT"
-        verdict = f"{better} is better on this single run (one seed: no interval, see notebook 06)"
+        verdict = f"{better} is better on this single run (one seed: no interval, see notebook 05)"
     return (f"On {data} MTL's {what} is {mtl:.4f} vs CAT's {cat:.4f} (difference {diff:+.4f}, relative "
             f"{format_relative(relative_improvement(mtl, cat))}); {verdict}.")

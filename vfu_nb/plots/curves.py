@@ -32,16 +32,12 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-ATTRIBUTE_TYPES = ("texture", "fabric", "shape", "part", "style")
-LOSS_TERMS = ("category", "attribute", "landmark", "total")
-SELECT_METRIC = "category_top3"
+from vfu_nb.conventions import ATTRIBUTE_TYPE_COLORS, ATTRIBUTE_TYPES, LOSS_TERMS, THESIS_TABLE_3_1
 
-#: Thesis Table 3.1: MTL top-3 recall per attribute type on DeepFashion-C test, best (test) epoch 3.
-THESIS_TABLE_3_1 = {"texture": 0.5298, "fabric": 0.4359, "shape": 0.5528, "part": 0.4677, "style": 0.3169}
+SELECT_METRIC = "category_top3"
 
 _FIGURE_OF_TERM = {"category": "3.3", "attribute": "3.5", "landmark": "3.8", "total": None}
 _SPLIT_STYLE = {"val": dict(ls="--", marker="s"), "test": dict(ls="-", marker="o")}
-TYPE_COLORS = dict(zip(ATTRIBUTE_TYPES, plt.get_cmap("tab10").colors))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -240,10 +236,10 @@ def plot_attribute_recall(history, split: str = "test", k: int = 3, model: str |
     ax = ax or plt.subplots(figsize=(6.5, 3.4))[1]
     frame = epoch_frame(history, split)
     for t in ATTRIBUTE_TYPES:
-        _plot_epoch_metric(ax, frame, f"attr_top{k}_{t}", t, color=TYPE_COLORS[t], marker="o")
+        color = ATTRIBUTE_TYPE_COLORS[t]
+        _plot_epoch_metric(ax, frame, f"attr_top{k}_{t}", t, color=color, marker="o")
         if show_val:
-            _plot_epoch_metric(ax, epoch_frame(history, "val"), f"attr_top{k}_{t}", None, color=TYPE_COLORS[t],
-                               ls=":", lw=1)
+            _plot_epoch_metric(ax, epoch_frame(history, "val"), f"attr_top{k}_{t}", None, color=color, ls=":", lw=1)
     _plot_epoch_metric(ax, frame, f"attr_top{k}_all_grouped", "all (grouped)", color="k", ls="--")
     _mark_best(ax, history, lambda e: frame.at[e, f"attr_top{k}_all_grouped"]
                if f"attr_top{k}_all_grouped" in frame else float("nan"))

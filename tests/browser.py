@@ -1,19 +1,23 @@
-"""Drive JupyterLab in a real Chromium with Playwright (tests/test_browser.py, ``python -m vfu_nb.widgets screenshot``).
+"""Drive JupyterLab in a real Chromium with Playwright: tests/test_browser.py and the README screenshot.
 
-    with JupyterLab(root_dir) as lab, chromium_page() as page:
+    with JupyterLab(root_dir) as lab:                    # test_browser.py takes ``page`` from pytest-playwright
         run_all(page, lab, "notebook.ipynb")            # open it, Run > Run All Cells
         img = wait_for_widget_image(page)                # the first ipywidgets Image on the page
+
+    .venv/bin/python tests/browser.py screenshot --runs runs/default --out figures/attention_explorer.png
 
 Nothing is downloaded: the browser is Debian's ``/usr/bin/chromium`` (``apt-get install chromium``; Playwright's
 own browsers are never installed), started with the background-networking features off; JupyterLab runs on
 127.0.0.1 with a random token, with news, update checks and the PyPI extension manager off, and with its own
-temporary config, data, runtime and settings folders. Its ``python3`` kernel is the Python that runs this module
+temporary config, data, runtime and settings folders, and with the project's ``jupyter_server_config.py`` (what
+``make lab`` uses). Its ``python3`` kernel is the Python that runs this module
 (a kernelspec installed with ``ipykernel install --prefix`` into a temporary folder put first on JUPYTER_PATH).
 Every wait has a timeout; the server's whole process group (server and kernels) is stopped on exit.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import secrets
@@ -34,6 +38,7 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-b
                  "--disable-component-update", "--disable-sync", "--disable-quic",
                  "--disable-default-apps", "--disable-extensions", "--no-default-browser-check"]
 REPO = Path(__file__).resolve().parents[1]
+LAB_CONFIG = REPO / "jupyter_server_config.py"
 WIDGET_IMAGE = "img.widget-image"
 
 
@@ -73,8 +78,9 @@ def write_notebook(path, cells: list[str]) -> Path:
 class JupyterLab:
     """A JupyterLab server on 127.0.0.1 (free port, random token) serving ``root_dir``; a context manager."""
 
-    def __init__(self, root_dir, python: str = sys.executable, startup_timeout: float = 120.0):
+    def __init__(self, root_dir, python: str = sys.executable, startup_timeout: float = 120.0, config=LAB_CONFIG):
         self.root_dir, self.python, self.startup_timeout = Path(root_dir).resolve(), python, startup_timeout
+        self.config = config
         self.port = self.token = self.proc = None
         self.home = None
         self.log_path = None
@@ -106,7 +112,7 @@ class JupyterLab:
         })
         env.pop("MPLBACKEND", None)        # the kernel's inline backend, as for a user
         self.port, self.token = free_port(), secrets.token_hex(16)
-        cmd = [self.python, "-m", "jupyterlab", "--no-browser",
+        cmd = [self.python, "-m", "jupyterlab", "--no-browser", *([f"--config={self.config}"] if self.config else []),
                "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={self.port}", "--ServerApp.port_retries=0",
                f"--IdentityProvider.token={self.token}", f"--ServerApp.root_dir={self.root_dir}",
                "--ServerApp.terminals_enabled=False",
@@ -307,3 +313,42 @@ def screenshot_widget(cells: list[str], out, timeout: float = 300.0, keep_dir=No
             shutil.rmtree(root, ignore_errors=True)
     return {"out": str(out), "width": round(box["width"]), "height": round(box["height"]),
             "seconds": time.monotonic() - start}
+
+
+def screenshot(out, runs=None, data_root=None, split="test", index=0, untrained=False, image_size=128,
+               width=0.25, timeout: float = 300.0, keep_dir=None) -> dict:
+    """Render :func:`vfu_nb.widgets.explorer_from_runs` in JupyterLab + Chromium and save its screenshot to ``out``."""
+    args = dict(runs=None if runs is None else str(Path(runs).resolve()),
+                data_root=None if data_root is None else str(Path(data_root).resolve()),
+                split=split, index=index, untrained=untrained, image_size=image_size, width=width)
+    cells = ["from vfu_nb.widgets import explorer_from_runs\n"
+             f"explorer = explorer_from_runs(**{args!r})\n"
+             "explorer"]
+    return screenshot_widget(cells, out, timeout=timeout, keep_dir=keep_dir)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="tests/browser.py", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    shot = sub.add_parser("screenshot", help="render the attention explorer in JupyterLab+Chromium and save a PNG")
+    shot.add_argument("--runs", help="folder holding trained run directories (config.json + checkpoints/)")
+    shot.add_argument("--out", default="figures/attention_explorer.png")
+    shot.add_argument("--data-root", help="DeepFashion-C tree (default: the runs' data_root)")
+    shot.add_argument("--split", default="test", choices=("train", "val", "test"))
+    shot.add_argument("--index", type=int, default=0, help="which image of the split")
+    shot.add_argument("--untrained", action="store_true", help="random MTL and CAT models instead of runs")
+    shot.add_argument("--image-size", type=int, default=128, help="--untrained: input size")
+    shot.add_argument("--width", type=float, default=0.25, help="--untrained: channel width")
+    shot.add_argument("--timeout", type=float, default=300.0)
+    args = parser.parse_args(argv)
+    if not args.untrained and not args.runs:
+        parser.error("give --runs DIR, or --untrained --data-root DIR")
+    info = screenshot(args.out, args.runs, args.data_root, args.split, args.index, args.untrained, args.image_size,
+                      args.width, args.timeout)
+    print(f"wrote {args.out} ({info['width']}x{info['height']} px) in {info['seconds']:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(REPO))
+    sys.exit(main())

@@ -14,8 +14,10 @@ and cell); the categorization branch sees (1 + A) * F. This module draws those m
 * :func:`plot_cases` -- one row per image: the crop with true (o) and predicted (+) landmarks, the heat maps, the
   attention (or feature energy) map.
 
-Pixel convention (conventions.md): crop unit u sits at continuous pixel position u*S; matplotlib's ``imshow``
-puts pixel i's centre at i, so a point is drawn at u*S - 0.5.
+Pixel convention (:mod:`vfu_nb.conventions`): crop unit u sits at continuous pixel position u*S; matplotlib's
+``imshow`` puts pixel i's centre at i, so a point is drawn at u*S - 0.5. Colour maps: magma for heat maps, viridis
+for feature energy (both perceptually uniform), and for the signed attention coolwarm, a diverging map whose
+lightness falls symmetrically towards 0 (Moreland, ISVC 2009).
 """
 
 from __future__ import annotations
@@ -25,35 +27,24 @@ from typing import Mapping, Optional, Sequence
 import matplotlib.pyplot as plt
 import numpy as np
 
-LANDMARK_COLORS = plt.get_cmap("tab10").colors[:8]
+from vfu_nb.conventions import LANDMARK_COLORS
+from vfu_nb.runs import landmark_errors
 
-
-def landmark_error_per_image(predictions) -> np.ndarray:
-    """Mean distance (crop units) between predicted and true landmarks over each image's visible landmarks.
-
-    nan for images without a visible landmark, and for models without landmark predictions.
-    """
-    if predictions.landmarks_pred is None:
-        return np.full(len(predictions.category), np.nan)
-    dist = np.sqrt(((predictions.landmarks_pred - predictions.landmarks) ** 2).sum(axis=2))   # (N, 8)
-    visible = predictions.visibility == 0
-    count = visible.sum(axis=1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(count > 0, np.where(visible, dist, 0).sum(axis=1) / np.maximum(count, 1), np.nan)
+HEATMAP_CMAP, FEATURE_CMAP, ATTENTION_CMAP = "magma", "viridis", "coolwarm"
 
 
 def select_cases(predictions, by: str = "category_confidence", n: int = 4) -> dict:
     """Dataset positions of the ``n`` best and ``n`` worst images.
 
     ``by="category_confidence"``: softmax probability of the true category (best = highest).
-    ``by="landmark_error"``: :func:`landmark_error_per_image` (best = lowest; images without visible landmarks
-    are left out). Ties keep data-set order. Returns ``{"best": [...], "worst": [...], "values": array}``.
+    ``by="landmark_error"``: :func:`vfu_nb.runs.landmark_errors` (best = lowest; images without visible
+    landmarks are left out). Ties keep data-set order. Returns ``{"best": [...], "worst": [...], "values": array}``.
     """
     if by == "category_confidence":
         values = predictions.category_prob
         order = np.argsort(-values, kind="stable")
     elif by == "landmark_error":
-        values = landmark_error_per_image(predictions)
+        values = landmark_errors(predictions.landmarks_pred, predictions.landmarks, predictions.visibility)
         order = np.argsort(values, kind="stable")          # nan last
     else:
         raise ValueError("by must be 'category_confidence' or 'landmark_error'")
@@ -132,7 +123,7 @@ def plot_cases(predictions, images: np.ndarray, positions: Sequence[int], catego
         c = 1
         if has_heat:
             if "heatmaps" in maps:
-                _overlay(axes[r, c], image, heatmap_strength(maps["heatmaps"]), "magma", 0, 1)
+                _overlay(axes[r, c], image, heatmap_strength(maps["heatmaps"]), HEATMAP_CMAP, 0, 1)
                 _draw_points(axes[r, c], predictions, pos, size)
             axes[r, c].set_axis_off()
             axes[r, c].set_title("landmark heat maps (max of 8)", fontsize=8)
@@ -140,10 +131,10 @@ def plot_cases(predictions, images: np.ndarray, positions: Sequence[int], catego
         if has_att and "attention" in maps:
             a = attention_strength(maps["attention"])
             lim = max(1e-6, float(np.abs(a).max()))
-            _overlay(axes[r, c], image, a, "coolwarm", -lim, lim)
+            _overlay(axes[r, c], image, a, ATTENTION_CMAP, -lim, lim)
             axes[r, c].set_title(f"attention A, channel mean (±{lim:.2f})", fontsize=8)
         elif "features" in maps:
-            _overlay(axes[r, c], image, feature_energy(maps["features"]), "viridis", 0, 1)
+            _overlay(axes[r, c], image, feature_energy(maps["features"]), FEATURE_CMAP, 0, 1)
             axes[r, c].set_title("conv4_3 feature energy (no attention)", fontsize=8)
         axes[r, c].set_axis_off()
     if title:
@@ -169,10 +160,10 @@ def side_by_side(predictions: Mapping[str, object], images: np.ndarray, position
             if "attention" in maps:
                 a = attention_strength(maps["attention"])
                 lim = max(1e-6, float(np.abs(a).max()))
-                _overlay(axes[r, c], image, a, "coolwarm", -lim, lim)
+                _overlay(axes[r, c], image, a, ATTENTION_CMAP, -lim, lim)
                 kind = "attention"
             elif "features" in maps:
-                _overlay(axes[r, c], image, feature_energy(maps["features"]), "viridis", 0, 1)
+                _overlay(axes[r, c], image, feature_energy(maps["features"]), FEATURE_CMAP, 0, 1)
                 kind = "feature energy"
             else:
                 axes[r, c].set_axis_off()

@@ -7,13 +7,11 @@ import numpy as np
 import pandas as pd
 from matplotlib import patches
 
-from vfu_nb.data import (
-    ATTRIBUTE_TYPE_NAMES, CLOTHES_TYPE_NAMES, LANDMARK_NAMES, SPLITS, Annotations, crop_window, load_rgb,
+from vfu_nb.conventions import (
+    ATTRIBUTE_TYPE_COLORS, ATTRIBUTE_TYPE_NAMES, CLOTHES_TYPE_NAMES, LANDMARK_COLORS, LANDMARK_NAMES, SPLITS,
+    VISIBILITY_MARKERS, VISIBILITY_NAMES,
 )
-
-VISIBILITY_NAMES = {0: "visible", 1: "occluded", 2: "truncated", -1: "absent"}
-VISIBILITY_MARKERS = {0: "o", 1: "x", 2: "^"}
-LANDMARK_COLORS = plt.get_cmap("tab10").colors[:8]
+from vfu_nb.data import Annotations, crop_window, load_rgb
 
 
 def split_table(ann: Annotations) -> pd.DataFrame:
@@ -69,9 +67,9 @@ def plot_attribute_frequency(ann: Annotations, axes=None):
     df = attribute_table(ann)
     if axes is None:
         axes = plt.subplots(1, 5, figsize=(14, 3), sharey=True)[1]
-    for ax, (t, name) in zip(axes, ATTRIBUTE_TYPE_NAMES.items()):
+    for ax, name in zip(axes, ATTRIBUTE_TYPE_NAMES.values()):
         part = df[df["type"] == name]
-        ax.bar(np.arange(len(part)), part["frequency"], color=plt.get_cmap("tab10")(t - 1))
+        ax.bar(np.arange(len(part)), part["frequency"], color=ATTRIBUTE_TYPE_COLORS[name])
         ax.set_title(f"{name} ({len(part)})")
         ax.set_xlabel("attribute rank")
     axes[0].set_ylabel("fraction of images positive")

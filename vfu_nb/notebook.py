@@ -1,0 +1,70 @@
+"""The setup every notebook of the series shares: one import and one call after the ``parameters`` cell.
+
+    from vfu_nb.notebook import setup          # first import of the notebook: before anything imports torch
+    nb = setup(out_dir, figures_dir, "03")     # inline figures, folders resolved against the repository root
+    data_root = nb.path(data_root)             # any other path parameter
+    nb.save(fig, "confusion_mtl")              # <figures_dir>/03_confusion_mtl.png, listed in nb.figures
+    nb.write_metrics({...})                    # <out_dir>/metrics.json, what the pipeline collects
+
+Importing this module sets ``GOMP_SPINCOUNT=1000`` unless it is set: torch's OpenMP threads then spin only briefly
+before sleeping. With the default spin time a second busy process on a small shared CPU slows training several-
+fold; this costs a few percent on an idle machine. It takes effect only if torch is not imported yet.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+os.environ.setdefault("GOMP_SPINCOUNT", "1000")
+
+from vfu_nb.paths import resolve  # noqa: E402  (after the environment variable, on purpose)
+
+
+class Notebook:
+    """Folders of one notebook execution and the figures it saved."""
+
+    def __init__(self, out_dir, figures_dir, figure_prefix: str):
+        self.out_dir = resolve(out_dir)
+        self.figures_dir = resolve(figures_dir)
+        self.figure_prefix = figure_prefix
+        self.figures: list = []
+
+    @staticmethod
+    def path(path) -> Path:
+        """A path parameter as an absolute path (relative ones from the repository root)."""
+        return resolve(path)
+
+    def figure_path(self, name: str) -> Path:
+        return self.figures_dir / f"{self.figure_prefix}_{name}.png"
+
+    def save(self, fig, name: str) -> Path:
+        """Save ``fig`` as ``<figures_dir>/<prefix>_<name>.png`` (:func:`vfu_nb.plots.save_figure`)."""
+        from vfu_nb.plots import save_figure
+
+        path = save_figure(fig, self.figure_path(name))
+        self.figures.append(str(path))
+        return path
+
+    def write_metrics(self, result: dict) -> dict:
+        """Write ``result`` (plus ``figures``: every figure saved) as strict JSON to ``<out_dir>/metrics.json``."""
+        from vfu_nb.metrics import jsonable
+
+        result = jsonable({**result, "figures": sorted(self.figures)})
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        (self.out_dir / "metrics.json").write_text(json.dumps(result, indent=2, allow_nan=False))
+        return result
+
+
+def setup(out_dir, figures_dir, figure_prefix: str) -> Notebook:
+    """Inline matplotlib figures (in a Jupyter kernel) and the notebook's folders; see the module docstring."""
+    try:
+        from IPython import get_ipython
+    except ImportError:          # plain Python: nothing to configure
+        shell = None
+    else:
+        shell = get_ipython()
+    if shell is not None and hasattr(shell, "kernel"):
+        shell.run_line_magic("matplotlib", "inline")
+    return Notebook(out_dir, figures_dir, figure_prefix)

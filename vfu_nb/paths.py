@@ -1,0 +1,33 @@
+"""Where things are: the repository root, and paths that notebooks, profiles and the pipeline give relative to it.
+
+Relative paths in notebook parameters and profiles (``data/synthetic``, ``runs/smoke/...``, ``figures``) mean the
+same folder wherever a notebook runs: JupyterLab starts kernels in the notebook's own folder, papermill in the
+caller's working directory, the pipeline in the executed notebook's folder under ``runs/``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def _is_root(folder: Path) -> bool:
+    return (folder / "pyproject.toml").is_file() and (folder / "vfu_nb").is_dir() and (folder / "notebooks").is_dir()
+
+
+def repo_root() -> Path:
+    """The checkout this package was imported from; else the first checkout above the working directory.
+
+    A checkout holds ``pyproject.toml``, ``vfu_nb/`` and ``notebooks/``. Without one (the package installed into
+    site-packages and used elsewhere) the working directory is the root.
+    """
+    for start in (Path(__file__).resolve().parent, Path.cwd().resolve()):
+        for folder in (start, *start.parents):
+            if _is_root(folder):
+                return folder
+    return Path.cwd().resolve()
+
+
+def resolve(path) -> Path:
+    """``path`` as an absolute path: relative paths are taken from :func:`repo_root`, ``~`` is expanded."""
+    path = Path(path).expanduser()
+    return path if path.is_absolute() else repo_root() / path
