@@ -16,16 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-LANDMARK_NAMES = [
-    "left collar", "right collar", "left sleeve", "right sleeve",
-    "left waistline", "right waistline", "left hem", "right hem",
-]
-FLIP_PAIRS = [(0, 1), (2, 3), (4, 5), (6, 7)]
-# Slots filled by the triples of a landmark row, in file order, per clothes type (1 upper, 2 lower, 3 full).
-SLOTS_BY_CLOTHES_TYPE = {1: [0, 1, 2, 3, 6, 7], 2: [4, 5, 6, 7], 3: [0, 1, 2, 3, 4, 5, 6, 7]}
-ATTRIBUTE_TYPE_NAMES = {1: "texture", 2: "fabric", 3: "shape", 4: "part", 5: "style"}
-CLOTHES_TYPE_NAMES = {1: "upper", 2: "lower", 3: "full"}
-SPLITS = ("train", "val", "test")
+from vfu_nb.conventions import (  # noqa: F401 (re-exported: the reader's vocabulary)
+    ATTRIBUTE_TYPE_NAMES, CLOTHES_TYPE_NAMES, FLIP_PAIRS, LANDMARK_NAMES, SLOTS_BY_CLOTHES_TYPE, SPLITS,
+)
 
 ANNOTATION_FILES = {
     "category_cloth": "Anno/list_category_cloth.txt",

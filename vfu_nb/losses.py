@@ -1,7 +1,7 @@
 """Losses of the multi-task model: category CE, attribute BCE, landmark heatmap MSE.
 
 Heatmap targets are built on the device from crop-unit coordinates (no heatmaps travel through the
-DataLoader). Pixel convention (conventions.md): crop-unit ``u`` is the continuous pixel position ``u*S``;
+DataLoader). Pixel convention (vfu_nb.conventions): crop-unit ``u`` is the continuous pixel position ``u*S``;
 pixel ``i`` covers ``[i, i+1)``, so the Gaussian centre in pixel-index space is ``u*S - 0.5``.
 
 All reductions run in fp32 (``.float()``), so the losses are safe under bf16 autocast. Nothing here copies from

@@ -30,9 +30,8 @@ from typing import Iterable, Mapping, Optional, Sequence
 import numpy as np
 import torch
 
-ATTRIBUTE_TYPE_NAMES = {1: "texture", 2: "fabric", 3: "shape", 4: "part", 5: "style"}
-#: Short landmark names used in flat metric keys (slot order of the annotations).
-LANDMARK_KEYS = ("l_collar", "r_collar", "l_sleeve", "r_sleeve", "l_waist", "r_waist", "l_hem", "r_hem")
+from vfu_nb.conventions import ATTRIBUTE_TYPE_NAMES, LANDMARK_KEYS
+
 RECALL_GROUPS = tuple(ATTRIBUTE_TYPE_NAMES.values()) + ("all_grouped", "all_strict")
 MAP_GROUPS = tuple(ATTRIBUTE_TYPE_NAMES.values()) + ("all",)
 

@@ -17,10 +17,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from vfu_nb.conventions import MODEL_COLORS
+from vfu_nb.conventions import metric_label as label
 
-LABELS = {"category_top3": "top-3 category accuracy", "attr_map_all": "attribute mAP",
-          "category_top1": "top-1 category accuracy", "attr_top3_all_grouped": "top-3 attribute recall (grouped)",
-          "landmark_ne_mean": "landmark NE (lower is better)"}
 #: Baselines drawn as reference lines, per metric: (name in study.json, line style).
 REFERENCE_LINES = {
     "category_top3": (("chance", ":"), ("class_prior", "--"), ("geometry_knn", "-.")),
@@ -28,10 +26,6 @@ REFERENCE_LINES = {
     "attr_map_all": (("chance", ":"), ("attribute_prior", "--"), ("attribute_prior_given_category", "-."),
                      ("geometry_knn", (0, (1, 4)))),
 }
-
-
-def label(metric: str) -> str:
-    return LABELS.get(metric, metric)
 
 
 def _rows(summary: Sequence[Mapping], metric: str) -> list:
@@ -156,4 +150,4 @@ def plot_learning_curve(study: Mapping, metrics: Sequence[str] = ("category_top3
     return axes[0][0].figure
 
 
-__all__ = ["plot_models", "plot_pairs", "plot_learning_curve", "label", "REFERENCE_LINES"]
+__all__ = ["plot_models", "plot_pairs", "plot_learning_curve", "REFERENCE_LINES"]
