@@ -42,7 +42,6 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
-import pandas as pd
 
 from vfu_nb import stats
 from vfu_nb.metrics import jsonable
