@@ -53,6 +53,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Sampler
 
+from vfu_nb.conventions import ATTRIBUTE_TYPES
 from vfu_nb.data import Augmentation, BatchLoader
 from vfu_nb.losses import LossWeights, default_heatmap_sigma, multitask_loss  # noqa: F401 (LossWeights re-exported)
 from vfu_nb.metrics import EvalAccumulator, jsonable
@@ -961,9 +962,9 @@ def format_metrics(metrics: dict) -> str:
 
         lines.append(f"  {split:4s} category top1/3/5 {g('category_top1')} / {g('category_top3')} / "
                      f"{g('category_top5')}")
-        lines.append(f"       attr top3 " + " ".join(f"{t} {g('attr_top3_' + t)}" for t in
-                                                     ("texture", "fabric", "shape", "part", "style",
-                                                      "all_grouped", "all_strict")))
+        lines.append("       attr top3 " + " ".join(f"{t} {g('attr_top3_' + t)}" for t in
+                                                    (*ATTRIBUTE_TYPES, "all_grouped", "all_strict")))
+        lines.append(f"       attr mAP {g('attr_map_all')}")
         lines.append(f"       landmark NE mean {g('landmark_ne_mean')}")
     t = metrics.get("timing") or {}
     if t:
