@@ -160,3 +160,14 @@ def test_readme_block_renders_numbers_from_study_and_updates_between_markers(tmp
     assert not study.readme_matches(tmp_path / "study.json", readme)
     with pytest.raises(ValueError, match="markers"):
         study.update_readme(block, tmp_path / "study.json")
+
+
+def test_a_diverged_tuning_run_is_recorded_and_loses(plan):
+    specs = plan.tuning_specs()
+    study.export_failure(plan, specs[0], "diverged: non-finite total loss at epoch 2, batch 7")
+    for spec in specs[1:]:
+        export(plan, spec, val=0.5)
+    chosen, rows = study.choose_settings(plan)
+    assert chosen["mtl"] == {"backbone": "vgg16_bn", "lr": 3e-4}
+    assert rows[0]["failed"].startswith("diverged") and math.isnan(rows[0]["val_score"])
+    assert study.load_runs(plan, specs[:1]) == []                       # left out of every summary

@@ -191,7 +191,7 @@ def choose_settings(plan: Plan) -> tuple[dict, list]:
         setting = {k: spec.config[k] for k in plan.tuning["grid"]}
         score = selection_score(m)
         rows.append({"model": spec.model, **setting, "val_score": score, "best_epoch": m.get("best_epoch"),
-                     "epochs_run": m.get("epochs_run"), "converged": converged(m)})
+                     "epochs_run": m.get("epochs_run"), "converged": converged(m), "failed": m.get("failed")})
         best = chosen.get(spec.model)
         if best is None or (math.isfinite(score) and not score <= best[1]):
             chosen[spec.model] = (setting, score)
@@ -245,6 +245,25 @@ def export_run(plan: Plan, spec: RunSpec) -> Path:
     _write_labels(plan, spec.data, src)
     shutil.copyfile(src / "metrics.json", dest / "metrics.json")     # last: marks the export complete
     return dest
+
+
+def _diverged(plan: Plan, spec: RunSpec, error: Exception) -> bool:
+    """True when the run stopped on a non-finite loss (in this process, or in its child's log)."""
+    from vfu_nb.train import NonFiniteLossError
+
+    if isinstance(error, NonFiniteLossError):
+        return True
+    log = plan.runs_dir / spec.key / "stdout.log"
+    return log.exists() and "NonFiniteLossError" in log.read_text()[-20000:]
+
+
+def export_failure(plan: Plan, spec: RunSpec, reason: str) -> None:
+    """Record a run that cannot finish (its loss diverged): metrics.json with ``failed`` and no test metrics."""
+    dest = plan.results_dir / "runs" / spec.key
+    dest.mkdir(parents=True, exist_ok=True)
+    (dest / "config.json").write_text(json.dumps(spec.config, indent=1) + "\n")
+    (dest / "metrics.json").write_text(json.dumps({"model": spec.model, "seed": spec.seed, "failed": reason,
+                                                   "val": {}, "test": {}}, indent=1) + "\n")
 
 
 def _write_labels(plan: Plan, tag: str, run_dir: Path) -> None:
@@ -308,7 +327,14 @@ def run_specs(plan: Plan, specs: Sequence[RunSpec], jobs: int = 1, log=print) ->
     def one(spec):
         t0 = time.time()
         log(f"[study] start {spec.key}")
-        _train(plan, spec, subprocess_=jobs > 1)
+        try:
+            _train(plan, spec, subprocess_=jobs > 1)
+        except Exception as error:                     # a diverged run is a result (recorded); anything else is not
+            if not _diverged(plan, spec, error):
+                raise
+            export_failure(plan, spec, f"diverged: {error}")
+            log(f"[study] FAILED {spec.key}: the loss diverged (recorded, not retried)")
+            return
         export_run(plan, spec)
         log(f"[study] done  {spec.key} ({(time.time() - t0) / 60:.1f} min)")
 
@@ -349,10 +375,11 @@ class RunResult:
 
 
 def load_runs(plan: Plan, specs: Sequence[RunSpec]) -> list[RunResult]:
+    """The exported, finished runs among ``specs`` (unfinished and failed ones are left out)."""
     out = []
     for s in specs:
         m = exported(plan, s.key)
-        if m is not None:
+        if m is not None and not m.get("failed"):
             out.append(RunResult(s, m, plan.results_dir / "runs" / s.key))
     return out
 
@@ -480,8 +507,10 @@ def report(plan, log=print) -> dict:
                          "pair": compare(plan, rs, dial["models"][0], dial["models"][1], metrics_secondary=())})
         study["dial"] = rows
     study["baselines"] = baselines_for(plan)
-    every = load_runs(plan, [*plan.tuning_specs(), *specs])
-    study["runs"] = {"exported": len(every), "planned": len(plan.tuning_specs()) + len(specs),
+    unique = list({s.key: s for s in [*plan.tuning_specs(), *specs]}.values())
+    every = load_runs(plan, unique)
+    failed = [s.key for s in unique if (exported(plan, s.key) or {}).get("failed")]
+    study["runs"] = {"exported": len(every), "planned": len(unique), "failed": failed,
                      "train_hours": sum((r.metrics.get("timing") or {}).get("wall_seconds", 0) for r in every) / 3600}
     out = plan.results_dir / "study.json"
     out.write_text(json.dumps(jsonable(study), indent=1, allow_nan=False) + "\n")
@@ -638,7 +667,8 @@ def readme_block(study: dict) -> str:
             lines.append(f"| geometry informativeness {g} | {len(row['pair']['seeds'])} | "
                          + " | ".join(_primary_cell(row["pair"]["primary"].get(m)) for m in PRIMARY) + " |")
     runs = study["runs"]
-    lines += ["", f"The study is {runs['exported']} training runs ({runs['planned']} planned), "
+    failed = f"; {len(runs['failed'])} diverged and count as failed" if runs.get("failed") else ""
+    lines += ["", f"The study is {runs['exported']} training runs ({runs['planned']} planned{failed}), "
                   f"{runs['train_hours']:.1f} hours of training in all on 2 CPU cores "
                   f"(`python -m vfu_nb.study run --jobs 2`).", ""]
     lines += [f"![{name}](figures/{fname})" for name, fname in FIGURES.items()
