@@ -477,15 +477,19 @@ def verdict(metric: str, *intervals: stats.Interval) -> str:
 def report(plan, log=print) -> dict:
     """Compute ``results/study.json`` from the exported runs and write the figures and the README block."""
     plan = Plan.load(plan)
-    chosen, tuning_rows = choose_settings(plan)
+    study = skeleton(plan)
+    try:
+        chosen, tuning_rows = choose_settings(plan)
+    except RuntimeError:                                    # tuning unfinished: report the progress only
+        done = sum(exported(plan, s.key) is not None for s in plan.tuning_specs())
+        study["runs"] = {"tuning_exported": done, "tuning_planned": len(plan.tuning_specs())}
+        return _write_report(plan, study, log)
     specs = plan.later_specs(chosen)
     metrics_all = (*PRIMARY, *SECONDARY)
     seeds_results = load_runs(plan, [s for s in specs if s.part == "seeds"])
-    study = {"plan": str(plan.path.relative_to(REPO)) if plan.path else None, "base": plan.base,
-             "data": plan.data, "grid": plan.tuning["grid"], "primary": list(PRIMARY),
-             "secondary": list(SECONDARY), "chosen": chosen, "tuning": tuning_rows,
-             "seeds": {"data": plan.seeds["data"], "summary": summarize(seeds_results, metrics_all),
-                       "pairs": [compare(plan, seeds_results, a, b) for a, b in plan.seeds["pairs"]]}}
+    study.update({"chosen": chosen, "tuning": tuning_rows,
+                  "seeds": {"data": plan.seeds["data"], "summary": summarize(seeds_results, metrics_all),
+                            "pairs": [compare(plan, seeds_results, a, b) for a, b in plan.seeds["pairs"]]}})
     if plan.learning_curve:
         lc = plan.learning_curve
         points = []
@@ -512,11 +516,24 @@ def report(plan, log=print) -> dict:
     failed = [s.key for s in unique if (exported(plan, s.key) or {}).get("failed")]
     study["runs"] = {"exported": len(every), "planned": len(unique), "failed": failed,
                      "train_hours": sum((r.metrics.get("timing") or {}).get("wall_seconds", 0) for r in every) / 3600}
+    return _write_report(plan, study, log)
+
+
+def skeleton(plan: Plan) -> dict:
+    """What study.json says before any result: the plan's settings (the README block renders from it)."""
+    return {"plan": str(plan.path.relative_to(REPO)) if plan.path and plan.path.is_relative_to(REPO) else None,
+            "base": plan.base, "data": plan.data, "grid": plan.tuning["grid"],
+            "seed_counts": plan.seeds["models"], "primary": list(PRIMARY), "secondary": list(SECONDARY),
+            "runs": {"tuning_exported": 0, "tuning_planned": len(plan.tuning_specs())}}
+
+
+def _write_report(plan: Plan, study: dict, log) -> dict:
     out = plan.results_dir / "study.json"
     out.write_text(json.dumps(jsonable(study), indent=1, allow_nan=False) + "\n")
     log(f"[study] wrote {out}")
     study = json.loads(out.read_text())
-    write_figures(study, plan.resolve(plan.figures))
+    if "seeds" in study:
+        write_figures(study, plan.resolve(plan.figures))
     if plan.readme:
         update_readme(readme_block(study))
     log(f"[study] figures in {plan.resolve(plan.figures)}" + (", README block rewritten" if plan.readme else ""))
@@ -599,24 +616,57 @@ BASELINE_ROWS = (("geometry_knn", "baseline: geometry only (k-NN on true landmar
 TABLE_METRICS = ("category_top3", "attr_map_all", "category_top1", "attr_top3_all_grouped", "landmark_ne_mean")
 
 
+def departures_table(study: dict) -> list:
+    """The table of every place where the study's CPU setting departs from the thesis (from the plan's values)."""
+    base, grid, counts = study["base"], study["grid"], study.get("seed_counts", {})
+    data = next(iter(study["data"].values()))
+    seeds = ", ".join(f"{n} for `{m}`" for m, n in counts.items())
+    grid_text = "; ".join(f"{k}: {', '.join(str(v) for v in vals)}" for k, vals in grid.items())
+    return [
+        "| | thesis | this study's CPU setting | why |",
+        "|---|---|---|---|",
+        f"| data | DeepFashion-C, 289,222 photos | the synthetic benchmark, {data.get('n', 0):,} images (70/15/15 split) "
+        f"| DeepFashion cannot be downloaded here |",
+        f"| input | 224 px | {base.get('image_size')} px crops of the box | full VGG-16 at 224 px trains at about "
+        f"1.5 img/s on 2 CPU cores |",
+        f"| network width | VGG-16 | {base.get('width')} of the channels; the landmark branch keeps full width | "
+        f"the same; the branch does not learn when narrowed |",
+        "| initial weights | not stated (Liu & Lu, ECCV Workshops 2018, start from ImageNet) | from scratch | "
+        "no pretrained weights offline |",
+        f"| backbone, learning rate | VGG-16, Adam, tuned for MTL only | Adam; chosen on val per model from the same "
+        f"grid ({grid_text}) | equal tuning; batch norm helps from scratch |",
+        f"| training length | 10 epochs, the best **test** epoch kept | until val stops improving (patience "
+        f"{base.get('patience')}, at most {base.get('epochs')} epochs); test reported at the best **val** epoch | "
+        f"selection on test inflates results |",
+        f"| runs | one per model | paired seeds: {seeds} | intervals |",
+        f"| batch | 8 | {base.get('batch_size')} | |",
+    ]
+
+
 def readme_block(study: dict) -> str:
     """The README's results section, rendered from study.json (every number in it comes from there)."""
     from vfu_nb.plots.study import label
 
+    head = ["**Where this setting departs from the thesis**", "", *departures_table(study), ""]
+    if "seeds" not in study:
+        runs = study.get("runs", {})
+        return "\n".join(head + [f"The study has not finished its tuning runs yet ({runs.get('tuning_exported', 0)} of "
+                                  f"{runs.get('tuning_planned', '?')}): `python -m vfu_nb.study run --jobs 2` trains "
+                                  f"them and rewrites this section."])
     base, seeds = study["base"], study["seeds"]
     summary = seeds["summary"]
     models = list(dict.fromkeys(r["model"] for r in summary))
-    data = study["data"][seeds["data"]]
     grid = ", ".join(f"{k} {'/'.join(str(v) for v in vals)}" for k, vals in study["grid"].items())
     not_conv = sum(r["not_converged"] for r in summary if r["metric"] == PRIMARY[0])
     n_runs = sum(r["n"] for r in summary if r["metric"] == PRIMARY[0])
-    lines = [
-        f"**Setup.** Synthetic benchmark ({data.get('n')} images, seed {data.get('seed')}, geometry "
-        f"informativeness {data.get('geometry_informativeness', 'default')}); {base.get('image_size')} px crops, "
-        f"width {base.get('width')}, batch {base.get('batch_size')}, Adam, at most {base.get('epochs')} epochs, "
-        f"early stop after {base.get('patience')} epochs without val improvement. Every model got the same tuning "
-        f"grid on val ({grid}; one seed). Test metrics at each run's best val epoch, mean ± sd over seeds; "
-        f"{not_conv} of {n_runs} runs had their best epoch last (not converged).",
+    runs = study["runs"]
+    partial = ("" if runs["exported"] >= runs["planned"] else
+               f" **Partial:** {runs['exported']} of {runs['planned']} runs have finished; the study goes on.")
+    lines = head + [
+        f"**Setup.** Every model got the same tuning grid on val ({grid}; one seed); the chosen setting is in the "
+        f"table. Test metrics at each run's best val epoch, mean ± sd over seeds; {not_conv} of {n_runs} runs "
+        f"had their best epoch last (not converged). Primary metrics, declared before the runs: "
+        f"{' and '.join(label(m) for m in PRIMARY)}.{partial}",
         "",
         "| model | tuned setting | seeds | " + " | ".join(label(m) for m in TABLE_METRICS) + " |",
         "|---|---|---|" + "---|" * len(TABLE_METRICS),
@@ -666,7 +716,6 @@ def readme_block(study: dict) -> str:
             g = row["settings"].get("geometry_informativeness", "default")
             lines.append(f"| geometry informativeness {g} | {len(row['pair']['seeds'])} | "
                          + " | ".join(_primary_cell(row["pair"]["primary"].get(m)) for m in PRIMARY) + " |")
-    runs = study["runs"]
     failed = f"; {len(runs['failed'])} diverged and count as failed" if runs.get("failed") else ""
     lines += ["", f"The study is {runs['exported']} training runs ({runs['planned']} planned{failed}), "
                   f"{runs['train_hours']:.1f} hours of training in all on 2 CPU cores "
@@ -690,9 +739,15 @@ def update_readme(block: str, path=README) -> bool:
     return new != text
 
 
+def committed_study(plan=DEFAULT_PLAN) -> dict:
+    """results/study.json, or the plan's skeleton while the study has not written one."""
+    plan = Plan.load(plan)
+    return load_study(plan) or skeleton(plan)
+
+
 def readme_matches(study_json=None, path=README) -> bool:
-    """True when the README's result block is exactly what study.json renders to."""
-    study = json.loads(Path(study_json or DEFAULT_PLAN.parent / "study.json").read_text())
+    """True when the README's result block is exactly what study.json (or the plan, before it) renders to."""
+    study = json.loads(Path(study_json).read_text()) if study_json else committed_study()
     text = Path(path).read_text()
     if BLOCK_BEGIN not in text:
         return False
@@ -740,7 +795,7 @@ def main(argv=None):
             print("README results block matches results/study.json" if ok else
                   "README results block differs from results/study.json: run python -m vfu_nb.study readme")
             sys.exit(0 if ok else 1)
-        changed = update_readme(readme_block(json.loads((DEFAULT_PLAN.parent / "study.json").read_text())))
+        changed = update_readme(readme_block(committed_study()))
         print("README block rewritten" if changed else "README block already up to date")
         return None
     return report(args.plan)
