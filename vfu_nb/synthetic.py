@@ -627,10 +627,10 @@ def _palette_color(palette: str, rng: np.random.Generator) -> np.ndarray:
     return _hsv(rng.uniform(.17, 1.04), rng.uniform(.5, .9), rng.uniform(.35, .85))
 
 
-def _palette_colors(palette: str, rng: np.random.Generator) -> np.ndarray:
-    """Three mutually contrasting colours (3, 3) of one palette."""
+def _palette_colors(palette: str, rng: np.random.Generator, count: int = 3) -> np.ndarray:
+    """`count` mutually contrasting colours (count, 3) of one palette."""
     colors = [_palette_color(palette, rng)]
-    while len(colors) < 3:
+    while len(colors) < count:
         c = _palette_color(palette, rng)
         if all(np.abs(c - o).sum() > 120 for o in colors) or rng.random() < 0.05:
             colors.append(c)
@@ -638,10 +638,11 @@ def _palette_colors(palette: str, rng: np.random.Generator) -> np.ndarray:
 
 
 def _denim_colors(rng: np.random.Generator) -> np.ndarray:
-    """Indigo shades (3, 3) for denim garments: dark, mid and faded blue."""
+    """Garment colours (4, 3) of denim: dark, mid and faded indigo, and a light or dark trim."""
     hue, v = rng.uniform(.58, .64), rng.uniform(.3, .75)
+    trim = _hsv(hue, .08, .92) if v < .55 else _hsv(hue, .6, .18)
     return np.stack([_hsv(hue, rng.uniform(.45, .75), v), _hsv(hue, rng.uniform(.2, .4), min(1., v + .3)),
-                     _hsv(hue, rng.uniform(.5, .8), v * .55)])
+                     _hsv(hue, rng.uniform(.5, .8), v * .55), trim])
 
 
 def _random_palette(rng: np.random.Generator) -> str:
@@ -984,7 +985,7 @@ def _rect(x0: float, y0: float, x1: float, y1: float) -> np.ndarray:
 def _ribs(g: _Garment, x0: float, x1: float, y0: float, y1: float, step: float = .08) -> None:
     """Vertical rib/gather lines over a band."""
     for x in np.arange(x0 + step / 2, x1, step):
-        g.details.append(_Detail("line", np.array([(x, y0 + .02), (x, y1 - .02)]), None, "shade", .02))
+        g.details.append(_Detail("line", np.array([(x, y0 + .02), (x, y1 - .02)]), None, "shade", .025))
 
 
 _NECK_DEPTH = {"crew": .22, "scoop": .5, "v": .7, "square": .42, "collar": .2, "tie": .2, "lapel": .95,
@@ -1018,9 +1019,9 @@ def _neck(g: _Garment, neck: str | None, p: dict, bottom: float) -> float:
         t = np.linspace(0, math.pi, 13)
         opening = np.stack([-nw * np.cos(t), depth * np.sin(t)], axis=1)
     crew = neck == "crew"
-    g.details.append(_Detail("poly", opening, "inner", "band" if crew else "edge", .11 if crew else .035))
+    g.details.append(_Detail("poly", opening, "inner", "band" if crew else "edge", .14 if crew else .035))
     if neck == "collar":
-        flap = [(-nw - .08, -.05), (-.03, .2), (-.2, .52), (-nw - .28, .34)]
+        flap = [(-nw - .1, -.06), (-.02, .22), (-.22, .6), (-nw - .34, .4)]
         g.details += [_Detail("poly", s, "light", "edge", .025) for s in _both(flap)]
     elif neck == "lapel":
         lapel = [(-nw, 0.), (-.04, depth), (-.36, depth * .62), (-nw - .3, .3), (-nw - .12, .22)]
@@ -1053,7 +1054,7 @@ def _bow(g: _Garment, x: float, y: float, role: str, size: float) -> None:
 def _button_column(g: _Garment, x: float, top: float, bottom: float, spacing: float = .36) -> None:
     count = max(2, int((bottom - top) / spacing) + 1)
     for y in np.linspace(top, bottom, count):
-        g.details.append(_Detail("dot", np.array([(x, y)]), "button", "edge", .075))
+        g.details.append(_Detail("dot", np.array([(x, y)]), "button", "edge", .09))
 
 
 def _front(g: _Garment, spec: dict, p: dict, depth: float, hem: dict) -> None:
@@ -1064,8 +1065,8 @@ def _front(g: _Garment, spec: dict, p: dict, depth: float, hem: dict) -> None:
         g.details.append(_Detail("line", np.array([(.08, depth), (.08, bottom)]), None, "shade", .025))
         _button_column(g, 0., depth + .15, end)
     elif kind == "placket":
-        g.details.append(_Detail("poly", _rect(-.08, depth - .02, .08, depth + .62), "shade", "edge", .02))
-        _button_column(g, 0., depth + .12, depth + .5, .19)
+        g.details.append(_Detail("poly", _rect(-.1, depth - .02, .1, depth + .66), "shade", "edge", .025))
+        _button_column(g, 0., depth + .13, depth + .53, .2)
     elif kind == "zip":
         end = bottom if hem["kind"] == "top" else depth + .8
         g.details.append(_Detail("line", np.array([(0., depth), (0., end)]), None, "metal", .05))
@@ -1094,15 +1095,15 @@ def _sleeve_cuff(g: _Garment, kind: str | None, frame) -> None:
 
     parts = []
     if kind == "rib":
-        parts.append(_Detail("poly", band(.3), "band", "edge", .02))
+        parts.append(_Detail("poly", band(.38), "band", "edge", .025))
         for t in np.linspace(-.65, .65, 4):
-            parts.append(_Detail("line", np.array([c + t * half * n, c + t * half * n - .3 * d]), None, "shade", .02))
+            parts.append(_Detail("line", np.array([c + t * half * n, c + t * half * n - .38 * d]), None, "shade", .025))
     elif kind == "turnup":
-        parts.append(_Detail("poly", band(.34), "light", "edge", .025))
-        parts.append(_Detail("line", np.array([c + half * n - .17 * d, c - half * n - .17 * d]), None, "shade", .02))
+        parts.append(_Detail("poly", band(.4), "light", "edge", .03))
+        parts.append(_Detail("line", np.array([c + half * n - .2 * d, c - half * n - .2 * d]), None, "shade", .025))
     elif kind == "button":
-        parts.append(_Detail("poly", band(.24), "shade", "edge", .02))
-        parts.append(_Detail("dot", (c - .12 * d + .45 * half * n)[None], "button", "edge", .075))
+        parts.append(_Detail("poly", band(.3), "shade", "edge", .025))
+        parts.append(_Detail("dot", (c - .15 * d + .45 * half * n)[None], "button", "edge", .09))
     elif kind == "bell":  # the sleeve flares out into a wide open end
         wide = half + min(half, .3)
         flare = np.array([c + half * n - .55 * d, c + wide * n + .08 * d, c - wide * n + .08 * d,
@@ -1123,11 +1124,11 @@ def _leg_cuff(g: _Garment, kind: str | None, hem: dict) -> None:
         return
     for xl, xr, y in _segments(hem):
         if kind == "rib":
-            g.details.append(_Detail("poly", _rect(xl + .02, y - .3, xr - .02, y), "band", "edge", .02))
-            _ribs(g, xl + .02, xr - .02, y - .3, y, .07)
+            g.details.append(_Detail("poly", _rect(xl + .02, y - .38, xr - .02, y), "band", "edge", .025))
+            _ribs(g, xl + .02, xr - .02, y - .38, y, .07)
         else:
-            g.details.append(_Detail("poly", _rect(xl - .02, y - .34, xr + .02, y), "light", "edge", .025))
-            g.details.append(_Detail("line", np.array([(xl, y - .17), (xr, y - .17)]), None, "shade", .02))
+            g.details.append(_Detail("poly", _rect(xl - .02, y - .4, xr + .02, y), "light", "edge", .03))
+            g.details.append(_Detail("line", np.array([(xl, y - .2), (xr, y - .2)]), None, "shade", .025))
 
 
 def _segments(hem: dict) -> list[tuple]:
@@ -1155,10 +1156,10 @@ def _hem_finish(g: _Garment, kind: str | None, hem: dict) -> None:
     for seg in _segments(hem):
         xl, xr, y = seg
         if kind == "rib":
-            g.details.append(_Detail("poly", _band_above(hem, seg, .26), "band", "edge", .02))
-            _ribs(g, xl, xr, y - .26, y)
+            g.details.append(_Detail("poly", _band_above(hem, seg, .34), "band", "edge", .025))
+            _ribs(g, xl, xr, y - .34, y)
         elif kind == "ruffle":
-            band = _band_above(hem, seg, .4)
+            band = _band_above(hem, seg, .45)
             g.details.append(_Detail("poly", band, "light", "edge", .035))
             xs = np.linspace(xl, xr, max(5, int((xr - xl) / .05)))
             ys = y + .07 * np.abs(np.sin(math.pi * (xs - xl) / .22))
@@ -1166,15 +1167,15 @@ def _hem_finish(g: _Garment, kind: str | None, hem: dict) -> None:
             g.extras.append(np.vstack([[(xl, y - .02)], scallop, [(xr, y - .02)]]))
             g.details.append(_Detail("line", scallop, None, "edge", .035))
             for x in np.arange(xl + .1, xr - .05, .16):
-                g.details.append(_Detail("line", np.array([(x, y - .36), (x + .02, y + .04)]), None, "shade", .025))
+                g.details.append(_Detail("line", np.array([(x, y - .41), (x + .02, y + .04)]), None, "shade", .025))
         elif kind == "fringe":
-            g.details.append(_Detail("line", np.array([(xl, y - .24), (xr, y - .24)]), None, "edge", .05))
+            g.details.append(_Detail("line", np.array([(xl, y - .3), (xr, y - .3)]), None, "edge", .05))
             for x in np.arange(xl + .03, xr, .075):
-                strand = np.array([(x, y - .24), (x + .01, y + .12)])
+                strand = np.array([(x, y - .3), (x + .01, y + .12)])
                 g.strands.append((strand, .03))
                 g.details.append(_Detail("line", strand, None, "band", .03))
         elif kind == "frayed":
-            g.details.append(_Detail("poly", _band_above(hem, seg, .16), "light"))
+            g.details.append(_Detail("poly", _band_above(hem, seg, .22), "light"))
             xs = np.arange(xl, xr + 1e-9, .04)
             zig = np.stack([xs, y - .03 + .06 * (np.arange(len(xs)) % 2)], axis=1)
             g.details.append(_Detail("line", zig, None, "thread", .035))
@@ -1183,7 +1184,7 @@ def _hem_finish(g: _Garment, kind: str | None, hem: dict) -> None:
                 g.strands.append((thread, .025))
                 g.details.append(_Detail("line", thread, None, "thread", .025))
         elif kind == "band":
-            g.details.append(_Detail("poly", _band_above(hem, seg, .22), "print", "edge", .02))
+            g.details.append(_Detail("poly", _band_above(hem, seg, .28), "print", "edge", .025))
 
 
 def _waist(g: _Garment, kind: str | None, waist: tuple, has_top: bool, hem: dict) -> None:
@@ -1192,24 +1193,24 @@ def _waist(g: _Garment, kind: str | None, waist: tuple, has_top: bool, hem: dict
     legs = hem["kind"] == "legs"
     if not has_top:
         if kind in (None, "loops", "belt") and legs:  # fly
-            g.details.append(_Detail("line", np.array([(.06, .2), (.08, .62), (0., .75)]), None, "shade", .025))
+            g.details.append(_Detail("line", np.array([(.06, .26), (.08, .66), (0., .78)]), None, "shade", .025))
         if kind in (None, "loops", "belt"):
-            g.details.append(_Detail("line", np.array([(-wx, .21), (wx, .21)]), None, "edge", .035))
+            g.details.append(_Detail("line", np.array([(-wx, .26), (wx, .26)]), None, "edge", .035))
         if kind == "loops":
-            g.details.append(_Detail("poly", _rect(-wx, 0., wx, .21), "shade", "edge", .02))
+            g.details.append(_Detail("poly", _rect(-wx, 0., wx, .26), "shade", "edge", .025))
             for x in (-.78 * wx, -.32 * wx, .32 * wx, .78 * wx):
-                g.details.append(_Detail("poly", _rect(x - .035, -.02, x + .035, .28), "edge"))
-            g.details.append(_Detail("dot", np.array([(0., .1)]), "metal", "edge", .075))
+                g.details.append(_Detail("poly", _rect(x - .04, -.02, x + .04, .33), "edge"))
+            g.details.append(_Detail("dot", np.array([(0., .13)]), "metal", "edge", .09))
         elif kind in ("elastic", "drawstring"):
-            g.details.append(_Detail("poly", _rect(-wx, 0., wx, .28), "band", "edge", .025))
-            _ribs(g, -wx, wx, 0., .28, .07)
+            g.details.append(_Detail("poly", _rect(-wx, 0., wx, .32), "band", "edge", .025))
+            _ribs(g, -wx, wx, 0., .32, .07)
             if kind == "drawstring":
                 _drawstrings(g, .14)
         elif kind == "belt":
-            _belt(g, wx, .11)
+            _belt(g, wx, .13)
         elif kind == "sash":
-            g.details.append(_Detail("poly", _rect(-wx, 0., wx, .26), "band", "edge", .02))
-            _bow(g, .35 * wx, .13, "band", .26)
+            g.details.append(_Detail("poly", _rect(-wx, 0., wx, .3), "band", "edge", .025))
+            _bow(g, .35 * wx, .15, "band", .28)
         elif kind == "wide":
             g.details.append(_Detail("poly", _rect(-wx, 0., wx, .45), "shade", "edge", .03))
         return
@@ -1221,16 +1222,16 @@ def _waist(g: _Garment, kind: str | None, waist: tuple, has_top: bool, hem: dict
         g.details.append(_Detail("poly", _rect(-wx - .03, wy - .14, wx + .03, wy + .14), "band", "edge", .02))
         _bow(g, .3 * wx, wy, "band", .28)
     elif kind in ("elastic", "drawstring"):
-        g.details.append(_Detail("poly", _rect(-wx - .02, wy - .13, wx + .02, wy + .13), "band", "edge", .02))
-        _ribs(g, -wx, wx, wy - .13, wy + .13, .07)
+        g.details.append(_Detail("poly", _rect(-wx - .02, wy - .15, wx + .02, wy + .15), "band", "edge", .025))
+        _ribs(g, -wx, wx, wy - .15, wy + .15, .07)
         if kind == "drawstring":
             _drawstrings(g, wy)
 
 
 def _belt(g: _Garment, wx: float, y: float) -> None:
     """A dark belt with a metal buckle centred at height y."""
-    g.details.append(_Detail("poly", _rect(-wx - .03, y - .09, wx + .03, y + .09), "belt", "edge", .015))
-    g.details.append(_Detail("poly", _rect(-.11, y - .13, .11, y + .13), None, "metal", .04))
+    g.details.append(_Detail("poly", _rect(-wx - .03, y - .1, wx + .03, y + .1), "belt", "edge", .02))
+    g.details.append(_Detail("poly", _rect(-.12, y - .14, .12, y + .14), None, "metal", .045))
 
 
 def _pockets(g: _Garment, spec: dict, p: dict, waist: tuple, has_top: bool, hem: dict) -> None:
@@ -1240,11 +1241,11 @@ def _pockets(g: _Garment, spec: dict, p: dict, waist: tuple, has_top: bool, hem:
         return
     wx, wy = waist
     if kind == "slant":
-        y0 = wy + (.1 if has_top else .21)
+        y0 = wy + (.1 if has_top else .26)
         slant = [(-wx * .55, y0), (-wx * .8, y0 + .28), (-hem["hb"] * .98, y0 + .45)]
         g.details += [_Detail("line", s, None, "edge", .035) for s in _both(slant)]
         if spec["fabric"] == "denim" and not has_top:
-            g.details.append(_Detail("poly", _rect(wx * .5, .26, wx * .74, .44), None, "stitch", .025))
+            g.details.append(_Detail("poly", _rect(wx * .5, .31, wx * .74, .49), None, "stitch", .025))
     elif kind == "kangaroo":
         y0, y1 = max(bottom - .8, p["ay"]), bottom - .25
         pocket = np.array([(-.55, y0), (.55, y0), (.72, y1), (-.72, y1)])
@@ -1264,7 +1265,7 @@ def _topstitch(g: _Garment, hem: dict, waist: tuple, has_top: bool) -> None:
     for xl, xr, y in _segments(hem):
         g.details.append(_Detail("line", np.array([(xl + .03, y - .1), (xr - .03, y - .1)]), None, "stitch", .03))
     if not has_top:
-        g.details.append(_Detail("line", np.array([(-waist[0], .25), (waist[0], .25)]), None, "stitch", .03))
+        g.details.append(_Detail("line", np.array([(-waist[0], .3), (waist[0], .3)]), None, "stitch", .03))
 
 
 def _graphic(g: _Garment, centre: np.ndarray, rng: np.random.Generator) -> None:
@@ -1446,12 +1447,18 @@ def _garment_mask(g: _Garment, view: _View, w: int, h: int) -> np.ndarray:
 
 def _paint_garment(canvas: np.ndarray, mask: np.ndarray, spec: dict, colors: np.ndarray,
                    view: _View, rng: np.random.Generator) -> None:
-    """Texture x fabric x soft fold shading, in garment coordinates so it follows the garment."""
+    """Texture x fabric x soft fold shading, in garment coordinates so it follows the garment.
+
+    The texture's ink colours are toned down a little towards the base colour, and the fourth colour
+    (the trim of the local parts) is not used, so that parts stand out from any pattern.
+    """
     tex_params, fab_params = _texture_params(rng), _texture_params(rng)
     phase = rng.uniform(0, 2 * math.pi, 2)
     ys, xs = np.nonzero(mask)
     u, v = view.invert(xs.astype(np.float32) + .5, ys.astype(np.float32) + .5)
-    rgb = _texture(spec["texture"], u, v, colors, tex_params)
+    inks = colors[:3].copy()
+    inks[1:] = inks[0] + .75 * (inks[1:] - inks[0])
+    rgb = _texture(spec["texture"], u, v, inks, tex_params)
     gain, alpha = _fabric(spec["fabric"], u, v, fab_params)
     shade = 1 + .07 * np.sin(1.3 * u + .7 * v + phase[0]) + .05 * np.sin(2.1 * v - .4 * u + phase[1])
     rgb = rgb * (gain * shade)[:, None]
@@ -1460,8 +1467,8 @@ def _paint_garment(canvas: np.ndarray, mask: np.ndarray, spec: dict, colors: np.
 
 
 def _detail_colors(colors: np.ndarray, rng: np.random.Generator) -> dict:
-    """Colour of each detail role, derived from the garment palette."""
-    c0, c1 = colors[0], colors[1]
+    """Colour of each detail role, derived from the garment colours (base, two inks, trim)."""
+    c0, c1 = colors[0], colors[3]
     lum = float(c0 @ np.array([.299, .587, .114]))
     edge = c0 * .45 if lum > 60 else np.minimum(c0 + 70, 255)
     belt = [np.array([25., 22, 20]), np.array([100., 60, 30]), np.array([190., 150, 100]), c1][
@@ -1597,7 +1604,7 @@ def render_image(plan: ImagePlan, seed: int, settings: dict | None = None) -> tu
     w, h = _sample_size(rng)
     garment = build_garment(spec, rng)
     view = _sample_view(garment, w, h, rng)
-    colors = _denim_colors(rng) if spec["fabric"] == "denim" else _palette_colors(spec["palette"], rng)
+    colors = _denim_colors(rng) if spec["fabric"] == "denim" else _palette_colors(spec["palette"], rng, 4)
     canvas = _background(w, h, rng)
     mask = _garment_mask(garment, view, w, h)
     _paint_garment(canvas, mask, spec, colors, view, rng)
