@@ -189,21 +189,21 @@ _STYLES: dict[str, _Style] = {
     # ---- upper body: one family of outlines; neckline, front, cuffs, hem and fabric tell them apart
     "Tee": _style(None, dict(sleeve={"short": .85, "long": .1, "none": .05},
                              fit={None: .6, "fitted": .2, "oversized": .2}, length={None: .8, "cropped": .2}),
-                  neck={"crew": .75, "v": .17, "scoop": .08}, cuff={None: .92, "rib": .05, "turnup": .03},
+                  neck={"crew": .85, "v": .1, "scoop": .05}, cuff={None: .92, "rib": .05, "turnup": .03},
                   hem={None: .95, "fringe": .03, "rib": .02}, front={None: .97, "placket": .03},
                   pockets={None: .9, "patch": .1}, graphic={None: .65, "graphic": .35},
                   fabric={None: .85, "knit": .05, "satin": .03, "lace": .03, "sheer": .04}),
     "Tank": _style(None, dict(sleeve={"none": .9, "short": .1}, fit={None: .6, "fitted": .3, "oversized": .1},
                               length={None: .75, "cropped": .25}, flare={None: .85, "flared": .15}),
-                   neck={"scoop": .65, "v": .2, "square": .1, "crew": .05},
+                   neck={"scoop": .8, "v": .12, "square": .05, "crew": .03},
                    hem={None: .8, "ruffle": .08, "fringe": .08, "frayed": .04},
                    graphic={None: .8, "graphic": .2},
                    fabric={None: .7, "knit": .1, "lace": .07, "satin": .07, "sheer": .06}),
     "Blouse": _style(None, dict(sleeve={"long": .55, "short": .35, "none": .1},
                                 fit={None: .6, "oversized": .25, "fitted": .15},
                                 length={None: .8, "cropped": .1, "long": .1}, flare={None: .65, "flared": .35}),
-                     neck={"tie": .45, "v": .25, "collar": .15, "square": .1, "scoop": .05},
-                     cuff={"bell": .45, None: .35, "button": .2}, hem={None: .75, "ruffle": .25},
+                     neck={"tie": .55, "v": .2, "collar": .15, "square": .05, "scoop": .05},
+                     cuff={"bell": .55, None: .25, "button": .2}, hem={None: .75, "ruffle": .25},
                      front={None: .7, "buttons": .3},
                      fabric={None: .3, "sheer": .25, "satin": .25, "lace": .2}, graphic={None: 1}),
     "Button-Down": _style(None, dict(sleeve={"long": .8, "short": .2}, length={"long": .5, None: .5},
@@ -226,7 +226,7 @@ _STYLES: dict[str, _Style] = {
     "Sweater": _style(None, dict(sleeve={"long": .95, "short": .05},
                                  fit={None: .5, "oversized": .35, "fitted": .15}, length={None: .8, "cropped": .2}),
                       neck={"crew": .6, "v": .3, "turtle": .05, "collar": .05}, front={None: .9, "buttons": .1},
-                      cuff={"rib": .85, None: .15}, hem={"rib": .85, None: .1, "fringe": .05},
+                      cuff={"rib": .9, None: .1}, hem={"rib": .9, None: .07, "fringe": .03},
                       fabric={"knit": .8, None: .2}, graphic={None: .9, "graphic": .1}),
     "Cardigan": _style(None, dict(sleeve={"long": .9, "short": .1}, fit={None: .6, "oversized": .3, "fitted": .1},
                                   length={"long": .4, None: .5, "cropped": .1}),
@@ -255,8 +255,8 @@ _STYLES: dict[str, _Style] = {
     "Top": _style(None, dict(sleeve={"none": .4, "short": .4, "long": .2},
                              fit={None: .5, "fitted": .3, "oversized": .2}, length={"cropped": .4, None: .6},
                              flare={None: .7, "flared": .3}, drop={None: .8, "drop": .2}),
-                  neck={"square": .35, "scoop": .2, "v": .2, "tie": .15, "crew": .1},
-                  cuff={None: .6, "bell": .35, "button": .05}, hem={"ruffle": .35, None: .55, "fringe": .1},
+                  neck={"square": .5, "scoop": .15, "v": .15, "tie": .1, "crew": .1},
+                  cuff={None: .6, "bell": .35, "button": .05}, hem={"ruffle": .45, None: .45, "fringe": .1},
                   fabric={None: .5, "lace": .15, "satin": .15, "sheer": .2}, graphic={None: .9, "graphic": .1}),
     # ---- lower body: trousers and shorts share outlines; waistband, leg ends and fabric tell them apart
     "Shorts": _style("legs", dict(length={"short": 1}, leg={"straight": .5, "wide": .5},
@@ -672,7 +672,7 @@ def _rotate(u: np.ndarray, v: np.ndarray, angle: float) -> tuple[np.ndarray, np.
 
 def _texture_params(rng: np.random.Generator) -> dict:
     """Random period/orientation/phase of a texture, in garment units."""
-    return dict(period=rng.uniform(.17, .32), angle=(0. if rng.random() < .6 else math.pi / 2)
+    return dict(period=rng.uniform(.24, .4), angle=(0. if rng.random() < .6 else math.pi / 2)
                 + rng.uniform(-.15, .15), phase=rng.random(), duty=rng.uniform(.35, .55),
                 salt=int(rng.integers(1 << 20)), radius=rng.uniform(.18, .3))
 
@@ -752,8 +752,8 @@ def _fabric(name: str | None, u, v, params: dict) -> tuple[np.ndarray, np.ndarra
     one = np.ones(len(u), dtype=np.float32)
     a, b = _rotate(u, v, params["angle"])
     if name == "knit":  # cable-knit columns with chevron rows, coarse enough to survive a 64 px crop
-        column = np.mod(u / 0.16, 1.0)
-        cable = np.mod(v / 0.13 + 1.6 * np.abs(column - 0.5), 1.0) < 0.5
+        column = np.mod(u / 0.26, 1.0)
+        cable = np.mod(v / 0.2 + 1.6 * np.abs(column - 0.5), 1.0) < 0.5
         return np.where(np.abs(column - 0.5) > 0.4, 0.62, np.where(cable, 1.08, 0.86)), one
     if name == "denim":  # indigo colours (see _denim_colors), diagonal twill and fading whiskers
         twill = np.mod((u + v) / 0.09, 1.0) < 0.5
@@ -1033,7 +1033,7 @@ def _neck(g: _Garment, neck: str | None, p: dict, bottom: float) -> float:
         edge = [(-nw - .02, 0.), (-.1, depth), (-.1, bottom - .03)]
         g.details += [_Detail("line", s, None, "band", .2) for s in _both(edge)]
     elif neck == "tie":
-        _bow(g, 0., .24, "print", .34)
+        _bow(g, 0., .24, "band", .36)
     elif neck == "stand":
         band = _rect(-nw - .03, -.1, nw + .03, .07)
         g.extras.append(band)
@@ -1457,7 +1457,7 @@ def _paint_garment(canvas: np.ndarray, mask: np.ndarray, spec: dict, colors: np.
     ys, xs = np.nonzero(mask)
     u, v = view.invert(xs.astype(np.float32) + .5, ys.astype(np.float32) + .5)
     inks = colors[:3].copy()
-    inks[1:] = inks[0] + .75 * (inks[1:] - inks[0])
+    inks[1:] = inks[0] + .6 * (inks[1:] - inks[0])
     rgb = _texture(spec["texture"], u, v, inks, tex_params)
     gain, alpha = _fabric(spec["fabric"], u, v, fab_params)
     shade = 1 + .07 * np.sin(1.3 * u + .7 * v + phase[0]) + .05 * np.sin(2.1 * v - .4 * u + phase[1])
