@@ -148,8 +148,9 @@ class Plan:
 
     def later_specs(self, chosen: dict) -> list[RunSpec]:
         """Seeds, learning-curve and dial runs, given the chosen setting of every model."""
-        specs = [self.spec("seeds", self.seeds["data"], m, chosen[m], s)
-                 for m, n in self.seeds["models"].items() for s in range(int(n))]
+        counts = {m: int(n) for m, n in self.seeds["models"].items()}
+        specs = [self.spec("seeds", self.seeds["data"], m, chosen[m], s)       # seed by seed: pairs complete early
+                 for s in range(max(counts.values(), default=0)) for m, n in counts.items() if s < n]
         lc = self.learning_curve
         specs += [self.spec("learning_curve", lc["data"], m, chosen[m], s, f)
                   for f in lc.get("fractions", ()) for m in lc["models"] for s in range(int(lc["seeds"]))]
