@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from vfu_nb.annotations import load_annotations
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -58,11 +60,11 @@ def test_dry_run_records_every_stage_and_checks_training_resume_and_predict(dry_
     env = json.loads((out / "1_environment.json").read_text())
     assert env["cuda_available"] is False and env["torch"] and env["cpu_count"] >= 1 and env["devices"] == []
     tree = json.loads((out / "2_synthetic_tree.json").read_text())
-    assert tree["images"] == 60 and tree["splits"] == {"train": 42, "val": 9, "test": 9}
+    assert tree["images"] == 86 and tree["splits"] == {"train": 61, "val": 13, "test": 12}
 
     train = json.loads((out / "6_train_resume_predict.json").read_text())
     assert train["checks"] == {k: True for k in train["checks"]} and len(train["checks"]) == 9
-    assert train["train_images"] == 42 and train["steps_after_2_epochs"] == 12      # 5 x 8 + 2 per epoch
+    assert train["train_images"] == 61 and train["steps_after_2_epochs"] == 16      # 7 x 8 + 5: 8 steps per epoch
     assert train["resolved"]["bf16"] is True and train["resolved"]["channels_last"] is True
     assert train["predict"]["precision"] == {"bf16": True, "channels_last": True}   # as the trainer evaluated
     compared = train["predict"]["predict"]["metrics"]
@@ -145,7 +147,8 @@ def test_bench_stages_read_the_bench_results_on_the_cpu(dry_run, tmp_path):
     ctx = gc.Context(argparse.Namespace(dry_run=True, out=str(tmp_path), work=work, stage="4a_bench_train_eager"))
     gc.run_bench(ctx, [("cat", (2,), "loader")], None)
     (row,) = ctx.result["rows"]
-    assert (row["model"], row["batch_size"], row["inputs"], row["attributes"]) == ("cat", 2, "loader", 40)
+    attributes = len(load_annotations(Path(work) / "tree").attribute_names)      # the tree's vocabulary
+    assert (row["model"], row["batch_size"], row["inputs"], row["attributes"]) == ("cat", 2, "loader", attributes)
     assert row["img_s"] > 0 and row["batch_loader_img_s"] > 0 and row["batch_loader_vs_random"] > 0
     assert json.loads((tmp_path / "bench" / "4a_bench_train_eager_cat_b2_loader.json").read_text())["runs"]
     ctx = gc.Context(argparse.Namespace(dry_run=True, out=str(tmp_path), work=work, stage="5_bench_data"))
