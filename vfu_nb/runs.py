@@ -349,6 +349,16 @@ class Predictions:
         return acc.compute()
 
 
+def check_vocabulary(model: torch.nn.Module, annotations, run_dir, data_root) -> None:
+    """Raise a ValueError naming both when the run's heads do not match the tree's vocabulary (a regenerated tree)."""
+    heads = {"categories": model.config.num_categories, "attributes": model.config.num_attributes}
+    tree = {"categories": len(annotations.category_names), "attributes": len(annotations.attribute_names)}
+    if heads != tree:
+        raise ValueError(f"{run_dir} was trained for {heads['categories']} categories and {heads['attributes']} "
+                         f"attributes, but {data_root} now has {tree['categories']} and {tree['attributes']}: the "
+                         f"tree changed since this run (regenerated?); retrain, or move the run away")
+
+
 @torch.no_grad()
 def predict(run_dir, split: str = "test", which: str = "best", device: str = "cpu", batch_size: Optional[int] = None,
             keep_maps: Sequence[int] = (), model: Optional[torch.nn.Module] = None) -> Predictions:
@@ -372,6 +382,7 @@ def predict(run_dir, split: str = "test", which: str = "best", device: str = "cp
         model = model.to(memory_format=torch.channels_last)
     batch_size = batch_size or config.get("eval_batch_size") or 4 * int(config.get("batch_size", 8))
     ds = dataset_for(run_dir, split)
+    check_vocabulary(model, ds.annotations, run_dir, config["data_root"])
     keep = set(int(k) for k in keep_maps)
     parts: dict = {k: [] for k in ("index", "category", "category_logits", "attributes", "attributes_known",
                                    "attribute_scores", "landmarks", "visibility", "landmarks_pred")}
