@@ -2,6 +2,8 @@
 
 import json
 import math
+import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -184,3 +186,16 @@ def test_readme_block_before_results_shows_the_setting_from_the_plan(plan):
 def test_the_committed_readme_matches_the_committed_results():
     """README's results section is what results/study.json (or results/plan.yaml before it) renders to."""
     assert study.readme_matches(), "run: python -m vfu_nb.study readme"
+
+
+def test_exported_results_are_not_git_ignored():
+    """results/ is committed data: the ignore rules for run directories must not reach results/runs/."""
+    repo = Path(__file__).resolve().parents[1]
+    if not (repo / ".git").exists():
+        pytest.skip("not a git checkout")
+    paths = ["results/runs/default/mtl/vgg16_lr0.001_f1/seed0/metrics.json", "results/labels/default.npz",
+             "results/study.json"]
+    ignored = subprocess.run(["git", "check-ignore", "--no-index", *paths], cwd=repo, capture_output=True, text=True)
+    assert ignored.stdout == "", f"git ignores committed results: {ignored.stdout}"
+    for path in ("runs/study/default/mtl/x/checkpoints/best.pt", "data/synthetic/Anno/list_bbox.txt"):
+        assert subprocess.run(["git", "check-ignore", "-q", "--no-index", path], cwd=repo).returncode == 0, path
