@@ -192,6 +192,13 @@ def test_print_config_is_yaml_that_loads_back(tmp_path, capsys):
                                 device="cpu")
 
 
+def test_the_default_run_dir_is_named_after_the_model():
+    """Without --run-dir a CAT run goes to runs/cat, never into runs/mtl."""
+    assert parse(["--model", "cat"]).run_dir == "runs/cat" and parse([]).run_dir == "runs/mtl"
+    assert parse(["--model", "cat", "--run-dir", "r/x"]).run_dir == "r/x"
+    assert TrainConfig(model="mtl_pool").run_dir == "runs/mtl_pool"
+
+
 def test_bad_values_name_the_option(capsys):
     for kw, flag in [({"train_fraction": 0.0}, "--train-fraction"), ({"lr_schedule": "linear"}, "--lr-schedule"),
                      ({"sync_every": 0}, "--sync-every"), ({"batch_size": 0}, "--batch-size")]:

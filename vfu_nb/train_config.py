@@ -52,8 +52,8 @@ class TrainConfig:
     # --- run
     model: str = setting("mtl", "network: mtl | cat | mtl_no_landmarks | mtl_pool | mtl_bi (vfu_nb.models)",
                          group="run")
-    run_dir: str = setting("runs/mtl", "output folder; a folder that already holds a run is only continued "
-                           "with --resume", group="run")
+    run_dir: str = setting("", "output folder (empty: runs/<model>); a folder that already holds a run is only "
+                           "continued with --resume", group="run")
     resume: bool = setting(False, "continue the run in --run-dir from checkpoints/last.pt (same settings "
                            "except the resume-safe ones)", group="run")
     epochs: int = setting(10, "number of epochs (thesis: 10)", group="run")
@@ -142,6 +142,7 @@ class TrainConfig:
     tensorboard: bool = setting(False, "write TensorBoard events to <run_dir>/tensorboard", group="logging")
 
     def __post_init__(self):
+        self.run_dir = self.run_dir or f"runs/{self.model}"
         if isinstance(self.loss_weights, Mapping):
             self.loss_weights = LossWeights(**self.loss_weights)
         check_ranges(self)
