@@ -247,3 +247,11 @@ def test_predict_refuses_a_tree_whose_vocabulary_changed_since_training(tiny_run
     with pytest.raises(ValueError, match=rf"mtl was trained for {categories} categories and {attributes - 11} "
                                          rf"attributes, but .* now has {categories} and {attributes}: the tree changed"):
         runs.predict(tiny_run, model=stale)
+
+
+def test_a_run_whose_best_epoch_is_its_last_is_flagged_not_converged():
+    assert runs.selection_note({"best_epoch": 7, "epochs_run": 11, "early_stopped": True}) == "best val epoch 7 of 11"
+    assert runs.selection_note({"best_epoch": 9, "epochs_run": 10, "early_stopped": False}) == "best val epoch 9 of 10"
+    assert runs.selection_note({"best_epoch": 10, "epochs_run": 10, "early_stopped": False}) == \
+        "best val epoch 10 of 10, not converged"
+    assert not runs.converged({"best_epoch": 10, "epochs_run": 10}) and runs.converged({"best_epoch": 3, "epochs_run": 10})

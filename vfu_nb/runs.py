@@ -227,6 +227,17 @@ class Run:
         return self.metrics.get("best_epoch")
 
 
+def converged(metrics: Mapping) -> bool:
+    """False when a run's best val epoch is its last epoch and no early stop ended it (it was still improving)."""
+    return bool(metrics.get("early_stopped")) or metrics.get("best_epoch") != metrics.get("epochs_run")
+
+
+def selection_note(metrics: Mapping) -> str:
+    """"best val epoch 7 of 11", with ", not converged" when :func:`converged` is False (a run's metrics.json)."""
+    note = f"best val epoch {metrics.get('best_epoch')} of {metrics.get('epochs_run')}"
+    return note if converged(metrics) else note + ", not converged"
+
+
 def load_run(run_dir) -> Run:
     """Config, history and metrics of the finished run in ``run_dir``."""
     run_dir = resolve(run_dir)

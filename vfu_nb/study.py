@@ -45,6 +45,7 @@ import numpy as np
 
 from vfu_nb import stats
 from vfu_nb.metrics import jsonable
+from vfu_nb.runs import converged
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_PLAN = REPO / "results" / "plan.yaml"
@@ -197,11 +198,6 @@ def choose_settings(plan: Plan) -> tuple[dict, list]:
         if best is None or (math.isfinite(score) and not score <= best[1]):
             chosen[spec.model] = (setting, score)
     return {m: s for m, (s, _) in chosen.items()}, rows
-
-
-def converged(metrics: dict) -> bool:
-    """False when the best val epoch is the last epoch run without an early stop (still improving)."""
-    return bool(metrics.get("early_stopped")) or metrics.get("best_epoch") != metrics.get("epochs_run")
 
 
 def compact_history(history: dict, max_points: int = 200, digits: int = 6) -> dict:
