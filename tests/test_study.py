@@ -199,3 +199,22 @@ def test_exported_results_are_not_git_ignored():
     assert ignored.stdout == "", f"git ignores committed results: {ignored.stdout}"
     for path in ("runs/study/default/mtl/x/checkpoints/best.pt", "data/synthetic/Anno/list_bbox.txt"):
         assert subprocess.run(["git", "check-ignore", "-q", "--no-index", path], cwd=repo).returncode == 0, path
+
+
+def test_make_run_trains_with_the_studys_recipe_and_chosen_settings():
+    """profiles/default.yaml (make run) = results/plan.yaml's base recipe, with each model's setting that the
+    committed study's tuning chose on val (once the tuning is complete); only the epoch cap may be lower."""
+    from vfu_nb import pipeline
+
+    repo = Path(__file__).resolve().parents[1]
+    plan = Plan.load(repo / "results" / "plan.yaml")
+    profile = pipeline.load_profile("default")
+    for step, model in (("02_train_mtl", "mtl"), ("02_train_cat", "cat")):
+        train = {name: value for target, name, value, _ in profile["overrides"] if target in ("02_train", step)}
+        for key in ("image_size", "width", "batch_size", "lr_schedule", "lr_gamma", "patience", "threads"):
+            assert train[key] == plan.base[key], (step, key)
+        assert train["epochs"] <= plan.base["epochs"]
+        summary = repo / "results" / "study.json"
+        chosen = json.loads(summary.read_text()).get("chosen") if summary.exists() else None
+        if chosen:
+            assert {k: train[k] for k in chosen[model]} == chosen[model], (step, chosen[model])
