@@ -218,3 +218,13 @@ def test_make_run_trains_with_the_studys_recipe_and_chosen_settings():
         chosen = json.loads(summary.read_text()).get("chosen") if summary.exists() else None
         if chosen:
             assert {k: train[k] for k in chosen[model]} == chosen[model], (step, chosen[model])
+
+
+def test_exported_configs_hold_paths_relative_to_the_repository():
+    inside = str(study.REPO / "data" / "synthetic")
+    config = {"model": "mtl", "run_dir": str(study.REPO / "runs/study/x"), "data_root": inside,
+              "cache_dir": "/elsewhere/cache", "lr": 0.001}
+    assert study.portable_config(config) == {"model": "mtl", "run_dir": "runs/study/x", "data_root": "data/synthetic",
+                                             "cache_dir": "/elsewhere/cache", "lr": 0.001}
+    for path in (study.REPO / "results" / "runs").glob("**/config.json"):        # the committed exports
+        assert study.portable_config(json.loads(path.read_text())) == json.loads(path.read_text()), path

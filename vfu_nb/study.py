@@ -225,13 +225,24 @@ def compact_history(history: dict, max_points: int = 200, digits: int = 6) -> di
     return rnd({"batches": compact, "batch_window": window, "epochs": history.get("epochs", [])})
 
 
+def portable_config(config: dict) -> dict:
+    """A run's config.json with the paths inside the repository made relative to it (results/ is shared)."""
+    def rel(value):
+        path = Path(value)
+        return str(path.relative_to(REPO)) if path.is_absolute() and path.is_relative_to(REPO) else value
+
+    return {k: rel(v) if k in ("run_dir", "data_root", "cache_dir") and isinstance(v, str) else v
+            for k, v in config.items()}
+
+
 def export_run(plan: Plan, spec: RunSpec) -> Path:
     """Copy a finished run's small files into ``results/runs/<key>/`` and write its test predictions."""
     from vfu_nb import runs
 
     src, dest = plan.runs_dir / spec.key, plan.results_dir / "runs" / spec.key
     dest.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(src / "config.json", dest / "config.json")
+    config = portable_config(json.loads((src / "config.json").read_text()))
+    (dest / "config.json").write_text(json.dumps(config, indent=1) + "\n")
     history = json.loads((src / "history.json").read_text())
     (dest / "history.json").write_text(json.dumps(jsonable(compact_history(history)), separators=(",", ":")) + "\n")
     pred = runs.predict(src, "test")
