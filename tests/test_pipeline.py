@@ -47,8 +47,10 @@ def test_default_profile_trains_both_models_with_the_make_run_settings(tmp_path)
     for model in ("mtl", "cat"):
         p = pipeline.parameters("default", f"02_train_{model}", run_dir=tmp_path)
         assert p == {"out_dir": str(tmp_path / f"02_train_{model}"), "figures_dir": "figures", "progress": False,
-                     "epochs": 10, "batch_size": 8, "lr": 1e-4, "image_size": 64, "width": 0.25, "max_items": None,
-                     "model": model}
+                     "backbone": "vgg16_bn", "lr": 1e-3, "lr_schedule": "exp", "lr_gamma": 0.9, "epochs": 20,
+                     "patience": 4, "batch_size": 8, "image_size": 64, "width": 0.25, "threads": 1,
+                     "max_items": None, "model": model}
+    assert pipeline.load_profile("default")["together"] == [["02_train_mtl", "02_train_cat"]]
     p = pipeline.parameters("default", "03_compare_mtl_cat", run_dir=tmp_path)
     assert p == {"out_dir": str(tmp_path / "03_compare_mtl_cat"), "figures_dir": "figures",
                  "mtl_run": str(tmp_path / "02_train_mtl" / "run"), "cat_run": str(tmp_path / "02_train_cat" / "run")}
@@ -68,7 +70,7 @@ def test_p_goes_to_every_notebook_that_declares_the_name_or_to_one_step(tmp_path
     cat = pipeline.parameters("default", "02_train_cat", given, tmp_path)
     compare = pipeline.parameters("default", "03_compare_mtl_cat", given, tmp_path)
     explore = pipeline.parameters("default", "01_explore_data", given, tmp_path)
-    assert (mtl["device"], mtl["epochs"], mtl["lr"], mtl["seed"]) == ("cuda", 3, 1e-4, 7)
+    assert (mtl["device"], mtl["epochs"], mtl["lr"], mtl["seed"]) == ("cuda", 3, 1e-3, 7)
     assert (cat["device"], cat["epochs"], cat["lr"], cat["seed"]) == ("cuda", 3, 0.01, 7)
     assert compare["device"] == "cuda" and "epochs" not in compare
     assert "device" not in explore
