@@ -202,6 +202,8 @@ def _parse_label_chunk(buf: np.ndarray):
     name_end = np.array([raw.find(b" ", s, e) % (len(raw) + 1) for s, e in zip(starts, ends)])
     if np.any((name_end < starts) | (name_end >= ends)):
         return None
+    if any(min(raw[s:e], default=0) <= 32 for s, e in zip(starts, name_end)):   # a tab or CR ends the name
+        return None
     region = np.zeros(buf.size + 1, dtype=np.int8)         # 1 inside the value part of each line
     np.add.at(region, name_end, 1)
     np.add.at(region, ends, -1)
