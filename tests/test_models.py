@@ -1,5 +1,7 @@
 """Fast CPU tests for vfu_nb.models (whole file well under a minute on 2 cores)."""
 
+import warnings
+
 import pytest
 import torch
 import torch.nn as nn
@@ -427,3 +429,121 @@ def test_truncated_pretrained_file_gives_one_clear_line(tmp_path):
     assert "\n" not in message and str(path) in message and "truncated or corrupt" in message
     assert "https://download.pytorch.org/models/vgg16-397923af.pth" in message
     assert err.value.__cause__ is None and err.value.__suppress_context__          # no raw zip-reader traceback
+
+
+# ---------------------------------------------------------------------------------------------------------
+# What each network feeds its categorization branch, checked numerically
+
+
+def _categorization_input(model, images):
+    seen = {}
+    model.categorization.register_forward_pre_hook(lambda m, args: seen.update(x=args[0].detach().clone()))
+    with torch.no_grad():
+        out = model(images)
+    return out, seen["x"]
+
+
+@pytest.mark.parametrize("name", ["mtl", "mtl_no_landmarks", "mtl_bi"])
+def test_attention_is_applied_as_one_plus_a_times_f(name):
+    model = small(name, image_size=32, width=0.125)
+    with torch.no_grad():                                     # a non-trivial attention map (init gives A ~ 0)
+        model.attention.net[2].bias.normal_(0, 0.5, generator=torch.Generator().manual_seed(0))
+    out, x = _categorization_input(model, fake_batch(1, 32)["image"])
+    a, f = out["attention"], out["features"]
+    assert a.shape == f.shape and a.abs().max() > 0.1 and (a.abs() < 1).all()       # tanh output
+    torch.testing.assert_close(x, (1 + a) * f, rtol=0, atol=1e-6)
+    assert not torch.allclose(x, a * f, atol=1e-3) and not torch.allclose(x, f + a, atol=1e-3)
+
+
+def test_cat_feeds_the_features_unchanged():
+    model = small("cat", image_size=32, width=0.125)
+    out, x = _categorization_input(model, fake_batch(1, 32)["image"])
+    assert torch.equal(x, out["features"])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Landmark pooling in both directions, the feedback path, summaries, checkpoints
+
+
+def test_landmark_pooling_window_extends_one_cell_each_way_in_y_too():
+    pool = LandmarkPooling()
+    assert pool.gate_scale.shape == (8,) and pool.window == 3 and pool.offsets.shape == (9, 2)
+    feats = torch.zeros(1, 1, 8, 16)                          # h=8, w=16: x and y steps differ
+    feats[0, 0, 5, 3] = 1.0
+    heat = torch.ones(1, 8, 64, 128)
+    coords = torch.zeros(1, 8, 2)
+    coords[0, :, 0] = 3.5 / 16
+    coords[0, :, 1] = torch.tensor([5.5, 4.5, 6.5, 3.5, 7.5, 5.5, 5.5, 5.5]) / 8   # 0, -1, +1, -2, +2 cells in y
+    coords[0, 5:, 0] = torch.tensor([2.5, 4.5, 5.5]) / 16                          # -1, +1, +2 cells in x
+    pooled, gate = pool(feats, heat, coords)
+    hit = (pooled[0, :, 0] > 0).tolist()
+    assert hit == [True, True, True, False, False, True, True, False]
+    assert "offsets" not in pool.state_dict()                 # a constant, not a weight to save
+
+
+def test_model_construction_and_forward_warn_about_nothing():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for name in ("mtl_pool", "mtl_bi"):
+            small(name, image_size=32, width=0.125)(fake_batch(1, 32)["image"])
+
+
+def test_mtl_bi_second_pass_adds_the_feedback():
+    model = small("mtl_bi", image_size=32, width=0.125)
+    with torch.no_grad():
+        model.feedback.weight.normal_(0, 0.1, generator=torch.Generator().manual_seed(1))
+        model.feedback.bias.fill_(0.3)
+        images = fake_batch(1, 32)["image"]
+        out = model(images)
+        conv5 = {}
+        model.categorization.register_forward_hook(lambda m, a, o: conv5.update(x=o[2]))
+        model(images)
+        mid = model.landmarks.encode(out["features"])
+        want = model.landmarks.decode(mid + model.feedback(conv5["x"].mean(dim=(2, 3)))[:, :, None, None])
+    torch.testing.assert_close(out["landmark_heatmaps"], want)
+    assert not torch.allclose(out["landmark_heatmaps"], out["landmark_heatmaps_first"])
+
+
+def test_hidden_sizes_follow_width_with_a_floor():
+    wide = build_model("mtl_pool", config=ModelConfig(C, 7, image_size=32, width=1.0))
+    thin = build_model("mtl_pool", config=ModelConfig(C, 7, image_size=32, width=1 / 32))
+    assert wide.local[0].out_features == wide.categorization.hidden == 1024
+    assert thin.local[0].out_features == thin.categorization.hidden == 64
+
+
+def test_parameter_summary_counts_each_part_and_own_parameters():
+    model = small("mtl_pool", image_size=32, width=0.125)
+    summary = parameter_summary(model)
+    assert list(summary) == ["backbone", "landmarks", "pooling", "local", "categorization", "total"]
+    assert summary["pooling"] == 16 and summary["total"] == sum(p.numel() for p in model.parameters())
+    assert sum(v for k, v in summary.items() if k != "total") == summary["total"]
+    assert parameter_summary(LandmarkPooling(4)) == {"(own)": 8, "total": 8}
+    for p in model.backbone.parameters():
+        p.requires_grad_(False)
+    assert count_parameters(model, trainable_only=True) == summary["total"] - summary["backbone"]
+
+
+def test_checkpoint_errors_give_the_reason_in_one_line(tmp_path, monkeypatch):
+    from vfu_nb.models import read_vgg_checkpoint
+    path = tmp_path / "weights.pth"
+    path.write_bytes(b"")
+    for error, reason in ((EOFError("Ran out of input. More detail\nsecond line"), "EOFError: Ran out of input"),
+                          (ValueError(""), "ValueError"), (OSError("disk\ngone"), "OSError: disk")):
+        def fail(*args, _error=error, **kwargs):
+            raise _error
+        monkeypatch.setattr(torch, "load", fail)
+        with pytest.raises(RuntimeError) as err:
+            read_vgg_checkpoint(path)
+        assert str(err.value).startswith(f"pretrained VGG weights {path} are truncated or corrupt ({reason}); ")
+        assert "torchvision's vgg16-397923af.pth" in str(err.value)
+
+
+def test_a_checkpoint_that_is_not_plain_weights_is_refused(tmp_path):
+    import argparse
+    from vfu_nb.models import read_vgg_checkpoint
+    path = tmp_path / "weights.pth"
+    torch.save({"features.0.weight": torch.zeros(1), "args": argparse.Namespace(lr=1)}, path)
+    with pytest.raises(RuntimeError, match="truncated or corrupt"):
+        read_vgg_checkpoint(path)
+    torch.save({"state_dict": {"features.0.weight": torch.ones(2)}, "epoch": 3}, path)
+    assert read_vgg_checkpoint(path).keys() == {"features.0.weight"}
