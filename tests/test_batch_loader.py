@@ -21,7 +21,7 @@ SIZE = 16
 def synth(tmp_path_factory):
     from vfu_nb.synthetic import generate
     root = tmp_path_factory.mktemp("synth") / "tree"
-    generate(root, 40, seed=3, workers=1, progress=False)
+    generate(root, 90, seed=3, workers=1, progress=False)
     return root
 
 
@@ -58,7 +58,7 @@ def test_batches_equal_dataloader_collation(synth, tmp_path, prefetch):
 def test_skipped_images_keep_items_and_cache_rows_aligned(tmp_path):
     from vfu_nb.synthetic import generate
     root = tmp_path / "tree"
-    generate(root, 20, seed=5, workers=1, progress=False)
+    generate(root, 81, seed=5, workers=1, progress=False)
     first = DeepFashionC(root, "train", image_size=SIZE, progress=False)
     (root / first.annotations.image_names[first.rows[1]]).write_bytes(b"broken")
     with pytest.warns(UserWarning, match="skipped 1 bad image"):

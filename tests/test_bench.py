@@ -6,13 +6,14 @@ import pytest
 import torch
 
 from vfu_nb import bench
+from vfu_nb.data import DeepFashionC, load_annotations
 
 
 @pytest.fixture(scope="module")
 def tree(tmp_path_factory):
     from vfu_nb.synthetic import generate
     root = tmp_path_factory.mktemp("bench") / "tree"
-    generate(root, 30, seed=0, workers=1, progress=False)
+    generate(root, 90, seed=0, workers=1, progress=False)
     return root
 
 
@@ -26,7 +27,7 @@ def test_parse_benchmark_round_trips_a_generated_set(tmp_path, capsys):
 def test_data_benchmark_reports_every_path_side_by_side(tree, tmp_path, capsys):
     result = bench.main(["data", "--root", str(tree), "--image-size", "16", "--batch-size", "4", "--workers", "1",
                          "--repeats", "2", "--seconds", "0", "--min-batches", "1", "--cache-dir", str(tmp_path)])
-    assert result["images"] == 21            # 14 of every 20 synthetic images are train
+    assert result["images"] == len(DeepFashionC(tree, "train", image_size=16))     # the train split
     paths = {p["path"]: p for p in result["paths"]}
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     expected = [f"{name} per item, DataLoader, {w} workers"
@@ -50,13 +51,13 @@ def test_train_benchmark_runs_each_batch_size_and_the_batch_loader(tree, tmp_pat
                          "--device", "cpu", "--peak-tflops", "1", "--cache-images", "8", "--batch-loader", "--root", str(tree),
                          "--cache-dir", str(tmp_path), "--augment", "--json", str(tmp_path / "t.json")])
     assert result["train_gflop_per_image"] > 0 and result["parameters"] > 0 and result["compile"] is None
-    assert result["num_attributes"] == 40                     # from the tree, not the default 1000
+    assert result["num_attributes"] == len(load_annotations(tree).attribute_names) != 1000   # from the tree
     assert [run["batch_size"] for run in result["runs"]] == [2, 3]
     for run in result["runs"]:
         assert run["img_s"] > 0 and len(run["window_img_s"]) == 2 and run["host_syncs_per_step"] is None
         assert run["fraction_of_peak"] > 0 and run["cache"]["img_s"] > 0 and run["cache"]["gather_img_s"] > 0
         loader = run["batch_loader"]
-        assert loader["img_s"] > 0 and loader["loader_img_s"] > 0 and loader["augment"] and loader["images"] == 21
+        assert loader["img_s"] > 0 and loader["loader_img_s"] > 0 and loader["augment"] and loader["images"] == len(DeepFashionC(tree, "train", image_size=16))
     assert json.loads((tmp_path / "t.json").read_text())["runs"][1]["batch_size"] == 3
     out = capsys.readouterr().out
     assert "batch 2" in out and "batch 3" in out and "batch loader img/s" in out

@@ -13,9 +13,9 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
-from test_curves import make_history  # noqa: E402
+from test_curves import BASELINES, _references, make_history  # noqa: E402
 from vfu_nb.plots import compare  # noqa: E402
-from vfu_nb.metrics import attribute_topk_recall  # noqa: E402
+from vfu_nb.metrics import EvalAccumulator, attribute_topk_recall  # noqa: E402
 
 
 def test_the_thesis_relative_improvements_are_reproduced():
@@ -144,3 +144,121 @@ def test_comparison_sentence_is_computed():
     assert "tie" in compare.comparison_sentence(0.5, 0.5)
     assert "CAT is better" in compare.comparison_sentence(0.3, 0.2, "landmark NE", higher_is_better=False)
     assert "missing" in compare.comparison_sentence(float("nan"), 0.5)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Attribute mAP and baselines
+
+
+def test_metric_curves_draw_the_baselines_of_the_metric():
+    mtl = make_history([0.3, 0.7, 0.6], [0.35, 0.50, 0.60])
+    cat = make_history([0.5, 0.4, 0.3], [0.40, 0.45, 0.30])
+    ax = compare.plot_metric_curves({"mtl": mtl, "cat": cat}, "category_top3", baselines=BASELINES).axes[0]
+    assert _references(ax) == {"class prior: 0.300": 0.30,
+                               "geometry only (k-NN on true landmarks, k = 45): 0.550": 0.55}
+    assert "class prior: 0.300" in [t.get_text() for t in ax.get_legend().get_texts()]
+    ax = compare.plot_metric_curves({"mtl": mtl, "cat": cat}, "attr_map_all", baselines=BASELINES).axes[0]
+    assert {line.get_label(): line for line in ax.get_lines()}["MTL (test)"].get_ydata().tolist() == \
+        pytest.approx([0.20, 0.23, 0.26])
+    assert _references(ax) == {"attribute prior given the true category: 0.410": 0.41}
+    plt.close("all")
+
+
+def test_table_3_2_has_map_and_baseline_rows_between_ours_and_the_published():
+    ours = {"MTL": {"category_top3": 0.7, "attr_map_all": 0.5}, "CAT": {"category_top3": 0.6, "attr_map_all": None}}
+    table = compare.table_3_2(ours, data="synthetic", baselines=BASELINES)
+    assert list(table.index[:6]) == ["ours: MTL", "ours: CAT",
+                                     "baseline: geometry only (k-NN on true landmarks, k = 45)",
+                                     "baseline: class prior", "baseline: attribute prior given the true category",
+                                     "baseline: chance"]
+    assert table.index[6] == "thesis MTL"
+    assert table.at["ours: MTL", "attribute mAP"] == 0.5 and math.isnan(table.at["ours: CAT", "attribute mAP"])
+    assert table.at["baseline: geometry only (k-NN on true landmarks, k = 45)", "attribute mAP"] == 0.27
+    assert table.at["baseline: class prior", "top-3 category accuracy"] == 0.30
+    assert math.isnan(table.at["baseline: class prior", "attribute mAP"])
+    assert table.at["baseline: attribute prior given the true category", "attribute mAP"] == 0.41
+    assert table.at["baseline: chance", "epoch selection"] == "none: fitted on train, all 600 test images"
+    assert table.at["baseline: chance", "data"] == "synthetic"
+    assert math.isnan(table.at["thesis MTL", "attribute mAP"])
+
+
+def test_attribute_table_has_map_columns_and_baseline_rows():
+    t = compare.attribute_table({"MTL": {"attr_top3_texture": 0.4, "attr_map_texture": 0.3, "attr_map_all": 0.25}},
+                                baselines=BASELINES)
+    assert list(t.columns) == ["texture", "fabric", "shape", "part", "style", "mAP texture", "mAP fabric",
+                               "mAP shape", "mAP part", "mAP style", "mAP all"]
+    assert t.loc["ours: MTL", "mAP texture"] == 0.3 and t.loc["ours: MTL", "mAP all"] == 0.25
+    prior = "baseline: attribute prior given the true category"
+    assert list(t.index[1:4]) == [prior, "baseline: geometry only (k-NN on true landmarks, k = 45)",
+                                  "baseline: chance"]
+    assert t.loc[prior, "fabric"] == pytest.approx(0.41) and t.loc[prior, "mAP all"] == 0.41
+    assert t.loc["baseline: chance", "mAP all"] == 0.12
+    assert t.loc["Liu & Lu 2018", "texture"] == 0.5617 and math.isnan(t.loc["Liu & Lu 2018", "mAP all"])
+
+
+def test_per_attribute_ap_by_hand_and_its_mean_is_the_map():
+    p = SimpleNamespace(attribute_scores=np.array([[3.0, 1.0], [2.0, 2.0], [1.0, 3.0], [0.0, 0.0]]),
+                        attributes=np.array([[1, 0], [0, 0], [1, 0], [0, 0]], dtype=np.float32),
+                        attributes_known=np.array([[1, 1], [0, 1], [1, 1], [1, 1]], dtype=bool),
+                        attribute_types=np.array([1, 2]))
+    frame = compare.per_attribute_ap(p, ["stripe", "denim"])
+    # attribute 0: image 1 unknown -> ranking 3 (pos), 1 (pos), 0 (neg): AP = (1/1 + 2/2) / 2 = 1
+    assert frame["ap"].iloc[0] == 1.0 and frame["positives"].tolist() == [2, 0] and math.isnan(frame["ap"].iloc[1])
+    p.attributes_known = None                    # image 1 counts: 3 (pos), 2 (neg), 1 (pos): (1 + 2/3) / 2
+    assert compare.per_attribute_ap(p, ["stripe", "denim"])["ap"].iloc[0] == pytest.approx(5 / 6)
+
+    q = fake_predictions(n=60, a=15, seed=3)
+    frame = compare.per_attribute_ap(q, [f"a{i}" for i in range(15)])
+    acc = EvalAccumulator(q.attribute_types)
+    acc.update(q.category_logits, q.category, q.attribute_scores, q.attributes)
+    expected = acc.compute()
+    assert frame["ap"].mean() == pytest.approx(expected["attr_map_all"], abs=1e-12)
+    assert frame[frame["type"] == "shape"]["ap"].mean() == pytest.approx(expected["attr_map_shape"], abs=1e-12)
+
+
+def ap_frames():
+    names = ["a", "b", "c", "d"]
+    mtl = pd.DataFrame({"attribute": names, "type": ["texture", "fabric", "shape", "style"],
+                        "positives": [5, 4, 3, 0], "ap": [0.9, 0.2, 0.5, np.nan]})
+    cat = mtl.assign(ap=[0.5, 0.3, 0.5, np.nan])
+    return {"mtl": mtl, "cat": cat}
+
+
+def test_ap_differences_rank_by_absolute_difference():
+    d = compare.ap_differences(ap_frames(), top=3)
+    assert list(d.index) == ["a", "b", "c"]                     # "d" has no AP
+    assert d["difference"].tolist() == pytest.approx([0.4, -0.1, 0.0])
+    assert d.loc["a", "MTL AP"] == 0.9 and d.loc["a", "CAT AP"] == 0.5 and d.loc["a", "type"] == "texture"
+    assert list(compare.ap_differences(ap_frames(), top=1).index) == ["a"]
+
+
+def test_per_attribute_ap_scatter_counts_and_names_the_largest_differences():
+    ax = compare.plot_per_attribute_ap(ap_frames(), annotate=2).axes[0]
+    points = np.concatenate([c.get_offsets() for c in ax.collections])
+    assert sorted(map(tuple, points.tolist())) == [(0.3, 0.2), (0.5, 0.5), (0.5, 0.9)]   # (CAT, MTL)
+    assert ax.get_title() == "Per-attribute AP: MTL higher on 1 of 3"
+    assert sorted(t.get_text() for t in ax.texts) == ["a", "b"]
+    assert ax.get_xlabel() == "CAT AP" and ax.get_ylabel() == "MTL AP"
+    p = fake_predictions()
+    names = [f"a{i}" for i in range(15)]
+    fig = compare.plot_per_attribute({"mtl": compare.per_attribute_recall(p, names),
+                                      "cat": compare.per_attribute_recall(p, names)},
+                                     {"mtl": compare.per_attribute_ap(p, names),
+                                      "cat": compare.per_attribute_ap(fake_predictions(seed=1), names)}, top=5)
+    bars, scatter = fig.axes[:2]
+    assert len(bars.patches) == 10 and scatter.get_title().startswith("Per-attribute AP: MTL higher on")
+    plt.close("all")
+
+
+def test_baseline_sentence_is_computed():
+    s = compare.baseline_sentence({"MTL": 0.6, "CAT": 0.4}, BASELINES, "category_top3")
+    assert s.startswith("Top-3 category accuracy: MTL 0.6000, CAT 0.4000; against the baselines of the same data, ")
+    assert "class prior 0.3000 (both beat it)" in s
+    assert "geometry only (k-NN on true landmarks, k = 45) 0.5500 (only MTL beats it)" in s
+    assert "no interval" in s and "notebook 05" in s
+    s = compare.baseline_sentence({"MTL": 0.2, "CAT": 0.1}, BASELINES, "category_top3")
+    assert "(neither beats it)" in s
+    s = compare.baseline_sentence({"MTL": 0.15}, BASELINES, "landmark_ne_mean")   # lower is better
+    assert "mean landmark positions 0.1750 (MTL beats it)" in s
+    assert "(MTL does not beat it)" in compare.baseline_sentence({"MTL": 0.2}, BASELINES, "landmark_ne_mean")
+    assert compare.baseline_sentence({"MTL": 0.5}, None, "category_top3").startswith("No baseline")

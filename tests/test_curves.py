@@ -40,6 +40,8 @@ def make_history(val_top3, test_top3, test_texture=None, landmark=True, batches_
                  else None}
             for j, t in enumerate(TYPES):
                 m[f"attr_top3_{t}"] = 0.1 * (j + 1) + 0.02 * i * scale
+                m[f"attr_map_{t}"] = 0.05 * (j + 1) + 0.01 * i * scale
+            m["attr_map_all"] = 0.2 + 0.03 * i * scale
             if test_texture is not None and scale == 1:
                 m["attr_top3_texture"] = test_texture[i]
             return m
@@ -151,3 +153,106 @@ def test_epoch_figures_plot_the_history_values():
     ax = curves.plot_landmark_error(h, model="mtl").axes[0]
     assert np.allclose(_line(ax, "test").get_ydata(), [0.2, 0.19, 0.18])
     plt.close("all")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Attribute mAP and baselines as reference lines
+
+#: Hand-made baselines in the shape of vfu_nb.baselines.compute_baselines (keys a baseline lacks are absent).
+BASELINES = {
+    "chance": {"n_images": 600.0, "category_top3": 0.06, "attr_top3_all_grouped": 0.29, "attr_map_all": 0.12},
+    "class_prior": {"n_images": 600.0, "category_top3": 0.30},
+    "attribute_prior_given_category": {"n_images": 600.0, "attr_top3_all_grouped": 0.68, "attr_map_all": 0.41,
+                                       **{f"attr_top3_{t}": 0.4 + 0.01 * j for j, t in enumerate(TYPES)},
+                                       **{f"attr_map_{t}": 0.2 + 0.01 * j for j, t in enumerate(TYPES)},
+                                       "attr_map_style": float("nan")},
+    "geometry_knn": {"n_images": 600.0, "knn_k": 45.0, "category_top3": 0.55, "attr_map_all": 0.27},
+    "mean_landmarks": {"n_images": 600.0, "landmark_ne_mean": 0.175},
+}
+
+
+def _references(ax):
+    """{label: y} of the horizontal reference lines of an axis."""
+    return {line.get_label(): line.get_ydata()[0] for line in ax.get_lines()
+            if len(set(line.get_ydata())) == 1 and line.get_xdata()[0] == 0 and line.get_xdata()[1] == 1}
+
+
+def test_baseline_labels_name_the_chosen_k():
+    assert curves.baseline_label("geometry_knn", BASELINES["geometry_knn"]) == \
+        "geometry only (k-NN on true landmarks, k = 45)"
+    assert curves.baseline_label("geometry_knn") == "geometry only (k-NN on true landmarks)"
+    assert curves.baseline_label("class_prior") == "class prior"
+    assert curves.reference_baselines("category_top1") == ("class_prior", "geometry_knn")
+    assert curves.reference_baselines("attr_map_texture") == ("attribute_prior_given_category",)
+    assert curves.reference_baselines("landmark_ne_mean") == ("mean_landmarks",)
+    assert curves.reference_baselines("loss_total") == ()
+
+
+def test_reference_lines_sit_at_the_baseline_values_and_skip_missing_ones():
+    ax = plt.subplots()[1]
+    lines = curves.reference_lines(ax, BASELINES, "category_top3")
+    assert [line.get_label() for line in lines] == ["class prior: 0.300",
+                                                    "geometry only (k-NN on true landmarks, k = 45): 0.550"]
+    assert [tuple(line.get_ydata()) for line in lines] == [(0.30, 0.30), (0.55, 0.55)]
+    assert curves.reference_lines(ax, BASELINES, "attr_map_style") == []          # nan: no line
+    assert curves.reference_lines(ax, None, "category_top3") == []
+    assert curves.reference_lines(ax, {"class_prior": None}, "category_top3") == []
+    chance = curves.reference_lines(ax, BASELINES, "category_top3", names=("chance",), label_prefix="x: ")
+    assert chance[0].get_label() == "x: chance: 0.060" and chance[0].get_ydata()[0] == 0.06
+    plt.close("all")
+
+
+def test_epoch_figures_draw_the_baselines_they_are_given():
+    h = make_history([0.2, 0.6, 0.4], [0.25, 0.5, 0.3])
+    ax = curves.plot_category_accuracy(h, model="mtl", baselines=BASELINES).axes[0]
+    assert _references(ax) == {"class prior: 0.300": 0.30,
+                               "geometry only (k-NN on true landmarks, k = 45): 0.550": 0.55}
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert "class prior: 0.300" in legend
+    ax = curves.plot_landmark_error(h, model="mtl", baselines=BASELINES).axes[0]
+    assert _references(ax) == {"mean landmark positions: 0.175": 0.175}
+    ax = curves.plot_category_accuracy(h, model="mtl").axes[0]                      # no baselines, no lines
+    assert _references(ax) == {}
+    plt.close("all")
+
+
+def test_attribute_map_curves_and_their_reference_lines():
+    h = make_history([0.2, 0.6, 0.4], [0.25, 0.5, 0.3])
+    ax = curves.plot_attribute_map(h, model="mtl", baselines=BASELINES).axes[0]
+    assert np.allclose(_line(ax, "fabric").get_ydata(), [0.10, 0.11, 0.12])
+    assert np.allclose(_line(ax, "all").get_ydata(), [0.20, 0.23, 0.26])
+    refs = _references(ax)
+    assert refs["texture: attribute prior given the true category: 0.200"] == 0.2
+    assert refs["part: attribute prior given the true category: 0.230"] == pytest.approx(0.23)
+    assert refs["all: attribute prior given the true category: 0.410"] == 0.41
+    assert not any(label.startswith("style:") for label in refs)                    # its baseline is nan
+    assert _line(ax, "texture: attribute prior given the true category: 0.200").get_color() == \
+        _line(ax, "texture").get_color()
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert legend[:6] == ["texture", "fabric", "shape", "part", "style", "all"]
+    assert "all: attribute prior given the true category: 0.410" in legend
+    assert curves._PER_TYPE_REFERENCE in legend
+    assert "best val epoch 2" in " ".join(t.get_text() for t in ax.texts)
+
+    fig = curves.plot_attribute_curves(h, model="mtl", baselines=BASELINES)
+    recall, mean_ap = fig.axes
+    assert "Fig. 3.6" in recall.get_title() and "mAP" in mean_ap.get_title()
+    assert _references(recall)["all (grouped): attribute prior given the true category: 0.680"] == 0.68
+    assert np.allclose(_line(mean_ap, "style").get_ydata(), [0.25, 0.26, 0.27])
+    plt.close("all")
+
+
+def test_table_3_1_has_map_and_the_prior_given_the_category():
+    h = make_history([0.2, 0.6, 0.4], [0.2, 0.5, 0.3])
+    table = curves.table_3_1(h, baselines=BASELINES)
+    assert table.at["fabric", "ours: mAP @ best val epoch"] == pytest.approx(0.11)   # best val epoch 2
+    assert table.at["all grouped", "ours: mAP @ best val epoch"] == pytest.approx(0.23)
+    assert table.at["shape", "prior | category: recall"] == pytest.approx(0.42)
+    assert table.at["all grouped", "prior | category: mAP"] == 0.41
+    assert math.isnan(table.at["style", "prior | category: mAP"])
+    assert "prior | category: mAP" not in curves.table_3_1(h)
+
+
+def test_run_summary_carries_the_map():
+    s = curves.run_summary(make_history([0.2, 0.6, 0.4], [0.2, 0.5, 0.3]))
+    assert s["test"]["attr_map_all"] == pytest.approx(0.23) and s["val"]["attr_map_texture"] == pytest.approx(0.07)

@@ -203,7 +203,7 @@ def test_cache_is_rebuilt_when_annotations_change(tree):
 def test_max_items_takes_a_seeded_subset(tmp_path):
     from vfu_nb.synthetic import generate
     root = tmp_path / "synth"
-    generate(root, 40, seed=1, workers=1, progress=False)
+    generate(root, 90, seed=1, workers=1, progress=False)
     a = DeepFashionC(root, "train", image_size=16, max_items=5)
     b = DeepFashionC(root, "train", image_size=16, max_items=5)
     assert len(a) == 5 and a.rows.tolist() == b.rows.tolist()

@@ -268,3 +268,20 @@ def test_study_step(tmp_path):
     assert set(m["chosen"]) >= {"mtl", "cat"}
     assert all(v.startswith(("mtl ", "cat ", "mtl_no_landmarks ")) for v in m["verdicts"].values())
     assert {Path(f).name for f in m["figures"]} >= {"05_study.png", "05_pairs.png"}
+
+
+def test_steps_of_a_together_group_form_one_stage_at_the_first_ones_place():
+    steps = ["01_explore_data", "02_train_mtl", "02_train_cat", "03_compare_mtl_cat"]
+    assert pipeline.stages(steps, [["02_train_mtl", "02_train_cat"]]) == [
+        ["01_explore_data"], ["02_train_mtl", "02_train_cat"], ["03_compare_mtl_cat"]]
+    assert pipeline.stages(steps, []) == [[s] for s in steps]
+    # a group member left out of --steps is simply not run
+    assert pipeline.stages(["02_train_cat", "03_compare_mtl_cat"], [["02_train_mtl", "02_train_cat"]]) == [
+        ["02_train_cat"], ["03_compare_mtl_cat"]]
+
+
+def test_a_together_group_must_name_steps_of_the_profile(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("steps: [01_explore_data, 02_train_mtl]\ntogether: [[02_train_mtl, 02_train_cat]]\n")
+    with pytest.raises(pipeline.PipelineError, match="together"):
+        pipeline.load_profile(str(bad))

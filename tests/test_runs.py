@@ -236,3 +236,14 @@ def test_predict_one_of_a_loaded_run_equals_the_original_model(tiny_models, imag
     assert not loaded.training and loaded.image_size == 32
     a, b = runs.predict_one(model, image), runs.predict_one(loaded, image)
     assert np.allclose(a.category_probs, b.category_probs) and np.allclose(a.heatmaps, b.heatmaps)
+
+
+def test_predict_refuses_a_tree_whose_vocabulary_changed_since_training(tiny_run):
+    """A regenerated tree with other attributes: one error naming the run and the tree, not a shape mismatch."""
+    config = runs.load_run(tiny_run).config
+    model = runs.load_model(tiny_run)
+    categories, attributes = model.config.num_categories, model.config.num_attributes
+    stale = build_model("mtl", categories, attributes - 11, 8, config["image_size"], config["width"], pretrained=None)
+    with pytest.raises(ValueError, match=rf"mtl was trained for {categories} categories and {attributes - 11} "
+                                         rf"attributes, but .* now has {categories} and {attributes}: the tree changed"):
+        runs.predict(tiny_run, model=stale)

@@ -132,7 +132,8 @@ def fake_study():
     interval = {"mean": 0.05, "low": 0.01, "high": 0.09, "n": 5, "p": 0.02}
     summary = [{"model": m, "metric": k, "n": 5, "values": [v] * 5, "mean": v, "std": 0.01, "not_converged": 0}
                for m, v in (("mtl", 0.9), ("cat", 0.85)) for k in study.TABLE_METRICS]
-    return {"base": PLAN["base"], "data": PLAN["data"], "grid": PLAN["tuning"]["grid"], "primary": list(study.PRIMARY),
+    return {"base": PLAN["base"], "data": PLAN["data"], "grid": PLAN["tuning"]["grid"],
+            "seed_counts": PLAN["seeds"]["models"], "primary": list(study.PRIMARY),
             "secondary": list(study.SECONDARY), "chosen": {"mtl": {"lr": 0.001}, "cat": {"lr": 0.0003}},
             "seeds": {"data": "default", "summary": summary, "pairs": [
                 {"a": "mtl", "b": "cat", "seeds": [0, 1, 2, 3, 4],
@@ -160,3 +161,26 @@ def test_readme_block_renders_numbers_from_study_and_updates_between_markers(tmp
     assert not study.readme_matches(tmp_path / "study.json", readme)
     with pytest.raises(ValueError, match="markers"):
         study.update_readme(block, tmp_path / "study.json")
+
+
+def test_a_diverged_tuning_run_is_recorded_and_loses(plan):
+    specs = plan.tuning_specs()
+    study.export_failure(plan, specs[0], "diverged: non-finite total loss at epoch 2, batch 7")
+    for spec in specs[1:]:
+        export(plan, spec, val=0.5)
+    chosen, rows = study.choose_settings(plan)
+    assert chosen["mtl"] == {"backbone": "vgg16_bn", "lr": 3e-4}
+    assert rows[0]["failed"].startswith("diverged") and math.isnan(rows[0]["val_score"])
+    assert study.load_runs(plan, specs[:1]) == []                       # left out of every summary
+
+
+def test_readme_block_before_results_shows_the_setting_from_the_plan(plan):
+    block = study.readme_block(study.skeleton(plan))
+    assert "| input | 224 px | 32 px crops of the box |" in block
+    assert "patience 3, at most 20 epochs" in block and "3 for `mtl`" in block
+    assert "has not finished its tuning runs yet" in block
+
+
+def test_the_committed_readme_matches_the_committed_results():
+    """README's results section is what results/study.json (or results/plan.yaml before it) renders to."""
+    assert study.readme_matches(), "run: python -m vfu_nb.study readme"

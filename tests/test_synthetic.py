@@ -1,6 +1,9 @@
-"""Synthetic DeepFashion-C generator: byte-level format, determinism, splits, vocabularies, scenes."""
+"""Synthetic DeepFashion-C generator: byte-level format, determinism, splits, vocabularies, scenes, the
+geometry dial, annotation noise, bad options and cached/version-aware regeneration."""
 
 import collections
+import json
+import math
 import re
 from pathlib import Path
 
@@ -25,9 +28,18 @@ TRIPLES = {1: 6, 2: 4, 3: 8}
 
 @pytest.fixture(scope="module")
 def tree(tmp_path_factory):
-    """A 100-image tree generated with 2 worker processes."""
+    """A 100-image tree generated with 2 worker processes (default settings)."""
     out = tmp_path_factory.mktemp("synth") / "seed0"
     summary = S.generate(out, N, seed=0, workers=2, progress=False)
+    return out, summary
+
+
+@pytest.fixture(scope="module")
+def clean_tree(tmp_path_factory):
+    """The first MIN_IMAGES images of `tree` without annotation noise, written through the CLI."""
+    out = tmp_path_factory.mktemp("synth") / "clean"
+    summary = S.main(["--out", str(out), "--n", str(S.MIN_IMAGES), "--seed", "0", "--workers", "1", "--quiet",
+                      "--landmark-noise", "0", "--visibility-flip", "0"])
     return out, summary
 
 
@@ -58,7 +70,9 @@ def images(tree):
 def test_tree_is_complete(tree):
     out, summary = tree
     assert (out / S.MARKER_DONE).exists() and not (out / S.MARKER_BUSY).exists()
-    assert summary["n"] == N and summary["cached"] is False
+    assert summary["n"] == N and summary["cached"] is False and summary["version"] == S.VERSION == 2
+    assert summary["settings"] == S.default_settings()
+    assert json.loads((out / S.MARKER_DONE).read_text())["settings"] == S.default_settings()
     assert sum(summary["splits"].values()) == N and sum(summary["categories"].values()) == N
     for rel in list(PER_IMAGE_FILES) + ["Anno/list_category_cloth.txt", "Anno/list_attr_cloth.txt"]:
         assert (out / rel).is_file(), rel
@@ -160,7 +174,7 @@ def test_attribute_rows(tree):
         assert re.fullmatch(r"(-1| 1)( (-1| 1))*", tail), row[:90]
         values = [int(t) for t in tail.split()]
         assert len(values) == len(S.SYNTHETIC_ATTRIBUTES)
-        assert 2 <= values.count(1) <= 5
+        assert S._MIN_POSITIVES <= values.count(1) <= S._MAX_POSITIVES + 2
 
 
 def test_partition_matches_plan(tree):
@@ -179,7 +193,7 @@ def test_split_proportions_and_long_tail():
     assert abs(prefix["train"] / 333 - .7) < .03 and abs(prefix["val"] / 333 - .15) < .03
     per_category = collections.Counter(p.category for p in plans)
     assert set(per_category) == set(S.RENDERED_CATEGORIES)
-    assert max(per_category.values()) > 8 * min(per_category.values())
+    assert max(per_category.values()) > 6 * min(per_category.values())
     types = {S.DEEPFASHION_CATEGORIES[p.label - 1][1] for p in plans}
     assert types == {1, 2, 3}
 
@@ -206,7 +220,7 @@ def test_attribute_vocabulary_parses_like_the_real_file(tree):
     assert all(row[:29].rstrip() == n and row[29] == t for row, (n, t) in zip(rows, parsed))
     assert any(" " in n for n, _ in parsed)
     assert {t for _, t in S.SYNTHETIC_ATTRIBUTES} == {1, 2, 3, 4, 5}
-    assert 30 <= len(S.SYNTHETIC_ATTRIBUTES) <= 50
+    assert 40 <= len(S.SYNTHETIC_ATTRIBUTES) <= 60
     assert [n for n, _ in S.SYNTHETIC_ATTRIBUTES] == sorted(n for n, _ in S.SYNTHETIC_ATTRIBUTES)
 
 
@@ -220,58 +234,277 @@ def test_same_seed_is_byte_identical_for_any_worker_count(tree, tmp_path):
         assert (out / rel).read_bytes() == (again / rel).read_bytes(), rel
 
 
-def test_prefix_stability_and_other_seed(tree, tmp_path):
-    out, _ = tree
-    small = S.generate(tmp_path / "small", 12, seed=0, workers=1, progress=False)
-    assert small["n"] == 12
-    for plan in S.plan_images(12, 0):
-        assert (tmp_path / "small" / plan.name).read_bytes() == (out / plan.name).read_bytes()
-    S.generate(tmp_path / "other", 12, seed=1, workers=1, progress=False)
-    mine = {p.read_bytes() for p in (out / "img").rglob("*.jpg")}
-    assert not mine & {p.read_bytes() for p in (tmp_path / "other" / "img").rglob("*.jpg")}
-    assert (tmp_path / "other/Anno/list_bbox.txt").read_bytes() != \
-        (tmp_path / "small/Anno/list_bbox.txt").read_bytes()
+def test_prefix_stability_and_noise_touches_only_the_written_landmarks(tree, clean_tree):
+    """The CLI's noise-free 81-image tree has the first 81 images of the 100-image tree, byte for byte,
+    and the same rows in every file except the landmarks."""
+    (out, _), (clean, summary) = tree, clean_tree
+    assert summary["n"] == S.MIN_IMAGES and summary["settings"]["landmark_noise"] == 0
+    for plan in S.plan_images(S.MIN_IMAGES, 0):
+        assert (clean / plan.name).read_bytes() == (out / plan.name).read_bytes()
+    for rel in PER_IMAGE_FILES:
+        noisy, exact = read_listing(out / rel)[1][:S.MIN_IMAGES], read_listing(clean / rel)[1]
+        assert (noisy == exact) == (rel != "Anno/list_landmarks.txt"), rel
 
 
-def test_rerun_is_cached_and_interrupted_runs_are_redone(tree, tmp_path):
-    out, _ = tree
+def test_other_seed_draws_other_images():
+    plans0, plans1 = S.plan_images(S.MIN_IMAGES, 0), S.plan_images(S.MIN_IMAGES, 1)
+    assert [p.name for p in plans0] != [p.name for p in plans1]
+    img0, rec0 = S.render_image(plans0[0], 0)
+    img1, rec1 = S.render_image(plans0[0], 1)
+    assert img0.tobytes() != img1.tobytes() and rec0["bbox"] != rec1["bbox"]
+
+
+def test_rerun_is_cached_and_other_settings_or_versions_are_regenerated(tree, clean_tree, tmp_path):
+    (out, _), (clean, _) = tree, clean_tree
     assert S.generate(out, N, seed=0, progress=False)["cached"] is True
+    same = S.main(["--out", str(clean), "--n", str(S.MIN_IMAGES), "--quiet", "--landmark-noise", "0",
+                   "--visibility-flip", "0"])
+    assert same["cached"] is True
+    meta = json.loads((out / S.MARKER_DONE).read_text())
+    settings = S.default_settings()
+    assert S._cached_summary(out, N, 0, settings) == meta
+    for n, seed, changed in [(N + 1, 0, {}), (N, 1, {}), (N, 0, {"geometry_informativeness": 1.0}),
+                             (N, 0, {"landmark_noise": 0.0}), (N, 0, {"visibility_flip": 0.1})]:
+        assert S._cached_summary(out, n, seed, {**settings, **changed}) is None
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / S.MARKER_DONE).write_text(json.dumps(dict(meta, version=1)))
+    (old / "img").mkdir()
+    (old / "img" / "stale.jpg").write_bytes(b"x")
+    assert S._cached_summary(old, N, 0, settings) is None
+    summary = S.generate(old, S.MIN_IMAGES, seed=0, workers=1, progress=False, landmark_noise=0.0,
+                         visibility_flip=0.0)
+    assert summary["cached"] is False and summary["version"] == S.VERSION
+    assert not (old / "img" / "stale.jpg").exists() and not (old / S.MARKER_BUSY).exists()
+    for rel in list(PER_IMAGE_FILES) + ["Anno/list_attr_cloth.txt"]:
+        assert (old / rel).read_bytes() == (clean / rel).read_bytes(), rel
+
+
+def test_interrupted_and_foreign_directories(tmp_path):
     partial = tmp_path / "partial"
-    (partial / "img").mkdir(parents=True)
+    partial.mkdir()
     (partial / S.MARKER_BUSY).write_text("")
-    (partial / "img" / "stale.jpg").write_bytes(b"x")
-    summary = S.generate(partial, 5, seed=0, workers=1, progress=False)
-    assert summary["cached"] is False and not (partial / "img" / "stale.jpg").exists()
-    assert not (partial / S.MARKER_BUSY).exists()
+    (partial / S.MARKER_DONE).write_text(json.dumps({"version": S.VERSION, "n": S.MIN_IMAGES, "seed": 0,
+                                                     "settings": S.default_settings()}))
+    assert S._cached_summary(partial, S.MIN_IMAGES, 0, S.default_settings()) is None  # busy marker wins
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     (foreign / "notes.txt").write_text("not a synthetic tree")
     with pytest.raises(FileExistsError):
-        S.generate(foreign, 5, seed=0, workers=1, progress=False)
+        S.generate(foreign, S.MIN_IMAGES, seed=0, workers=1, progress=False)
 
 
-def test_cli(tmp_path, capsys):
-    summary = S.main(["--out", str(tmp_path / "cli"), "--n", "3", "--seed", "4", "--workers", "1",
-                      "--quiet"])
-    assert summary["n"] == 3 and '"seed": 4' in capsys.readouterr().out
-    assert (tmp_path / "cli" / S.MARKER_DONE).exists()
+@pytest.mark.parametrize("kwargs, option, allowed", [
+    (dict(n=S.MIN_IMAGES - 1), "n", f">= {S.MIN_IMAGES}"),
+    (dict(n=100.0), "n", "integer"),
+    (dict(seed=-1), "seed", ">= 0"),
+    (dict(workers=0), "workers", ">= 1"),
+    (dict(geometry_informativeness=1.5), "geometry_informativeness", "[0, 1]"),
+    (dict(geometry_informativeness=-0.1), "geometry_informativeness", "[0, 1]"),
+    (dict(geometry_informativeness=float("nan")), "geometry_informativeness", "[0, 1]"),
+    (dict(landmark_noise=-0.01), "landmark_noise", "[0, 0.2]"),
+    (dict(visibility_flip=0.6), "visibility_flip", "[0, 0.5]"),
+])
+def test_bad_options_are_refused_with_their_range(tmp_path, kwargs, option, allowed):
+    args = {**dict(n=S.MIN_IMAGES, seed=0, workers=1, progress=False), **kwargs}
+    with pytest.raises(ValueError) as err:
+        S.generate(tmp_path / "never", **args)
+    assert str(err.value).startswith(option + ":") and allowed in str(err.value)
+    assert not (tmp_path / "never").exists()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--geometry-informativeness", "1.5"], "argument --geometry-informativeness: must be a number in [0, 1]"),
+    (["--landmark-noise", "-0.1"], "argument --landmark-noise: must be a number in [0, 0.2]"),
+    (["--visibility-flip", "2"], "argument --visibility-flip: must be a number in [0, 0.5]"),
+    (["--n", "10"], f"argument --n: must be an integer >= {S.MIN_IMAGES}"),
+    (["--geometry-informativeness", "high"], "argument --geometry-informativeness: invalid float value"),
+    (["--jitter", "0.1"], "unrecognized arguments: --jitter"),
+])
+def test_cli_refuses_bad_options(tmp_path, capsys, argv, message):
+    base = {"--out": str(tmp_path / "never"), "--n": "100"}
+    for flag, value in zip(argv[::2], argv[1::2]):
+        base[flag] = value
+    with pytest.raises(SystemExit) as exit_info:
+        S.main([t for kv in base.items() for t in kv] + ["--quiet"])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "never").exists()
+
+
+# --------------------------------------------------------------------------------------------------
+# The benchmark's design: categories, the geometry dial, annotation noise, attributes
+# --------------------------------------------------------------------------------------------------
+
+def test_at_least_24_categories_of_every_clothes_type_are_rendered():
+    plans = S.plan_images(4000, seed=0)
+    present = collections.Counter(p.category for p in plans)
+    assert len(present) == len(S.RENDERED_CATEGORIES) >= 24
+    per_type = collections.Counter(S._CATEGORY_TYPE[c] for c in present)
+    assert min(per_type.values()) >= 6 and set(per_type) == {1, 2, 3}
+    assert min(present.values()) >= 30 and S.MIN_IMAGES == 3 * len(S.RENDERED_CATEGORIES)
+
+
+def _silhouette(spec: dict) -> tuple:
+    return (spec["lower"],) + tuple(spec[s] for s in S.SHAPE_SLOTS)
+
+
+def _total_variation(a: collections.Counter, b: collections.Counter) -> float:
+    na, nb = sum(a.values()), sum(b.values())
+    return .5 * sum(abs(a[k] / na - b[k] / nb) for k in set(a) | set(b))
+
+
+@pytest.mark.parametrize("first, second", [("Tee", "Sweater"), ("Jeans", "Skirt"), ("Dress", "Coat")])
+def test_geometry_dial_sets_how_much_the_silhouette_depends_on_the_category(first, second):
+    """G = 0: two categories of one clothes type draw the very same silhouette from the same random
+    stream (so their silhouette distributions are equal); G = 1: each has its own distribution."""
+    def silhouettes(category, g, n=600):
+        return [_silhouette(S.sample_spec(category, np.random.default_rng(k), None, g)) for k in range(n)]
+
+    assert silhouettes(first, 0.0) == silhouettes(second, 0.0)
+    at_one = _total_variation(*(collections.Counter(silhouettes(c, 1.0)) for c in (first, second)))
+    assert at_one > 0.6
+    same = np.mean([a == b for a, b in zip(silhouettes(first, 0.5), silhouettes(second, 0.5))])
+    assert 0.5 <= same < 0.65
+
+
+def test_shape_source_is_the_category_with_probability_g():
+    rng = np.random.default_rng(3)
+    own = [S.shape_source("Henley", rng, 0.35) == "Henley" for _ in range(4000)]
+    pooled = S._TYPE_WEIGHTS[1]["Henley"] / sum(S._TYPE_WEIGHTS[1].values())
+    assert abs(np.mean(own) - (0.35 + 0.65 * pooled)) < 0.025
+    assert {S.shape_source("Henley", rng, 0.0) for _ in range(300)} <= set(S._TYPE_WEIGHTS[1])
+    assert {S.shape_source("Henley", rng, 1.0) for _ in range(50)} == {"Henley"}
+
+
+def test_keypoints_and_outline_depend_only_on_the_silhouette_slots():
+    """Swapping every local part (neckline, front, cuffs, waist, hem, pockets, fabric...) keeps the
+    silhouette polygons and keypoints identical."""
+    rng = np.random.default_rng(11)
+    for category in S.RENDERED_CATEGORIES:
+        for _ in range(5):
+            spec = S.sample_spec(category, rng, None, 1.0)
+            other_parts = S.sample_spec(category, rng, None, 1.0)
+            swapped = dict(spec, **{s: other_parts[s] for s in S.PART_SLOTS})
+            a = S.build_garment(spec, np.random.default_rng(5))
+            b = S.build_garment(swapped, np.random.default_rng(5))
+            np.testing.assert_array_equal(a.keypoints, b.keypoints)
+            assert all(np.array_equal(x, y) for x, y in zip(a.shapes, b.shapes)) and len(a.shapes) == len(b.shapes)
+
+
+_PART_KEYPOINTS = {"neck": [0, 1], "cuff": [2, 3], "waist": [4, 5], "hem": [6, 7]}
+
+
+def _segment_distance(pts: np.ndarray, a: np.ndarray, b: np.ndarray) -> float:
+    """Smallest distance from any of `pts` to the segment a-b."""
+    t = np.clip((pts - a) @ (b - a) / max(float((b - a) @ (b - a)), 1e-12), 0, 1)
+    return float(np.linalg.norm(pts - (a + t[:, None] * (b - a)), axis=1).min())
+
+
+def test_local_parts_are_drawn_at_their_functional_points():
+    """Every drawn neckline/collar, waist and hem part touches the line between its two landmarks, and
+    every cuff touches a sleeve landmark (trouser-leg cuffs of lower-body garments: a hem landmark)."""
+    rng = np.random.default_rng(4)
+    checked = collections.Counter()
+    for category in S.RENDERED_CATEGORIES:
+        for _ in range(20):
+            spec = S.sample_spec(category, rng, None, 1.0)
+            bare = dict(spec, **{s: S._empty(s) for s in S.PART_SLOTS})
+            base = {d.pts.tobytes() for d in S.build_garment(bare, np.random.default_rng(0)).details}
+            for slot, kps in _PART_KEYPOINTS.items():
+                if spec[slot] is None or spec[slot] == "band":  # a kimono band runs down the whole front
+                    continue
+                g = S.build_garment(dict(bare, **{slot: spec[slot]}), np.random.default_rng(0))
+                if slot == "cuff" and S._CATEGORY_TYPE[category] == 2:
+                    kps = [6, 7]
+                a, b = g.keypoints[kps]
+                added = [d for d in g.details if d.pts.tobytes() not in base]
+                for det in added:
+                    gap = _segment_distance(det.pts, a, b) if slot != "cuff" else \
+                        np.linalg.norm(det.pts[:, None, :] - np.stack([a, b])[None], axis=-1).min()
+                    assert gap < (1.0 if slot == "cuff" else 0.7), (category, slot, spec[slot], gap)
+                checked[slot] += len(added) > 0
+    assert min(checked.values()) > 20, checked
+
+
+def test_annotation_noise_jitters_written_landmarks_by_the_configured_amount():
+    rng = np.random.default_rng(0)
+    n = 20000
+    box = (101, 51, 300, 450)  # 200 x 400 px
+    keypoints = np.column_stack([rng.uniform(150, 250, n), rng.uniform(150, 350, n)])
+    truth = [(int(v), math.floor(x) + 1, math.floor(y) + 1) for v, (x, y) in zip(rng.integers(0, 2, n), keypoints)]
+    written = S.annotate_landmarks(keypoints, truth, box, 0.03, 0.1, np.random.default_rng(1))
+    dx = np.array([w[1] - t[1] for w, t in zip(written, truth)]) / 200
+    dy = np.array([w[2] - t[2] for w, t in zip(written, truth)]) / 400
+    assert abs(dx.std() - .03) < .002 and abs(dy.std() - .03) < .002 and abs(dx.mean()) < .002
+    flipped = np.mean([w[0] != t[0] for w, t in zip(written, truth)])
+    assert abs(flipped - 0.1) < 0.01
+    exact = S.annotate_landmarks(keypoints, truth, box, 0.0, 0.0, np.random.default_rng(1))
+    assert exact == truth
+    truncated = [(2, 1, 200)] * 500
+    kept = S.annotate_landmarks(np.full((500, 2), -30.), truncated, (1, 1, 300, 300), .02, .5,
+                                np.random.default_rng(2))
+    assert all(v == 2 and 1 <= x <= 300 and 1 <= y <= 300 for v, x, y in kept)  # never flipped, in the box
+
+
+def test_written_landmarks_of_a_tree_carry_the_default_noise(tree, clean_tree):
+    (out, _), (clean, _) = tree, clean_tree
+    noisy, exact = (rows_by_name(root, "Anno/list_landmarks.txt") for root in (out, clean))
+    boxes = rows_by_name(clean, "Anno/list_bbox.txt")
+    offsets, flips, total = [], 0, 0
+    for name, row in exact.items():
+        x1, y1, x2, y2 = map(int, boxes[name].split()[1:])
+        a = np.array([int(t) for t in row.split()[2:]]).reshape(-1, 3)
+        b = np.array([int(t) for t in noisy[name].split()[2:]]).reshape(-1, 3)
+        inner = (a[:, 0] == 0) & (a[:, 1] - x1 > 20) & (x2 - a[:, 1] > 20)
+        offsets += list((b[inner, 1] - a[inner, 1]) / (x2 - x1 + 1))
+        flips += int(((a[:, 0] != b[:, 0]) & (a[:, 0] < 2)).sum())
+        total += int((a[:, 0] < 2).sum())
+        assert ((a[:, 0] == 2) == (b[:, 0] == 2)).all()
+    assert 0.012 < np.std(offsets) < 0.03 and flips / total < 0.1
+
+
+def test_attributes_correlate_with_the_category_but_are_not_a_function_of_it():
+    rng = np.random.default_rng(2)
+    vectors = {c: [tuple(S.attribute_vector(S.sample_spec(c, rng))) for _ in range(300)]
+               for c in S.RENDERED_CATEGORIES}
+    for category, vs in vectors.items():
+        counts = collections.Counter(vs)
+        assert len(counts) >= 15 and counts.most_common(1)[0][1] < 0.35 * len(vs), category
+    rate = {c: np.mean(np.array(vs) > 0, axis=0) for c, vs in vectors.items()}
+    idx = S._ATTRIBUTE_INDEX
+    assert rate["Hoodie"][idx["hooded"]] > .8 and 0 < rate["Jacket"][idx["hooded"]] < .3
+    assert rate["Jeans"][idx["denim"]] > .6 and rate["Sweater"][idx["denim"]] < .1
+    overall = np.mean([np.mean(np.array(vs) > 0, axis=0) for vs in vectors.values()], axis=0)
+    assert overall.max() > 8 * overall.min() > 0  # a long tail, every attribute occurs
+    shared = [a for a in range(len(overall)) if sum(r[a] > .05 for r in rate.values()) >= 3]
+    assert len(shared) > 0.7 * len(overall)  # most attributes occur in several categories
 
 
 def test_specs_only_label_what_can_be_drawn():
     rng = np.random.default_rng(0)
+    sizes = []
     for category in S.RENDERED_CATEGORIES:
-        style, ctype = S._STYLES[category], S._CATEGORY_TYPE[category]
-        for _ in range(60):
-            spec = S.sample_spec(category, rng)
-            labels = set(S.spec_labels(spec))
-            assert 2 <= len(labels) <= 5
-            assert sum(n in labels for n in S._ATTRIBUTE_GROUPS[1]) == 1  # exactly one texture
-            sleeves = {"sleeveless", "short sleeve", "long sleeve"} & labels
-            assert len(sleeves) == (1 if ctype != 2 else 0)
-            if "cuffed" in labels:
-                assert style.bottom == "legs" or sleeves - {"sleeveless"}
-            assert ("hooded" in labels) == (spec["neck"] == "hood")
-            assert S.attribute_vector(spec).count(1) == len(labels)
+        ctype = S._CATEGORY_TYPE[category]
+        for g in (0.0, 1.0):
+            for _ in range(40):
+                spec = S.sample_spec(category, rng, None, g)
+                labels = set(S.spec_labels(spec))
+                sizes.append(len(labels))
+                assert S._MIN_POSITIVES <= len(labels) <= S._MAX_POSITIVES + 2
+                assert sum(n in labels for n in S._ATTRIBUTE_GROUPS[1]) == 1  # exactly one texture
+                sleeves = {"sleeveless", "short sleeve", "long sleeve"} & labels
+                assert len(sleeves) == (1 if ctype != 2 else 0)
+                if spec["cuff"] is not None:
+                    assert spec["lower"] == "legs" if ctype == 2 else spec["sleeve"] != "none"
+                if ctype == 2:
+                    assert spec["neck"] is None and spec["front"] is None and spec["graphic"] is None
+                if ctype == 1:
+                    assert spec["waist"] is None and spec["lower"] is None
+                assert ("hooded" in labels) == (spec["neck"] == "hood")
+                assert spec["cords"] is None or spec["neck"] == "hood"
+                assert spec["palette"] == "default" or spec["fabric"] != "denim"
+                assert S.attribute_vector(spec).count(1) == len(labels)
+    assert 4 <= np.mean(sizes) <= 7
 
 
 def test_round_trip_through_the_reader(tree):

@@ -281,8 +281,63 @@ def test_tiny_training_run_learns_and_writes_files(synth_root, tmp_path):
         steps = list(csv.DictReader(f))
     assert len(steps) == len(batches["total"]) and float(steps[-1]["total"]) == batches["total"][-1]
     log = (run_dir / "train.log").read_text()
-    assert "device cpu x1" in log and "precision fp32" in log and str(synth_root) in log and "0 workers" in log
+    assert "device cpu x1" in log and "precision fp32" in log and str(synth_root) in log
+    assert "data path batch loader (one gather per batch from the uint8 cache, 1 prefetch thread, 0 worker " \
+           "processes, pin_memory False)" in log
     assert "epoch 3/3 loss" in log
+
+
+@pytest.mark.parametrize("over", [dict(epochs=2, max_items=44),                       # 5 batches of 8 + 1 of 4
+                                  dict(epochs=1, batch_size=4, train_fraction=0.5, channels_last=True)],
+                         ids=["partial-batch", "subset-channels-last"])
+def test_batch_loader_and_per_item_loader_give_bit_identical_runs(synth_root, tmp_path, over):
+    runs = {}
+    for loader in ("items", "batch"):
+        train(tiny_config(synth_root, tmp_path / loader, loader=loader, lr=1e-3, **over))
+        runs[loader] = {name: strip_timing(read_json(tmp_path / loader / name))
+                        for name in ("history.json", "metrics.json")}
+        log = (tmp_path / loader / "train.log").read_text()
+        assert ("data path batch loader" in log) == (loader == "batch"), log
+        assert ("data path per-item DataLoader (0 worker processes" in log) == (loader == "items"), log
+    assert runs["batch"] == runs["items"]                       # every loss and metric, bit for bit
+    steps = runs["batch"]["history.json"]["batches"]["step"]
+    assert len(steps) == (12 if over.get("max_items") == 44 else 5)
+
+
+def test_batch_loader_resumed_inside_an_augmented_epoch_repeats_its_batches(synth_root):
+    from vfu_nb.data import DeepFashionC
+
+    ds = DeepFashionC(synth_root, "train", 32, augment=True, cache=True, uint8=True, max_items=40, progress=False)
+    sampler = train_mod.EpochBatchSampler(len(ds), 8, seed=1, items=list(range(39, -1, -1)))
+    loader = train_mod.EpochBatchLoader(ds, sampler, "cpu", augment=True, generator=torch.Generator())
+
+    def epoch(start_batch):
+        sampler.set_epoch(2, start_batch=start_batch)
+        loader.generator.manual_seed(7)
+        return list(loader)
+
+    full, resumed = epoch(0), epoch(3)
+    assert len(full) == 5 and len(resumed) == 2
+    for want, got in zip(full[3:], resumed):
+        for key in want:
+            assert torch.equal(want[key], got[key]), key
+    assert not torch.equal(full[0]["image"], full[1]["image"])
+    sampler.set_epoch(2)
+    first = list(sampler)[:3]
+    sampler.set_epoch(2, start_batch=3)
+    assert sampler.skipped_batches() == first and min(i for b in first for i in b) >= 0
+
+
+def test_worker_default_depends_on_the_input_path():
+    cuda = resolve_runtime(TrainConfig(device="cuda"))
+    assert cuda.num_workers == 0 and cuda.resolved()["num_workers"] == 0     # the batch loader needs none
+    items = resolve_runtime(TrainConfig(device="cuda", loader="items"))
+    assert items.num_workers == min(8, max(1, os.cpu_count() or 1))
+    assert resolve_runtime(TrainConfig(device="cuda", loader="items", num_workers=3)).num_workers == 3
+    assert resolve_runtime(TrainConfig(device="cuda", num_workers=3)).num_workers == 0
+    assert resolve_runtime(TrainConfig(device="cpu", loader="items")).num_workers == 0
+    with pytest.raises(ConfigError, match=r"--loader must be one of batch, items, got 'rows'"):
+        TrainConfig(loader="rows")
 
 
 def test_batch_losses_reach_disk_during_the_epoch_and_tensorboard(synth_root, tmp_path):
@@ -548,15 +603,18 @@ def test_run_saved_channels_last_resumes_contiguous(synth_root, tmp_path):
 
 
 @pytest.mark.slow
-def test_resume_after_sigkill_matches_uninterrupted_run(synth_root, tmp_path):
-    # augmentation draws from the restored RNG states, so the resumed data must match too
-    ref = run_cli(tiny_args(synth_root, tmp_path / "ref", augment=True))
+@pytest.mark.parametrize("loader,augment", [("batch", True), ("batch", False), ("items", True)])
+def test_resume_after_sigkill_matches_uninterrupted_run(synth_root, tmp_path, loader, augment):
+    # augmentation draws from per-epoch seeded streams (batch loader) or the restored RNG states (items), so the
+    # resumed data must match too
+    common = {"loader": loader, "augment": augment}
+    ref = run_cli(tiny_args(synth_root, tmp_path / "ref", **common))
     assert ref.returncode == 0, ref.stderr[-3000:]
     a, ha = read_json(tmp_path / "ref" / "metrics.json"), read_json(tmp_path / "ref" / "history.json")
     # killed after epoch 2, batch 3 (5 batches per epoch, step 8); resumed from the epoch-1 checkpoint (step 5),
     # or, with --checkpoint-every 2, from the step checkpoint 2 steps after it (step 7 = epoch 2, batch 2)
-    for name, extra, ck_batch, ck_step in [("res", {"augment": True}, 0, 5),
-                                           ("steps", {"augment": True, "checkpoint_every": 2}, 2, 7)]:
+    for name, extra, ck_batch, ck_step in [("res", common, 0, 5),
+                                           ("steps", {**common, "checkpoint_every": 2}, 2, 7)]:
         killed = run_cli(["--kill-at", "2:3", *tiny_args(synth_root, tmp_path / name, **extra)], module="train_helpers")
         assert killed.returncode == -signal.SIGKILL, (killed.returncode, killed.stderr[-3000:])
         assert not (tmp_path / name / "metrics.json").exists()

@@ -45,6 +45,8 @@ def tiny_args(data_root, run_dir, **over) -> list:
         key = "--" + k.replace("_", "-")
         if v is True:
             flags.append(key)
+        elif v is False:
+            flags.append("--no-" + key[2:])
         elif v is not None:
             opts[key] = str(v)
     return [x for kv in opts.items() for x in kv] + flags + ["--no-progress"]

@@ -503,10 +503,10 @@ def bench_train(args: argparse.Namespace) -> dict:
     cuda = device.type == "cuda"
     amp_dtype = torch.bfloat16 if (args.amp == "bf16" or (args.amp == "auto" and cuda)) else None
     channels_last = args.channels_last == "on" or (args.channels_last == "auto" and cuda)
-    if cuda:
+    if cuda:   # as the trainer sets it: TF32 only for fp32 training, so bf16's fp32 islands stay exact
         torch.backends.cudnn.benchmark = True
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cuda.matmul.allow_tf32 = amp_dtype is None
+        torch.backends.cudnn.allow_tf32 = amp_dtype is None
     torch.manual_seed(args.seed)
 
     dataset = None

@@ -15,6 +15,7 @@ there applies the flip and scale/shift jitter to the whole batch (:func:`augment
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -284,20 +285,26 @@ class DeepFashionC(Dataset):
         data_file, meta_file = stem.with_suffix(".u8"), stem.with_suffix(".json")
         sizes_file = stem.with_suffix(".sizes.npy")
         key = self.cache_key()
-        meta = json.loads(meta_file.read_text()) if meta_file.exists() else {}
         shape = (len(self.rows), self.image_size, self.image_size, 3)
-        if meta.get("key") != key or not data_file.exists() or not sizes_file.exists():
-            partial = stem.with_suffix(".u8.partial")
-            np.memmap(partial, np.uint8, "w+", shape=shape).flush()
-            sizes, failures = scan_images(self._paths(), self._windows(), self.image_size, str(partial), workers,
-                                          progress, desc=f"caching {self.split} {self.image_size}px")
-            if failures and self.on_bad_image == "raise":
-                partial.unlink()
-                self._drop(failures)
-            np.save(sizes_file, sizes)
-            os.replace(partial, data_file)
-            meta = {"key": key, "shape": list(shape), "failures": failures, "version": CACHE_VERSION}
-            meta_file.write_text(json.dumps(meta))
+        # One builder at a time (two training runs started together share the cache): the others wait on the lock,
+        # then find the finished cache. Every file is written under a temporary name and renamed into place.
+        with open(stem.with_suffix(".lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            meta = json.loads(meta_file.read_text()) if meta_file.exists() else {}
+            if meta.get("key") != key or not data_file.exists() or not sizes_file.exists():
+                partial = stem.with_suffix(f".u8.partial{os.getpid()}")
+                np.memmap(partial, np.uint8, "w+", shape=shape).flush()
+                sizes, failures = scan_images(self._paths(), self._windows(), self.image_size, str(partial),
+                                              workers, progress, desc=f"caching {self.split} {self.image_size}px")
+                if failures and self.on_bad_image == "raise":
+                    partial.unlink()
+                    self._drop(failures)
+                np.save(stem.with_suffix(".sizes.partial.npy"), sizes)
+                os.replace(stem.with_suffix(".sizes.partial.npy"), sizes_file)
+                os.replace(partial, data_file)
+                meta = {"key": key, "shape": list(shape), "failures": failures, "version": CACHE_VERSION}
+                meta_file.with_suffix(".partial").write_text(json.dumps(meta))
+                os.replace(meta_file.with_suffix(".partial"), meta_file)
         self.cache_file = data_file
         self._cache = np.memmap(data_file, np.uint8, "r", shape=shape)
         self._sizes = np.load(sizes_file)

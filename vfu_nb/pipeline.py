@@ -41,6 +41,7 @@ import os
 import re
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import yaml
@@ -63,7 +64,7 @@ STEPS = {
 #: The notebook that passes every TrainConfig field to the trainer (vfu_nb.runs.train_settings).
 TRAINING_NOTEBOOK = "02_train"
 #: Profile keys that are not notebook parameters.
-PROFILE_KEYS = ("description", "steps")
+PROFILE_KEYS = ("description", "steps", "together")
 
 
 class PipelineError(RuntimeError):
@@ -166,9 +167,27 @@ def load_profile(profile: str) -> dict:
     unknown = [s for s in steps if s not in STEPS]
     if unknown:
         raise PipelineError(f"{path}: unknown steps {unknown}; steps: {list(STEPS)}")
+    together = [list(group) for group in data.get("together", [])]
+    for group in together:
+        if not set(group) <= set(steps) or len(group) < 2:
+            raise PipelineError(f"{path}: together: {group} must name two or more of its steps {steps}")
     params = {k: v for k, v in data.items() if k not in PROFILE_KEYS}
     return {"name": path.stem, "path": path, "description": data.get("description", ""), "steps": list(steps),
-            "overrides": overrides_from(params, str(path))}
+            "together": together, "overrides": overrides_from(params, str(path))}
+
+
+def stages(steps: list, together: list) -> list:
+    """``steps`` in order, grouped: the steps of one ``together`` group run at the same time (each in its own
+    kernel), where the group's first step stands in the order; every other step runs alone."""
+    groups = {step: group for group in together for step in group}
+    out, seen = [], set()
+    for step in steps:
+        if step in seen:
+            continue
+        group = [s for s in groups.get(step, [step]) if s in steps]
+        seen.update(group)
+        out.append(group)
+    return out
 
 
 def parse_assignments(pairs, files=()) -> list:
@@ -268,17 +287,30 @@ def run_pipeline(profile: str = "default", overrides=(), run_dir=None, steps=Non
     # a small shared CPU does not slow training several-fold (vfu_nb.notebook sets the same in interactive use).
     os.environ.setdefault("GOMP_SPINCOUNT", "1000")
     results, timings = {}, {}
-    for step in steps:
+    t_start = time.perf_counter()
+
+    def one(step):
         print(f"[pipeline] {step} ({prof['name']}): notebooks/{STEPS[step][0]}.ipynb -> "
               f"{resolve(plan[step]['out_dir']) / (step + '.ipynb')}", flush=True)
         t0 = time.perf_counter()
         results[step] = run_notebook(step, plan[step], log_output)
         timings[step] = round(time.perf_counter() - t0, 1)
         print(f"[pipeline] {step} done in {timings[step]:.0f} s", flush=True)
-        summary = {"profile": prof["name"], "seconds": timings, "parameters": plan, "metrics": results}
+
+    for group in stages(steps, prof["together"]):
+        if len(group) == 1:
+            one(group[0])
+        else:
+            print(f"[pipeline] {', '.join(group)} at the same time", flush=True)
+            with ThreadPoolExecutor(max_workers=len(group)) as pool:
+                for future in [pool.submit(one, step) for step in group]:
+                    future.result()
+        wall = round(time.perf_counter() - t_start, 1)
+        summary = {"profile": prof["name"], "seconds": timings, "wall_seconds": wall, "parameters": plan,
+                   "metrics": results}
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    print("[pipeline] wall time per step: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items())
-          + f"; total {sum(timings.values()):.0f} s", flush=True)
+    print("[pipeline] time per step: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items())
+          + f"; wall time {time.perf_counter() - t_start:.0f} s", flush=True)
     if "05_controls_and_seeds" not in steps and prof["name"] == "default":
         print("[pipeline] notebook 05 (seeds and controls) is not part of `make run`: it shows the committed study in "
               "results/; python -m vfu_nb.pipeline --profile study trains what it lacks", flush=True)

@@ -30,10 +30,10 @@ from typing import Optional
 
 import torch
 
+from vfu_nb.conventions import LOSS_TERMS
 from vfu_nb.metrics import jsonable
 from vfu_nb.train_config import TrainConfig, config_differences
 
-LOSS_TERMS = ("category", "attribute", "landmark", "total")
 BATCH_COLUMNS = ("epoch", "batch", "step", *LOSS_TERMS)
 
 

@@ -322,6 +322,7 @@ class Predictions:
     visibility: np.ndarray          # (N, 8) codes (0 visible)
     landmarks_pred: Optional[np.ndarray] = None    # (N, 8, 2) decoded, None for "cat"
     maps: dict = field(default_factory=dict)       # dataset position -> {"heatmaps", "attention", "features"}
+    attributes_known: Optional[np.ndarray] = None  # (N, A) False where the label is unknown (file value 0)
 
     @property
     def category_prob(self) -> np.ndarray:
@@ -344,8 +345,18 @@ class Predictions:
         with_landmarks = self.landmarks_pred is not None
         acc.update(self.category_logits, self.category, self.attribute_scores, self.attributes,
                    self.landmarks_pred, self.landmarks if with_landmarks else None,
-                   self.visibility if with_landmarks else None)
+                   self.visibility if with_landmarks else None, attributes_known=self.attributes_known)
         return acc.compute()
+
+
+def check_vocabulary(model: torch.nn.Module, annotations, run_dir, data_root) -> None:
+    """Raise a ValueError naming both when the run's heads do not match the tree's vocabulary (a regenerated tree)."""
+    heads = {"categories": model.config.num_categories, "attributes": model.config.num_attributes}
+    tree = {"categories": len(annotations.category_names), "attributes": len(annotations.attribute_names)}
+    if heads != tree:
+        raise ValueError(f"{run_dir} was trained for {heads['categories']} categories and {heads['attributes']} "
+                         f"attributes, but {data_root} now has {tree['categories']} and {tree['attributes']}: the "
+                         f"tree changed since this run (regenerated?); retrain, or move the run away")
 
 
 @torch.no_grad()
@@ -371,9 +382,10 @@ def predict(run_dir, split: str = "test", which: str = "best", device: str = "cp
         model = model.to(memory_format=torch.channels_last)
     batch_size = batch_size or config.get("eval_batch_size") or 4 * int(config.get("batch_size", 8))
     ds = dataset_for(run_dir, split)
+    check_vocabulary(model, ds.annotations, run_dir, config["data_root"])
     keep = set(int(k) for k in keep_maps)
-    parts: dict = {k: [] for k in ("index", "category", "category_logits", "attributes", "attribute_scores",
-                                   "landmarks", "visibility", "landmarks_pred")}
+    parts: dict = {k: [] for k in ("index", "category", "category_logits", "attributes", "attributes_known",
+                                   "attribute_scores", "landmarks", "visibility", "landmarks_pred")}
     maps: dict = {}
     loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=0)
     pos = 0
@@ -388,6 +400,7 @@ def predict(run_dir, split: str = "test", which: str = "best", device: str = "cp
         parts["category"].append(batch["category"].numpy())
         parts["category_logits"].append(out["category_logits"].float().cpu().numpy())
         parts["attributes"].append(batch["attributes"].numpy())
+        parts["attributes_known"].append(batch["attributes_known"].numpy())
         parts["attribute_scores"].append(out["attribute_logits"].float().cpu().numpy())
         parts["landmarks"].append(batch["landmarks"].numpy())
         parts["visibility"].append(batch["landmark_visibility"].numpy())
@@ -408,7 +421,7 @@ def predict(run_dir, split: str = "test", which: str = "best", device: str = "cp
                        attributes=cat["attributes"], attribute_scores=cat["attribute_scores"],
                        attribute_types=np.asarray(ds.annotations.attribute_types),
                        landmarks=cat["landmarks"], visibility=cat["visibility"], landmarks_pred=cat["landmarks_pred"],
-                       maps=maps)
+                       maps=maps, attributes_known=cat["attributes_known"])
 
 
 def metrics_tolerance(run_dir, device: str = "cpu") -> float:

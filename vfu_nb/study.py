@@ -42,7 +42,6 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
-import pandas as pd
 
 from vfu_nb import stats
 from vfu_nb.metrics import jsonable
@@ -149,8 +148,9 @@ class Plan:
 
     def later_specs(self, chosen: dict) -> list[RunSpec]:
         """Seeds, learning-curve and dial runs, given the chosen setting of every model."""
-        specs = [self.spec("seeds", self.seeds["data"], m, chosen[m], s)
-                 for m, n in self.seeds["models"].items() for s in range(int(n))]
+        counts = {m: int(n) for m, n in self.seeds["models"].items()}
+        specs = [self.spec("seeds", self.seeds["data"], m, chosen[m], s)       # seed by seed: pairs complete early
+                 for s in range(max(counts.values(), default=0)) for m, n in counts.items() if s < n]
         lc = self.learning_curve
         specs += [self.spec("learning_curve", lc["data"], m, chosen[m], s, f)
                   for f in lc.get("fractions", ()) for m in lc["models"] for s in range(int(lc["seeds"]))]
@@ -192,7 +192,7 @@ def choose_settings(plan: Plan) -> tuple[dict, list]:
         setting = {k: spec.config[k] for k in plan.tuning["grid"]}
         score = selection_score(m)
         rows.append({"model": spec.model, **setting, "val_score": score, "best_epoch": m.get("best_epoch"),
-                     "epochs_run": m.get("epochs_run"), "converged": converged(m)})
+                     "epochs_run": m.get("epochs_run"), "converged": converged(m), "failed": m.get("failed")})
         best = chosen.get(spec.model)
         if best is None or (math.isfinite(score) and not score <= best[1]):
             chosen[spec.model] = (setting, score)
@@ -246,6 +246,25 @@ def export_run(plan: Plan, spec: RunSpec) -> Path:
     _write_labels(plan, spec.data, src)
     shutil.copyfile(src / "metrics.json", dest / "metrics.json")     # last: marks the export complete
     return dest
+
+
+def _diverged(plan: Plan, spec: RunSpec, error: Exception) -> bool:
+    """True when the run stopped on a non-finite loss (in this process, or in its child's log)."""
+    from vfu_nb.train import NonFiniteLossError
+
+    if isinstance(error, NonFiniteLossError):
+        return True
+    log = plan.runs_dir / spec.key / "stdout.log"
+    return log.exists() and "NonFiniteLossError" in log.read_text()[-20000:]
+
+
+def export_failure(plan: Plan, spec: RunSpec, reason: str) -> None:
+    """Record a run that cannot finish (its loss diverged): metrics.json with ``failed`` and no test metrics."""
+    dest = plan.results_dir / "runs" / spec.key
+    dest.mkdir(parents=True, exist_ok=True)
+    (dest / "config.json").write_text(json.dumps(spec.config, indent=1) + "\n")
+    (dest / "metrics.json").write_text(json.dumps({"model": spec.model, "seed": spec.seed, "failed": reason,
+                                                   "val": {}, "test": {}}, indent=1) + "\n")
 
 
 def _write_labels(plan: Plan, tag: str, run_dir: Path) -> None:
@@ -309,7 +328,14 @@ def run_specs(plan: Plan, specs: Sequence[RunSpec], jobs: int = 1, log=print) ->
     def one(spec):
         t0 = time.time()
         log(f"[study] start {spec.key}")
-        _train(plan, spec, subprocess_=jobs > 1)
+        try:
+            _train(plan, spec, subprocess_=jobs > 1)
+        except Exception as error:                     # a diverged run is a result (recorded); anything else is not
+            if not _diverged(plan, spec, error):
+                raise
+            export_failure(plan, spec, f"diverged: {error}")
+            log(f"[study] FAILED {spec.key}: the loss diverged (recorded, not retried)")
+            return
         export_run(plan, spec)
         log(f"[study] done  {spec.key} ({(time.time() - t0) / 60:.1f} min)")
 
@@ -350,10 +376,11 @@ class RunResult:
 
 
 def load_runs(plan: Plan, specs: Sequence[RunSpec]) -> list[RunResult]:
+    """The exported, finished runs among ``specs`` (unfinished and failed ones are left out)."""
     out = []
     for s in specs:
         m = exported(plan, s.key)
-        if m is not None:
+        if m is not None and not m.get("failed"):
             out.append(RunResult(s, m, plan.results_dir / "runs" / s.key))
     return out
 
@@ -451,15 +478,19 @@ def verdict(metric: str, *intervals: stats.Interval) -> str:
 def report(plan, log=print) -> dict:
     """Compute ``results/study.json`` from the exported runs and write the figures and the README block."""
     plan = Plan.load(plan)
-    chosen, tuning_rows = choose_settings(plan)
+    study = skeleton(plan)
+    try:
+        chosen, tuning_rows = choose_settings(plan)
+    except RuntimeError:                                    # tuning unfinished: report the progress only
+        done = sum(exported(plan, s.key) is not None for s in plan.tuning_specs())
+        study["runs"] = {"tuning_exported": done, "tuning_planned": len(plan.tuning_specs())}
+        return _write_report(plan, study, log)
     specs = plan.later_specs(chosen)
     metrics_all = (*PRIMARY, *SECONDARY)
     seeds_results = load_runs(plan, [s for s in specs if s.part == "seeds"])
-    study = {"plan": str(plan.path.relative_to(REPO)) if plan.path else None, "base": plan.base,
-             "data": plan.data, "grid": plan.tuning["grid"], "primary": list(PRIMARY),
-             "secondary": list(SECONDARY), "chosen": chosen, "tuning": tuning_rows,
-             "seeds": {"data": plan.seeds["data"], "summary": summarize(seeds_results, metrics_all),
-                       "pairs": [compare(plan, seeds_results, a, b) for a, b in plan.seeds["pairs"]]}}
+    study.update({"chosen": chosen, "tuning": tuning_rows,
+                  "seeds": {"data": plan.seeds["data"], "summary": summarize(seeds_results, metrics_all),
+                            "pairs": [compare(plan, seeds_results, a, b) for a, b in plan.seeds["pairs"]]}})
     if plan.learning_curve:
         lc = plan.learning_curve
         points = []
@@ -481,14 +512,29 @@ def report(plan, log=print) -> dict:
                          "pair": compare(plan, rs, dial["models"][0], dial["models"][1], metrics_secondary=())})
         study["dial"] = rows
     study["baselines"] = baselines_for(plan)
-    every = load_runs(plan, [*plan.tuning_specs(), *specs])
-    study["runs"] = {"exported": len(every), "planned": len(plan.tuning_specs()) + len(specs),
+    unique = list({s.key: s for s in [*plan.tuning_specs(), *specs]}.values())
+    every = load_runs(plan, unique)
+    failed = [s.key for s in unique if (exported(plan, s.key) or {}).get("failed")]
+    study["runs"] = {"exported": len(every), "planned": len(unique), "failed": failed,
                      "train_hours": sum((r.metrics.get("timing") or {}).get("wall_seconds", 0) for r in every) / 3600}
+    return _write_report(plan, study, log)
+
+
+def skeleton(plan: Plan) -> dict:
+    """What study.json says before any result: the plan's settings (the README block renders from it)."""
+    return {"plan": str(plan.path.relative_to(REPO)) if plan.path and plan.path.is_relative_to(REPO) else None,
+            "base": plan.base, "data": plan.data, "grid": plan.tuning["grid"],
+            "seed_counts": plan.seeds["models"], "primary": list(PRIMARY), "secondary": list(SECONDARY),
+            "runs": {"tuning_exported": 0, "tuning_planned": len(plan.tuning_specs())}}
+
+
+def _write_report(plan: Plan, study: dict, log) -> dict:
     out = plan.results_dir / "study.json"
     out.write_text(json.dumps(jsonable(study), indent=1, allow_nan=False) + "\n")
     log(f"[study] wrote {out}")
     study = json.loads(out.read_text())
-    write_figures(study, plan.resolve(plan.figures))
+    if "seeds" in study:
+        write_figures(study, plan.resolve(plan.figures))
     if plan.readme:
         update_readme(readme_block(study))
     log(f"[study] figures in {plan.resolve(plan.figures)}" + (", README block rewritten" if plan.readme else ""))
@@ -571,24 +617,57 @@ BASELINE_ROWS = (("geometry_knn", "baseline: geometry only (k-NN on true landmar
 TABLE_METRICS = ("category_top3", "attr_map_all", "category_top1", "attr_top3_all_grouped", "landmark_ne_mean")
 
 
+def departures_table(study: dict) -> list:
+    """The table of every place where the study's CPU setting departs from the thesis (from the plan's values)."""
+    base, grid, counts = study["base"], study["grid"], study.get("seed_counts", {})
+    data = next(iter(study["data"].values()))
+    seeds = ", ".join(f"{n} for `{m}`" for m, n in counts.items())
+    grid_text = "; ".join(f"{k}: {', '.join(str(v) for v in vals)}" for k, vals in grid.items())
+    return [
+        "| | thesis | this study's CPU setting | why |",
+        "|---|---|---|---|",
+        f"| data | DeepFashion-C, 289,222 photos | the synthetic benchmark, {data.get('n', 0):,} images (70/15/15 split) "
+        f"| DeepFashion cannot be downloaded here |",
+        f"| input | 224 px | {base.get('image_size')} px crops of the box | full VGG-16 at 224 px trains at about "
+        f"1.5 img/s on 2 CPU cores |",
+        f"| network width | VGG-16 | {base.get('width')} of the channels; the landmark branch keeps full width | "
+        f"the same; the branch does not learn when narrowed |",
+        "| initial weights | not stated (Liu & Lu, ECCV Workshops 2018, start from ImageNet) | from scratch | "
+        "no pretrained weights offline |",
+        f"| backbone, learning rate | VGG-16, Adam, tuned for MTL only | Adam; chosen on val per model from the same "
+        f"grid ({grid_text}) | equal tuning; batch norm helps from scratch |",
+        f"| training length | 10 epochs, the best **test** epoch kept | until val stops improving (patience "
+        f"{base.get('patience')}, at most {base.get('epochs')} epochs); test reported at the best **val** epoch | "
+        f"selection on test inflates results |",
+        f"| runs | one per model | paired seeds: {seeds} | intervals |",
+        f"| batch | 8 | {base.get('batch_size')} | |",
+    ]
+
+
 def readme_block(study: dict) -> str:
     """The README's results section, rendered from study.json (every number in it comes from there)."""
     from vfu_nb.plots.study import label
 
+    head = ["**Where this setting departs from the thesis**", "", *departures_table(study), ""]
+    if "seeds" not in study:
+        runs = study.get("runs", {})
+        return "\n".join(head + [f"The study has not finished its tuning runs yet ({runs.get('tuning_exported', 0)} of "
+                                  f"{runs.get('tuning_planned', '?')}): `python -m vfu_nb.study run --jobs 2` trains "
+                                  f"them and rewrites this section."])
     base, seeds = study["base"], study["seeds"]
     summary = seeds["summary"]
     models = list(dict.fromkeys(r["model"] for r in summary))
-    data = study["data"][seeds["data"]]
     grid = ", ".join(f"{k} {'/'.join(str(v) for v in vals)}" for k, vals in study["grid"].items())
     not_conv = sum(r["not_converged"] for r in summary if r["metric"] == PRIMARY[0])
     n_runs = sum(r["n"] for r in summary if r["metric"] == PRIMARY[0])
-    lines = [
-        f"**Setup.** Synthetic benchmark ({data.get('n')} images, seed {data.get('seed')}, geometry "
-        f"informativeness {data.get('geometry_informativeness', 'default')}); {base.get('image_size')} px crops, "
-        f"width {base.get('width')}, batch {base.get('batch_size')}, Adam, at most {base.get('epochs')} epochs, "
-        f"early stop after {base.get('patience')} epochs without val improvement. Every model got the same tuning "
-        f"grid on val ({grid}; one seed). Test metrics at each run's best val epoch, mean ± sd over seeds; "
-        f"{not_conv} of {n_runs} runs had their best epoch last (not converged).",
+    runs = study["runs"]
+    partial = ("" if runs["exported"] >= runs["planned"] else
+               f" **Partial:** {runs['exported']} of {runs['planned']} runs have finished; the study goes on.")
+    lines = head + [
+        f"**Setup.** Every model got the same tuning grid on val ({grid}; one seed); the chosen setting is in the "
+        f"table. Test metrics at each run's best val epoch, mean ± sd over seeds; {not_conv} of {n_runs} runs "
+        f"had their best epoch last (not converged). Primary metrics, declared before the runs: "
+        f"{' and '.join(label(m) for m in PRIMARY)}.{partial}",
         "",
         "| model | tuned setting | seeds | " + " | ".join(label(m) for m in TABLE_METRICS) + " |",
         "|---|---|---|" + "---|" * len(TABLE_METRICS),
@@ -638,8 +717,8 @@ def readme_block(study: dict) -> str:
             g = row["settings"].get("geometry_informativeness", "default")
             lines.append(f"| geometry informativeness {g} | {len(row['pair']['seeds'])} | "
                          + " | ".join(_primary_cell(row["pair"]["primary"].get(m)) for m in PRIMARY) + " |")
-    runs = study["runs"]
-    lines += ["", f"The study is {runs['exported']} training runs ({runs['planned']} planned), "
+    failed = f"; {len(runs['failed'])} diverged and count as failed" if runs.get("failed") else ""
+    lines += ["", f"The study is {runs['exported']} training runs ({runs['planned']} planned{failed}), "
                   f"{runs['train_hours']:.1f} hours of training in all on 2 CPU cores "
                   f"(`python -m vfu_nb.study run --jobs 2`).", ""]
     lines += [f"![{name}](figures/{fname})" for name, fname in FIGURES.items()
@@ -661,9 +740,15 @@ def update_readme(block: str, path=README) -> bool:
     return new != text
 
 
+def committed_study(plan=DEFAULT_PLAN) -> dict:
+    """results/study.json, or the plan's skeleton while the study has not written one."""
+    plan = Plan.load(plan)
+    return load_study(plan) or skeleton(plan)
+
+
 def readme_matches(study_json=None, path=README) -> bool:
-    """True when the README's result block is exactly what study.json renders to."""
-    study = json.loads(Path(study_json or DEFAULT_PLAN.parent / "study.json").read_text())
+    """True when the README's result block is exactly what study.json (or the plan, before it) renders to."""
+    study = json.loads(Path(study_json).read_text()) if study_json else committed_study()
     text = Path(path).read_text()
     if BLOCK_BEGIN not in text:
         return False
@@ -711,7 +796,7 @@ def main(argv=None):
             print("README results block matches results/study.json" if ok else
                   "README results block differs from results/study.json: run python -m vfu_nb.study readme")
             sys.exit(0 if ok else 1)
-        changed = update_readme(readme_block(json.loads((DEFAULT_PLAN.parent / "study.json").read_text())))
+        changed = update_readme(readme_block(committed_study()))
         print("README block rewritten" if changed else "README block already up to date")
         return None
     return report(args.plan)

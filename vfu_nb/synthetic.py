@@ -1,33 +1,51 @@
-"""Synthetic DeepFashion-C benchmark generator.
+"""Synthetic DeepFashion-C benchmark generator (version 2).
 
 Writes a directory tree that a DeepFashion-C reader cannot tell from the real dataset
 (``Anno/*.txt``, ``Eval/list_eval_partition.txt``, ``img/<Item_Folder>/img_XXXXXXXX.jpg``), filled with
-procedurally drawn garments. The scenes are built so that landmark knowledge is *useful but not
-required*: every piece of category/attribute evidence sits at a garment's functional points (collar,
-sleeve ends, waistline, hem), while background clutter re-uses the garment textures and colours,
-occluders hide landmarks (visibility 1) and the frame truncates garments (visibility 2).
+procedurally drawn garments of 28 categories. The benchmark tests one idea: knowing where a garment's
+functional parts are (collar, sleeve ends, waistline, hem) helps to read the local evidence there.
+So, within a clothes type, categories share silhouette families and differ mainly in what is drawn
+*at* those points (neckline or collar form, cuff, waist detail, hem finish) and in fabric/texture,
+while the landmark geometry says only some of it:
 
-Labels come only from what is rendered: a garment is first sampled as a *spec* (one value per feature
-slot: texture, fabric, neckline, sleeve length, fit, length, closure, pockets, ...), the attribute labels
-are a pure function of that spec, and the drawing code renders exactly that spec.
+* ``geometry_informativeness`` G: with probability G an image's silhouette (sleeve length, body and
+  leg length, fit, flare, leg cut, skirt/legs/long body) is drawn from its own category's distribution,
+  otherwise from the pooled distribution of its clothes type (that of a donor category drawn by
+  frequency). G = 0: the silhouette says nothing about the category beyond the clothes type;
+  G = 1: the silhouette comes from the category (version 1's behaviour).
+* Landmarks are written with annotation noise: per-point jitter (``landmark_noise``, sd as a
+  fraction of the box side) and a rate of wrong visible/occluded flags (``visibility_flip``).
+  The rendered garment is not affected.
+
+Labels come only from what is rendered: a garment is sampled as a *spec* (one value per slot), the
+attribute labels are a function of the spec, and the drawing code renders exactly that spec.
+Attributes are correlated with the category (each category has its own slot distributions) but are
+not a function of it. Clutter, occluders (visibility 1), truncation (visibility 2) and
+scale/position/rotation jitter make the scenes harder. See docs/synthetic.md.
 
 Usage::
 
-    python -m vfu_nb.synthetic --out data/synth --n 6000 --seed 0 [--workers 2]
+    python -m vfu_nb.synthetic --out data/synth --n 4000 --seed 0 [--workers 2]
+        [--geometry-informativeness 0.35] [--landmark-noise 0.02] [--visibility-flip 0.03]
 
     from vfu_nb.synthetic import generate
-    summary = generate("data/synth", n=6000, seed=0)
+    summary = generate("data/synth", n=4000, seed=0, geometry_informativeness=0.35)
 
-Determinism: image ``i`` is drawn from ``SeedSequence(seed, spawn_key=(1, i))`` only, so the output is
-byte-identical for any number of workers (on one platform/library stack) and the first ``k`` images
-of a run equal those of any larger run with the same seed. Workers (a fork pool where available)
-write their own JPEGs; the parent writes the annotation files in index order. ``synthetic.json`` is
-written last; a tree without it (or with ``.synthetic_incomplete``) is an interrupted run.
+Re-running with the same arguments returns at once (``cached``); a tree written by another version
+or with other settings is regenerated.
+
+Determinism: image ``i`` is drawn from ``SeedSequence(seed, spawn_key=(1, i))`` (its annotation
+noise from ``spawn_key=(3, i)``) only, so the output is byte-identical for any number of workers (on
+one platform/library stack) and the first ``k`` images of a run equal those of any larger run with
+the same seed and settings. Workers (a fork pool where available) write their own JPEGs; the parent
+writes the annotation files in index order. ``synthetic.json`` is written last; a tree without it
+(or with ``.synthetic_incomplete``) is an interrupted run.
 
 Format decisions where the real data is silent: landmark x/y use the same 1-based pixel index as the
 boxes (``floor(x) + 1``); truncated landmarks (visibility 2) are clamped into ``1..W`` / ``1..H``;
 boxes are the 1-based inclusive extent of the garment pixels (occluded parts included) clipped to
-the image, widened if needed to contain the clamped landmarks.
+the image, widened if needed to contain the clamped (noise-free) landmarks; written (noisy)
+landmarks are clamped into the box.
 """
 
 from __future__ import annotations
@@ -50,12 +68,24 @@ from vfu_nb.annotations import (
     ANNOTATION_FILES, NAME_COLUMN, SLOTS_BY_CLOTHES_TYPE, Annotations, write_annotations,
 )
 
-VERSION = 1
+VERSION = 2
 MAX_SIDE = 300
 JPEG_QUALITY = 85
 SPLIT_BLOCK = ("train",) * 14 + ("val",) * 3 + ("test",) * 3  # 70/15/15 in every 20 consecutive rows
 MARKER_DONE = "synthetic.json"
 MARKER_BUSY = ".synthetic_incomplete"
+
+#: Default of the geometry dial (see the module docstring and docs/synthetic.md for how it was chosen).
+DEFAULT_GEOMETRY_INFORMATIVENESS = 0.35
+#: Default annotation noise: jitter sd of written landmarks (fraction of the box width/height) and rate
+#: of swapped visible/occluded flags. State-of-the-art landmark detectors reach a normalised error of
+#: about 0.04 on DeepFashion-C (Lee et al., ICCV Workshops 2019: 0.039; Liu & Lu, ECCV Workshops 2018:
+#: 0.047); annotators are more precise than that: sd 0.02 per axis is a mean error of 0.025.
+DEFAULT_LANDMARK_NOISE = 0.02
+DEFAULT_VISIBILITY_FLIP = 0.03
+#: Allowed ranges of the settings (inclusive).
+SETTING_RANGES = {"geometry_informativeness": (0.0, 1.0), "landmark_noise": (0.0, 0.2),
+                  "visibility_flip": (0.0, 0.5)}
 
 # --------------------------------------------------------------------------------------------------
 # Vocabularies
@@ -80,10 +110,11 @@ _CATEGORY_TYPE = dict(DEEPFASHION_CATEGORIES)
 _ATTRIBUTE_GROUPS = {
     1: ["chevron", "floral", "leopard", "plaid", "polka dot", "solid", "striped"],
     2: ["denim", "knit", "lace", "leather", "satin", "sheer"],
-    3: ["cropped", "fitted", "flared", "maxi", "mini", "oversized"],
-    4: ["belted", "buttoned", "collared", "crew neck", "cuffed", "drawstring", "fringe hem", "hooded",
-        "long sleeve", "pockets", "ruffle hem", "scoop neck", "short sleeve", "sleeveless", "v-neck",
-        "zip-up"],
+    3: ["cropped", "fitted", "flared", "maxi", "mini", "oversized", "skinny", "wide-leg"],
+    4: ["bell-sleeve", "belted", "buttoned", "collared", "crew neck", "cuffed", "double-breasted",
+        "drawstring", "elasticized", "frayed", "fringe hem", "hooded", "long sleeve", "open-front",
+        "pockets", "ribbed", "ruffle hem", "scoop neck", "short sleeve", "sleeveless", "square neck",
+        "tie-neck", "turtle-neck", "v-neck", "zip-up"],
     5: ["earth tone", "graphic", "monochrome", "neon", "pastel"],
 }
 #: The synthetic attribute vocabulary (name, attribute_type), sorted by name like the real file.
@@ -93,186 +124,278 @@ _ATTRIBUTE_INDEX = {name: i for i, (name, _) in enumerate(SYNTHETIC_ATTRIBUTES)}
 
 
 # --------------------------------------------------------------------------------------------------
-# Garment specs: feature slots, their labels, and per-category distributions
+# Garment specs: slots, their labels, and per-category distributions
 # --------------------------------------------------------------------------------------------------
+
+#: Silhouette slots: they set the outline and the keypoints (drawn from a donor category, see G).
+SHAPE_SLOTS = ("sleeve", "drop", "length", "fit", "flare", "leg")
+#: Local-evidence slots (drawn at the functional points) and surface slots (texture, fabric, colour).
+PART_SLOTS = ("texture", "fabric", "palette", "neck", "front", "cuff", "hem", "waist", "pockets",
+              "cords", "graphic")
 
 #: slot -> {value: attribute name}; values missing from the map (and None) carry no label.
 _SLOT_LABELS: dict[str, dict[str, str]] = {
+    "sleeve": {"none": "sleeveless", "short": "short sleeve", "long": "long sleeve"},
+    "drop": {},
+    "length": {"cropped": "cropped", "mini": "mini", "maxi": "maxi"},
+    "fit": {"fitted": "fitted", "oversized": "oversized"},
+    "flare": {"flared": "flared"},
+    "leg": {"tight": "skinny", "wide": "wide-leg"},
     "texture": {t: t for t in _ATTRIBUTE_GROUPS[1]},
     "fabric": {f: f for f in _ATTRIBUTE_GROUPS[2]},
-    "neck": {"crew": "crew neck", "scoop": "scoop neck", "v": "v-neck", "collar": "collared",
-             "lapel": "collared", "hood": "hooded"},
-    "sleeve": {"none": "sleeveless", "short": "short sleeve", "long": "long sleeve"},
-    "fit": {"fitted": "fitted", "oversized": "oversized"},
-    "length": {"cropped": "cropped", "maxi": "maxi", "mini": "mini"},
-    "flare": {"flared": "flared"},
-    "closure": {"buttons": "buttoned", "zip": "zip-up"},
-    "pockets": {"pockets": "pockets"},
-    "belt": {"belt": "belted"},
-    "drawstring": {"drawstring": "drawstring"},
-    "cuffs": {"cuffs": "cuffed"},
-    "hem_trim": {"ruffle": "ruffle hem", "fringe": "fringe hem"},
     "palette": {"pastel": "pastel", "neon": "neon", "monochrome": "monochrome", "earth": "earth tone"},
+    "neck": {"crew": "crew neck", "v": "v-neck", "scoop": "scoop neck", "square": "square neck",
+             "collar": "collared", "lapel": "collared", "shawl": "collared", "hood": "hooded",
+             "turtle": "turtle-neck", "tie": "tie-neck"},  # "stand" and "band" carry no label
+    "front": {"buttons": "buttoned", "placket": "buttoned", "double": "double-breasted", "zip": "zip-up",
+              "open": "open-front"},  # "wrap" carries no label
+    "cuff": {"rib": "ribbed", "turnup": "cuffed", "button": "cuffed", "bell": "bell-sleeve"},
+    "hem": {"rib": "ribbed", "ruffle": "ruffle hem", "fringe": "fringe hem", "frayed": "frayed"},
+    "waist": {"elastic": "elasticized", "drawstring": "drawstring", "belt": "belted", "sash": "belted"},
+    "pockets": {"patch": "pockets", "kangaroo": "pockets", "slant": "pockets", "flap": "pockets"},
+    "cords": {"cords": "drawstring"},
     "graphic": {"graphic": "graphic"},
 }
-_SLOTS = list(_SLOT_LABELS)
-_MIN_POSITIVES, _MAX_POSITIVES = 2, 5
-_OPTIONAL_RATE = 0.4  # relative weight of a labelled value in a slot that may stay empty
+_MIN_POSITIVES, _MAX_POSITIVES = 2, 8
+_THINNABLE = ("palette", "graphic", "pockets", "cords", "fabric")  # dropped first above the maximum
 
-_DEFAULT_SLOTS = {
+_DEFAULT_PARTS = {
     "texture": {"solid": .34, "striped": .14, "polka dot": .10, "plaid": .10, "floral": .12,
                 "chevron": .08, "leopard": .12},
-    "fabric": {None: .55, "knit": .09, "denim": .06, "lace": .07, "leather": .06, "satin": .09,
-               "sheer": .08},
-    "palette": {"default": .60, "pastel": .10, "neon": .08, "monochrome": .12, "earth": .10},
+    "fabric": {None: .6, "knit": .08, "denim": .05, "lace": .07, "leather": .05, "satin": .08,
+               "sheer": .07},
+    "palette": {"default": .64, "pastel": .10, "neon": .06, "monochrome": .12, "earth": .08},
 }
-_TOP_GRAPHIC = {None: .85, "graphic": .15}
+_TOP_GRAPHIC = {None: .9, "graphic": .1}
 
 
 @dataclass(frozen=True)
 class _Style:
-    """How a rendered category is built: its lower part, cut flags and slot distributions."""
+    """How a rendered category is drawn: its silhouette family and slot distributions."""
 
-    bottom: str | None  # None: upper body only; "skirt" / "legs": lower part; "long": long upper body
-    slots: dict
-    legs: str = ""  # leg cut for bottom == "legs": tight, straight, jogger, shorts, wide
-    open_front: bool = False
-    rib_bands: bool = False
-    kimono: bool = False
-    strap: float = 0.26  # shoulder strap width when sleeveless
+    lower: str | None  # None: upper body only; "legs" / "skirt": lower part; "long": long upper body
+    shape: dict        # SHAPE_SLOTS distributions (missing: the slot's empty value)
+    parts: dict        # PART_SLOTS distributions (missing: defaults above, else empty)
 
+
+def _style(lower, shape, **parts) -> _Style:
+    return _Style(lower, shape, parts)
+
+
+_SOLID_HEAVY = {"solid": .6, "striped": .12, "plaid": .06, "polka dot": .04, "floral": .04,
+                "chevron": .06, "leopard": .08}
 
 _STYLES: dict[str, _Style] = {
-    "Tee": _Style(None, dict(
-        sleeve={"short": 1}, neck={"crew": .55, "v": .30, "scoop": .15},
-        fit={None: .6, "fitted": .2, "oversized": .2}, length={None: .8, "cropped": .2},
-        closure={None: .9, "buttons": .1}, pockets={None: .85, "pockets": .15},
-        cuffs={None: .85, "cuffs": .15}, hem_trim={None: .9, "ruffle": .05, "fringe": .05},
-        graphic={None: .7, "graphic": .3})),
-    "Tank": _Style(None, dict(
-        sleeve={"none": 1}, neck={"scoop": .55, "v": .30, "crew": .15},
-        fit={None: .6, "fitted": .3, "oversized": .1}, length={None: .75, "cropped": .25},
-        flare={None: .85, "flared": .15}, hem_trim={None: .8, "ruffle": .1, "fringe": .1},
-        graphic={None: .8, "graphic": .2}), strap=0.17),
-    "Blouse": _Style(None, dict(
-        sleeve={"long": .65, "short": .35}, neck={"v": .4, "collar": .3, "scoop": .2, "crew": .1},
-        fit={None: .6, "oversized": .25, "fitted": .15}, length={None: .85, "cropped": .15},
-        flare={None: .6, "flared": .4}, closure={None: .5, "buttons": .5},
-        cuffs={None: .6, "cuffs": .4}, hem_trim={None: .7, "ruffle": .3},
-        fabric={None: .3, "sheer": .2, "satin": .2, "lace": .2, "knit": .05, "denim": .05},
-        graphic={None: .95, "graphic": .05})),
-    "Jacket": _Style(None, dict(
-        sleeve={"long": 1}, neck={"lapel": .6, "collar": .25, "crew": .15},
-        closure={"zip": .45, "buttons": .45, None: .1}, pockets={"pockets": .6, None: .4},
-        belt={None: .85, "belt": .15}, fit={None: .6, "fitted": .15, "oversized": .25},
-        length={None: .8, "cropped": .2}, cuffs={None: .6, "cuffs": .4},
-        fabric={None: .35, "denim": .25, "leather": .25, "knit": .05, "satin": .05, "lace": .05}),
-        open_front=True),
-    "Hoodie": _Style(None, dict(
-        sleeve={"long": 1}, neck={"hood": 1}, closure={None: .6, "zip": .4},
-        pockets={"pockets": .7, None: .3}, drawstring={"drawstring": .6, None: .4},
-        cuffs={"cuffs": .8, None: .2}, fit={None: .55, "oversized": .35, "fitted": .1},
-        length={None: .85, "cropped": .15},
-        fabric={None: .6, "knit": .35, "denim": .02, "leather": .01, "satin": .02},
-        graphic={None: .75, "graphic": .25}), rib_bands=True),
-    "Sweater": _Style(None, dict(
-        sleeve={"long": 1}, neck={"crew": .6, "v": .25, "scoop": .1, "collar": .05},
-        closure={None: .9, "buttons": .1}, cuffs={"cuffs": .7, None: .3},
-        fit={None: .5, "oversized": .35, "fitted": .15}, length={None: .8, "cropped": .2},
-        hem_trim={None: .9, "fringe": .1},
-        fabric={"knit": .65, None: .3, "lace": .03, "satin": .02},
-        graphic={None: .9, "graphic": .1}), rib_bands=True),
-    "Shorts": _Style("legs", dict(
-        fit={None: .8, "fitted": .2}, flare={None: .8, "flared": .2}, pockets={"pockets": .5, None: .5},
-        belt={None: .8, "belt": .2}, drawstring={None: .75, "drawstring": .25},
-        cuffs={None: .7, "cuffs": .3}, hem_trim={None: .85, "fringe": .15},
-        fabric={None: .5, "denim": .3, "knit": .05, "lace": .05, "leather": .05, "satin": .05}),
-        legs="shorts"),
-    "Skirt": _Style("skirt", dict(
-        length={None: .45, "mini": .3, "maxi": .25}, flare={None: .5, "flared": .5},
-        fit={None: .75, "fitted": .25}, pockets={None: .85, "pockets": .15},
-        belt={None: .8, "belt": .2}, hem_trim={None: .7, "ruffle": .2, "fringe": .1},
-        fabric={None: .4, "denim": .1, "lace": .12, "knit": .06, "leather": .1, "satin": .12,
-                "sheer": .1})),
-    "Jeans": _Style("legs", dict(
-        length={None: .8, "cropped": .2}, flare={None: .75, "flared": .25},
-        fit={None: .6, "fitted": .4}, pockets={"pockets": .85, None: .15}, belt={None: .8, "belt": .2},
-        cuffs={None: .75, "cuffs": .25}, hem_trim={None: .9, "fringe": .1},
-        fabric={"denim": .8, None: .15, "leather": .05}), legs="straight"),
-    "Leggings": _Style("legs", dict(
-        fit={"fitted": 1}, length={None: .75, "cropped": .25}, flare={None: .9, "flared": .1},
-        pockets={None: .9, "pockets": .1},
-        fabric={None: .5, "knit": .2, "leather": .2, "sheer": .05, "satin": .05}), legs="tight"),
-    "Joggers": _Style("legs", dict(
-        cuffs={"cuffs": .9, None: .1}, drawstring={"drawstring": .6, None: .4},
-        pockets={"pockets": .5, None: .5}, fit={None: .8, "oversized": .2},
-        length={None: .85, "cropped": .15},
-        fabric={None: .5, "knit": .4, "satin": .05, "leather": .05}), legs="jogger"),
-    "Dress": _Style("skirt", dict(
-        sleeve={"none": .45, "short": .35, "long": .2},
-        neck={"v": .3, "scoop": .25, "crew": .25, "collar": .2},
-        length={None: .4, "mini": .3, "maxi": .3}, flare={None: .5, "flared": .5},
-        fit={None: .6, "fitted": .3, "oversized": .1}, closure={None: .8, "buttons": .15, "zip": .05},
-        pockets={None: .85, "pockets": .15}, belt={None: .7, "belt": .3},
-        drawstring={None: .95, "drawstring": .05}, cuffs={None: .9, "cuffs": .1},
-        hem_trim={None: .75, "ruffle": .2, "fringe": .05}, graphic={None: .9, "graphic": .1},
-        fabric={None: .4, "lace": .15, "satin": .15, "sheer": .1, "knit": .1, "denim": .05,
-                "leather": .05})),
-    "Jumpsuit": _Style("legs", dict(
-        sleeve={"none": .5, "short": .3, "long": .2},
-        neck={"v": .35, "scoop": .2, "crew": .2, "collar": .25},
-        length={None: .8, "cropped": .2}, flare={None: .6, "flared": .4},
-        fit={None: .7, "fitted": .2, "oversized": .1}, closure={None: .6, "buttons": .25, "zip": .15},
-        pockets={None: .65, "pockets": .35}, belt={None: .6, "belt": .4},
-        drawstring={None: .9, "drawstring": .1}, cuffs={None: .85, "cuffs": .15}), legs="wide"),
-    "Romper": _Style("legs", dict(
-        sleeve={"none": .5, "short": .4, "long": .1},
-        neck={"v": .35, "scoop": .3, "crew": .2, "collar": .15}, flare={None: .7, "flared": .3},
-        fit={None: .7, "fitted": .2, "oversized": .1}, closure={None: .7, "buttons": .3},
-        pockets={None: .75, "pockets": .25}, belt={None: .65, "belt": .35},
-        drawstring={None: .85, "drawstring": .15}, cuffs={None: .85, "cuffs": .15},
-        hem_trim={None: .85, "fringe": .15}), legs="shorts"),
-    "Coat": _Style("long", dict(
-        sleeve={"long": 1}, neck={"lapel": .75, "hood": .15, "collar": .1},
-        closure={"buttons": .65, "zip": .25, None: .1}, pockets={"pockets": .55, None: .45},
-        belt={None: .65, "belt": .35}, fit={None: .6, "oversized": .3, "fitted": .1},
-        flare={None: .8, "flared": .2}, cuffs={None: .7, "cuffs": .3},
-        fabric={None: .6, "leather": .15, "knit": .1, "denim": .05, "satin": .05, "lace": .05}),
-        open_front=True),
-    "Kimono": _Style("long", dict(
-        sleeve={"long": 1}, neck={"v": 1}, belt={"belt": .55, None: .45},
-        length={None: .55, "maxi": .3, "cropped": .15}, hem_trim={None: .75, "fringe": .25},
-        fabric={None: .45, "satin": .25, "sheer": .2, "lace": .1},
-        texture={"floral": .35, "solid": .2, "striped": .1, "polka dot": .05, "plaid": .05,
-                 "chevron": .1, "leopard": .15}), open_front=True, kimono=True),
+    # ---- upper body: one family of outlines; neckline, front, cuffs, hem and fabric tell them apart
+    "Tee": _style(None, dict(sleeve={"short": .85, "long": .1, "none": .05},
+                             fit={None: .6, "fitted": .2, "oversized": .2}, length={None: .8, "cropped": .2}),
+                  neck={"crew": .85, "v": .1, "scoop": .05}, cuff={None: .92, "rib": .05, "turnup": .03},
+                  hem={None: .95, "fringe": .03, "rib": .02}, front={None: .97, "placket": .03},
+                  pockets={None: .9, "patch": .1}, graphic={None: .65, "graphic": .35},
+                  fabric={None: .85, "knit": .05, "satin": .03, "lace": .03, "sheer": .04}),
+    "Tank": _style(None, dict(sleeve={"none": .9, "short": .1}, fit={None: .6, "fitted": .3, "oversized": .1},
+                              length={None: .75, "cropped": .25}, flare={None: .85, "flared": .15}),
+                   neck={"scoop": .8, "v": .12, "square": .05, "crew": .03},
+                   hem={None: .8, "ruffle": .08, "fringe": .08, "frayed": .04},
+                   graphic={None: .8, "graphic": .2},
+                   fabric={None: .7, "knit": .1, "lace": .07, "satin": .07, "sheer": .06}),
+    "Blouse": _style(None, dict(sleeve={"long": .55, "short": .35, "none": .1},
+                                fit={None: .6, "oversized": .25, "fitted": .15},
+                                length={None: .8, "cropped": .1, "long": .1}, flare={None: .65, "flared": .35}),
+                     neck={"tie": .55, "v": .2, "collar": .15, "square": .05, "scoop": .05},
+                     cuff={"bell": .55, None: .25, "button": .2}, hem={None: .75, "ruffle": .25},
+                     front={None: .7, "buttons": .3},
+                     fabric={None: .3, "sheer": .25, "satin": .25, "lace": .2}, graphic={None: 1}),
+    "Button-Down": _style(None, dict(sleeve={"long": .8, "short": .2}, length={"long": .5, None: .5},
+                                     fit={None: .7, "fitted": .15, "oversized": .15}),
+                          neck={"collar": .95, "v": .05}, front={"buttons": .95, "placket": .05},
+                          cuff={"button": .75, "turnup": .15, None: .1}, pockets={"patch": .5, None: .5},
+                          texture={"plaid": .3, "striped": .25, "solid": .3, "polka dot": .05, "floral": .05,
+                                   "chevron": .03, "leopard": .02},
+                          fabric={None: .85, "denim": .1, "satin": .05}, graphic={None: 1}),
+    "Henley": _style(None, dict(sleeve={"long": .6, "short": .4}, fit={None: .6, "fitted": .3, "oversized": .1},
+                                length={None: .9, "cropped": .1}),
+                     neck={"crew": .85, "scoop": .15}, front={"placket": .9, None: .1},
+                     cuff={None: .6, "rib": .3, "turnup": .1}, hem={None: .85, "rib": .15},
+                     fabric={None: .65, "knit": .35}, graphic={None: .9, "graphic": .1}),
+    "Turtleneck": _style(None, dict(sleeve={"long": .85, "none": .1, "short": .05},
+                                    fit={"fitted": .5, None: .4, "oversized": .1}, length={None: .8, "cropped": .2}),
+                         neck={"turtle": .95, "crew": .05}, cuff={"rib": .6, None: .4},
+                         hem={"rib": .5, None: .5}, texture=_SOLID_HEAVY,
+                         fabric={"knit": .6, None: .3, "satin": .1}, graphic={None: 1}),
+    "Sweater": _style(None, dict(sleeve={"long": .95, "short": .05},
+                                 fit={None: .5, "oversized": .35, "fitted": .15}, length={None: .8, "cropped": .2}),
+                      neck={"crew": .6, "v": .3, "turtle": .05, "collar": .05}, front={None: .9, "buttons": .1},
+                      cuff={"rib": .9, None: .1}, hem={"rib": .9, None: .07, "fringe": .03},
+                      fabric={"knit": .8, None: .2}, graphic={None: .9, "graphic": .1}),
+    "Cardigan": _style(None, dict(sleeve={"long": .9, "short": .1}, fit={None: .6, "oversized": .3, "fitted": .1},
+                                  length={"long": .4, None: .5, "cropped": .1}),
+                       neck={"v": .85, "crew": .15}, front={"buttons": .75, "open": .25},
+                       cuff={"rib": .7, None: .3}, hem={"rib": .7, None: .3}, pockets={None: .7, "patch": .3},
+                       fabric={"knit": .75, None: .25}, graphic={None: 1}),
+    "Hoodie": _style(None, dict(sleeve={"long": 1}, fit={"oversized": .4, None: .5, "fitted": .1},
+                                length={None: .85, "cropped": .15}),
+                     neck={"hood": .95, "crew": .05}, cords={"cords": .65, None: .35},
+                     front={None: .6, "zip": .4}, pockets={"kangaroo": .7, None: .3},
+                     cuff={"rib": .85, None: .15}, hem={"rib": .85, None: .15}, texture=_SOLID_HEAVY,
+                     graphic={None: .75, "graphic": .25}, fabric={None: .65, "knit": .35}),
+    "Jacket": _style(None, dict(sleeve={"long": 1}, fit={None: .6, "oversized": .25, "fitted": .15},
+                                length={None: .8, "cropped": .2}),
+                     neck={"stand": .45, "collar": .3, "hood": .15, "lapel": .1},
+                     front={"zip": .65, "buttons": .25, "open": .1}, pockets={"flap": .6, None: .4},
+                     cuff={None: .5, "rib": .3, "button": .2}, hem={None: .7, "rib": .3},
+                     fabric={None: .4, "denim": .3, "leather": .3}, texture=_SOLID_HEAVY, graphic={None: 1}),
+    "Blazer": _style(None, dict(sleeve={"long": .9, "short": .1}, fit={"fitted": .4, None: .5, "oversized": .1},
+                                length={"long": .5, None: .4, "cropped": .1}),
+                     neck={"lapel": .95, "shawl": .05}, front={"buttons": .6, "double": .25, "open": .15},
+                     pockets={"flap": .75, None: .25}, cuff={"button": .5, None: .5},
+                     texture={"solid": .55, "plaid": .2, "striped": .1, "polka dot": .03, "floral": .04,
+                              "chevron": .03, "leopard": .05},
+                     fabric={None: .8, "satin": .05, "leather": .05, "knit": .05, "denim": .05}, graphic={None: 1}),
+    "Top": _style(None, dict(sleeve={"none": .4, "short": .4, "long": .2},
+                             fit={None: .5, "fitted": .3, "oversized": .2}, length={"cropped": .4, None: .6},
+                             flare={None: .7, "flared": .3}, drop={None: .8, "drop": .2}),
+                  neck={"square": .5, "scoop": .15, "v": .15, "tie": .1, "crew": .1},
+                  cuff={None: .6, "bell": .35, "button": .05}, hem={"ruffle": .45, None: .45, "fringe": .1},
+                  fabric={None: .5, "lace": .15, "satin": .15, "sheer": .2}, graphic={None: .9, "graphic": .1}),
+    # ---- lower body: trousers and shorts share outlines; waistband, leg ends and fabric tell them apart
+    "Shorts": _style("legs", dict(length={"short": 1}, leg={"straight": .5, "wide": .5},
+                                  fit={None: .8, "fitted": .2}, flare={None: .85, "flared": .15}),
+                     waist={"loops": .45, "elastic": .3, "drawstring": .15, "belt": .1},
+                     cuff={None: .7, "turnup": .3}, hem={None: .9, "fringe": .05, "frayed": .05},
+                     pockets={"slant": .5, None: .5},
+                     fabric={None: .6, "denim": .25, "knit": .05, "lace": .05, "leather": .05}),
+    "Skirt": _style("skirt", dict(length={None: .45, "mini": .3, "maxi": .25}, flare={None: .5, "flared": .5},
+                                  fit={None: .75, "fitted": .25}),
+                    waist={None: .45, "belt": .25, "elastic": .2, "sash": .1},
+                    hem={None: .6, "ruffle": .25, "fringe": .15}, pockets={None: .85, "slant": .15},
+                    fabric={None: .4, "denim": .1, "lace": .12, "knit": .04, "leather": .12, "satin": .12,
+                            "sheer": .1}),
+    "Jeans": _style("legs", dict(length={None: .8, "cropped": .2}, leg={"straight": .5, "tight": .35, "wide": .15},
+                                 flare={None: .8, "flared": .2}, fit={None: .6, "fitted": .4}),
+                    waist={"loops": .9, "belt": .1}, pockets={"slant": .9, None: .1},
+                    cuff={None: .75, "turnup": .25}, hem={None: .85, "frayed": .15},
+                    texture={"solid": .85, "striped": .05, "leopard": .03, "floral": .04, "polka dot": .03},
+                    fabric={"denim": .85, None: .1, "leather": .05}),
+    "Leggings": _style("legs", dict(length={None: .75, "cropped": .25}, leg={"tight": 1}, fit={"fitted": 1}),
+                       waist={"wide": .85, "elastic": .15}, cuff={None: .9, "rib": .1},
+                       pockets={None: .95, "slant": .05},
+                       texture={"solid": .5, "leopard": .15, "striped": .1, "floral": .1, "chevron": .08,
+                                "polka dot": .04, "plaid": .03},
+                       fabric={None: .5, "leather": .25, "knit": .15, "sheer": .05, "satin": .05}),
+    "Joggers": _style("legs", dict(length={None: .85, "cropped": .15}, leg={"taper": .9, "straight": .1},
+                                   fit={None: .8, "oversized": .2}),
+                      waist={"drawstring": .65, "elastic": .35}, cuff={"rib": .9, None: .1},
+                      pockets={"slant": .5, None: .5}, texture=_SOLID_HEAVY,
+                      fabric={None: .6, "knit": .3, "satin": .05, "leather": .05}),
+    "Chinos": _style("legs", dict(length={None: .7, "cropped": .3}, leg={"straight": .7, "tight": .15, "wide": .15},
+                                  fit={None: .7, "fitted": .3}),
+                     waist={"loops": .85, "belt": .15}, cuff={"turnup": .45, None: .55},
+                     pockets={"slant": .85, None: .15}, texture=_SOLID_HEAVY, fabric={None: 1},
+                     palette={"default": .5, "earth": .35, "monochrome": .1, "pastel": .05}),
+    "Sweatpants": _style("legs", dict(length={None: .9, "cropped": .1}, leg={"straight": .5, "taper": .3, "wide": .2},
+                                      fit={None: .7, "oversized": .3}),
+                         waist={"drawstring": .6, "elastic": .4}, cuff={None: .65, "rib": .35},
+                         pockets={"slant": .4, None: .6}, texture=_SOLID_HEAVY, fabric={"knit": .5, None: .5},
+                         palette={"default": .55, "monochrome": .3, "pastel": .1, "neon": .05}),
+    "Cutoffs": _style("legs", dict(length={"short": 1}, leg={"straight": .6, "wide": .4},
+                                   fit={None: .7, "fitted": .3}),
+                      hem={"frayed": .9, "fringe": .1}, waist={"loops": .85, "belt": .15},
+                      pockets={"slant": .6, None: .4}, texture=_SOLID_HEAVY,
+                      fabric={"denim": .75, None: .25}),
+    # ---- full body: dresses, one-pieces and long open garments
+    "Dress": _style("skirt", dict(sleeve={"none": .45, "short": .35, "long": .2},
+                                  length={None: .4, "mini": .3, "maxi": .3}, flare={None: .5, "flared": .5},
+                                  fit={None: .6, "fitted": .3, "oversized": .1}),
+                    neck={"v": .3, "scoop": .25, "crew": .2, "square": .15, "collar": .05, "tie": .05},
+                    waist={None: .55, "belt": .25, "sash": .1, "elastic": .1},
+                    hem={None: .7, "ruffle": .2, "fringe": .1}, cuff={None: .8, "bell": .15, "button": .05},
+                    front={None: .9, "zip": .05, "buttons": .05}, pockets={None: .9, "slant": .1},
+                    graphic={None: .93, "graphic": .07},
+                    fabric={None: .4, "lace": .15, "satin": .15, "sheer": .1, "knit": .1, "denim": .05,
+                            "leather": .05}),
+    "Jumpsuit": _style("legs", dict(sleeve={"none": .5, "short": .3, "long": .2}, length={None: .8, "cropped": .2},
+                                    leg={"wide": .5, "straight": .4, "tight": .1}, flare={None: .7, "flared": .3},
+                                    fit={None: .7, "fitted": .2, "oversized": .1}),
+                       neck={"v": .35, "collar": .25, "scoop": .15, "square": .1, "crew": .15},
+                       waist={"belt": .45, "sash": .25, "elastic": .1, None: .2},
+                       front={None: .55, "zip": .25, "buttons": .2}, pockets={"slant": .4, None: .6},
+                       cuff={None: .75, "turnup": .25}, hem={None: .9, "frayed": .1},
+                       fabric={None: .6, "denim": .2, "satin": .1, "knit": .1}),
+    "Romper": _style("legs", dict(sleeve={"none": .5, "short": .4, "long": .1}, length={"short": 1},
+                                  leg={"wide": .6, "straight": .4}, fit={None: .7, "fitted": .2, "oversized": .1}),
+                     neck={"square": .35, "v": .25, "scoop": .2, "tie": .15, "crew": .05},
+                     waist={"elastic": .6, "sash": .15, None: .25}, hem={"ruffle": .35, None: .55, "fringe": .1},
+                     cuff={None: .7, "bell": .3}, front={None: .8, "buttons": .2},
+                     fabric={None: .6, "lace": .1, "satin": .1, "sheer": .1, "denim": .1}),
+    "Coat": _style("long", dict(sleeve={"long": 1}, length={None: .7, "maxi": .2, "cropped": .1},
+                                fit={None: .6, "oversized": .3, "fitted": .1}, flare={None: .8, "flared": .2}),
+                   neck={"lapel": .65, "collar": .2, "hood": .15}, front={"double": .45, "buttons": .35, "zip": .2},
+                   waist={None: .6, "belt": .4}, pockets={"flap": .6, None: .4}, cuff={None: .6, "button": .4},
+                   texture=_SOLID_HEAVY, fabric={None: .65, "leather": .15, "knit": .1, "denim": .05, "satin": .05}),
+    "Kimono": _style("long", dict(sleeve={"long": 1}, drop={"drop": .9, None: .1},
+                                  length={None: .55, "maxi": .3, "cropped": .15}),
+                     neck={"band": 1}, front={None: .8, "open": .2}, waist={"sash": .5, None: .5},
+                     hem={"fringe": .3, None: .7}, cuff={None: .8, "bell": .2},
+                     texture={"floral": .4, "solid": .15, "striped": .1, "polka dot": .05, "plaid": .05,
+                              "chevron": .1, "leopard": .15},
+                     fabric={None: .45, "satin": .25, "sheer": .2, "lace": .1}),
+    "Robe": _style("long", dict(sleeve={"long": .8, "short": .2}, drop={None: .7, "drop": .3},
+                                length={None: .6, "maxi": .4}),
+                   neck={"shawl": .9, "band": .1}, front={"wrap": .9, "open": .1}, waist={"sash": .85, None: .15},
+                   cuff={"turnup": .5, None: .5}, pockets={"patch": .5, None: .5}, texture=_SOLID_HEAVY,
+                   fabric={"knit": .4, "satin": .3, None: .3}),
+    "Shirtdress": _style("skirt", dict(sleeve={"long": .4, "short": .5, "none": .1},
+                                       length={None: .6, "mini": .2, "maxi": .2}, flare={None: .7, "flared": .3},
+                                       fit={None: .7, "fitted": .2, "oversized": .1}),
+                         neck={"collar": .95, "v": .05}, front={"buttons": .95, "placket": .05},
+                         waist={"belt": .5, "sash": .15, None: .35}, cuff={"button": .4, "turnup": .2, None: .4},
+                         pockets={"patch": .1, None: .9},
+                         texture={"striped": .3, "plaid": .2, "solid": .35, "polka dot": .05, "floral": .1},
+                         fabric={None: .8, "denim": .2}, graphic={None: 1}),
 }
 
-#: Real DeepFashion-C image counts of the rendered categories; sampling weights are count ** 0.75
-#: (a long tail, tempered so that the rarest class still has ~1.5 % of the images).
-_REAL_COUNTS = {"Tee": 36887, "Tank": 15429, "Blouse": 24557, "Jacket": 10467, "Hoodie": 4048,
-                "Sweater": 13123, "Shorts": 19666, "Skirt": 14773, "Jeans": 7076, "Leggings": 5013,
-                "Joggers": 4416, "Dress": 72158, "Jumpsuit": 6153, "Romper": 7408, "Coat": 2120,
-                "Kimono": 2294}
+#: Real DeepFashion-C image counts of the rendered categories (Shirtdress is empty in the real data).
+_REAL_COUNTS = {"Blazer": 7495, "Blouse": 24557, "Button-Down": 330, "Cardigan": 13311, "Henley": 716,
+                "Hoodie": 4048, "Jacket": 10467, "Sweater": 13123, "Tank": 15429, "Tee": 36887, "Top": 10078,
+                "Turtleneck": 146, "Chinos": 527, "Cutoffs": 1669, "Jeans": 7076, "Joggers": 4416,
+                "Leggings": 5013, "Shorts": 19666, "Skirt": 14773, "Sweatpants": 3048, "Coat": 2120,
+                "Dress": 72158, "Jumpsuit": 6153, "Kimono": 2294, "Robe": 150, "Romper": 7408, "Shirtdress": 0}
+#: Sampling weights are max(count, floor) ** power: a long tail whose rarest class keeps ~1.3 % of the images.
+_WEIGHT_FLOOR, _WEIGHT_POWER = 1500, 0.6
 #: The rendered categories, in vocabulary order.
 RENDERED_CATEGORIES: list[str] = [name for name, _ in DEEPFASHION_CATEGORIES if name in _STYLES]
+#: The smallest tree: every rendered category could appear in each of the three splits.
+MIN_IMAGES = 3 * len(RENDERED_CATEGORIES)
 
 
 def category_weights() -> dict[str, float]:
     """Sampling probability of each rendered category (long-tailed, sums to 1)."""
-    raw = {name: _REAL_COUNTS[name] ** 0.75 for name in RENDERED_CATEGORIES}
+    raw = {name: max(_REAL_COUNTS[name], _WEIGHT_FLOOR) ** _WEIGHT_POWER for name in RENDERED_CATEGORIES}
     total = sum(raw.values())
     return {name: w / total for name, w in raw.items()}
 
 
-def _slot_distribution(style: _Style, clothes_type: int, slot: str) -> dict:
-    """The value distribution of `slot` for a category (None-only when the slot does not apply)."""
-    if slot in style.slots:
-        return style.slots[slot]
-    if slot in _DEFAULT_SLOTS:
-        return _DEFAULT_SLOTS[slot]
-    if slot == "graphic" and clothes_type != 2:
+_CATEGORY_WEIGHTS = category_weights()
+#: Category frequencies within each clothes type (the donor distribution of pooled silhouettes).
+_TYPE_WEIGHTS = {t: {c: w for c, w in _CATEGORY_WEIGHTS.items() if _CATEGORY_TYPE[c] == t} for t in (1, 2, 3)}
+
+
+def _empty(slot: str):
+    """The unlabelled, undrawn value of a slot."""
+    return "default" if slot == "palette" else None
+
+
+def _part_distribution(category: str, slot: str) -> dict:
+    """The value distribution of a part slot for a category."""
+    style = _STYLES[category]
+    if slot in style.parts:
+        return style.parts[slot]
+    if slot in _DEFAULT_PARTS:
+        return _DEFAULT_PARTS[slot]
+    if slot == "graphic" and _CATEGORY_TYPE[category] != 2:
         return _TOP_GRAPHIC
-    return {None: 1.0}
+    return {_empty(slot): 1.0}
 
 
 def _choice(rng: np.random.Generator, dist: dict):
@@ -284,41 +407,45 @@ def _choice(rng: np.random.Generator, dist: dict):
 
 
 def spec_labels(spec: dict) -> list[str]:
-    """The positive attribute names of a garment spec (a pure function of what is drawn)."""
-    return [_SLOT_LABELS[s][spec[s]] for s in _SLOTS if spec.get(s) in _SLOT_LABELS[s]]
-
-
-def _empty(slot: str):
-    """The unlabelled value of a slot."""
-    return "default" if slot == "palette" else None
+    """The positive attribute names of a garment spec (a pure function of what is drawn), no repeats."""
+    names = [_SLOT_LABELS[s][spec[s]] for s in SHAPE_SLOTS + PART_SLOTS if spec.get(s) in _SLOT_LABELS[s]]
+    return list(dict.fromkeys(names))
 
 
 def _applicable(spec: dict, slot: str, value) -> bool:
-    """Whether `value` can be drawn given the slots sampled before it (labels must be rendered)."""
+    """Whether `value` can be drawn on the garment sampled so far (labels must be rendered)."""
     if value == _empty(slot):
         return True
-    bottom = _STYLES[spec["category"]].bottom
-    ends = {"cuffs": spec.get("cuffs"), "hem_trim": spec.get("hem_trim"), slot: value}
-    if bottom == "legs" and ends["cuffs"] == "cuffs" and ends["hem_trim"] == "fringe":
-        return False  # a trouser leg ends either in a cuff band or in a fringe
-    if slot == "cuffs":
-        return spec.get("sleeve") not in (None, "none") or bottom == "legs"
-    if slot == "belt":
-        return not (bottom is None and spec.get("length") == "cropped")
-    if slot == "drawstring":  # cords hang from a hood or from a waist
-        return bottom is not None or spec.get("neck") == "hood"
+    ctype, lower = _CATEGORY_TYPE[spec["category"]], spec["lower"]
+    if slot in ("neck", "front"):
+        return ctype != 2
+    if slot == "graphic":
+        return ctype != 2 and spec.get("front") in (None, "zip", "placket")
+    if slot == "cords":
+        return spec.get("neck") == "hood"
+    if slot == "cuff":  # sleeve ends (upper and full body) or trouser-leg ends (lower body)
+        if ctype == 2:
+            return lower == "legs" and value in ("rib", "turnup")
+        return spec["sleeve"] != "none"
+    if slot == "hem":
+        if lower == "legs" and value == "rib":
+            return False
+        return not (ctype == 2 and spec.get("cuff") is not None)  # a leg ends in a cuff or a hem finish
+    if slot == "waist":
+        if ctype == 1:
+            return False
+        if ctype == 2:
+            return value != "sash" or lower == "skirt"
+        return value in (("belt", "sash") if lower == "long" else ("belt", "sash", "elastic", "drawstring"))
+    if slot == "pockets":
+        if value == "slant":
+            return lower in ("legs", "skirt")
+        if value == "kangaroo":
+            return ctype == 1 and spec.get("front") in (None, "zip")
+        return ctype != 2 and lower in (None, "long")
+    if slot == "palette":  # denim has its own indigo colours
+        return spec.get("fabric") != "denim"
     return True
-
-
-def _draw_slot(spec: dict, slot: str, dist: dict, rng: np.random.Generator):
-    """Sample a slot value among the applicable ones.
-
-    In slots that can be empty, labelled values are thinned by _OPTIONAL_RATE (keeps images sparse).
-    """
-    thin = _OPTIONAL_RATE if dist.get(_empty(slot), 0) > 0 else 1.0
-    ok = {k: w * (thin if k in _SLOT_LABELS[slot] else 1.0) for k, w in dist.items()
-          if w > 0 and _applicable(spec, slot, k)}
-    return _choice(rng, ok) if ok else _empty(slot)
 
 
 def _labelled_options(spec: dict, slot: str, dist: dict) -> dict:
@@ -327,22 +454,41 @@ def _labelled_options(spec: dict, slot: str, dist: dict) -> dict:
             if w > 0 and k in _SLOT_LABELS[slot] and _applicable(spec, slot, k)}
 
 
-def sample_spec(category: str, rng: np.random.Generator, forced: dict | None = None) -> dict:
-    """Sample a garment spec with 2..5 positive attributes; `forced` slots (product title) are kept.
+def _draw_slot(spec: dict, slot: str, dist: dict, rng: np.random.Generator):
+    """Sample a slot value among the applicable ones (the empty value if none applies)."""
+    ok = {k: w for k, w in dist.items() if w > 0 and _applicable(spec, slot, k)}
+    return _choice(rng, ok) if ok else _empty(slot)
 
-    Slots that cannot be empty for the category (texture, neckline, sleeve length, implied cuts) are
-    never dropped; other labelled features are dropped at random above the maximum and added at random
-    below the minimum, so the labels stay a function of what is drawn.
+
+def shape_source(category: str, rng: np.random.Generator,
+                 geometry_informativeness: float = DEFAULT_GEOMETRY_INFORMATIVENESS) -> str:
+    """The category whose silhouette distribution an image uses: its own with probability G, else a
+    donor drawn by frequency from its clothes type (so, pooled over the type)."""
+    if rng.random() < geometry_informativeness:
+        return category
+    return _choice(rng, _TYPE_WEIGHTS[_CATEGORY_TYPE[category]])
+
+
+def sample_spec(category: str, rng: np.random.Generator, forced: dict | None = None,
+                geometry_informativeness: float = DEFAULT_GEOMETRY_INFORMATIVENESS) -> dict:
+    """Sample a garment spec: silhouette from :func:`shape_source`, local evidence and surface from the
+    category; `forced` part slots (product title) are kept.
+
+    Between _MIN_POSITIVES and (usually) _MAX_POSITIVES attributes: above the maximum, labelled values of
+    secondary slots are dropped at random; below the minimum, a labelled part is added at random.
+    Silhouette slots are never changed by this, so they keep the distribution of their source.
     """
-    style, ctype = _STYLES[category], _CATEGORY_TYPE[category]
     forced = dict(forced or {})
-    dists = {s: _slot_distribution(style, ctype, s) for s in _SLOTS}
-    spec: dict = {"category": category}
-    for slot in _SLOTS:
+    donor = shape_source(category, rng, geometry_informativeness)
+    spec: dict = {"category": category, "shape_source": donor, "lower": _STYLES[donor].lower}
+    for slot in SHAPE_SLOTS:
+        spec[slot] = _choice(rng, _STYLES[donor].shape.get(slot, {None: 1.0}))
+    dists = {s: _part_distribution(category, s) for s in PART_SLOTS}
+    for slot in PART_SLOTS:
         spec[slot] = forced[slot] if slot in forced else _draw_slot(spec, slot, dists[slot], rng)
-    optional = [s for s in _SLOTS if s not in forced and dists[s].get(_empty(s), 0) > 0]
+    optional = [s for s in PART_SLOTS if s not in forced and dists[s].get(_empty(s), 0) > 0]
     while len(spec_labels(spec)) > _MAX_POSITIVES:
-        labelled = [s for s in optional if spec[s] in _SLOT_LABELS[s]]
+        labelled = [s for s in _THINNABLE if s in optional and spec[s] in _SLOT_LABELS[s]]
         if not labelled:
             break
         slot = labelled[int(rng.integers(len(labelled)))]
@@ -402,11 +548,10 @@ def _title_word(value: str) -> str:
 
 def _product(category: str, rng: np.random.Generator, used: set) -> tuple[str, tuple]:
     """A unique product-title folder name ending in the category word, and its forced slots."""
-    style, ctype = _STYLES[category], _CATEGORY_TYPE[category]
     forced = {}
     if rng.random() < 0.45:
-        forced["texture"] = _choice(rng, _slot_distribution(style, ctype, "texture"))
-    fabric = _choice(rng, _slot_distribution(style, ctype, "fabric"))
+        forced["texture"] = _choice(rng, _part_distribution(category, "texture"))
+    fabric = _choice(rng, _part_distribution(category, "fabric"))
     if fabric is not None and rng.random() < 0.5:
         forced["fabric"] = fabric
     words = [_title_word(v) for v in forced.values()] + [category]
@@ -423,7 +568,7 @@ def _product(category: str, rng: np.random.Generator, used: set) -> tuple[str, t
 
 def _next_category(counts: dict, total: int, size: int, rng: np.random.Generator) -> str:
     """Category of the next folder: the largest deficit against the long-tailed target, jittered."""
-    weights = category_weights()
+    weights = _CATEGORY_WEIGHTS
     deficit = {c: weights[c] * (total + size) - counts[c] + rng.random() * 0.4 * size
                for c in RENDERED_CATEGORIES}
     return max(RENDERED_CATEGORIES, key=lambda c: deficit[c])
@@ -482,18 +627,26 @@ def _palette_color(palette: str, rng: np.random.Generator) -> np.ndarray:
     return _hsv(rng.uniform(.17, 1.04), rng.uniform(.5, .9), rng.uniform(.35, .85))
 
 
-def _palette_colors(palette: str, rng: np.random.Generator) -> np.ndarray:
-    """Three mutually contrasting colours (3, 3) of one palette."""
+def _palette_colors(palette: str, rng: np.random.Generator, count: int = 3) -> np.ndarray:
+    """`count` mutually contrasting colours (count, 3) of one palette."""
     colors = [_palette_color(palette, rng)]
-    while len(colors) < 3:
+    while len(colors) < count:
         c = _palette_color(palette, rng)
         if all(np.abs(c - o).sum() > 120 for o in colors) or rng.random() < 0.05:
             colors.append(c)
     return np.stack(colors)
 
 
+def _denim_colors(rng: np.random.Generator) -> np.ndarray:
+    """Garment colours (4, 3) of denim: dark, mid and faded indigo, and a light or dark trim."""
+    hue, v = rng.uniform(.58, .64), rng.uniform(.3, .75)
+    trim = _hsv(hue, .08, .92) if v < .55 else _hsv(hue, .6, .18)
+    return np.stack([_hsv(hue, rng.uniform(.45, .75), v), _hsv(hue, rng.uniform(.2, .4), min(1., v + .3)),
+                     _hsv(hue, rng.uniform(.5, .8), v * .55), trim])
+
+
 def _random_palette(rng: np.random.Generator) -> str:
-    return _choice(rng, _DEFAULT_SLOTS["palette"])
+    return _choice(rng, _DEFAULT_PARTS["palette"])
 
 
 def _hash01(i: np.ndarray, j: np.ndarray, salt: int) -> np.ndarray:
@@ -519,7 +672,7 @@ def _rotate(u: np.ndarray, v: np.ndarray, angle: float) -> tuple[np.ndarray, np.
 
 def _texture_params(rng: np.random.Generator) -> dict:
     """Random period/orientation/phase of a texture, in garment units."""
-    return dict(period=rng.uniform(.17, .32), angle=(0. if rng.random() < .6 else math.pi / 2)
+    return dict(period=rng.uniform(.24, .4), angle=(0. if rng.random() < .6 else math.pi / 2)
                 + rng.uniform(-.15, .15), phase=rng.random(), duty=rng.uniform(.35, .55),
                 salt=int(rng.integers(1 << 20)), radius=rng.uniform(.18, .3))
 
@@ -598,17 +751,17 @@ def _fabric(name: str | None, u, v, params: dict) -> tuple[np.ndarray, np.ndarra
     """Per-pixel luminance multiplier and opacity of a fabric (knit ribs, denim twill, lace holes...)."""
     one = np.ones(len(u), dtype=np.float32)
     a, b = _rotate(u, v, params["angle"])
-    if name == "knit":
-        rib = np.abs(np.sin(u * (math.pi / 0.075)))
-        row = np.mod(v / 0.06 + np.abs(np.mod(u / 0.075, 1.0) - 0.5), 1.0) < 0.5
-        return (0.78 + 0.22 * rib) * np.where(row, 1.0, 0.93), one
-    if name == "denim":
-        twill = np.mod((u + v) / 0.05, 1.0) < 0.5
-        return np.where(twill, 1.0, 0.8) * (0.95 + 0.05 * np.sin(v * 9.0)), one
-    if name == "lace":  # a fine diamond net: light opaque threads over see-through cells
+    if name == "knit":  # cable-knit columns with chevron rows, coarse enough to survive a 64 px crop
+        column = np.mod(u / 0.26, 1.0)
+        cable = np.mod(v / 0.2 + 1.6 * np.abs(column - 0.5), 1.0) < 0.5
+        return np.where(np.abs(column - 0.5) > 0.4, 0.62, np.where(cable, 1.08, 0.86)), one
+    if name == "denim":  # indigo colours (see _denim_colors), diagonal twill and fading whiskers
+        twill = np.mod((u + v) / 0.09, 1.0) < 0.5
+        return np.where(twill, 1.0, 0.82) * (1.0 + 0.12 * np.sin(v * 4.0 + params["phase"] * 6)), one
+    if name == "lace":  # a diamond net: light opaque threads over see-through cells
         p, q = _rotate(u, v, math.pi / 4)
-        thread = (np.abs(np.mod(p / .07, 1.0) - .5) > .38) | (np.abs(np.mod(q / .07, 1.0) - .5) > .38)
-        return np.where(thread, 1.25, 0.9), np.where(thread, 1.0, 0.35)
+        thread = (np.abs(np.mod(p / .12, 1.0) - .5) > .36) | (np.abs(np.mod(q / .12, 1.0) - .5) > .36)
+        return np.where(thread, 1.3, 0.9), np.where(thread, 1.0, 0.3)
     if name == "leather":
         sheen = np.exp(-((np.mod(a / 0.9 + params["phase"], 1.0) - 0.5) ** 2) / 0.01)
         return 0.72 + 0.55 * sheen, one
@@ -620,9 +773,13 @@ def _fabric(name: str | None, u, v, params: dict) -> tuple[np.ndarray, np.ndarra
     return one, one
 
 
+
+
 # --------------------------------------------------------------------------------------------------
 # Garment geometry in canonical units (x to the image right, y down, neck base at y = 0,
 # shoulder half-width about 1). "Left" landmarks are on the image-left (negative x) side.
+# The silhouette and the keypoints depend only on the SHAPE_SLOTS of a spec (and their own random
+# stream); local parts are drawn on top and never move a keypoint.
 # --------------------------------------------------------------------------------------------------
 
 @dataclass
@@ -638,10 +795,11 @@ class _Detail:
 
 @dataclass
 class _Garment:
-    """Silhouette (shapes + strands drawn into the garment mask), details and the 8 keypoints."""
+    """Silhouette shapes, local parts that add to the garment mask, details and the 8 keypoints."""
 
-    shapes: list = field(default_factory=list)
-    strands: list = field(default_factory=list)  # (polyline, width) pairs that belong to the mask
+    shapes: list = field(default_factory=list)   # the silhouette (from the shape slots only)
+    extras: list = field(default_factory=list)   # mask polygons of local parts (hood, collar band, bell cuffs)
+    strands: list = field(default_factory=list)  # (polyline, width) pairs that belong to the mask (fringes)
     details: list = field(default_factory=list)
     keypoints: np.ndarray = field(default_factory=lambda: np.full((8, 2), np.nan))
 
@@ -662,36 +820,36 @@ def _both(pts) -> list[np.ndarray]:
     return [left, left * np.array([-1.0, 1.0])]
 
 
-def _proportions(style: _Style, spec: dict, rng: np.random.Generator) -> dict:
-    """Body measurements (canonical units) for the spec's fit, length and flare."""
+def _proportions(spec: dict, rng: np.random.Generator) -> dict:
+    """Body measurements (canonical units) for the spec's fit, length, flare and sleeve drop."""
     fit, length, flared = spec["fit"], spec["length"], spec["flare"] == "flared"
     widen = {"fitted": 0.92, "oversized": 1.14}.get(fit, 1.0)
     p = dict(nw=rng.uniform(.3, .37), sw=widen * rng.uniform(.96, 1.04),
-             sy=.12 + (.12 if fit == "oversized" else 0.), wy=rng.uniform(1.45, 1.65))
+             sy=.12 + (.12 if fit == "oversized" else 0.), wy=rng.uniform(1.45, 1.65),
+             strap=rng.uniform(.15, .28), L=rng.uniform(2.25, 2.55))
     p["aw"] = p["sw"] * .92
-    p["ay"] = (1.25 if style.kimono else .8) + (.12 if fit == "oversized" else 0.)
+    p["ay"] = (1.25 if spec["drop"] == "drop" else .8) + (.12 if fit == "oversized" else 0.)
     p["ww"] = p["aw"] * {"fitted": .8, "oversized": .98}.get(fit, .9)
-    if style.bottom == "long":
-        p["L"] = {"maxi": 4.8, "cropped": 2.5}.get(length, rng.uniform(3.7, 4.3))
+    if spec["lower"] == "long":
+        p["L"] = {"maxi": 4.8, "cropped": 2.9}.get(length, p["L"] * 1.65)
     else:
-        p["L"] = rng.uniform(1.4, 1.6) if length == "cropped" else rng.uniform(2.25, 2.55)
+        p["L"] = {"cropped": p["L"] * .63, "long": p["L"] * 1.24}.get(length, p["L"])
     p["hw"] = p["aw"] * (1.35 if flared else .9 if fit == "fitted" else 1.0)
     return p
 
 
-def _sleeve(p: dict, spec: dict, style: _Style, rng: np.random.Generator):
+def _sleeve(p: dict, spec: dict, rng: np.random.Generator):
     """Left sleeve polygon (or None when sleeveless), its cuff frame, and the sleeve keypoint."""
     kind = spec["sleeve"]
     if kind == "none":
         return None, None, np.array([-p["aw"], p["ay"] + .05])
-    if style.kimono:
-        theta, length, half = rng.uniform(65, 85), rng.uniform(1.2, 1.5), rng.uniform(.55, .65)
+    if spec["drop"] == "drop":  # wide kimono sleeve from a dropped armhole
+        theta, length, half = rng.uniform(65, 85), rng.uniform(1.2, 1.5), rng.uniform(.5, .62)
+        length *= 1.0 if kind == "long" else .6
     elif kind == "short":
         theta, length, half = rng.uniform(40, 65), rng.uniform(.6, .75), rng.uniform(.3, .36)
     else:
         theta, length, half = rng.uniform(20, 45), rng.uniform(2.0, 2.3), rng.uniform(.18, .23)
-        if spec["flare"] == "flared" or spec["category"] == "Blouse" and rng.random() < .5:
-            half = rng.uniform(.32, .4)  # bell sleeve
     length += .15 if spec["fit"] == "oversized" else 0.
     t = math.radians(theta)
     top, bottom = np.array([-p["sw"], p["sy"]]), np.array([-p["aw"], p["ay"]])
@@ -702,205 +860,412 @@ def _sleeve(p: dict, spec: dict, style: _Style, rng: np.random.Generator):
     return poly, (cuff, d, n, half), cuff
 
 
-def _shoulders(p: dict, spec: dict, style: _Style) -> list:
+def _shoulders(p: dict, spec: dict) -> list:
     """Left outline from the neck corner down to the armpit (strap + armhole when sleeveless)."""
     if spec["sleeve"] != "none":
         return [(-p["nw"], 0.), (-p["sw"], p["sy"]), (-p["aw"], p["ay"])]
-    s = p["nw"] + style.strap
+    s = p["nw"] + p["strap"]
     return [(-p["nw"], 0.), (-s, 0.), (-s - .04, .3), (-(p["aw"] - .1), p["ay"] - .1),
             (-p["aw"], p["ay"] + .05)]
 
 
-def _legs_chain(style: _Style, spec: dict, x0: float, y0: float, rng) -> tuple[list, dict]:
+_LEG_CUTS = {"tight": (.30, .42), "straight": (.42, .5), "taper": (.30, .5), "wide": (.62, .55)}
+_SHORT_LEG_WIDTH = {"tight": .62, "straight": .72, "taper": .7, "wide": .85}
+
+
+def _legs_chain(spec: dict, x0: float, y0: float, rng) -> tuple[list, dict]:
     """Left outline of trousers/shorts from the waist corner to the crotch, and the leg geometry."""
-    wo, lc = {"tight": (.30, .42), "straight": (.42, .5), "jogger": (.52, .52), "shorts": (.78, .55),
-              "wide": (.62, .55)}[style.legs]
+    cut, length = spec["leg"] or "straight", spec["length"]
+    wo, lc = _LEG_CUTS[cut]
+    ly = rng.uniform(3.4, 3.8)
+    if length == "short":
+        wo, lc, ly = _SHORT_LEG_WIDTH[cut], .55, ly * .4
+    elif length == "cropped":
+        ly *= .74
     if spec["fit"] == "fitted":
         wo *= .82
     elif spec["fit"] == "oversized":
         wo, lc = wo * 1.2, lc * 1.1
-    if style.legs == "shorts":
-        ly = rng.uniform(1.3, 1.6)
-    else:
-        ly = rng.uniform(2.5, 2.8) if spec["length"] == "cropped" else rng.uniform(3.4, 3.8)
-    hb = x0 * (1.1 if style.legs == "tight" else 1.2)
-    bell = spec["flare"] == "flared" and style.legs != "shorts"
-    knee = wo * .9
+    hb = x0 * (1.1 if cut == "tight" else 1.2)
+    knee = .5 if cut == "taper" else wo * .9
+    kneed = cut == "taper" or spec["flare"] == "flared" and length != "short"
     if spec["flare"] == "flared":
         wo *= 1.8
     outer, inner = [(-(lc + wo / 2), y0 + ly)], [(-(lc - wo / 2), y0 + ly)]
-    if bell:
+    if kneed:
         outer.insert(0, (-(lc + knee / 2), y0 + ly * .6))
         inner.append((-(lc - knee / 2), y0 + ly * .6))
     chain = [(-x0, y0), (-hb, y0 + .6)] + outer + inner + [(0., y0 + 1.0)]
-    return chain, dict(kind="legs", lc=lc, wo=wo, bottom=y0 + ly, hb=hb)
+    bottom = y0 + ly
+    return chain, dict(kind="legs", lc=lc, wo=wo, bottom=bottom, hb=hb,
+                       segments=[(-(lc + wo / 2), -(lc - wo / 2), bottom)])
 
 
-def _skirt_chain(style: _Style, spec: dict, x0: float, y0: float, rng) -> tuple[list, dict]:
+def _skirt_chain(spec: dict, x0: float, y0: float, rng) -> tuple[list, dict]:
     """Left outline of a skirt from the waist corner to the hem corner."""
-    ls = {"mini": rng.uniform(1.2, 1.45), "maxi": rng.uniform(3.4, 3.8)}.get(
-        spec["length"], rng.uniform(2.0, 2.5))
+    ls = rng.uniform(2.0, 2.5)
+    ls = {"mini": ls * .58, "maxi": ls * 1.55}.get(spec["length"], ls)
     hb = x0 * 1.2
     hw = hb * (1.65 if spec["flare"] == "flared" else 1.0 if spec["fit"] == "fitted" else 1.18)
-    return [(-x0, y0), (-hb, y0 + .55), (-hw, y0 + ls)], dict(kind="skirt", hw=hw, bottom=y0 + ls, hb=hb)
+    bottom = y0 + ls
+    return [(-x0, y0), (-hb, y0 + .55), (-hw, bottom)], dict(
+        kind="skirt", hw=hw, bottom=bottom, hb=hb, side=(-hb, y0 + .55), segments=[(-hw, hw, bottom)])
 
 
 def _torso_chain(p: dict) -> tuple[list, dict]:
     """Left outline below the armpit of an upper body that ends at its own hem (tops, coats)."""
     chain = [(-p["ww"], p["wy"])] if p["L"] > p["wy"] + .25 else []
-    return chain + [(-p["hw"], p["L"])], dict(kind="top", hw=p["hw"], bottom=p["L"], hb=p["hw"])
+    side = chain[0] if chain else (-p["aw"], p["ay"])
+    return chain + [(-p["hw"], p["L"])], dict(kind="top", hw=p["hw"], bottom=p["L"], hb=p["hw"], side=side,
+                                              segments=[(-p["hw"], p["hw"], p["L"])])
 
 
 def build_garment(spec: dict, rng: np.random.Generator) -> _Garment:
-    """Canonical silhouette, details and keypoints of a spec."""
-    style, ctype = _STYLES[spec["category"]], _CATEGORY_TYPE[spec["category"]]
+    """Canonical silhouette, local parts and keypoints of a spec.
+
+    Two random streams are split off `rng`: one for the silhouette (read only with the shape slots,
+    so the keypoints do not depend on any local part) and one for the parts.
+    """
+    shape_rng, part_rng = (np.random.default_rng(int(s)) for s in rng.integers(1 << 62, size=2))
+    has_top, lower = _CATEGORY_TYPE[spec["category"]] != 2, spec["lower"]
     g = _Garment()
-    has_top = ctype != 2
-    p = _proportions(style, spec, rng)
-    waist = (p["ww"], p["wy"]) if has_top else (rng.uniform(.78, .88), 0.)
-    chain: list = []
+    p = _proportions(spec, shape_rng)
+    waist = (p["ww"], p["wy"]) if has_top else (shape_rng.uniform(.78, .88), 0.)
+    chain, frame = [], None
     if has_top:
-        chain += _shoulders(p, spec, style)
-        sleeve, cuff_frame, g.keypoints[2] = _sleeve(p, spec, style, rng)
+        chain += _shoulders(p, spec)
+        sleeve, frame, g.keypoints[2] = _sleeve(p, spec, shape_rng)
         g.keypoints[0] = (-p["nw"], 0.)
         if sleeve is not None:
             g.shapes += _both(sleeve)
-            _cuff_details(g, spec, cuff_frame)
-    if style.bottom in (None, "long"):
-        lower, hem = _torso_chain(p)
+    if lower in (None, "long"):
+        low, hem = _torso_chain(p)
+    elif lower == "legs":
+        low, hem = _legs_chain(spec, waist[0], waist[1], shape_rng)
     else:
-        make = _legs_chain if style.bottom == "legs" else _skirt_chain
-        lower, hem = make(style, spec, waist[0], waist[1], rng)
-    if style.bottom is not None:
+        low, hem = _skirt_chain(spec, waist[0], waist[1], shape_rng)
+    if lower is not None:
         g.keypoints[4] = (-waist[0], waist[1])
-    g.shapes.insert(0, _mirror(chain + lower))
-    _hem_parts(g, spec, style, hem)
-    if has_top:
-        _top_details(g, spec, style, p, hem, rng)
-    else:
-        _waistband_details(g, spec, waist[0], hem)
-    _waist_details(g, spec, style, p, waist, has_top, hem)
+    g.keypoints[6] = (-hem["lc"] if hem["kind"] == "legs" else -hem["hw"], hem["bottom"])
+    g.shapes.insert(0, _mirror(chain + low))
     for a, b in ((0, 1), (2, 3), (4, 5), (6, 7)):
         g.keypoints[b] = g.keypoints[a] * np.array([-1., 1.])
+    _draw_parts(g, spec, p, waist, frame, hem, has_top, part_rng)
     return g
 
 
-def _hem_parts(g: _Garment, spec: dict, style: _Style, hem: dict) -> None:
-    """Hem keypoints, leg/hem bands (cuffs), ruffles and fringes."""
-    y = hem["bottom"]
-    if hem["kind"] == "legs":
-        lc, wo = hem["lc"], hem["wo"]
-        g.keypoints[6] = (-lc, y)
-        if spec["cuffs"] == "cuffs":
-            half = wo * (.34 if style.legs == "jogger" else .54)
-            band = [(-lc - half, y - .02), (-lc + half, y - .02), (-lc + half, y + .18),
-                    (-lc - half, y + .18)]
-            g.shapes += _both(band)
-            g.details += [_Detail("poly", s, "band", "edge", .02) for s in _both(band)]
-            g.keypoints[6] = (-lc, y + .18)
-        if spec["hem_trim"] == "fringe":
-            xs = np.arange(-lc - wo / 2 + .03, -lc + wo / 2, .055)
-            _fringe(g, xs, y)
-        return
-    hw = hem["hw"]
-    g.keypoints[6] = (-hw, y)
-    if style.rib_bands:
-        band = np.array([(-hw, y - .2), (hw, y - .2)])
-        g.details.append(_Detail("line", band, None, "edge", .025))
-        ribs = np.arange(-hw + .05, hw, .07)
-        for x in ribs:
-            g.details.append(_Detail("line", np.array([(x, y - .19), (x, y - .01)]), None, "shade", .012))
-    if spec["hem_trim"] == "ruffle":
-        depth, w = .32, hw * 1.08
-        xs = np.linspace(-w, w, 41)
-        ys = y + depth * (.75 + .25 * np.abs(np.sin(math.pi * 4 * (xs + w) / w)))
-        scallop = np.stack([xs, ys], axis=1)
-        g.shapes.append(np.vstack([[(-hw, y - .02), (hw, y - .02)], scallop[::-1]]))
-        g.details.append(_Detail("line", scallop, None, "edge", .02))
-        g.details.append(_Detail("line", np.array([(-hw, y + .02), (hw, y + .02)]), None, "shade", .02))
-        g.keypoints[6] = (-w, ys[0])
-    elif spec["hem_trim"] == "fringe":
-        _fringe(g, np.arange(-hw + .03, hw, .055), y)
+# --------------------------------------------------------------------------------------------------
+# Local parts: neckline/collar, front, cuffs, waist, hem finish, pockets (canonical units)
+# --------------------------------------------------------------------------------------------------
+
+def _draw_parts(g: _Garment, spec: dict, p: dict, waist: tuple, frame, hem: dict, has_top: bool,
+                rng: np.random.Generator) -> None:
+    """Draw every local part of the spec over the silhouette."""
+    if has_top:
+        depth = _neck(g, spec["neck"], p, hem["bottom"])
+        _front(g, spec, p, depth, hem)
+        _sleeve_cuff(g, spec["cuff"], frame)
+        if spec["graphic"] == "graphic":
+            _graphic(g, np.array([0., max(depth + .35, .95)]), rng)
+        if spec["cords"] == "cords":
+            _drawstrings(g, .12)
+    elif hem["kind"] == "legs":
+        _leg_cuff(g, spec["cuff"], hem)
+    _waist(g, spec["waist"], waist, has_top, hem)
+    _hem_finish(g, spec["hem"], hem)
+    _pockets(g, spec, p, waist, has_top, hem)
+    if spec["fabric"] == "denim":
+        _topstitch(g, hem, waist, has_top)
 
 
-def _fringe(g: _Garment, xs: np.ndarray, y: float) -> None:
-    """Thin strands hanging below a hem (part of the silhouette)."""
-    for x in xs:
-        g.strands.append((np.array([(x, y - .02), (x + .01, y + .28)]), .022))
-    g.details.append(_Detail("line", np.array([(xs[0], y), (xs[-1], y)]), None, "edge", .02))
+def _rect(x0: float, y0: float, x1: float, y1: float) -> np.ndarray:
+    return np.array([(x0, y0), (x1, y0), (x1, y1), (x0, y1)], dtype=np.float64)
 
 
-def _cuff_details(g: _Garment, spec: dict, frame) -> None:
-    """Contrasting bands at both sleeve ends."""
-    if spec["cuffs"] != "cuffs" or frame is None:
-        return
-    cuff, d, n, half = frame
-    band = np.array([cuff + half * n, cuff - half * n, cuff - half * n - .2 * d, cuff + half * n - .2 * d])
-    g.details += [_Detail("poly", s, "band", "edge", .02) for s in _both(band)]
+def _ribs(g: _Garment, x0: float, x1: float, y0: float, y1: float, step: float = .08) -> None:
+    """Vertical rib/gather lines over a band."""
+    for x in np.arange(x0 + step / 2, x1, step):
+        g.details.append(_Detail("line", np.array([(x, y0 + .02), (x, y1 - .02)]), None, "shade", .025))
 
 
-def _neck_details(g: _Garment, spec: dict, style: _Style, p: dict) -> float:
-    """Neckline (inner back of the garment), collar/lapels/hood; returns the front neck depth."""
-    nw, neck = p["nw"], spec["neck"]
-    if neck == "hood":
-        hood = _mirror([(0., -1.05), (-.3, -1.0), (-.55, -.75), (-.62, -.3), (-nw - .12, .08), (-nw, .05)])
-        g.shapes.insert(0, hood)
-        g.details.append(_Detail("poly", hood, None, "edge", .02))
-        inner = _mirror([(0., -.85), (-.25, -.8), (-.38, -.45), (-.32, -.05), (0., .12)])
-        g.details.append(_Detail("poly", inner, "inner", "edge", .02))
-        return .12
-    depth = {"crew": .2, "scoop": .45, "collar": .18, "v": .7, "lapel": .95}[neck]
-    if style.kimono:
-        depth = p["wy"] - .1
-    if neck in ("v", "lapel"):
+_NECK_DEPTH = {"crew": .22, "scoop": .5, "v": .7, "square": .42, "collar": .2, "tie": .2, "lapel": .95,
+               "shawl": .9, "stand": .15, None: .18}
+
+
+def _neck(g: _Garment, neck: str | None, p: dict, bottom: float) -> float:
+    """Neckline opening and collar/hood/turtleneck/bow; returns the front neck depth."""
+    nw = p["nw"]
+    if neck == "hood":  # a hood lying on the back, its lined opening framing the neck
+        hood = _mirror([(0., -.32), (-.36, -.34), (-.64, -.2), (-.8, .06), (-nw - .1, .14)])
+        g.extras.append(hood)
+        g.details.append(_Detail("poly", hood, None, "edge", .03))
+        lining = _mirror([(0., -.2), (-.3, -.2), (-.5, -.04), (-.42, .14), (0., .24)])
+        g.details.append(_Detail("poly", lining, "band", "edge", .03))
+        g.details.append(_Detail("poly", _mirror([(0., -.06), (-.2, -.06), (-.3, .06), (0., .16)]), "inner"))
+        return .22
+    if neck == "turtle":  # a tall ribbed band standing above the neckline
+        band = _rect(-nw - .06, -.3, nw + .06, .1)
+        g.extras.append(band)
+        g.details.append(_Detail("poly", band, "band", "edge", .03))
+        _ribs(g, -nw - .06, nw + .06, -.3, .1)
+        g.details.append(_Detail("line", np.array([(-nw - .06, -.08), (nw + .06, -.08)]), None, "edge", .03))
+        return .1
+    depth = (p["wy"] - .1 if bottom > p["wy"] + .25 else bottom * .6) if neck == "band" else _NECK_DEPTH[neck]
+    if neck in ("v", "lapel", "shawl", "band"):
         opening = np.array([(-nw, 0.), (0., depth), (nw, 0.)])
+    elif neck == "square":
+        opening = _rect(-nw * .95, 0., nw * .95, depth)
     else:
         t = np.linspace(0, math.pi, 13)
         opening = np.stack([-nw * np.cos(t), depth * np.sin(t)], axis=1)
-    g.details.append(_Detail("poly", opening, "inner", "band" if neck == "crew" else "edge",
-                             .07 if neck == "crew" else .025))
+    crew = neck == "crew"
+    g.details.append(_Detail("poly", opening, "inner", "band" if crew else "edge", .14 if crew else .035))
     if neck == "collar":
-        flap = [(-nw - .06, -.04), (-.02, .16), (-.16, .44), (-nw - .22, .3)]
-        g.details += [_Detail("poly", s, "light", "edge", .02) for s in _both(flap)]
+        flap = [(-nw - .1, -.06), (-.02, .22), (-.22, .6), (-nw - .34, .4)]
+        g.details += [_Detail("poly", s, "light", "edge", .025) for s in _both(flap)]
     elif neck == "lapel":
-        lapel = [(-nw, 0.), (-.03, depth), (-.3, depth * .65), (-nw - .25, .25)]
-        g.details += [_Detail("poly", s, "shade", "edge", .02) for s in _both(lapel)]
+        lapel = [(-nw, 0.), (-.04, depth), (-.36, depth * .62), (-nw - .3, .3), (-nw - .12, .22)]
+        g.details += [_Detail("poly", s, "shade", "edge", .025) for s in _both(lapel)]
+    elif neck == "shawl":
+        roll = [(-nw - .04, -.02), (-nw * .7, depth * .5), (-.06, depth)]
+        g.details += [_Detail("line", s, None, "band", .2) for s in _both(roll)]
+    elif neck == "band":  # kimono: a wide contrasting band along the neckline and the front edges
+        edge = [(-nw - .02, 0.), (-.1, depth), (-.1, bottom - .03)]
+        g.details += [_Detail("line", s, None, "band", .2) for s in _both(edge)]
+    elif neck == "tie":
+        _bow(g, 0., .24, "band", .36)
+    elif neck == "stand":
+        band = _rect(-nw - .03, -.1, nw + .03, .07)
+        g.extras.append(band)
+        g.details.append(_Detail("poly", band, "shade", "edge", .025))
     return depth
 
 
-def _top_details(g: _Garment, spec: dict, style: _Style, p: dict, hem: dict, rng) -> None:
-    """Neckline, front opening/closure, chest graphic, pockets and drawstrings of an upper part."""
-    depth = _neck_details(g, spec, style, p)
-    bottom = hem["bottom"]
-    if style.open_front:
-        g.details.append(_Detail("line", np.array([(0., depth), (0., bottom)]), None, "edge", .03))
-        _closure(g, spec["closure"], depth, bottom - .3 if spec["closure"] == "buttons" else bottom)
-    elif spec["closure"] is not None:
-        end = {"buttons": p["wy"] if style.bottom else bottom - .35, "zip": depth + .65}[spec["closure"]]
-        if spec["closure"] == "buttons" and spec["category"] in ("Tee", "Sweater"):
-            end = depth + .6
-        _closure(g, spec["closure"], depth, end)
-    if spec["graphic"] == "graphic":
-        _graphic(g, np.array([0., max(depth + .35, .95)]), rng)
-    if spec["pockets"] == "pockets" and style.bottom in (None, "long"):
-        _top_pockets(g, spec, style, p, bottom)
-    if spec["drawstring"] == "drawstring" and spec["neck"] == "hood":
-        _drawstrings(g, .1)
+def _bow(g: _Garment, x: float, y: float, role: str, size: float) -> None:
+    """A tied bow: two loops, a knot and two tails."""
+    for s in (-1, 1):
+        loop = np.array([(x, y), (x + s * size, y - size * .45), (x + s * size, y + size * .45)])
+        g.details.append(_Detail("poly", loop, role, "edge", .02))
+        tail = np.array([(x + s * .04, y), (x + s * size * .45, y + size * 1.5)])
+        g.details.append(_Detail("line", tail, None, role, size * .25))
+    g.details.append(_Detail("dot", np.array([(x, y)]), role, "edge", size * .22))
 
 
-def _closure(g: _Garment, kind: str | None, top: float, bottom: float) -> None:
-    """Buttons (placket + dots) or a zip (line + teeth + pull tab) along the centre line."""
+def _button_column(g: _Garment, x: float, top: float, bottom: float, spacing: float = .36) -> None:
+    count = max(2, int((bottom - top) / spacing) + 1)
+    for y in np.linspace(top, bottom, count):
+        g.details.append(_Detail("dot", np.array([(x, y)]), "button", "edge", .09))
+
+
+def _front(g: _Garment, spec: dict, p: dict, depth: float, hem: dict) -> None:
+    """Front closure or opening along the centre line, from the neck down."""
+    kind, bottom = spec["front"], hem["bottom"]
+    end = p["wy"] if hem["kind"] == "legs" else bottom - .3
     if kind == "buttons":
-        g.details.append(_Detail("line", np.array([(.07, top), (.07, bottom)]), None, "shade", .02))
-        count = max(2, int((bottom - top) / .38))
-        for y in np.linspace(top + .15, bottom - .05, count):
-            g.details.append(_Detail("dot", np.array([(0., y)]), "button", "edge", .06))
+        g.details.append(_Detail("line", np.array([(.08, depth), (.08, bottom)]), None, "shade", .025))
+        _button_column(g, 0., depth + .15, end)
+    elif kind == "placket":
+        g.details.append(_Detail("poly", _rect(-.1, depth - .02, .1, depth + .66), "shade", "edge", .025))
+        _button_column(g, 0., depth + .13, depth + .53, .2)
     elif kind == "zip":
-        g.details.append(_Detail("line", np.array([(0., top), (0., bottom)]), None, "metal", .035))
-        for y in np.arange(top + .03, bottom, .06):
-            g.details.append(_Detail("line", np.array([(-.04, y), (.04, y)]), None, "metal", .015))
-        tab = [(-.05, top + .02), (.05, top + .02), (.05, top + .22), (-.05, top + .22)]
-        g.details.append(_Detail("poly", np.array(tab), "metal", "edge", .015))
+        end = bottom if hem["kind"] == "top" else depth + .8
+        g.details.append(_Detail("line", np.array([(0., depth), (0., end)]), None, "metal", .05))
+        for y in np.arange(depth + .03, end, .07):
+            g.details.append(_Detail("line", np.array([(-.05, y), (.05, y)]), None, "metal", .02))
+        g.details.append(_Detail("poly", _rect(-.06, depth + .02, .06, depth + .26), "metal", "edge", .015))
+    elif kind == "open":  # the garment hangs open over a light layer
+        g.details.append(_Detail("poly", _rect(-.11, depth, .11, bottom - .02), "light", "edge", .035))
+    elif kind == "double":
+        g.details.append(_Detail("line", np.array([(.32, depth), (.32, bottom)]), None, "edge", .03))
+        for x in (-.2, .2):
+            _button_column(g, x, depth + .12, min(end, depth + 1.1), .45)
+    elif kind == "wrap":  # the front panel crosses over diagonally
+        edge = np.array([(0., depth), (hem.get("hw", .6) * .55, bottom)])
+        g.details.append(_Detail("line", edge, None, "edge", .045))
+
+
+def _sleeve_cuff(g: _Garment, kind: str | None, frame) -> None:
+    """Rib, turn-up, buttoned or bell ends on both sleeves."""
+    if kind is None or frame is None:
+        return
+    c, d, n, half = frame
+
+    def band(length):
+        return np.array([c + half * n, c - half * n, c - half * n - length * d, c + half * n - length * d])
+
+    parts = []
+    if kind == "rib":
+        parts.append(_Detail("poly", band(.38), "band", "edge", .025))
+        for t in np.linspace(-.65, .65, 4):
+            parts.append(_Detail("line", np.array([c + t * half * n, c + t * half * n - .38 * d]), None, "shade", .025))
+    elif kind == "turnup":
+        parts.append(_Detail("poly", band(.4), "light", "edge", .03))
+        parts.append(_Detail("line", np.array([c + half * n - .2 * d, c - half * n - .2 * d]), None, "shade", .025))
+    elif kind == "button":
+        parts.append(_Detail("poly", band(.3), "shade", "edge", .025))
+        parts.append(_Detail("dot", (c - .15 * d + .45 * half * n)[None], "button", "edge", .09))
+    elif kind == "bell":  # the sleeve flares out into a wide open end
+        wide = half + min(half, .3)
+        flare = np.array([c + half * n - .55 * d, c + wide * n + .08 * d, c - wide * n + .08 * d,
+                          c - half * n - .55 * d])
+        g.extras += _both(flare)
+        parts.append(_Detail("line", np.array([c + wide * n + .08 * d, c - wide * n + .08 * d]), None, "edge", .045))
+        for t in (-.6, 0., .6):
+            parts.append(_Detail("line", np.array([c + t * half * n - .5 * d, c + t * wide * n + .06 * d]),
+                                 None, "shade", .025))
+    for det in parts:
+        for pts in _both(det.pts):
+            g.details.append(_Detail(det.kind, pts, det.fill, det.line, det.width))
+
+
+def _leg_cuff(g: _Garment, kind: str | None, hem: dict) -> None:
+    """Rib cuffs or turn-ups at both trouser-leg ends."""
+    if kind is None:
+        return
+    for xl, xr, y in _segments(hem):
+        if kind == "rib":
+            g.details.append(_Detail("poly", _rect(xl + .02, y - .38, xr - .02, y), "band", "edge", .025))
+            _ribs(g, xl + .02, xr - .02, y - .38, y, .07)
+        else:
+            g.details.append(_Detail("poly", _rect(xl - .02, y - .4, xr + .02, y), "light", "edge", .03))
+            g.details.append(_Detail("line", np.array([(xl, y - .2), (xr, y - .2)]), None, "shade", .025))
+
+
+def _segments(hem: dict) -> list[tuple]:
+    """Hem lines (x_left, x_right, y): one across a top/skirt, one per trouser leg (both mirrored)."""
+    if hem["kind"] != "legs":
+        return hem["segments"]
+    (xl, xr, y), = hem["segments"]
+    return [(xl, xr, y), (-xr, -xl, y)]
+
+
+def _band_above(hem: dict, seg: tuple, height: float) -> np.ndarray:
+    """A band of `height` above one hem line, following the sides of a top or skirt."""
+    xl, xr, y = seg
+    if hem["kind"] == "legs":
+        return _rect(xl, y - height, xr, y)
+    sx, sy = hem["side"]
+    shift = (sx - xl) * min(1., height / max(y - sy, 1e-6))
+    return np.array([(xl + shift, y - height), (xr - shift, y - height), (xr, y), (xl, y)])
+
+
+def _hem_finish(g: _Garment, kind: str | None, hem: dict) -> None:
+    """Rib band, ruffle, fringe, frayed edge or contrast band along every hem line."""
+    if kind is None:
+        return
+    for seg in _segments(hem):
+        xl, xr, y = seg
+        if kind == "rib":
+            g.details.append(_Detail("poly", _band_above(hem, seg, .34), "band", "edge", .025))
+            _ribs(g, xl, xr, y - .34, y)
+        elif kind == "ruffle":
+            band = _band_above(hem, seg, .45)
+            g.details.append(_Detail("poly", band, "light", "edge", .035))
+            xs = np.linspace(xl, xr, max(5, int((xr - xl) / .05)))
+            ys = y + .07 * np.abs(np.sin(math.pi * (xs - xl) / .22))
+            scallop = np.stack([xs, ys], axis=1)
+            g.extras.append(np.vstack([[(xl, y - .02)], scallop, [(xr, y - .02)]]))
+            g.details.append(_Detail("line", scallop, None, "edge", .035))
+            for x in np.arange(xl + .1, xr - .05, .16):
+                g.details.append(_Detail("line", np.array([(x, y - .41), (x + .02, y + .04)]), None, "shade", .025))
+        elif kind == "fringe":
+            g.details.append(_Detail("line", np.array([(xl, y - .3), (xr, y - .3)]), None, "edge", .05))
+            for x in np.arange(xl + .03, xr, .075):
+                strand = np.array([(x, y - .3), (x + .01, y + .12)])
+                g.strands.append((strand, .03))
+                g.details.append(_Detail("line", strand, None, "band", .03))
+        elif kind == "frayed":
+            g.details.append(_Detail("poly", _band_above(hem, seg, .22), "light"))
+            xs = np.arange(xl, xr + 1e-9, .04)
+            zig = np.stack([xs, y - .03 + .06 * (np.arange(len(xs)) % 2)], axis=1)
+            g.details.append(_Detail("line", zig, None, "thread", .035))
+            for x in np.arange(xl + .04, xr, .09):
+                thread = np.array([(x, y - .02), (x + .02, y + .09)])
+                g.strands.append((thread, .025))
+                g.details.append(_Detail("line", thread, None, "thread", .025))
+        elif kind == "band":
+            g.details.append(_Detail("poly", _band_above(hem, seg, .28), "print", "edge", .025))
+
+
+def _waist(g: _Garment, kind: str | None, waist: tuple, has_top: bool, hem: dict) -> None:
+    """Waistband of a lower garment, or the waist seam/belt/sash/elastic of a full-body one."""
+    wx, wy = waist
+    legs = hem["kind"] == "legs"
+    if not has_top:
+        if kind in (None, "loops", "belt") and legs:  # fly
+            g.details.append(_Detail("line", np.array([(.06, .26), (.08, .66), (0., .78)]), None, "shade", .025))
+        if kind in (None, "loops", "belt"):
+            g.details.append(_Detail("line", np.array([(-wx, .26), (wx, .26)]), None, "edge", .035))
+        if kind == "loops":
+            g.details.append(_Detail("poly", _rect(-wx, 0., wx, .26), "shade", "edge", .025))
+            for x in (-.78 * wx, -.32 * wx, .32 * wx, .78 * wx):
+                g.details.append(_Detail("poly", _rect(x - .04, -.02, x + .04, .33), "edge"))
+            g.details.append(_Detail("dot", np.array([(0., .13)]), "metal", "edge", .09))
+        elif kind in ("elastic", "drawstring"):
+            g.details.append(_Detail("poly", _rect(-wx, 0., wx, .32), "band", "edge", .025))
+            _ribs(g, -wx, wx, 0., .32, .07)
+            if kind == "drawstring":
+                _drawstrings(g, .14)
+        elif kind == "belt":
+            _belt(g, wx, .13)
+        elif kind == "sash":
+            g.details.append(_Detail("poly", _rect(-wx, 0., wx, .3), "band", "edge", .025))
+            _bow(g, .35 * wx, .15, "band", .28)
+        elif kind == "wide":
+            g.details.append(_Detail("poly", _rect(-wx, 0., wx, .45), "shade", "edge", .03))
+        return
+    if hem["kind"] in ("legs", "skirt"):
+        g.details.append(_Detail("line", np.array([(-wx, wy), (wx, wy)]), None, "edge", .025))
+    if kind == "belt":
+        _belt(g, wx, wy)
+    elif kind == "sash":
+        g.details.append(_Detail("poly", _rect(-wx - .03, wy - .14, wx + .03, wy + .14), "band", "edge", .02))
+        _bow(g, .3 * wx, wy, "band", .28)
+    elif kind in ("elastic", "drawstring"):
+        g.details.append(_Detail("poly", _rect(-wx - .02, wy - .15, wx + .02, wy + .15), "band", "edge", .025))
+        _ribs(g, -wx, wx, wy - .15, wy + .15, .07)
+        if kind == "drawstring":
+            _drawstrings(g, wy)
+
+
+def _belt(g: _Garment, wx: float, y: float) -> None:
+    """A dark belt with a metal buckle centred at height y."""
+    g.details.append(_Detail("poly", _rect(-wx - .03, y - .1, wx + .03, y + .1), "belt", "edge", .02))
+    g.details.append(_Detail("poly", _rect(-.12, y - .14, .12, y + .14), None, "metal", .045))
+
+
+def _pockets(g: _Garment, spec: dict, p: dict, waist: tuple, has_top: bool, hem: dict) -> None:
+    """Slanted hip pockets, a kangaroo pocket, or patch/flap pockets."""
+    kind, bottom = spec["pockets"], hem["bottom"]
+    if kind is None:
+        return
+    wx, wy = waist
+    if kind == "slant":
+        y0 = wy + (.1 if has_top else .26)
+        slant = [(-wx * .55, y0), (-wx * .8, y0 + .28), (-hem["hb"] * .98, y0 + .45)]
+        g.details += [_Detail("line", s, None, "edge", .035) for s in _both(slant)]
+        if spec["fabric"] == "denim" and not has_top:
+            g.details.append(_Detail("poly", _rect(wx * .5, .31, wx * .74, .49), None, "stitch", .025))
+    elif kind == "kangaroo":
+        y0, y1 = max(bottom - .8, p["ay"]), bottom - .25
+        pocket = np.array([(-.55, y0), (.55, y0), (.72, y1), (-.72, y1)])
+        g.details.append(_Detail("poly", pocket, "shade", "edge", .03))
+    else:
+        y = min(bottom - .55, p["wy"] + .55) if bottom > 1.8 else p["ay"] - .15
+        x = .5 * p["hw"] if bottom > 1.8 else .45
+        for s in _both(_rect(-x - .2, y - .18, -x + .2, y + .22)):
+            g.details.append(_Detail("poly", s, None, "edge", .035))
+            if kind == "flap":
+                g.details.append(_Detail("poly", np.array([s[0], s[1], s[1] + (0, .14), s[0] + (0, .14)]),
+                                         "shade", "edge", .025))
+
+
+def _topstitch(g: _Garment, hem: dict, waist: tuple, has_top: bool) -> None:
+    """Contrasting orange topstitching of denim along the hems (and the waistband)."""
+    for xl, xr, y in _segments(hem):
+        g.details.append(_Detail("line", np.array([(xl + .03, y - .1), (xr - .03, y - .1)]), None, "stitch", .03))
+    if not has_top:
+        g.details.append(_Detail("line", np.array([(-waist[0], .3), (waist[0], .3)]), None, "stitch", .03))
 
 
 def _graphic(g: _Garment, centre: np.ndarray, rng: np.random.Generator) -> None:
@@ -925,70 +1290,12 @@ def _graphic(g: _Garment, centre: np.ndarray, rng: np.random.Generator) -> None:
     g.details.append(_Detail("poly", pts, "print", None))
 
 
-def _top_pockets(g: _Garment, spec: dict, style: _Style, p: dict, bottom: float) -> None:
-    """Kangaroo pocket (hooded), flap pockets (open front) or patch pockets at the hips."""
-    if spec["neck"] == "hood" and not style.open_front:
-        y0, y1 = max(bottom - .8, p["ay"]), bottom - .25
-        pocket = np.array([(-.55, y0), (.55, y0), (.72, y1), (-.72, y1)])
-        g.details.append(_Detail("poly", pocket, None, "edge", .025))
-        return
-    y = min(bottom - .55, p["wy"] + .55) if bottom > 1.8 else p["ay"] - .15
-    x = .5 * p["hw"] if bottom > 1.8 else .45
-    patch = [(-x - .2, y - .18), (-x + .2, y - .18), (-x + .2, y + .22), (-x - .2, y + .22)]
-    for s in _both(patch):
-        g.details.append(_Detail("poly", s, None, "edge", .025))
-        if style.open_front:
-            flap = np.array([s[0], s[1], s[1] + (0, .12), s[0] + (0, .12)])
-            g.details.append(_Detail("poly", flap, "shade", "edge", .02))
-
-
-def _waistband_details(g: _Garment, spec: dict, wb: float, hem: dict) -> None:
-    """Waistband line, fly (trousers) and slanted front pockets of a lower garment."""
-    g.details.append(_Detail("line", np.array([(-wb, .16), (wb, .16)]), None, "edge", .025))
-    if hem["kind"] == "legs":
-        fly = np.array([(.06, .16), (.08, .62), (0., .75)])
-        g.details.append(_Detail("line", fly, None, "shade", .02))
-    if spec["pockets"] == "pockets":
-        slant = [(-wb * .55, .16), (-wb * .78, .42), (-hem["hb"] * .98, .58)]
-        g.details += [_Detail("line", s, None, "edge", .025) for s in _both(slant)]
-        if spec["fabric"] == "denim":
-            coin = np.array([(wb * .5, .22), (wb * .72, .22), (wb * .72, .4), (wb * .5, .4)])
-            g.details.append(_Detail("poly", coin, None, "stitch", .015))
-
-
-def _waist_details(g: _Garment, spec: dict, style: _Style, p: dict, waist: tuple, has_top: bool,
-                   hem: dict) -> None:
-    """Belt/sash, lower pockets of full-body garments, and waist drawstrings."""
-    wx, wy = waist
-    if has_top and style.bottom in ("legs", "skirt"):
-        g.details.append(_Detail("line", np.array([(-wx, wy), (wx, wy)]), None, "edge", .02))
-    belt_y = wy + (.08 if not has_top else 0.)
-    if spec["belt"] == "belt" and (not has_top or hem["bottom"] > p["wy"] + .25):
-        half = .16 if style.kimono else .08
-        band = np.array([(-wx - .03, belt_y - half), (wx + .03, belt_y - half),
-                         (wx + .03, belt_y + half), (-wx - .03, belt_y + half)])
-        g.details.append(_Detail("poly", band, "belt", "edge", .015))
-        if style.kimono:
-            for tail in ([(.05, belt_y), (.2, belt_y + .7)], [(-.05, belt_y), (-.12, belt_y + .65)]):
-                g.details.append(_Detail("line", np.array(tail), None, "belt", .09))
-        else:
-            buckle = np.array([(-.1, -.12), (.1, -.12), (.1, .12), (-.1, .12)]) + (0., belt_y)
-            g.details.append(_Detail("poly", buckle, None, "metal", .03))
-    if spec["pockets"] == "pockets" and has_top and style.bottom in ("legs", "skirt"):
-        slant = [(-wx * .6, wy + .1), (-wx * .85, wy + .38), (-hem["hb"] * .98, wy + .55)]
-        g.details += [_Detail("line", s, None, "edge", .025) for s in _both(slant)]
-    if spec["drawstring"] == "drawstring" and spec["neck"] != "hood":
-        _drawstrings(g, wy + .1)
-
-
 def _drawstrings(g: _Garment, y: float) -> None:
-    """Two cords with tips hanging from the centre at height y."""
+    """Two cords with metal tips hanging from the centre at height y."""
     for x in (-.12, .12):
-        cord = np.array([(x, y), (x * 1.3, y + .55)])
-        g.details.append(_Detail("line", cord, None, "cord", .025))
-        g.details.append(_Detail("dot", cord[1:], "metal", None, .035))
-
-
+        cord = np.array([(x, y), (x * 1.3, y + .48)])
+        g.details.append(_Detail("line", cord, None, "cord", .035))
+        g.details.append(_Detail("dot", cord[1:], "metal", "edge", .05))
 # --------------------------------------------------------------------------------------------------
 # Scene: view transform, background clutter, garment painting, details, occluders
 # --------------------------------------------------------------------------------------------------
@@ -1027,7 +1334,8 @@ def _sample_size(rng: np.random.Generator) -> tuple[int, int]:
 
 
 def _garment_points(g: _Garment) -> np.ndarray:
-    return np.concatenate(g.shapes + [s for s, _ in g.strands])
+    """The silhouette's points (local parts do not change how the garment is framed)."""
+    return np.concatenate(g.shapes)
 
 
 def _sample_view(g: _Garment, w: int, h: int, rng: np.random.Generator) -> _View:
@@ -1072,7 +1380,7 @@ def _outline(canvas: np.ndarray, mask: np.ndarray) -> None:
 
 def _pixel_texture(rng: np.random.Generator):
     """A random texture in pixel space (for clutter and occluders), same bank as the garments."""
-    name = _choice(rng, _DEFAULT_SLOTS["texture"])
+    name = _choice(rng, _DEFAULT_PARTS["texture"])
     colors, params = _palette_colors(_random_palette(rng), rng), _texture_params(rng)
     unit, angle = rng.uniform(30, 75), rng.uniform(-.5, .5)
 
@@ -1130,7 +1438,7 @@ def _garment_mask(g: _Garment, view: _View, w: int, h: int) -> np.ndarray:
     """Boolean silhouette mask of the garment in the image."""
     img = Image.new("L", (w, h), 0)
     draw = ImageDraw.Draw(img)
-    for shape in g.shapes:
+    for shape in g.shapes + g.extras:
         draw.polygon(_pil_points(view.apply(shape)), fill=255)
     for strand, width in g.strands:
         draw.line(_pil_points(view.apply(strand)), fill=255, width=max(1, int(round(width * view.scale))))
@@ -1139,12 +1447,18 @@ def _garment_mask(g: _Garment, view: _View, w: int, h: int) -> np.ndarray:
 
 def _paint_garment(canvas: np.ndarray, mask: np.ndarray, spec: dict, colors: np.ndarray,
                    view: _View, rng: np.random.Generator) -> None:
-    """Texture x fabric x soft fold shading, in garment coordinates so it follows the garment."""
+    """Texture x fabric x soft fold shading, in garment coordinates so it follows the garment.
+
+    The texture's ink colours are toned down a little towards the base colour, and the fourth colour
+    (the trim of the local parts) is not used, so that parts stand out from any pattern.
+    """
     tex_params, fab_params = _texture_params(rng), _texture_params(rng)
     phase = rng.uniform(0, 2 * math.pi, 2)
     ys, xs = np.nonzero(mask)
     u, v = view.invert(xs.astype(np.float32) + .5, ys.astype(np.float32) + .5)
-    rgb = _texture(spec["texture"], u, v, colors, tex_params)
+    inks = colors[:3].copy()
+    inks[1:] = inks[0] + .6 * (inks[1:] - inks[0])
+    rgb = _texture(spec["texture"], u, v, inks, tex_params)
     gain, alpha = _fabric(spec["fabric"], u, v, fab_params)
     shade = 1 + .07 * np.sin(1.3 * u + .7 * v + phase[0]) + .05 * np.sin(2.1 * v - .4 * u + phase[1])
     rgb = rgb * (gain * shade)[:, None]
@@ -1153,16 +1467,21 @@ def _paint_garment(canvas: np.ndarray, mask: np.ndarray, spec: dict, colors: np.
 
 
 def _detail_colors(colors: np.ndarray, rng: np.random.Generator) -> dict:
-    """Colour of each detail role, derived from the garment palette."""
-    c0, c1 = colors[0], colors[1]
+    """Colour of each detail role, derived from the garment colours (base, two inks, trim)."""
+    c0, c1 = colors[0], colors[3]
     lum = float(c0 @ np.array([.299, .587, .114]))
     edge = c0 * .45 if lum > 60 else np.minimum(c0 + 70, 255)
     belt = [np.array([25., 22, 20]), np.array([100., 60, 30]), np.array([190., 150, 100]), c1][
         int(rng.integers(4))]
     metal = np.array([200., 200, 195]) if rng.random() < .6 else np.array([205., 170, 80])
-    return dict(edge=edge, shade=c0 * .78, light=np.minimum(c0 * .7 + 90, 255), inner=c0 * .38,
+    # tone steps large enough to read in a 64 px crop: darker on mid/light garments, lighter on dark ones
+    shade = c0 * .55 if lum > 80 else np.minimum(c0 * .6 + 75, 255)
+    light = np.minimum(c0 * .35 + 160, 255) if lum < 150 else c0 * .55
+    inner = c0 * .3 if lum > 70 else np.minimum(c0 * .5 + 110, 255)
+    return dict(edge=edge, shade=shade, light=light, inner=inner,
                 band=c1, belt=belt, metal=metal, button=c1 * .8, print=colors[2],
-                stitch=np.array([215., 150, 40]), cord=np.minimum(c1 + 40, 255))
+                stitch=np.array([215., 150, 40]), cord=np.minimum(c1 + 40, 255),
+                thread=np.array([236., 232, 222]))
 
 
 def _draw_details(img: Image.Image, g: _Garment, view: _View, roles: dict) -> None:
@@ -1190,7 +1509,7 @@ def _draw_outline(img: Image.Image, g: _Garment, view: _View, color) -> None:
     """Thin seam/edge lines around every silhouette shape."""
     draw = ImageDraw.Draw(img)
     col = tuple(int(round(float(x))) for x in np.clip(color, 0, 255))
-    for shape in g.shapes:
+    for shape in g.shapes + g.extras:
         pts = view.apply(shape)
         draw.line(_pil_points(np.vstack([pts, pts[:1]])), fill=col, width=1)
 
@@ -1232,12 +1551,11 @@ def _finish(canvas: np.ndarray, rng: np.random.Generator) -> Image.Image:
     return img
 
 
-def _landmarks(keypoints_px: np.ndarray, covered: np.ndarray, slots: list[int]) -> list[tuple]:
-    """(visibility, x, y) per slot: 1-based pixel index clamped into the image; 2 outside, 1 occluded."""
+def _landmarks(keypoints_px: np.ndarray, covered: np.ndarray) -> list[tuple]:
+    """(visibility, x, y) per keypoint: 1-based pixel index clamped into the image; 2 outside, 1 occluded."""
     h, w = covered.shape
     out = []
-    for slot in slots:
-        x, y = keypoints_px[slot]
+    for x, y in keypoints_px:
         col, row = math.floor(x), math.floor(y)
         inside = 0 <= col < w and 0 <= row < h
         vis = 2 if not inside else 1 if covered[row, col] else 0
@@ -1254,14 +1572,39 @@ def _bbox(mask: np.ndarray, landmarks: list[tuple]) -> tuple[int, int, int, int]
     return min(xs), min(ys), max(xs), max(ys)
 
 
-def render_image(plan: ImagePlan, seed: int) -> tuple[Image.Image, dict]:
-    """Render one image and its annotation record (category, attributes, bbox, landmarks)."""
+def annotate_landmarks(keypoints_px: np.ndarray, truth: list[tuple], box: tuple, landmark_noise: float,
+                       visibility_flip: float, rng: np.random.Generator) -> list[tuple]:
+    """The landmarks as an annotator writes them: the true points jittered (sd `landmark_noise` x the box
+    width/height), clamped into the box, and visible/occluded flags swapped at rate `visibility_flip`.
+
+    Always draws the same random numbers, so the noise level changes nothing else in the tree.
+    """
+    x1, y1, x2, y2 = box
+    jitter = rng.standard_normal((len(truth), 2)) * landmark_noise * np.array([x2 - x1 + 1, y2 - y1 + 1])
+    flip = rng.random(len(truth)) < visibility_flip
+    out = []
+    for (vis, col, row), (x, y), (jx, jy), swap in zip(truth, keypoints_px, jitter, flip):
+        if landmark_noise > 0:  # jitter the continuous point (truncated ones from their clamped pixel)
+            x, y = (x, y) if vis != 2 else (col - .5, row - .5)
+            col, row = math.floor(x + jx) + 1, math.floor(y + jy) + 1
+        vis = 1 - vis if swap and vis in (0, 1) else vis
+        out.append((vis, min(max(col, x1), x2), min(max(row, y1), y2)))
+    return out
+
+
+def render_image(plan: ImagePlan, seed: int, settings: dict | None = None) -> tuple[Image.Image, dict]:
+    """Render one image and its annotation record (category, attributes, bbox, written landmarks).
+
+    `settings`: geometry_informativeness, landmark_noise, visibility_flip (defaults where missing).
+    The record also holds the spec, the true (noise-free) landmarks and the keypoints in pixels.
+    """
+    settings = {**default_settings(), **(settings or {})}
     rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(1, plan.index)))
-    spec = sample_spec(plan.category, rng, dict(plan.forced))
+    spec = sample_spec(plan.category, rng, dict(plan.forced), settings["geometry_informativeness"])
     w, h = _sample_size(rng)
     garment = build_garment(spec, rng)
     view = _sample_view(garment, w, h, rng)
-    colors = _palette_colors(spec["palette"], rng)
+    colors = _denim_colors(rng) if spec["fabric"] == "denim" else _palette_colors(spec["palette"], rng, 4)
     canvas = _background(w, h, rng)
     mask = _garment_mask(garment, view, w, h)
     _paint_garment(canvas, mask, spec, colors, view, rng)
@@ -1270,12 +1613,16 @@ def render_image(plan: ImagePlan, seed: int) -> tuple[Image.Image, dict]:
     _draw_outline(img, garment, view, roles["edge"])
     _draw_details(img, garment, view, roles)
     canvas = np.asarray(img, dtype=np.float32).copy()
-    keypoints_px = view.apply(garment.keypoints)
+    keypoints_px = view.apply(garment.keypoints)[SLOTS_BY_CLOTHES_TYPE[plan.clothes_type]]
     covered = _occlude(canvas, keypoints_px, view.scale, rng)
     img = _finish(canvas, rng)
-    landmarks = _landmarks(keypoints_px, covered, SLOTS_BY_CLOTHES_TYPE[plan.clothes_type])
+    truth = _landmarks(keypoints_px, covered)
+    box = _bbox(mask, truth)
+    noise_rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(3, plan.index)))
+    written = annotate_landmarks(keypoints_px, truth, box, settings["landmark_noise"],
+                                 settings["visibility_flip"], noise_rng)
     record = dict(index=plan.index, width=w, height=h, spec=spec, attributes=attribute_vector(spec),
-                  bbox=_bbox(mask, landmarks), landmarks=landmarks)
+                  bbox=box, landmarks=written, true_landmarks=truth, keypoints=keypoints_px)
     return img, record
 
 
@@ -1317,14 +1664,15 @@ def build_annotations(out: Path, plans: list[ImagePlan], records: list[dict]) ->
 # --------------------------------------------------------------------------------------------------
 
 def _render_chunk(args: tuple) -> list[dict]:
-    """Worker: render and save the JPEGs of a chunk of plans; return their records (no spec)."""
-    root, seed, plans = args
+    """Worker: render and save the JPEGs of a chunk of plans; return their written records."""
+    root, seed, settings, plans = args
     records = []
     for plan in plans:
-        img, record = render_image(plan, seed)
+        img, record = render_image(plan, seed, settings)
         path = Path(root) / plan.name
         img.save(path, "JPEG", quality=JPEG_QUALITY)
-        record.pop("spec")
+        for key in ("spec", "true_landmarks", "keypoints"):
+            record.pop(key)
         record["nbytes"] = path.stat().st_size
         records.append(record)
     return records
@@ -1345,12 +1693,13 @@ def _process_pool(workers: int):
     return ProcessPoolExecutor(workers, mp_context=mp.get_context(method))
 
 
-def _render_all(out: Path, seed: int, plans: list[ImagePlan], workers: int, progress: bool) -> list[dict]:
+def _render_all(out: Path, seed: int, settings: dict, plans: list[ImagePlan], workers: int,
+                progress: bool) -> list[dict]:
     """Render every plan (in-process or over a process pool), records returned in index order."""
     from tqdm.auto import tqdm
 
     chunk = max(4, min(64, len(plans) // max(1, workers * 8)))
-    jobs = [(str(out), seed, c) for c in _chunks(plans, chunk)]
+    jobs = [(str(out), seed, settings, c) for c in _chunks(plans, chunk)]
     records: list[dict] = []
     with contextlib.ExitStack() as stack:
         bar = stack.enter_context(tqdm(total=len(plans), desc="synthetic", unit="img", disable=not progress))
@@ -1387,39 +1736,83 @@ def _prepare_out(out: Path) -> None:
     (out / MARKER_BUSY).write_text("generation in progress\n")
 
 
-def _cached_summary(out: Path, n: int, seed: int) -> dict | None:
+def default_settings() -> dict:
+    """The benchmark settings of the default tree (those recorded in synthetic.json)."""
+    return dict(geometry_informativeness=DEFAULT_GEOMETRY_INFORMATIVENESS,
+                landmark_noise=DEFAULT_LANDMARK_NOISE, visibility_flip=DEFAULT_VISIBILITY_FLIP)
+
+
+class OptionError(ValueError):
+    """A bad generator option; ``option`` is its Python name, ``detail`` what is allowed."""
+
+    def __init__(self, option: str, detail: str):
+        self.option, self.detail = option, detail
+        super().__init__(f"{option}: {detail}")
+
+
+def check_options(n, seed, settings: dict, workers=None) -> None:
+    """Raise :class:`OptionError` naming the first option outside its allowed range."""
+    if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < MIN_IMAGES:
+        raise OptionError("n", f"must be an integer >= {MIN_IMAGES} ({len(RENDERED_CATEGORIES)} rendered "
+                               f"categories x 3 splits), got {n!r}")
+    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
+        raise OptionError("seed", f"must be an integer >= 0, got {seed!r}")
+    if workers is not None and (not isinstance(workers, (int, np.integer)) or workers < 1):
+        raise OptionError("workers", f"must be an integer >= 1 (or None for all cores), got {workers!r}")
+    for name, (lo, hi) in SETTING_RANGES.items():
+        value = settings[name]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not lo <= value <= hi:
+            raise OptionError(name, f"must be a number in [{lo:g}, {hi:g}], got {value!r}")
+
+
+def _cached_summary(out: Path, n: int, seed: int, settings: dict) -> dict | None:
     """The stored summary of a complete tree generated with the same arguments, else None."""
     done = out / MARKER_DONE
     if not done.exists() or (out / MARKER_BUSY).exists():
         return None
-    meta = json.loads(done.read_text())
-    if (meta.get("version"), meta.get("n"), meta.get("seed")) != (VERSION, n, seed):
+    try:
+        meta = json.loads(done.read_text())
+    except ValueError:
+        return None
+    if (meta.get("version"), meta.get("n"), meta.get("seed"), meta.get("settings")) != (VERSION, n, seed, settings):
         return None
     return meta
 
 
-def generate(out, n: int, seed: int = 0, workers: int | None = None, progress: bool = True) -> dict:
+def generate(out, n: int, seed: int = 0, workers: int | None = None, progress: bool = True, *,
+             geometry_informativeness: float = DEFAULT_GEOMETRY_INFORMATIVENESS,
+             landmark_noise: float = DEFAULT_LANDMARK_NOISE,
+             visibility_flip: float = DEFAULT_VISIBILITY_FLIP) -> dict:
     """Write a synthetic DeepFashion-C tree of `n` images under `out`; return a summary dict.
 
-    Summary keys: out, n, seed, version, splits {train, val, test}, categories {name: count},
+    Settings (see the module docstring): geometry_informativeness in [0, 1], landmark_noise (jitter sd
+    as a fraction of the box) in [0, 0.2], visibility_flip (rate of swapped flags) in [0, 0.5].
+    Bad options raise :class:`OptionError` (a ValueError) naming the option and its allowed range.
+
+    Summary keys: out, n, seed, version, settings, splits {train, val, test}, categories {name: count},
     bytes (total size of the written files), seconds, cached (True if an identical complete tree
     was already there and nothing was written).
     """
     start = time.perf_counter()
+    settings = dict(geometry_informativeness=geometry_informativeness, landmark_noise=landmark_noise,
+                    visibility_flip=visibility_flip)
+    check_options(n, seed, settings, workers)
+    settings = {k: float(v) for k, v in settings.items()}
+    n, seed = int(n), int(seed)
     out = Path(out)
-    cached = _cached_summary(out, n, seed)
+    cached = _cached_summary(out, n, seed, settings)
     if cached is not None:
         return dict(cached, out=str(out), seconds=time.perf_counter() - start, cached=True)
-    workers = (os.cpu_count() or 1) if workers is None else workers
+    workers = (os.cpu_count() or 1) if workers is None else int(workers)
     _prepare_out(out)
     plans = plan_images(n, seed)
     for folder in sorted({p.name.rsplit("/", 1)[0] for p in plans}):
         (out / folder).mkdir(parents=True, exist_ok=True)
-    records = _render_all(out, seed, plans, workers, progress)
+    records = _render_all(out, seed, settings, plans, workers, progress)
     write_annotations(out, build_annotations(out, plans, records))
     text_bytes = sum((out / rel).stat().st_size for rel in ANNOTATION_FILES.values())
     summary = dict(
-        n=n, seed=seed, version=VERSION,
+        n=n, seed=seed, version=VERSION, settings=settings,
         splits={s: sum(p.split == s for p in plans) for s in ("train", "val", "test")},
         categories={c: sum(p.category == c for p in plans) for c in RENDERED_CATEGORIES},
         bytes=sum(r["nbytes"] for r in records) + text_bytes)
@@ -1429,15 +1822,30 @@ def generate(out, n: int, seed: int = 0, workers: int | None = None, progress: b
 
 
 def main(argv: list[str] | None = None) -> dict:
-    """CLI: python -m vfu_nb.synthetic --out DIR --n N --seed S [--workers W] [--quiet]."""
+    """CLI: python -m vfu_nb.synthetic --out DIR --n N [--seed S] [--workers W] [--quiet]
+    [--geometry-informativeness G] [--landmark-noise SD] [--visibility-flip P]."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, help="output directory (created)")
-    parser.add_argument("--n", type=int, required=True, help="number of images")
+    parser.add_argument("--n", type=int, required=True, help=f"number of images (at least {MIN_IMAGES})")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--geometry-informativeness", type=float, default=DEFAULT_GEOMETRY_INFORMATIVENESS,
+                        metavar="G", help="0: silhouette independent of the category within a clothes type; "
+                        f"1: silhouette from the category (default {DEFAULT_GEOMETRY_INFORMATIVENESS})")
+    parser.add_argument("--landmark-noise", type=float, default=DEFAULT_LANDMARK_NOISE, metavar="SD",
+                        help="jitter sd of the written landmarks, fraction of the box (0: none; default "
+                        f"{DEFAULT_LANDMARK_NOISE})")
+    parser.add_argument("--visibility-flip", type=float, default=DEFAULT_VISIBILITY_FLIP, metavar="P",
+                        help=f"rate of swapped visible/occluded flags (default {DEFAULT_VISIBILITY_FLIP})")
     args = parser.parse_args(argv)
-    summary = generate(args.out, args.n, args.seed, args.workers, progress=not args.quiet)
+    options = dict(geometry_informativeness=args.geometry_informativeness,
+                   landmark_noise=args.landmark_noise, visibility_flip=args.visibility_flip)
+    try:
+        check_options(args.n, args.seed, options, args.workers)
+    except OptionError as err:
+        parser.error(f"argument --{err.option.replace('_', '-')}: {err.detail}")
+    summary = generate(args.out, args.n, args.seed, args.workers, progress=not args.quiet, **options)
     print(json.dumps(summary, indent=1))
     return summary
 

@@ -18,9 +18,13 @@ scheduler, resume), and per epoch :func:`train_epoch` (steps of :func:`training_
   ``checkpoints/last.pt``. A run killed and resumed with ``--resume`` ends with the same metrics as an
   uninterrupted run (bit-identical on CPU). Checkpoints hold only tensors and plain Python
   (``torch.load(path, weights_only=True)`` works) and resume on another device or memory layout.
-* Images come from the data layer's uint8 cache and are normalised on the device. GPU path: bf16 autocast,
-  channels_last, cudnn.benchmark, optional torch.compile / CUDA graphs, fused Adam, pinned memory, persistent
-  workers, non_blocking copies, no host round trip in a step except the loss read-back every ``sync_every``.
+* Images come from the data layer's uint8 cache and are normalised on the device. Input path (``loader``):
+  ``batch`` (default) reads each batch with one gather from the cache (:class:`EpochBatchLoader`, a
+  :class:`vfu_nb.data.BatchLoader`: a prefetch thread, no worker processes, augmentation on the device);
+  ``items`` is the per-item DataLoader. Without augmentation both give bit-identical runs on the CPU.
+  GPU path: bf16 autocast, channels_last, cudnn.benchmark, optional torch.compile / CUDA graphs, fused Adam,
+  pinned memory, non_blocking copies, no host round trip in a step except the loss read-back every
+  ``sync_every``.
 * DDP under torchrun (env:// when WORLD_SIZE > 1; nccl on CUDA, gloo on CPU). Every rank draws the same
   seeded permutation; global batch b is ``perm[b*B*W:(b+1)*B*W]`` and rank r takes ``[r::W]`` of it, so a
   W-process run sees exactly the batches of a 1-process run with batch B*W. Loss denominators are all-reduced
@@ -49,6 +53,8 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Sampler
 
+from vfu_nb.conventions import ATTRIBUTE_TYPES
+from vfu_nb.data import Augmentation, BatchLoader
 from vfu_nb.losses import LossWeights, default_heatmap_sigma, multitask_loss  # noqa: F401 (LossWeights re-exported)
 from vfu_nb.metrics import EvalAccumulator, jsonable
 from vfu_nb.rundir import (  # noqa: F401 (re-exported)
@@ -136,15 +142,20 @@ class EpochBatchSampler(Sampler):
     with ``shuffle=False``). Global batches have ``batch_size * world_size`` items; rank r gets items
     ``r::world_size`` of each. With ``drop_last`` (default: when ``world_size > 1``, so every rank runs the same
     number of equal steps) an incomplete last global batch is dropped. ``set_epoch(e, start_batch=k)`` skips
-    the first k batches (a resume inside an epoch) without loading them.
+    the first k batches (a resume inside an epoch) without loading them. ``items`` (length n) maps the
+    positions to data-set items, e.g. a training subset's ``indices``.
     """
 
     def __init__(self, n: int, batch_size: int, *, shuffle: bool = True, seed: int = 0, rank: int = 0,
-                 world_size: int = 1, drop_last: Optional[bool] = None, max_batches: Optional[int] = None):
+                 world_size: int = 1, drop_last: Optional[bool] = None, max_batches: Optional[int] = None,
+                 items: Optional[list] = None):
+        if items is not None and len(items) != n:
+            raise ValueError(f"EpochBatchSampler: items has {len(items)} entries for n = {n}")
         self.n, self.batch_size, self.shuffle, self.seed = n, batch_size, shuffle, seed
         self.rank, self.world_size = rank, world_size
         self.drop_last = world_size > 1 if drop_last is None else drop_last
         self.max_batches = max_batches
+        self.items = None if items is None else [int(i) for i in items]
         self.epoch = 0
         self.start_batch = 0
 
@@ -152,6 +163,18 @@ class EpochBatchSampler(Sampler):
         self.epoch, self.start_batch = epoch, start_batch
 
     def global_batches(self) -> list:
+        """The global batches of the epoch from ``start_batch`` on (positions, before ``items``)."""
+        return self._epoch_batches()[self.start_batch:]
+
+    def skipped_batches(self) -> list:
+        """This rank's share of the batches that ``start_batch`` skips, as :meth:`__iter__` would yield them."""
+        return [self._share(batch) for batch in self._epoch_batches()[:self.start_batch]]
+
+    def _share(self, batch: list) -> list:
+        mine = batch[self.rank::self.world_size]
+        return mine if self.items is None else [self.items[i] for i in mine]
+
+    def _epoch_batches(self) -> list:
         if self.shuffle:
             g = torch.Generator()
             g.manual_seed(derive_seed(self.seed, self.epoch, 0))
@@ -164,17 +187,41 @@ class EpochBatchSampler(Sampler):
             batches.pop()
         if self.max_batches is not None:
             batches = batches[:self.max_batches]
-        return batches[self.start_batch:]
+        return batches
 
     def __iter__(self):
         for batch in self.global_batches():
-            yield batch[self.rank::self.world_size]
+            yield self._share(batch)
 
     def __len__(self) -> int:
         gb = self.batch_size * self.world_size
         n = self.n // gb if self.drop_last else math.ceil(self.n / gb)
         n = n if self.max_batches is None else min(n, self.max_batches)
         return max(0, n - self.start_batch)
+
+
+class EpochBatchLoader(BatchLoader):
+    """A :class:`vfu_nb.data.BatchLoader` over an :class:`EpochBatchSampler` that resumes exactly inside an
+    augmented epoch.
+
+    The augmentations of an epoch come from one stream, drawn batch after batch. When the sampler skips its first
+    k batches (``set_epoch(e, start_batch=k)``), their draws are made and dropped before the first batch is
+    gathered, so batch k + 1 is augmented as it was in the uninterrupted epoch.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._skipped: list = []
+
+    def __iter__(self):
+        self._skipped = self.batch_sampler.skipped_batches() if self.augment else []
+        return super().__iter__()
+
+    def gather(self, indices, generator: Optional[torch.Generator] = None) -> dict:
+        for batch in self._skipped:
+            Augmentation.draw(len(batch), generator)
+        self._skipped = []
+        return super().gather(indices, generator)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -271,7 +318,9 @@ def resolve_runtime(config: TrainConfig, world: int = 1, rank: int = 0, local_ra
     device = resolve_device(config.device, local_rank)
     cuda = device.type == "cuda"
     bf16 = cuda if config.bf16 is None else bool(config.bf16)
-    workers = config.num_workers
+    # The batch loader needs no worker processes (one prefetch thread gathers several times the rate a GPU
+    # step consumes; docs/benchmarks.md); the per-item DataLoader gets up to 8 per process on CUDA.
+    workers = config.num_workers if config.loader == "items" else 0
     if workers is None:
         workers = min(8, max(1, (os.cpu_count() or 1) // max(1, world))) if cuda else 0
     return Runtime(
@@ -336,12 +385,12 @@ def _to_device(batch: dict, device: torch.device) -> dict:
 
 
 def _prepare_images(images: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    """Images in the model's memory layout (uint8 batches arrive NCHW or, from the batch loader, as an NHWC
+    view), normalised to float; a batch already in that layout is not copied."""
     from vfu_nb.data import normalize_images
 
-    x = normalize_images(images) if images.dtype == torch.uint8 else images.float()
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    return x
+    images = images.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    return normalize_images(images) if images.dtype == torch.uint8 else images.float()
 
 
 def training_step(model, optimizer, batch: dict, loss_fn: Callable, rt: Runtime, cuda_graphs: bool = False,
@@ -488,7 +537,7 @@ class TrainState:
     train_model: Optional[torch.nn.Module] = None    # DDP and/or compiled wrapper of ``model``
     sampler: Optional[EpochBatchSampler] = None
     loader_gen: Optional[torch.Generator] = None
-    train_loader: Optional[DataLoader] = None
+    train_loader: Optional[DataLoader | EpochBatchLoader] = None
     eval_loaders: dict = field(default_factory=dict)
     log: Optional[RunLog] = None
     history: dict = field(default_factory=lambda: {"batches": {k: [] for k in ("epoch", "batch", "step", *LOSS_TERMS)},
@@ -546,25 +595,38 @@ def train_subset(dataset, fraction: float, data_seed: int) -> torch.utils.data.S
 
 
 def _loaders(config: TrainConfig, rt: Runtime, sets: dict):
-    """(training sampler, its loader generator, training loader, {"val", "test"} loaders on rank 0)."""
+    """(training sampler, its loader generator, training loader, {"val", "test"} loaders on rank 0).
+
+    ``loader="batch"``: :class:`EpochBatchLoader`; training batches arrive on the device (augmented there),
+    evaluation batches stay on the host (pinned on CUDA) because :func:`evaluate` sends only the images over.
+    ``loader="items"``: DataLoaders over ``dataset[k]`` with ``rt.num_workers`` worker processes.
+    """
+    train_set, subset = sets["train"], None
+    if isinstance(train_set, torch.utils.data.Subset):        # train_fraction: sample the subset's items
+        train_set, subset = train_set.dataset, train_set.indices
     sampler = EpochBatchSampler(len(sets["train"]), config.batch_size, shuffle=True, seed=config.seed, rank=rt.rank,
-                                world_size=rt.world, max_batches=config.max_batches,
+                                world_size=rt.world, max_batches=config.max_batches, items=subset,
                                 # a compiled model sees one batch shape only (no recompile for the last batch)
                                 drop_last=rt.distributed or config.compile or config.cuda_graphs)
     loader_gen = torch.Generator()
+    eval_samplers = {split: EpochBatchSampler(len(sets[split]), rt.eval_batch_size, shuffle=False)
+                     for split in ("val", "test")} if rt.is_main else {}
+    if config.loader == "batch":
+        train_loader = EpochBatchLoader(train_set, sampler, rt.device, augment=config.augment, generator=loader_gen,
+                                        prefetch=2)
+        eval_loaders = {split: EpochBatchLoader(sets[split], eval_sampler, "cpu", pin_memory=rt.is_cuda, prefetch=2)
+                        for split, eval_sampler in eval_samplers.items()}
+        return sampler, loader_gen, train_loader, eval_loaders
     # Persistent workers keep their RNG across epochs, so with augmentation they would make a resumed run
     # differ; without augmentation the workers draw no random numbers and persistence is free.
     common = dict(num_workers=rt.num_workers, pin_memory=rt.is_cuda, worker_init_fn=seed_worker,
                   persistent_workers=rt.num_workers > 0 and not config.augment)
     if rt.num_workers > 0:
         common["prefetch_factor"] = 4
-    train_loader = DataLoader(sets["train"], batch_sampler=sampler, generator=loader_gen, **common)
-    eval_loaders = {}
-    if rt.is_main:
-        for split in ("val", "test"):
-            eval_loaders[split] = DataLoader(
-                sets[split], batch_sampler=EpochBatchSampler(len(sets[split]), rt.eval_batch_size, shuffle=False),
-                generator=torch.Generator().manual_seed(0), **common)
+    train_loader = DataLoader(train_set, batch_sampler=sampler, generator=loader_gen, **common)
+    eval_loaders = {split: DataLoader(sets[split], batch_sampler=eval_sampler,
+                                      generator=torch.Generator().manual_seed(0), **common)
+                    for split, eval_sampler in eval_samplers.items()}
     return sampler, loader_gen, train_loader, eval_loaders
 
 
@@ -664,9 +726,22 @@ def _log_setup(s: TrainState, sets: dict, resumed: bool) -> None:
         f"device {rt.device} x{rt.world}, threads {rt.threads}, precision {precision}, channels_last "
         f"{rt.channels_last}, deterministic {rt.deterministic}, compile {c.compile or c.cuda_graphs}"
         f"{' (CUDA graphs)' if c.cuda_graphs else ''}",
-        f"loader {rt.num_workers} workers, pin_memory {rt.is_cuda}, batch {c.batch_size} x {rt.world}, "
-        f"eval batch {rt.eval_batch_size}, sync_every {rt.sync_every}, checkpoint_every {c.checkpoint_every}",
+        f"data path {_data_path(c, rt)}",
+        f"batch {c.batch_size} x {rt.world}, eval batch {rt.eval_batch_size}, sync_every {rt.sync_every}, "
+        f"checkpoint_every {c.checkpoint_every}",
     ]), echo=False)
+
+
+def _data_path(c: TrainConfig, rt: Runtime) -> str:
+    """The input path in words, for train.log."""
+    pinned = f"pin_memory {rt.is_cuda}"
+    if c.loader == "batch":
+        augment = f", augmentation on {rt.device.type}" if c.augment else ""
+        ignored = f" (--num-workers {c.num_workers} does not apply)" if c.num_workers else ""
+        return (f"batch loader (one gather per batch from the uint8 cache, 1 prefetch thread, 0 worker processes"
+                f"{ignored}, {pinned}{augment})")
+    augment = ", augmentation per item" if c.augment else ""
+    return f"per-item DataLoader ({rt.num_workers} worker processes, {pinned}{augment})"
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -701,7 +776,7 @@ def train_epoch(s: TrainState, on_step: Optional[Callable] = None) -> EpochStats
     stats = s.resumed_epoch or EpochStats(lr=s.optimizer.param_groups[0]["lr"])
     s.resumed_epoch = None
     s.sampler.set_epoch(s.epoch, start_batch=stats.batches)
-    s.loader_gen.manual_seed(derive_seed(config.seed, s.epoch, 2))
+    s.loader_gen.manual_seed(derive_seed(config.seed, s.epoch, 2, rt.rank))   # augmentation: one stream per rank
     s.train_model.train()
     t0 = time.perf_counter() - stats.seconds
     bar = tqdm(s.train_loader, desc=f"epoch {e1}", leave=False, disable=not (config.progress and rt.is_main),
@@ -887,9 +962,9 @@ def format_metrics(metrics: dict) -> str:
 
         lines.append(f"  {split:4s} category top1/3/5 {g('category_top1')} / {g('category_top3')} / "
                      f"{g('category_top5')}")
-        lines.append(f"       attr top3 " + " ".join(f"{t} {g('attr_top3_' + t)}" for t in
-                                                     ("texture", "fabric", "shape", "part", "style",
-                                                      "all_grouped", "all_strict")))
+        lines.append("       attr top3 " + " ".join(f"{t} {g('attr_top3_' + t)}" for t in
+                                                    (*ATTRIBUTE_TYPES, "all_grouped", "all_strict")))
+        lines.append(f"       attr mAP {g('attr_map_all')}")
         lines.append(f"       landmark NE mean {g('landmark_ne_mean')}")
     t = metrics.get("timing") or {}
     if t:

@@ -24,6 +24,7 @@ from typing import Any, Mapping, Optional
 from vfu_nb.losses import LossWeights
 
 LR_SCHEDULES = ("none", "cosine", "step", "exp")
+LOADERS = ("batch", "items")
 
 
 class ConfigError(ValueError):
@@ -74,8 +75,12 @@ class TrainConfig:
                              group="data")
     cache_dir: Optional[str] = setting(None, "folder of the uint8 image cache (default: <data_root>/.vfu_cache)",
                                        group="data")
-    num_workers: Optional[int] = setting(None, "DataLoader worker processes (default: 0 on CPU, up to 8 on "
-                                         "CUDA)", group="data", aliases=("--workers",))
+    loader: str = setting("batch", "input path: batch (vfu_nb.data.BatchLoader: one gather per batch from the "
+                          "uint8 cache, a prefetch thread, augmentation on the device) | items (per-item "
+                          "DataLoader)", group="data", choices=LOADERS)
+    num_workers: Optional[int] = setting(None, "DataLoader worker processes of --loader items (default: 0 on "
+                                         "CPU, up to 8 on CUDA); the batch loader uses none", group="data",
+                                         aliases=("--workers",))
 
     # --- model
     width: float = setting(1.0, "channel width factor of the VGG-16 backbone (0.25 -> 128 channels at "
@@ -177,6 +182,8 @@ def check_ranges(c: TrainConfig) -> None:
 
     if c.lr_schedule not in LR_SCHEDULES:
         raise bad("lr_schedule", "one of " + ", ".join(LR_SCHEDULES))
+    if c.loader not in LOADERS:
+        raise bad("loader", "one of " + ", ".join(LOADERS))
     if not 0.0 < c.train_fraction <= 1.0:
         raise bad("train_fraction", "in (0, 1]")
     for name in ("epochs", "batch_size", "log_every", "image_size"):
@@ -376,13 +383,14 @@ def config_to_yaml(config: TrainConfig, comment: str = "") -> str:
 #: Settings that may change when a run is resumed. They choose where and how fast the run executes, how it is
 #: logged, and how long it goes on; none of them changes what is trained (data, model, loss, optimiser,
 #: selection), so a resumed run is the same experiment. Numerics may differ at float precision (threads,
-#: device, layout, kernels), never in kind. ``epochs`` is not safe with the cosine schedule, whose length is
-#: the number of epochs (see :func:`config_differences`).
+#: device, layout, kernels), never in kind; with augmentation, another ``loader`` or worker count draws other
+#: (equally random) augmentations for the rest of the run. ``epochs`` is not safe with the cosine schedule,
+#: whose length is the number of epochs (see :func:`config_differences`).
 RESUME_SAFE_FIELDS = frozenset({
     "resume", "run_dir",                          # how the run is addressed
     "epochs", "patience",                         # how long it goes on (patience re-applied on resume)
     "progress", "log_every", "tensorboard", "checkpoint_every",      # logging
-    "device", "threads", "num_workers", "sync_every", "eval_batch_size",  # where and how fast
+    "device", "threads", "loader", "num_workers", "sync_every", "eval_batch_size",  # where and how fast
     "compile", "cuda_graphs", "channels_last", "deterministic",      # kernels and memory layout
     "cache_dir",                                  # where the (identical) image cache lives
 })

@@ -7,10 +7,14 @@
   model's best **test** epoch per metric (0.8605 at epoch 3 vs 0.5621 at epoch 4; texture 0.5287 vs 0.2124).
   We select the epoch on **val** (top-3 category accuracy) and report test values there (``select="val"``);
   ``select="best"`` reproduces the thesis' rule.
-* :func:`table_3_2` -- our top-3 category accuracy beside the published numbers
-  (:data:`vfu_nb.conventions.PUBLISHED_CATEGORY_TOP3`, each with its paper).
-* :func:`plot_confusion`, :func:`per_attribute_recall` -- need predictions of the best checkpoint on the test
-  split (:func:`vfu_nb.runs.predict`).
+* :func:`table_3_2`, :func:`attribute_table` -- our top-3 category accuracy and attribute mAP beside the
+  baselines of the same data and the published numbers (:data:`vfu_nb.conventions.PUBLISHED_CATEGORY_TOP3`, each
+  with its paper); top-3 recall and mAP per attribute type likewise.
+* :func:`plot_confusion`, :func:`per_attribute_recall`, :func:`per_attribute_ap` -- need predictions of the best
+  checkpoint on the test split (:func:`vfu_nb.runs.predict`).
+
+Baselines (``{name: flat metrics}`` of :func:`vfu_nb.baselines.compute_baselines`) are an optional argument of the
+curves, the tables and :func:`baseline_sentence`; curves draw them as in :mod:`vfu_nb.plots.curves`.
 
 Every sentence these helpers write is computed from the numbers they are given; none is fixed text about the
 outcome.
@@ -26,10 +30,18 @@ import numpy as np
 import pandas as pd
 
 from vfu_nb.conventions import (
-    ATTRIBUTE_TYPE_NAMES, ATTRIBUTE_TYPES, LOWER_IS_BETTER, MODEL_COLORS,
+    ATTRIBUTE_TYPE_COLORS, ATTRIBUTE_TYPE_NAMES, ATTRIBUTE_TYPES, LOWER_IS_BETTER, MODEL_COLORS,
     PUBLISHED_ATTRIBUTE_TOP3, PUBLISHED_CATEGORY_TOP3, THESIS_IMPROVEMENTS, metric_label,
 )
-from vfu_nb.plots.curves import best_epoch_value, best_val_epoch, epoch_frame, load_history
+from vfu_nb.metrics import MAP_GROUPS, average_precision
+from vfu_nb.plots.curves import (
+    baseline_label, best_epoch_value, best_val_epoch, epoch_frame, load_history, reference_baselines,
+    reference_lines,
+)
+
+#: Baseline rows of Table 3.2 and of the attribute table, in order (those a baseline dict lacks are left out).
+CATEGORY_TABLE_BASELINES = ("geometry_knn", "class_prior", "attribute_prior_given_category", "chance")
+ATTRIBUTE_TABLE_BASELINES = ("attribute_prior_given_category", "geometry_knn", "attribute_prior", "chance")
 
 # ----------------------------------------------------------------------------------------------------------
 # Relative improvements
@@ -76,11 +88,12 @@ def format_relative(x: float) -> str:
 
 
 def plot_metric_curves(histories: Mapping[str, object], metric: str = "category_top3", split: str = "test",
-                       show_val: bool = True, ax=None, title: Optional[str] = None):
+                       show_val: bool = True, ax=None, title: Optional[str] = None, baselines=None):
     """``metric`` per epoch for several runs (``{label: history or run dir}``); each run's best val epoch starred.
 
     Thesis Fig. 3.11 is ``metric="category_top3"``, Fig. 3.12 ``metric="attr_top3_texture"`` (test split; the
-    thesis labels CAT "CAT+ATTR"). With ``show_val`` the val curve is drawn dotted.
+    thesis labels CAT "CAT+ATTR"). With ``show_val`` the val curve is drawn dotted. ``baselines``: reference
+    lines as in the training curves (:func:`vfu_nb.plots.curves.reference_lines`).
     """
     ax = ax or plt.subplots(figsize=(6.5, 3.4))[1]
     n_max = 1
@@ -98,6 +111,7 @@ def plot_metric_curves(histories: Mapping[str, object], metric: str = "category_
             val = epoch_frame(h, "val")
             if metric in val:
                 ax.plot(val.index, val[metric], ls=":", color=color, lw=1, label=f"{label.upper()} (val)")
+    reference_lines(ax, baselines, metric)
     ax.set_xlim(0.5, n_max + 0.5)
     ax.set_xticks(range(1, n_max + 1))
     ax.set_xlabel("epoch")
@@ -113,30 +127,49 @@ def plot_metric_curves(histories: Mapping[str, object], metric: str = "category_
 # Table 3.2
 
 
-def table_3_2(ours: Mapping[str, Mapping], data: str = "this run's data", published=PUBLISHED_CATEGORY_TOP3,
-              key: str = "category_top3") -> pd.DataFrame:
-    """Our top-3 category accuracy (``{label: test metrics at the best val epoch}``) above the published ones.
+def _baseline_rows(baselines, names: Sequence[str]) -> list:
+    """(row label, metrics) of the baselines among ``names`` that ``baselines`` has."""
+    return [(f"baseline: {baseline_label(n, baselines[n])}", baselines[n]) for n in names if (baselines or {}).get(n)]
 
-    Columns: ``top-3 category accuracy, data, epoch selection, source``. Convention: :data:`vfu_nb.conventions.CATEGORY_CONVENTION`.
-    Published rows are on DeepFashion-C; ours are on ``data`` (not comparable when that is the synthetic set).
+
+def table_3_2(ours: Mapping[str, Mapping], data: str = "this run's data", published=PUBLISHED_CATEGORY_TOP3,
+              key: str = "category_top3", baselines=None) -> pd.DataFrame:
+    """Our top-3 category accuracy and attribute mAP (``{label: test metrics at the best val epoch}``), the
+    ``baselines`` of the same data, then the published numbers.
+
+    Columns: ``top-3 category accuracy, attribute mAP, data, epoch selection, source``. Convention:
+    :data:`vfu_nb.conventions.CATEGORY_CONVENTION`. Published rows are on DeepFashion-C (no published mAP); ours and
+    the baselines are on ``data`` (not comparable with them when that is the synthetic set). A baseline is fitted
+    on the train split and evaluated on every test image of the tree (``n_images``).
     """
     rows = []
     for label, metrics in ours.items():
-        v = metrics.get(key) if metrics else None
-        rows.append({"method": f"ours: {label}", "top-3 category accuracy": float("nan") if v is None else float(v),
-                     "data": data, "epoch selection": "best val epoch, reported on test",
-                     "source": "this notebook"})
+        rows.append({"method": f"ours: {label}", "top-3 category accuracy": _get(metrics, key),
+                     "attribute mAP": _get(metrics, "attr_map_all"), "data": data,
+                     "epoch selection": "best val epoch, reported on test", "source": "this notebook"})
+    for label, metrics in _baseline_rows(baselines, CATEGORY_TABLE_BASELINES):
+        rows.append({"method": label, "top-3 category accuracy": _get(metrics, key),
+                     "attribute mAP": _get(metrics, "attr_map_all"), "data": data,
+                     "epoch selection": f"none: fitted on train, all {_get(metrics, 'n_images'):.0f} test images",
+                     "source": "vfu_nb.baselines"})
     for p in published:
-        rows.append({"method": p["method"], "top-3 category accuracy": p["top3"], "data": "DeepFashion-C test",
-                     "epoch selection": p["selection"], "source": p["source"]})
+        rows.append({"method": p["method"], "top-3 category accuracy": p["top3"], "attribute mAP": float("nan"),
+                     "data": "DeepFashion-C test", "epoch selection": p["selection"], "source": p["source"]})
     return pd.DataFrame(rows).set_index("method")
 
 
 def attribute_table(ours: Mapping[str, Mapping], published: Mapping[str, Mapping] = PUBLISHED_ATTRIBUTE_TOP3,
-                    k: int = 3) -> pd.DataFrame:
-    """Top-k recall per attribute type: our rows (``{label: test metrics}``) and the published ones (nan: none)."""
-    rows = {f"ours: {label}": {t: _get(m, f"attr_top{k}_{t}") for t in ATTRIBUTE_TYPES} for label, m in ours.items()}
-    rows.update({name: {t: vals.get(t, float("nan")) for t in ATTRIBUTE_TYPES} for name, vals in published.items()})
+                    k: int = 3, baselines=None) -> pd.DataFrame:
+    """Top-k recall per attribute type (columns named by type) and attribute mAP per type and over all
+    attributes (``mAP <type>``, ``mAP all``): our rows (``{label: test metrics}``), the ``baselines``, then the
+    published ones (no published mAP; nan where a paper gives no number)."""
+    def row(m):
+        return {**{t: _get(m, f"attr_top{k}_{t}") for t in ATTRIBUTE_TYPES},
+                **{f"mAP {g}": _get(m, f"attr_map_{g}") for g in MAP_GROUPS}}
+
+    rows = {f"ours: {label}": row(m) for label, m in ours.items()}
+    rows.update({label: row(m) for label, m in _baseline_rows(baselines, ATTRIBUTE_TABLE_BASELINES)})
+    rows.update({name: row({f"attr_top{k}_{t}": v for t, v in vals.items()}) for name, vals in published.items()})
     return pd.DataFrame.from_dict(rows, orient="index")
 
 
@@ -235,6 +268,71 @@ def plot_per_attribute_recall(frames: Mapping[str, pd.DataFrame], top: int = 25,
     return ax.figure
 
 
+def per_attribute_ap(predictions, attribute_names: Sequence[str]) -> pd.DataFrame:
+    """Average precision of every attribute over the split (:func:`vfu_nb.metrics.average_precision`, unknown
+    labels left out): columns ``attribute, type, positives, ap`` (nan without a known positive). The mean of
+    ``ap`` per type and overall (nan left out) is the run's ``attr_map_<type>`` and ``attr_map_all``."""
+    labels = predictions.attributes == 1
+    known = getattr(predictions, "attributes_known", None)
+    known = np.ones_like(labels) if known is None else np.asarray(known, dtype=bool)
+    ap = average_precision(predictions.attribute_scores, labels, known)
+    types = np.asarray(predictions.attribute_types)
+    return pd.DataFrame({"attribute": list(attribute_names),
+                         "type": [ATTRIBUTE_TYPE_NAMES.get(int(t), "?") for t in types],
+                         "positives": (labels & known).sum(axis=0), "ap": ap})
+
+
+def ap_differences(frames: Mapping[str, pd.DataFrame], top: int = 10) -> pd.DataFrame:
+    """The ``top`` attributes whose AP differs most between the two runs of ``frames`` (``{label: frame of
+    per_attribute_ap}``, first minus second), largest absolute difference first."""
+    (a, fa), (b, fb) = frames.items()
+    joined = fa.merge(fb[["attribute", "ap"]], on="attribute", suffixes=(f" {a}", f" {b}"))
+    joined = joined.rename(columns={f"ap {a}": f"{a.upper()} AP", f"ap {b}": f"{b.upper()} AP"})
+    joined["difference"] = joined[f"{a.upper()} AP"] - joined[f"{b.upper()} AP"]
+    joined = joined[np.isfinite(joined["difference"])]
+    order = joined["difference"].abs().sort_values(ascending=False, kind="stable").index
+    return joined.loc[order].head(top).set_index("attribute")
+
+
+def plot_per_attribute_ap(frames: Mapping[str, pd.DataFrame], annotate: int = 5, ax=None):
+    """Per-attribute AP of two runs against each other (``{label: frame of per_attribute_ap}``: the first on
+    the y axis), one dot per attribute coloured by type, the diagonal, and the ``annotate`` attributes with
+    the largest difference named. The title counts the attributes above the diagonal."""
+    (a, fa), (b, fb) = frames.items()
+    both = fa.merge(fb[["attribute", "ap"]], on="attribute", suffixes=("_y", "_x"))
+    both = both[np.isfinite(both["ap_y"]) & np.isfinite(both["ap_x"])]
+    ax = ax or plt.subplots(figsize=(4.2, 4.2))[1]
+    for t in ATTRIBUTE_TYPES:
+        part = both[both["type"] == t]
+        if len(part):
+            ax.scatter(part["ap_x"], part["ap_y"], s=14, alpha=0.75, color=ATTRIBUTE_TYPE_COLORS[t], label=t)
+    ax.plot([0, 1], [0, 1], color="0.5", lw=0.8, ls="--")
+    for _, r in ap_differences(frames, annotate).iterrows():
+        ax.annotate(r.name, (r[f"{b.upper()} AP"], r[f"{a.upper()} AP"]), fontsize=6, xytext=(3, 3),
+                    textcoords="offset points")
+    ax.set_xlim(0, 1.02)
+    ax.set_ylim(0, 1.02)
+    ax.set_aspect("equal")
+    ax.set_xlabel(f"{b.upper()} AP")
+    ax.set_ylabel(f"{a.upper()} AP")
+    above = int((both["ap_y"] > both["ap_x"]).sum())
+    ax.set_title(f"Per-attribute AP: {a.upper()} higher on {above} of {len(both)}", fontsize=9)
+    ax.legend(fontsize=7, loc="lower right")
+    ax.figure.tight_layout()
+    return ax.figure
+
+
+def plot_per_attribute(recall_frames: Mapping[str, pd.DataFrame], ap_frames: Mapping[str, pd.DataFrame],
+                       top: int = 25):
+    """Per-attribute recall of the most frequent attributes (bars) beside per-attribute AP of every attribute
+    (scatter): :func:`plot_per_attribute_recall` and :func:`plot_per_attribute_ap` in one figure."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(max(6, 0.35 * top + 2) + 4.5, 4.2),
+                                      gridspec_kw={"width_ratios": [max(6, 0.35 * top + 2), 4.2]})
+    plot_per_attribute_recall(recall_frames, top, ax=left)
+    plot_per_attribute_ap(ap_frames, ax=right)
+    return fig
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Sentences computed from numbers
 
@@ -252,3 +350,36 @@ def comparison_sentence(mtl: float, cat: float, what: str = "top-3 category accu
         verdict = f"{better} is better on this single run (one seed: no interval, see notebook 05)"
     return (f"On {data} MTL's {what} is {mtl:.4f} vs CAT's {cat:.4f} (difference {diff:+.4f}, relative "
             f"{format_relative(relative_improvement(mtl, cat))}); {verdict}.")
+
+
+def _who_beats(beat: Sequence[str], labels: Sequence[str]) -> str:
+    if len(labels) == 1:
+        return f"{labels[0]} {'beats' if beat else 'does not beat'} it"
+    if not beat:
+        return "neither beats it" if len(labels) == 2 else "none beats it"
+    if len(beat) == len(labels):
+        return "both beat it" if len(labels) == 2 else "all beat it"
+    return f"only {' and '.join(beat)} beat{'s' if len(beat) == 1 else ''} it"
+
+
+def baseline_sentence(values: Mapping[str, float], baselines, metric: str = "category_top3",
+                      names: Optional[Sequence[str]] = None) -> str:
+    """Where runs (``{label: value}``) stand against the baselines of ``metric`` (default
+    :func:`vfu_nb.plots.curves.reference_baselines`): 'Top-3 category accuracy: MTL 0.6000, CAT 0.5000; against
+    the baselines of the same data, class prior 0.2967 (both beat it); geometry only (...) 0.5567 (only MTL beats
+    it) (one run per model: ...).' Lower is better for the landmark error."""
+    lower = metric in LOWER_IS_BETTER
+    what = metric_label(metric)
+    parts = []
+    for name in (names if names is not None else reference_baselines(metric)):
+        ref = _get((baselines or {}).get(name), metric)
+        if not math.isfinite(ref):
+            continue
+        beat = [label for label, v in values.items()
+                if v is not None and math.isfinite(v) and (v < ref if lower else v > ref)]
+        parts.append(f"{baseline_label(name, baselines[name])} {ref:.4f} ({_who_beats(beat, list(values))})")
+    if not parts:
+        return f"No baseline of the {what} to compare with."
+    ours = ", ".join(f"{label} {_get(values, label):.4f}" for label in values)
+    return (f"{what[0].upper()}{what[1:]}: {ours}; against the baselines of the same data, {'; '.join(parts)} "
+            f"(one run per model: no interval, see notebook 05 for the seeds).")
