@@ -251,7 +251,7 @@ def test_real_images_and_boxes(tmp_path):
 def synth(tmp_path_factory):
     from vfu_nb.synthetic import generate
     root = tmp_path_factory.mktemp("synth") / "tree"
-    generate(root, 30, seed=2, workers=1, progress=False)
+    generate(root, 81, seed=2, workers=1, progress=False)
     return root
 
 
@@ -387,8 +387,9 @@ def test_cache_files_live_where_asked_and_are_named_by_split_size_and_mode(tree,
         ds = DeepFashionC(tree, "val", image_size=16, cache=True, cache_dir=nested, pad_to_square=pad_mode,
                           progress=False)
         assert ds.cache_file == nested / f"val-16-{mode}-1.u8" and not ds._cache.flags.writeable
-    assert sorted(p.name for p in nested.iterdir()) == ["val-16-pad-1.json", "val-16-pad-1.sizes.npy",
-                                                        "val-16-pad-1.u8", "val-16-stretch-1.json",
+    assert sorted(p.name for p in nested.iterdir()) == ["val-16-pad-1.json", "val-16-pad-1.lock",
+                                                        "val-16-pad-1.sizes.npy", "val-16-pad-1.u8",
+                                                        "val-16-stretch-1.json", "val-16-stretch-1.lock",
                                                         "val-16-stretch-1.sizes.npy", "val-16-stretch-1.u8"]
     default = DeepFashionC(tree, "val", image_size=16, cache=True, progress=False)
     assert default.cache_file.parent == tree / ".vfu_cache"
@@ -417,7 +418,7 @@ def test_a_failed_cache_build_leaves_nothing_behind(tree, tmp_path):
     cache = tmp_path / "cache"
     with pytest.raises(BadImageError, match=r"img_00000001\.jpg: image file not found$"):
         DeepFashionC(tree, "test", image_size=16, cache=True, cache_dir=cache, progress=False)
-    assert list(cache.iterdir()) == []
+    assert [p.name for p in cache.iterdir()] == ["test-16-stretch-1.lock"]     # the builders' lock, no data
     (tree / NAMES[2]).write_bytes(good)                      # the image is back: the cache builds
     assert len(DeepFashionC(tree, "test", image_size=16, cache=True, cache_dir=cache, progress=False)) == 1
 
@@ -442,3 +443,10 @@ def test_scan_images_over_many_jobs(tree):
     assert sizes.dtype == np.int64 and sizes.shape == (150, 2)
     assert [row for row, _ in failures] == [3, 140] and sizes[3].tolist() == sizes[140].tolist() == [-1, -1]
     assert sizes[[0, 1, 2, 148]].tolist() == [[100, 120], [64, 90], [100, 130], [64, 90]]
+
+
+def test_a_scan_window_pads_to_square_when_asked():
+    from vfu_nb.data import _Window
+    box, size = (10, 20, 50, 40), (100, 80)                  # 40 x 20: its enclosing square is 40 x 40
+    assert _Window(box, True)(size) == crop_window(box, size, True) == (10.0, 10.0, 50.0, 50.0)
+    assert _Window(box, False)(size) == (10.0, 20.0, 50.0, 40.0)
