@@ -331,7 +331,7 @@ def test_label_rows_read_the_same_in_every_layout(tmp_path, monkeypatch, layout,
     assert fast == general == (names, [6] * n, values.ravel().tolist())
 
 
-@pytest.mark.parametrize("token", ["2", "-2", "+1", "1-", "--1", "-", "10", "01", "x", "1x", "-0"])
+@pytest.mark.parametrize("token", ["2", "-2", "+1", "1-", "--1", "-", "10", "01", "x", "1x", "-0", "!", "1!"])
 def test_odd_label_tokens_are_read_or_refused_as_the_general_tokeniser_does(tmp_path, token):
     rng = np.random.default_rng(1)
     for layout in ("aligned", "single spaces"):
@@ -558,6 +558,9 @@ def test_anno_wins_over_anno_coarse_and_image_folders(tmp_path):
     (tmp_path / "Img").mkdir()
     (tmp_path / "img").rename(tmp_path / "Img" / "img")
     assert image_root(str(tmp_path)) == tmp_path / "Img"                     # the official archive layout
+    (tmp_path / "img").mkdir()
+    assert image_root(tmp_path) == tmp_path                                  # both: img/ at the root wins
+    (tmp_path / "img").rmdir()
     a = load_annotations(tmp_path)
     assert a.image_path(1) == tmp_path / "Img" / NAMES[1] and a.image_path(1).is_file()
     assert a.indices("val").tolist() == [1] and a.indices("train").tolist() == [0]
@@ -579,3 +582,78 @@ def test_written_files_have_the_real_headers_and_columns(tmp_path):
         lines = rel.read_text().splitlines()
         assert lines[:2] == [str(len(lines) - 2), HEADERS[key]], key
     assert (tmp_path / "b/Anno/list_attr_cloth.txt").read_text().splitlines()[2] == "striped" + " " * 22 + "1"
+
+
+def test_label_fast_path_parses_any_printable_name_and_refuses_odd_lines():
+    from vfu_nb.annotations import _parse_label_chunk
+
+    def chunk(text):
+        return np.frombuffer(text.encode(), dtype=np.uint8)
+
+    names, counts, values = _parse_label_chunk(chunk("img/a!b.jpg  1 -1\nimg/c.jpg -1 -0"))
+    assert names.tolist() == ["img/a!b.jpg", "img/c.jpg"] and counts.tolist() == [2, 2]
+    assert values.tolist() == [1, -1, -1, 0] and values.dtype == np.int8      # 1 byte per label of the big matrix
+    assert _parse_label_chunk(chunk("img/a.jpg  1 -1\n img/c.jpg -1  0")) is None      # a line opens with a blank
+    assert _parse_label_chunk(chunk("img/a.jpg  1 -1\nimg/c-1")) is None               # a name without labels
+    assert _parse_label_chunk(chunk("img/a.jpg  1 -1\nimg/c.jpg\t-1  0")) is None     # a tab ends the name
+
+
+def test_a_last_label_row_without_labels_reads_as_the_general_tokeniser_does(tmp_path):
+    path = tmp_path / "list_attr_img.txt"
+    path.write_text("2\nheader\nimg/a.jpg  1 -1\nimg/b-1\n")                 # not name "img/b", label -1
+    for labels in (True, False):
+        rec = read_records(path, labels=labels)
+        assert rec.names.tolist() == ["img/a.jpg", "img/b-1"] and rec.counts.tolist() == [2, 0]
+        assert rec.values.tolist() == [1, -1]
+
+
+def test_the_first_repeated_name_is_found_however_many_repeat():
+    from vfu_nb.annotations import _duplicates
+    assert _duplicates(np.array(["a", "b", "c"])) is None
+    assert _duplicates(np.array(["a", "b", "a", "b"])) == 2                  # every name twice
+    assert _duplicates(np.array(["a", "a", "a"])) == 1
+    assert _duplicates(np.array(["b", "a", "c", "a", "b"])) == 3
+
+
+def test_the_attribute_matrix_is_read_through_the_label_fast_path(tmp_path, monkeypatch):
+    import vfu_nb.annotations as annotations
+    parsed = []
+    fast = annotations._parse_aligned_labels
+    monkeypatch.setattr(annotations, "_parse_aligned_labels", lambda buf: parsed.append(buf.size) or fast(buf))
+    load_annotations(write_tree(tmp_path, images=False))
+    assert len(parsed) == 1            # list_attr_img.txt only; the other files go to the general tokeniser
+
+
+def test_aligned_label_fast_path_reads_one_label_and_names_up_to_the_column():
+    from vfu_nb.annotations import _parse_aligned_labels
+
+    def chunk(*lines):
+        return np.frombuffer("\n".join(lines).encode(), dtype=np.uint8)
+
+    names, counts, values = _parse_aligned_labels(chunk(pad("img/a.jpg") + " 1", pad("img/b.jpg") + "-1"))
+    assert names.tolist() == ["img/a.jpg", "img/b.jpg"] and counts.tolist() == [1, 1]
+    assert values.tolist() == [1, -1] and values.dtype == np.int8
+    names, _, values = _parse_aligned_labels(chunk(pad("x" * 70) + " 1 -1  0"))    # the name fills column 70
+    assert names.tolist() == ["x" * 70] and values.tolist() == [1, -1, 0]
+    assert _parse_aligned_labels(chunk(pad("img/a.jpg") + " 1 -1 -")) is None         # a dangling sign
+
+
+def test_a_dangling_sign_after_aligned_labels_is_an_error(tmp_path):
+    path = tmp_path / "list_attr_img.txt"
+    path.write_text("1\nheader\n" + pad("img/a.jpg") + " 1 -1 -\n")
+    fast, general = _read_both(path)
+    assert fast == general == f"{path}:3: expected an integer, found '-': {pad('img/a.jpg') + ' 1 -1 -'!r}"
+
+
+def test_vocabulary_names_are_kept_as_written_but_for_trailing_blanks(tmp_path):
+    path = tmp_path / "list_attr_cloth.txt"
+    path.write_text("2\nheader\n  a-line  1\nfloral print    1   \n")
+    assert read_vocabulary(path)[0] == ["  a-line", "floral print"]
+
+
+@pytest.mark.parametrize("blank", ["\t", "\r", "\x0b"])
+def test_a_blank_inside_an_aligned_name_splits_it_on_every_path(tmp_path, blank):
+    path = tmp_path / "list_attr_img.txt"
+    path.write_text("1\nheader\n" + pad(f"img/a{blank}b.jpg") + " 1 -1\n", newline="")
+    fast, general = _read_both(path)
+    assert fast == general and general.startswith(f"{path}:3: expected an integer, found 'b.jpg'")

@@ -186,6 +186,8 @@ def _parse_aligned_labels(buf: np.ndarray):
         return None
     values = (digit - 48).astype(np.int8)
     values[sign == 45] *= -1
+    if (rows[:, :NAME_COLUMN] < 32).any():     # a tab, CR, ... would split a name, as in the general tokeniser
+        return None
     names = [bytes(r[:NAME_COLUMN]).decode("utf-8", "replace").rstrip() for r in rows]
     if any(" " in name or not name for name in names):
         return None
