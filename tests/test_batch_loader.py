@@ -414,3 +414,50 @@ def test_prefetch_thread_passes_every_item_and_stops_when_closed():
     threading.Thread(target=close, daemon=True).start()
     assert stopped.wait(10), "closing the iterator did not stop the prefetch thread"
     assert not prefetch[0].is_alive()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Augmentation parameters: lists and numbers, the draw's boundaries
+
+
+def test_augmentation_from_lists_and_numbers_gets_tensor_types():
+    aug = Augmentation([1, 0], [1, 2], [[0, 0], [1, 0]])            # Python ints everywhere
+    assert (aug.flip.dtype, aug.scale.dtype, aug.shift.dtype) == (torch.bool, torch.float32, torch.float32)
+    assert aug.flip.tolist() == [True, False] and aug.shift.shape == (2, 2)
+    torch.testing.assert_close(aug.matrices(), torch.tensor([[[-1.0, 0.0, 0.0], [0.0, 1.0, 0.0]],
+                                                             [[2.0, 0.0, 2.0], [0.0, 2.0, 0.0]]]))
+    one = Augmentation(0, 1, [0, 0])                                  # one image from plain numbers
+    assert (one.flip.dtype, one.scale.dtype, one.shift.dtype) == (torch.bool, torch.float32, torch.float32)
+    images = torch.arange(2 * 3 * 4 * 4, dtype=torch.uint8).reshape(2, 3, 4, 4)
+    out, _, _ = augment_batch(images, torch.full((2, 8, 2), 0.5), torch.zeros(2, 8, dtype=torch.int64), aug)
+    assert torch.equal(out[0], images[0].flip(-1))                    # a pure mirror, from int parameters
+
+
+def test_draw_maps_uniform_numbers_to_flip_scale_and_shift(monkeypatch):
+    u = torch.tensor([[0.5, 0.0, 0.0, 1.0], [0.25, 0.5, 0.5, 0.75]])
+    monkeypatch.setattr(torch, "rand", lambda *size, generator=None: u[:size[0]].clone())
+    aug = Augmentation.draw(2)
+    assert aug.flip.tolist() == [False, True]                         # flip when u < 1/2: u = 1/2 keeps the image
+    torch.testing.assert_close(aug.scale, torch.tensor([SCALE_RANGE[0], sum(SCALE_RANGE) / 2]))
+    torch.testing.assert_close(aug.shift, torch.tensor([[-MAX_SHIFT, MAX_SHIFT], [0.0, MAX_SHIFT / 2]]))
+
+
+def test_pinned_augmentation_keeps_every_field_in_place(monkeypatch):
+    # pinning needs a CUDA driver; a clone stands in for the pinned copy, so the fields' routing is checked here
+    pinned = []
+    monkeypatch.setattr(torch.Tensor, "pin_memory", lambda self: pinned.append(self) or self.clone())
+    aug = Augmentation([True, False], [0.9, 1.1], [[0.01, -0.02], [0.0, 0.03]])
+    out = aug.pin_memory()
+    assert len(pinned) == 3
+    for field in ("flip", "scale", "shift"):
+        assert torch.equal(getattr(out, field), getattr(aug, field)), field
+
+
+def test_each_epoch_draws_a_64_bit_seed_for_its_augmentations(synth, tmp_path):
+    ds = cached(synth, tmp_path)
+    batches = shuffled_batches(len(ds), 7)[:2]
+    loader = BatchLoader(ds, batches, augment=True, generator=torch.Generator().manual_seed(3), prefetch=0)
+    seed = int(torch.empty((), dtype=torch.int64).random_(generator=torch.Generator().manual_seed(3)))
+    assert seed >= 2 ** 24                                   # beyond what a float32 draw could give
+    rng = torch.Generator().manual_seed(seed)
+    assert_same_batches([loader.to_device(loader.gather(b, rng)) for b in batches], list(loader))

@@ -302,3 +302,11 @@ def test_labels_on_the_host_losses_on_the_outputs_device(heat):
     if heat:
         assert heatmap_loss(out["landmark_heatmaps"], batch["landmarks"], batch["landmark_visibility"],
                             2.0).device.type == "meta"
+
+
+def test_a_float64_positive_weight_is_used_in_float32():
+    logits = torch.randn(40, 7, generator=torch.Generator().manual_seed(0))
+    targets = (torch.rand(40, 7, generator=torch.Generator().manual_seed(1)) > 0.5).float()
+    weight = torch.rand(7, generator=torch.Generator().manual_seed(2), dtype=torch.float64) * 3
+    want = attribute_loss(logits, targets, None, pos_weight=weight.float())
+    assert torch.equal(attribute_loss(logits, targets, None, pos_weight=weight), want)    # bit for bit

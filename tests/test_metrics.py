@@ -617,3 +617,31 @@ def test_scores_keep_their_precision_and_any_number_type():
                                average_precision(ints.astype(np.float64), labels, labels != 0), rtol=0, atol=0)
     ranks = metrics.category_ranks(np.zeros((0, 3)), np.zeros(0, int))
     assert ranks.dtype == torch.int64 and ranks.shape == (0,)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Score types and the k-th largest value
+
+
+def test_float64_scores_keep_their_precision_and_integer_scores_work():
+    close = torch.tensor([[1.0, 1.0 + 1e-12], [2.0, 2.0 - 1e-12]], dtype=torch.float64)   # equal in float32
+    assert metrics.category_ranks(close, torch.tensor([0, 1])).tolist() == [1, 1]   # float32 would tie: ranks 0 and 1
+    ints = torch.tensor([[3, 1, 2], [0, 5, 5], [4, 4, 1]])
+    labels = torch.tensor([[1, 0, 0], [0, 1, 0], [0, 0, 1]])
+    targets = torch.tensor([0, 2, 2])
+    assert metrics.category_ranks(ints, targets).tolist() == [0, 1, 2]          # ties to the lower index
+    assert metrics.category_ranks(ints.float(), targets).tolist() == [0, 1, 2]
+    np.testing.assert_array_equal(average_precision(ints, labels), average_precision(ints.float(), labels))
+
+
+@pytest.mark.parametrize("width", [3, 7, 40])
+def test_kth_largest_equals_a_full_sort_for_every_k(width):
+    x = torch.randn(50, width, generator=torch.Generator().manual_seed(width))
+    x[:, 1] = x[:, 0]                                              # repeats count
+    kths = list(range(1, min(width, 5) + 1))
+    want = x.sort(dim=1, descending=True).values[:, [k - 1 for k in kths]]
+    torch.testing.assert_close(metrics._kth_largest(x, None, kths), want, rtol=0, atol=0)
+    torch.testing.assert_close(metrics._kth_largest(x, None, [1]), want[:, :1], rtol=0, atol=0)
+    columns = torch.arange(width - 1, -1, -2)
+    want = x[:, columns].sort(dim=1, descending=True).values[:, :1]
+    torch.testing.assert_close(metrics._kth_largest(x, columns, [1]), want, rtol=0, atol=0)

@@ -547,3 +547,31 @@ def test_a_checkpoint_that_is_not_plain_weights_is_refused(tmp_path):
         read_vgg_checkpoint(path)
     torch.save({"state_dict": {"features.0.weight": torch.ones(2)}, "epoch": 3}, path)
     assert read_vgg_checkpoint(path).keys() == {"features.0.weight"}
+
+
+def test_landmark_branch_has_a_relu_after_every_hidden_layer():
+    # thesis 3.2.1: four convolutions and three transposed convolutions, each followed by a ReLU
+    branch = LandmarkBranch(32, width=0.125)
+    kinds = [type(m).__name__ for m in list(branch.encoder) + list(branch.decoder)]
+    assert kinds == ["Conv2d", "ReLU"] * 4 + ["ConvTranspose2d", "ReLU"] * 3
+    shapes = [(m.in_channels, m.out_channels, m.kernel_size, m.stride, m.padding)
+              for m in list(branch.encoder)[::2] + list(branch.decoder)[::2]]
+    assert shapes == [(32, 64, (1, 1), (1, 1), (0, 0)), (64, 64, (3, 3), (1, 1), (1, 1)),
+                      (64, 64, (3, 3), (1, 1), (1, 1)), (64, 128, (3, 3), (1, 1), (1, 1)),
+                      (128, 64, (4, 4), (2, 2), (1, 1)), (64, 32, (4, 4), (2, 2), (1, 1)),
+                      (32, 16, (4, 4), (2, 2), (1, 1))]
+    assert (branch.head.conv.in_channels, branch.head.conv.out_channels, branch.mid_channels) == (16, 8, 128)
+
+
+def test_count_parameters_counts_frozen_ones_by_default():
+    model = LandmarkPooling(4)
+    model.gate_scale.requires_grad_(False)
+    assert count_parameters(model) == 8 and count_parameters(model, trainable_only=True) == 4
+
+
+def test_images_of_the_wrong_rank_are_refused_before_the_network_runs():
+    model = small("cat", image_size=32, width=0.125)
+    for shape in ((2, 3, 1, 32, 32), (3, 32, 32), (1, 1, 32, 32), (1, 3, 32, 16)):
+        with pytest.raises(ValueError) as err:
+            model(torch.zeros(shape))
+        assert str(err.value) == f"cat: expected images (B,3,32,32), got {shape}"
