@@ -167,12 +167,14 @@ def test_missing_image_raises_with_its_path(tree):
 
 def test_bad_images_are_skipped_and_listed(tree):
     (tree / NAMES[0]).write_bytes(b"not a jpeg at all")
-    with pytest.warns(UserWarning, match="skipped 1 bad image"):
+    with pytest.warns(UserWarning, match="skipped 1 bad image") as record:
         ds = DeepFashionC(tree, "train", image_size=16, on_bad_image="skip", progress=False)
+    assert record[0].filename == __file__                    # the warning points at the caller's line
     assert len(ds) == 0 and ds.skipped[0][0] == NAMES[0]
     assert ds.skipped[0][1].startswith(f"{tree / NAMES[0]}: cannot decode image (UnidentifiedImageError: ")
-    with pytest.warns(UserWarning, match="skipped 1 bad image"):
+    with pytest.warns(UserWarning, match="skipped 1 bad image") as record:
         cached = DeepFashionC(tree, "train", image_size=16, on_bad_image="skip", cache=True, progress=False)
+    assert record[0].filename == __file__
     assert len(cached) == 0 and cached.skipped == ds.skipped
 
 
@@ -450,3 +452,25 @@ def test_a_scan_window_pads_to_square_when_asked():
     box, size = (10, 20, 50, 40), (100, 80)                  # 40 x 20: its enclosing square is 40 x 40
     assert _Window(box, True)(size) == crop_window(box, size, True) == (10.0, 10.0, 50.0, 50.0)
     assert _Window(box, False)(size) == (10.0, 20.0, 50.0, 40.0)
+
+
+def test_windows_are_computed_in_float64_and_landmark_units_in_float32():
+    boxes = np.array([[0.1, 0.2, 10.3, 20.7], [5.3, 1.1, 7.9, 30.3]], dtype=np.float32)
+    sizes = [(40, 60), (40, 60)]
+    for pad_mode in (False, True):
+        windows = crop_windows(boxes, sizes, pad_mode)
+        assert windows.dtype == np.float64
+        np.testing.assert_array_equal(windows, crop_windows(boxes.astype(np.float64), sizes, pad_mode))
+    rng = np.random.default_rng(0)
+    landmarks = (rng.random((2, 8, 2)) * 40).astype(np.float32)
+    windows = crop_windows(boxes, sizes, True)
+    units, _ = landmarks_in_window(landmarks, np.zeros((2, 8), np.int64), windows)
+    origin = windows[:, None, :2].astype(np.float32)
+    extent = (windows[:, None, 2:] - windows[:, None, :2]).astype(np.float32)
+    np.testing.assert_array_equal(units, (landmarks - origin) / extent)          # bit for bit, float32 throughout
+
+
+def test_the_cache_key_is_16_hex_digits_of_a_sha1(tree):
+    import re
+    key = DeepFashionC(tree, "val", image_size=16).cache_key()
+    assert re.fullmatch(r"[0-9a-f]{16}", key)
