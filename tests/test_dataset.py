@@ -474,3 +474,18 @@ def test_the_cache_key_is_16_hex_digits_of_a_sha1(tree):
     import re
     key = DeepFashionC(tree, "val", image_size=16).cache_key()
     assert re.fullmatch(r"[0-9a-f]{16}", key)
+
+
+def test_the_cache_metadata_file_names_key_shape_failures_and_version(tree, tmp_path):
+    import json
+    ds = DeepFashionC(tree, "val", image_size=16, cache=True, cache_dir=tmp_path, progress=False)
+    meta = json.loads(ds.cache_file.with_suffix(".json").read_text())
+    assert meta == {"key": ds.cache_key(), "shape": [len(ds), 16, 16, 3], "failures": [],
+                    "version": data.CACHE_VERSION}
+
+
+def test_checking_images_shows_a_progress_bar_unless_told(tree, capsys):
+    DeepFashionC(tree, "val", image_size=16, on_bad_image="skip")
+    assert "checking val images" in capsys.readouterr().err
+    DeepFashionC(tree, "val", image_size=16, on_bad_image="skip", progress=False)
+    assert capsys.readouterr().err == ""

@@ -575,3 +575,25 @@ def test_images_of_the_wrong_rank_are_refused_before_the_network_runs():
         with pytest.raises(ValueError) as err:
             model(torch.zeros(shape))
         assert str(err.value) == f"cat: expected images (B,3,32,32), got {shape}"
+
+
+def test_default_arguments_give_the_full_size_parts():
+    from vfu_nb.models import VGGBackbone, scaled
+    assert scaled(64, 0.01) == 8 and scaled(64, 0.5) == 32
+    backbone = VGGBackbone()
+    convs = [m for m in backbone.features if isinstance(m, nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [64, 64, 128, 128, 256, 256, 256, 512, 512, 512]
+    assert backbone.out_channels == 512 and not any(isinstance(m, nn.BatchNorm2d) for m in backbone.features)
+    branch = LandmarkBranch(512)
+    assert branch.encoder[0].out_channels == 64 and branch.mid_channels == 128 and branch.head.conv.out_channels == 8
+    attention = LandmarkAttention(512)
+    assert (attention.net[0].in_channels, attention.net[0].out_channels) == (520, 64)
+
+
+def test_heatmaps_must_cover_the_feature_grid_a_whole_number_of_times_on_each_axis():
+    heat = torch.arange(32 * 32, dtype=torch.float32).reshape(1, 1, 32, 32)
+    assert LandmarkAttention.downsample(heat, (8, 4)).shape == (1, 1, 8, 4)
+    for size in ((8, 5), (5, 8)):
+        with pytest.raises(ValueError, match=rf"^heatmaps 32x32 are not a whole multiple of the feature grid "
+                                             rf"{size[0]}x{size[1]}$"):
+            LandmarkAttention.downsample(heat, size)
