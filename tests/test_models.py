@@ -482,10 +482,14 @@ def test_landmark_pooling_window_extends_one_cell_each_way_in_y_too():
 
 
 def test_model_construction_and_forward_warn_about_nothing():
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        for name in ("mtl_pool", "mtl_bi"):
-            small(name, image_size=32, width=0.125)(fake_batch(1, 32)["image"])
+    torch.set_warn_always(True)          # torch's once-per-process warnings (e.g. meshgrid's) every time
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            for name in ("mtl_pool", "mtl_bi"):
+                small(name, image_size=32, width=0.125)(fake_batch(1, 32)["image"])
+    finally:
+        torch.set_warn_always(False)
 
 
 def test_mtl_bi_second_pass_adds_the_feedback():
@@ -597,3 +601,53 @@ def test_heatmaps_must_cover_the_feature_grid_a_whole_number_of_times_on_each_ax
         with pytest.raises(ValueError, match=rf"^heatmaps 32x32 are not a whole multiple of the feature grid "
                                              rf"{size[0]}x{size[1]}$"):
             LandmarkAttention.downsample(heat, size)
+
+
+def test_pretrained_path_names_the_backbones_file_and_folder(tmp_path, monkeypatch):
+    from vfu_nb.models import load_pretrained_vgg, pretrained_path
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "th"))
+    folder = tmp_path / "th" / "hub" / "checkpoints"
+    with pytest.raises(FileNotFoundError) as err:
+        pretrained_path("torchvision")
+    assert str(err.value).splitlines()[0] == f"pretrained VGG weights not found: {folder / 'vgg16-397923af.pth'}"
+    assert f"(for pretrained='torchvision' the folder is {folder}, set by $TORCH_HOME)" in str(err.value)
+    folder.mkdir(parents=True)
+    (folder / "vgg16_bn-6c64b313.pth").write_bytes(b"")
+    assert pretrained_path("torchvision", "vgg16_bn") == folder / "vgg16_bn-6c64b313.pth"
+    model = build_model("cat", C, A, image_size=32, width=1.0, backbone="vgg16_bn")
+    with pytest.raises(RuntimeError, match=r"vgg16_bn-6c64b313\.pth are truncated or corrupt"):
+        load_pretrained_vgg(model, "torchvision")                 # found the (empty) vgg16_bn file
+
+
+def test_a_wrapped_checkpoint_is_unwrapped_only_without_top_level_weights(tmp_path):
+    from vfu_nb.models import read_vgg_checkpoint
+    path = tmp_path / "weights.pth"
+    weights = {"features.0.weight": torch.ones(2), "state_dict": {"features.0.weight": torch.zeros(2)}}
+    torch.save(weights, path)
+    assert torch.equal(read_vgg_checkpoint(path)["features.0.weight"], torch.ones(2))
+    torch.save({"model.0.weight": torch.ones(2)}, path)                  # neither: returned as it is
+    assert read_vgg_checkpoint(path).keys() == {"model.0.weight"}
+
+
+def test_landmark_pooling_keeps_bfloat16_features_in_bfloat16():
+    pool = LandmarkPooling()
+    feats = torch.randn(2, 16, 8, 8, generator=torch.Generator().manual_seed(0))
+    heat = torch.rand(2, 8, 64, 64, generator=torch.Generator().manual_seed(1))
+    coords = torch.rand(2, 8, 2, generator=torch.Generator().manual_seed(2))
+    full, gate = pool(feats, heat, coords)
+    half, half_gate = pool(feats.bfloat16(), heat, coords)
+    assert half.dtype == torch.bfloat16 and half_gate.dtype == torch.float32
+    torch.testing.assert_close(half.float(), full, atol=0.1, rtol=0.05)
+    torch.testing.assert_close(half_gate, gate)
+
+
+def test_mtl_pool_local_features_gate_output_and_wide_branch():
+    model = small("mtl_pool", image_size=32, width=0.125)
+    assert [type(m) for m in model.local] == [nn.Linear, nn.ReLU]
+    seen = {}
+    model.pooling.register_forward_hook(lambda m, args, out: seen.update(gate=out[1]))
+    with torch.no_grad():
+        out = model(fake_batch(1, 32)["image"])
+    assert torch.equal(out["landmark_gate"], seen["gate"])
+    wide = build_model("mtl_pool", config=ModelConfig(C, 7, image_size=32, width=1.125))
+    assert wide.landmarks.mid_channels == 144                           # 128 x 1.125: the branch widens above 1
