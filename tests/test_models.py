@@ -174,6 +174,26 @@ def test_pretrained_weights_are_copied(tmp_path, backbone):
         assert torch.equal(mine[ours], state[theirs]), ours
 
 
+def test_pretrained_loading_lists_what_it_filled_and_refuses_missing_or_misshapen_keys(tmp_path):
+    from vfu_nb.models import load_pretrained_vgg
+    path = tmp_path / "vgg.pth"
+    state = _fake_vgg_checkpoint(path, False)
+    model = build_model("cat", C, A, image_size=32, width=1.0)
+    expected = [f"backbone.features.{k}" for k in model.backbone.features.state_dict()] + \
+        [f"categorization.block.{k}" for k in model.categorization.block.state_dict()]
+    assert load_pretrained_vgg(model, path) == expected
+    torch.save({k: v for k, v in state.items() if k not in ("features.0.bias", "features.26.weight")}, path)
+    with pytest.raises(KeyError) as err:
+        load_pretrained_vgg(model, path)
+    assert err.value.args[0] == (f"{path} lacks 2 VGG keys, e.g. ['features.0.bias', 'features.26.weight']; "
+                                 f"is it a torchvision vgg16 checkpoint?")
+    torch.save(dict(state, **{"features.2.weight": torch.zeros(64, 64, 1, 1)}), path)
+    with pytest.raises(ValueError) as err:
+        load_pretrained_vgg(model, path)
+    assert str(err.value) == ("shape mismatch for backbone.features.2.weight <- features.2.weight: "
+                              "(64, 64, 3, 3) vs (64, 64, 1, 1)")
+
+
 def test_pretrained_needs_width_one(tmp_path):
     path = tmp_path / "vgg.pth"
     _fake_vgg_checkpoint(path, False)
@@ -615,7 +635,8 @@ def test_pretrained_path_names_the_backbones_file_and_folder(tmp_path, monkeypat
     (folder / "vgg16_bn-6c64b313.pth").write_bytes(b"")
     assert pretrained_path("torchvision", "vgg16_bn") == folder / "vgg16_bn-6c64b313.pth"
     model = build_model("cat", C, A, image_size=32, width=1.0, backbone="vgg16_bn")
-    with pytest.raises(RuntimeError, match=r"vgg16_bn-6c64b313\.pth are truncated or corrupt"):
+    with pytest.raises(RuntimeError, match=r"vgg16_bn-6c64b313\.pth are truncated or corrupt .*; delete the file "
+                                           r"and download torchvision's vgg16_bn-6c64b313\.pth again"):
         load_pretrained_vgg(model, "torchvision")                 # found the (empty) vgg16_bn file
 
 
@@ -641,7 +662,7 @@ def test_landmark_pooling_keeps_bfloat16_features_in_bfloat16():
     torch.testing.assert_close(half_gate, gate)
 
 
-def test_mtl_pool_local_features_gate_output_and_wide_branch():
+def test_mtl_pool_local_features_and_gate_output():
     model = small("mtl_pool", image_size=32, width=0.125)
     assert [type(m) for m in model.local] == [nn.Linear, nn.ReLU]
     seen = {}
@@ -649,5 +670,13 @@ def test_mtl_pool_local_features_gate_output_and_wide_branch():
     with torch.no_grad():
         out = model(fake_batch(1, 32)["image"])
     assert torch.equal(out["landmark_gate"], seen["gate"])
-    wide = build_model("mtl_pool", config=ModelConfig(C, 7, image_size=32, width=1.125))
-    assert wide.landmarks.mid_channels == 144                           # 128 x 1.125: the branch widens above 1
+
+
+def test_landmark_parts_follow_the_width_in_every_landmark_model():
+    from vfu_nb.models import MTLNet, MTLPoolNet
+    thin = small("mtl", image_size=32, width=0.125)
+    assert thin.attention.net[0].out_channels == 8 and thin.landmarks.mid_channels == 128     # not below width 1
+    config = ModelConfig(C, 7, image_size=32, width=1.125)     # built without the (slow) initialisation
+    for wide in (MTLNet("mtl", config), MTLPoolNet("mtl_pool", config)):
+        assert wide.landmarks.mid_channels == 144                          # 128 x 1.125: widened above 1
+    assert MTLNet("mtl", config).attention.net[0].out_channels == 72
