@@ -680,3 +680,36 @@ def test_landmark_parts_follow_the_width_in_every_landmark_model():
     for wide in (MTLNet("mtl", config), MTLPoolNet("mtl_pool", config)):
         assert wide.landmarks.mid_channels == 144                          # 128 x 1.125: widened above 1
     assert MTLNet("mtl", config).attention.net[0].out_channels == 72
+
+
+def test_configuration_errors_name_the_field_and_the_value():
+    from vfu_nb.models import CATNet
+    ModelConfig(1, 1, num_landmarks=1, pool_window=1)                    # the smallest valid values
+    for kwargs, message in (({"num_categories": 0}, "ModelConfig.num_categories must be >= 1, got 0"),
+                            ({"num_attributes": -2}, "ModelConfig.num_attributes must be >= 1, got -2"),
+                            ({"num_landmarks": 0}, "ModelConfig.num_landmarks must be >= 1, got 0"),
+                            ({"pool_window": 2}, "ModelConfig.pool_window must be an odd number >= 1, got 2")):
+        with pytest.raises(ValueError) as err:
+            ModelConfig(**{"num_categories": 3, "num_attributes": 4, **kwargs})
+        assert str(err.value) == message
+    with pytest.raises(TypeError, match=r"^build_model needs num_categories and num_attributes, or "
+                                        r"config=ModelConfig\(\.\.\.\)$"):
+        build_model("cat", num_attributes=4)
+    with pytest.raises(ValueError, match=r"^CATNet implements \('cat',\), not 'mtl'$"):
+        CATNet("mtl", ModelConfig(3, 4))
+    with pytest.raises(TypeError, match=r"^config must be a ModelConfig, got dict$"):
+        CATNet("cat", {"num_categories": 3})
+
+
+def test_build_model_passes_the_landmark_count_and_takes_one_draw_for_its_seed():
+    import hashlib
+    from vfu_nb.models import part_generator
+    torch.manual_seed(5)
+    seed = int(torch.randint(0, 2**62, ()))
+    after_one_draw = torch.rand(1)
+    torch.manual_seed(5)
+    model = build_model("mtl", 3, 4, num_landmarks=5, image_size=32, width=0.125)
+    assert model.init_seed == seed and model.config.num_landmarks == 5
+    assert torch.equal(torch.rand(1), after_one_draw)
+    digest = hashlib.sha256(f"{seed}/backbone".encode()).digest()
+    assert part_generator(seed, "backbone").initial_seed() == int.from_bytes(digest[:8], "little")
