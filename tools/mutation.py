@@ -12,9 +12,10 @@ every mutant, only the tests that called the mutated function while it collected
 
 A module's score counts the mutants of its counted functions (for ``train`` only :func:`vfu_nb.train.select_best`;
 ``skip`` leaves out benchmark and printing code). Surviving mutants listed in ``mutation/equivalent.md`` (name and
-mutated line) leave the denominator, in two kinds: equivalent (no behaviour change) and device-only (a device
-argument that matters only with a second device, which a CPU-only machine lacks):
-``score = killed / (counted - equivalent - device-only)``, a timeout counting as killed. A listed mutant whose
+mutated line) leave the denominator, in three kinds: equivalent (no behaviour change), device-only (a device
+argument that matters only with a GPU, which a CPU-only machine lacks) and outside mutmut (a behaviour that a
+test checks in ``make test`` but cannot check under mutmut's wrappers):
+``score = killed / (counted - listed)``, a timeout counting as killed. A listed mutant whose
 line no longer matches, or that is now killed, is reported as stale and counts as a survivor.
 """
 
@@ -210,13 +211,16 @@ def load_equivalents() -> dict:
     """``{mutant name: (kind, mutated line)}`` from mutation/equivalent.md.
 
     Entries are list items ``- `NAME` `MUTATED LINE`: reason``; ``kind`` is "device" under a ``## Device``
-    heading (equivalent while every tensor is on the CPU), else "equivalent"."""
+    heading (equivalent while every tensor is on the CPU), "outside" under ``## Checked outside mutmut``, else
+    "equivalent"."""
     if not EQUIVALENT.exists():
         return {}
     entries, kind = {}, "equivalent"
     for line in EQUIVALENT.read_text().splitlines():
         if line.startswith("## "):
-            kind = "device" if line[3:].lower().startswith("device") else "equivalent"
+            title = line[3:].lower()
+            kind = "device" if title.startswith("device") else "outside" if title.startswith("checked outside") \
+                else "equivalent"
         match = re.match(r"\s*[-*] `([^`]+__mutmut_\d+)` `([^`]*)`", line)
         if match:
             entries[match.group(1)] = (kind, match.group(2).strip())
@@ -239,12 +243,11 @@ def score(name: str, equivalents: dict) -> dict:
     killed = sum(s in CAUGHT for s in results.values())
     survivors = sorted((m for m, s in results.items() if s not in CAUGHT and m not in listed),
                        key=lambda m: (m.partition("__mutmut_")[0], int(m.rpartition("_")[2])))
-    equivalent = sum(kind == "equivalent" for kind in listed.values())
-    device = sum(kind == "device" for kind in listed.values())
+    kinds = {kind: sum(k == kind for k in listed.values()) for kind in ("equivalent", "device", "outside")}
     denominator = len(results) - len(listed)
     seconds_file = WORK / name / "seconds.json"
     seconds = json.loads(seconds_file.read_text()) if seconds_file.exists() else {}
-    return {"module": name, "mutants": len(results), "killed": killed, "equivalent": equivalent, "device": device,
+    return {"module": name, "mutants": len(results), "killed": killed, **kinds,
             "survived": len(survivors), "score": killed / denominator if denominator else float("nan"),
             "survivors": survivors, "stale": stale, "seconds": seconds.get("seconds"),
             "cpu_seconds": seconds.get("cpu_seconds"), "rerun": seconds.get("rerun", False), "statuses": results}
@@ -257,15 +260,16 @@ def report(names, equivalents, show_diffs: bool) -> list:
             print(f"\n# {mutant}: {row['statuses'][mutant]}\n{mutant_diff(row['module'], mutant)}")
         for line in row["stale"]:
             print(f"stale entry in {EQUIVALENT.relative_to(ROOT)}: {line}")
-    print("\n| module | mutants | killed | equivalent | device-only | survived | score | wall time | CPU time |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("\n| module | mutants | killed | equivalent | device-only | outside mutmut | survived | score | wall time "
+          "| CPU time |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         if not r["mutants"]:
-            print(f"| {r['module']} | not run | | | | | | | |")
+            print(f"| {r['module']} | not run | | | | | | | | |")
             continue
         wall, cpu = (f"{r[k] / 60:.1f} min" if r[k] is not None else "" for k in ("seconds", "cpu_seconds"))
         print(f"| {r['module']} | {r['mutants']} | {r['killed']} | {r['equivalent']} | {r['device']} | "
-              f"{r['survived']} | {100 * r['score']:.1f}% | {wall}{' (rerun)' if r['rerun'] else ''} | {cpu} |")
+              f"{r['outside']} | {r['survived']} | {100 * r['score']:.1f}% | {wall}{' (rerun)' if r['rerun'] else ''} | {cpu} |")
     return rows
 
 
