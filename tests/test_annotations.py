@@ -406,8 +406,7 @@ def test_the_first_extra_image_by_line_is_named(tmp_path):
 
 
 @pytest.mark.parametrize("content, line, problem", [
-    (b"3", 1, "expected a count line and a header line"),
-    (b"3\n", 1, "expected a count line and a header line"),
+    *[(head, 1, "expected a count line and a header line") for head in (b"3", b"3\n")],
     (b"\nheader\nimg/a.jpg 1\n", 1, "first line must be the record count: ''"),
     (b"\xff3\nheader\n", 1, "first line must be the record count: '\ufffd3'"),
     (b"2\nheader\n\nimg/a.jpg 1\n", 3, "empty record line"),
