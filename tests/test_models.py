@@ -182,11 +182,11 @@ def test_pretrained_loading_lists_what_it_filled_and_refuses_missing_or_misshape
     expected = [f"backbone.features.{k}" for k in model.backbone.features.state_dict()] + \
         [f"categorization.block.{k}" for k in model.categorization.block.state_dict()]
     assert load_pretrained_vgg(model, path) == expected
-    torch.save({k: v for k, v in state.items() if k not in ("features.0.bias", "features.26.weight")}, path)
+    gone = ["features.0.bias", "features.2.weight", "features.5.bias", "features.7.weight", "features.26.weight"]
+    torch.save({k: v for k, v in state.items() if k not in gone}, path)
     with pytest.raises(KeyError) as err:
         load_pretrained_vgg(model, path)
-    assert err.value.args[0] == (f"{path} lacks 2 VGG keys, e.g. ['features.0.bias', 'features.26.weight']; "
-                                 f"is it a torchvision vgg16 checkpoint?")
+    assert err.value.args[0] == f"{path} lacks 5 VGG keys, e.g. {gone[:4]}; is it a torchvision vgg16 checkpoint?"
     torch.save(dict(state, **{"features.2.weight": torch.zeros(64, 64, 1, 1)}), path)
     with pytest.raises(ValueError) as err:
         load_pretrained_vgg(model, path)
