@@ -461,3 +461,14 @@ def test_each_epoch_draws_a_64_bit_seed_for_its_augmentations(synth, tmp_path):
     assert seed >= 2 ** 24                                   # beyond what a float32 draw could give
     rng = torch.Generator().manual_seed(seed)
     assert_same_batches([loader.to_device(loader.gather(b, rng)) for b in batches], list(loader))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only fallback")
+def test_pinning_asked_for_without_cuda_is_left_out(synth, tmp_path):
+    ds = cached(synth, tmp_path)
+    loader = BatchLoader(ds, [[0, 1]], pin_memory=True, augment=True, prefetch=0)
+    assert loader.pin_memory is False                        # pinning needs a CUDA driver
+    assert_same_batches(list(BatchLoader(ds, [[0, 1]], augment=True, prefetch=0,
+                                         generator=torch.Generator().manual_seed(0))),
+                        list(BatchLoader(ds, [[0, 1]], pin_memory=True, augment=True, prefetch=0,
+                                         generator=torch.Generator().manual_seed(0))))
