@@ -488,9 +488,11 @@ def test_the_cache_metadata_file_names_key_shape_failures_and_version(tree, tmp_
                     "version": data.CACHE_VERSION}
 
 
-def test_checking_images_shows_a_progress_bar_unless_told(tree, capsys, monkeypatch):
+def test_checking_images_shows_a_progress_bar_unless_told(tree, tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("TQDM_DISABLE", raising=False)        # tqdm's switch for all bars (make mutation sets it)
     DeepFashionC(tree, "val", image_size=16, on_bad_image="skip")
     assert "checking val images" in capsys.readouterr().err
     DeepFashionC(tree, "val", image_size=16, on_bad_image="skip", progress=False)
     assert capsys.readouterr().err == ""
+    DeepFashionC(tree, "val", image_size=16, cache=True, cache_dir=tmp_path)
+    assert "caching val 16px" in capsys.readouterr().err
