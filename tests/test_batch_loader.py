@@ -1,8 +1,11 @@
 """BatchLoader (whole batches from the uint8 cache) and batch augmentation on the device."""
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from dftree import write_tree
@@ -258,3 +261,214 @@ def test_dataset_items_use_the_same_augmentation(tmp_path):
     image, lm, v = augment_sample(plain["image"], plain["landmarks"], plain["landmark_visibility"])
     assert torch.equal(item["image"], image) and torch.equal(item["landmarks"], lm)
     assert torch.equal(item["landmark_visibility"], v)
+
+
+# ----- visibility rules: boundaries, one side at a time, both paths ------------------------------------
+
+
+def _both_paths(images, landmarks, vis, aug):
+    batch = augment_batch(images, landmarks, vis, aug)
+    item = per_item(images, landmarks, vis, aug)
+    assert_agree(batch, item)
+    return batch
+
+
+def test_points_on_the_crop_border_stay_visible():
+    images, _, _ = random_items(1)
+    landmarks = torch.tensor([[[0.0, 0.5], [1.0, 0.5], [0.5, 0.0], [0.5, 1.0], [0.0, 0.0], [1.0, 1.0],
+                               [0.5, 0.5], [0.25, 0.75]]])
+    vis = torch.tensor([[0, 1, 0, 1, 0, 0, 1, 0]])
+    _, lm, v = _both_paths(images, landmarks, vis, Augmentation([False], [1.0], [[0.0, 0.0]]))
+    assert v.tolist() == vis.tolist()
+    torch.testing.assert_close(lm, landmarks, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("side, shift, slot", [("left", [-0.06, 0.0], 0), ("right", [0.06, 0.0], 1),
+                                               ("top", [0.0, -0.06], 2), ("bottom", [0.0, 0.06], 3)])
+@pytest.mark.parametrize("code", [0, 1])
+def test_a_point_leaving_on_one_side_becomes_truncated(side, shift, slot, code):
+    images, _, _ = random_items(1)
+    landmarks = torch.tensor([[[0.03, 0.4], [0.97, 0.6], [0.4, 0.03], [0.6, 0.97], [0.5, 0.5], [0.3, 0.3],
+                               [0.0, 0.0], [0.7, 0.6]]])
+    vis = torch.tensor([[code, code, code, code, 0, 1, -1, 2]])
+    _, lm, v = _both_paths(images, landmarks, vis, Augmentation([False], [1.0], [shift]))
+    want = vis.clone()
+    want[0, slot] = 2                                   # visible or occluded: now outside the crop
+    assert v.tolist() == want.tolist(), side
+    assert lm[0, 6].tolist() == [0.0, 0.0]              # the absent slot stays absent, at (0, 0)
+
+
+def test_a_flip_swaps_visibility_between_left_and_right_slots():
+    images, landmarks, _ = random_items(2)
+    vis = torch.tensor([[0, 1, 2, -1, 1, 0, -1, 2], [1, 0, 0, 2, -1, -1, 2, 1]])
+    landmarks = landmarks.masked_fill((vis < 0)[..., None], 0.0)
+    _, lm, v = _both_paths(images, landmarks, vis, Augmentation([True, False], [1.0, 1.0], [[0, 0], [0, 0]]))
+    assert v.tolist() == [[1, 0, -1, 2, 0, 1, 2, -1], [1, 0, 0, 2, -1, -1, 2, 1]]
+    torch.testing.assert_close(lm[0, 0], torch.stack([1 - landmarks[0, 1, 0], landmarks[0, 1, 1]]))
+    torch.testing.assert_close(lm[1], landmarks[1])
+
+
+def test_augment_batch_warns_about_nothing():
+    images, landmarks, vis = random_items(3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        augment_batch(images, landmarks, vis, Augmentation.draw(3, torch.Generator().manual_seed(5)))
+
+
+def test_invert_affine_inverts_any_affine_map():
+    g = torch.Generator().manual_seed(0)
+    m = torch.randn(6, 2, 3, generator=g, dtype=torch.float64)
+    inverse = invert_affine(m)
+    composed = torch.cat([inverse[:, :, :2] @ m[:, :, :2], inverse[:, :, :2] @ m[:, :, 2:] + inverse[:, :, 2:]], 2)
+    identity = torch.cat([torch.eye(2, dtype=torch.float64), torch.zeros(2, 1, dtype=torch.float64)], 1)
+    torch.testing.assert_close(composed, identity.expand(6, 2, 3), atol=1e-9, rtol=0)
+
+
+def test_affine_grid_equals_torch_in_the_matrices_dtype():
+    from vfu_nb.data import affine_grid
+    theta = Augmentation.draw(3, torch.Generator().manual_seed(1)).matrices().double()
+    for h, w in ((5, 7), (8, 8)):
+        want = F.affine_grid(theta, (3, 1, h, w), align_corners=False)
+        got = affine_grid(theta, h, w)
+        assert got.dtype == torch.float64
+        torch.testing.assert_close(got, want, atol=1e-12, rtol=0)
+
+
+def test_augmentation_parameters_are_drawn_independently():
+    many = Augmentation.draw(4000, torch.Generator().manual_seed(3))
+    assert abs(many.scale[many.flip].mean() - many.scale[~many.flip].mean()) < 0.01
+    scale, shift = many.scale - many.scale.mean(), many.shift - many.shift.mean(0)
+    for axis in (0, 1):
+        assert abs((scale * shift[:, axis]).mean() / (scale.std() * shift[:, axis].std())) < 0.1
+
+
+def test_augment_sample_takes_one_row():
+    images, landmarks, vis = random_items(2)
+    with pytest.raises(ValueError, match=r"^augment_sample takes one row of Augmentation, got 2$"):
+        augment_sample(images[0], landmarks[0], vis[0], Augmentation.draw(2))
+
+
+# ----- the loader's edges: other objects, defaults, empty index lists, the augmented keys, the prefetch thread
+
+
+def test_anything_but_a_cached_uint8_dataset_is_refused(synth, tmp_path):
+    import types
+    for other in (object(), types.SimpleNamespace(_cache=np.zeros(1)), [1, 2, 3]):
+        with pytest.raises(ValueError, match=r"^BatchLoader needs DeepFashionC\(\.\.\., cache=True, uint8=True\)$"):
+            BatchLoader(other, [[0]])
+
+
+def test_the_dataset_flag_is_the_default_augmentation(synth, tmp_path):
+    assert BatchLoader(cached(synth, tmp_path, augment=True), [[0]]).augment
+    assert not BatchLoader(cached(synth, tmp_path, augment=True), [[0]], augment=False).augment
+    assert BatchLoader(cached(synth, tmp_path), [[0]], augment=True).augment
+
+
+def test_an_empty_index_list_gives_an_empty_batch(synth, tmp_path):
+    loader = BatchLoader(cached(synth, tmp_path), [[]])
+    batch = loader.gather([])
+    full = loader.gather([0])
+    assert batch.keys() == full.keys()
+    for key in batch:
+        assert batch[key].shape == (0,) + full[key].shape[1:] and batch[key].dtype == full[key].dtype, key
+
+
+def test_augmented_batches_move_image_landmarks_and_visibility_together(synth, tmp_path):
+    loader = BatchLoader(cached(synth, tmp_path), [[0, 3, 5]], augment=True)
+    host = loader.gather([0, 3, 5], torch.Generator().manual_seed(4))
+    aug = host["augmentation"]
+    assert aug.flip.any() or aug.scale.sub(1).abs().max() > 0.01
+    got = loader.to_device(host)
+    want = augment_batch(host["image"], host["landmarks"], host["landmark_visibility"], aug)
+    assert set(got) == {"image", "category", "attributes", "attributes_known", "landmarks", "landmark_visibility",
+                        "index"}
+    for key, value in zip(("image", "landmarks", "landmark_visibility"), want):
+        assert torch.equal(got[key], value), key
+    assert not torch.equal(got["landmarks"], host["landmarks"])
+
+
+def test_padded_crops_through_the_loader(synth, tmp_path):
+    ds = cached(synth, tmp_path, pad_to_square=True)
+    batches = shuffled_batches(len(ds), 7)
+    assert_same_batches(list(DataLoader(ds, batch_sampler=batches)), list(BatchLoader(ds, batches)))
+
+
+def test_prefetch_thread_passes_every_item_and_stops_when_closed():
+    import itertools
+    import threading
+
+    from vfu_nb.data import _in_background
+    assert list(_in_background(iter([1, None, 0, "", 2]), 2)) == [1, None, 0, "", 2]
+
+    stopped = threading.Event()
+    items = _in_background(itertools.count(), 1)          # endless: the producer is soon blocked on a full queue
+    assert next(items) == 0
+    prefetch = [t for t in threading.enumerate() if t.name == "BatchLoader prefetch"]
+    assert len(prefetch) == 1 and prefetch[0].daemon        # never keeps the interpreter alive
+    threading.Event().wait(0.2)
+
+    def close():
+        items.close()
+        stopped.set()
+
+    threading.Thread(target=close, daemon=True).start()
+    assert stopped.wait(10), "closing the iterator did not stop the prefetch thread"
+    assert not prefetch[0].is_alive()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Augmentation parameters: lists and numbers, the draw's boundaries
+
+
+def test_augmentation_from_lists_and_numbers_gets_tensor_types():
+    aug = Augmentation([1, 0], [1, 2], [[0, 0], [1, 0]])            # Python ints everywhere
+    assert (aug.flip.dtype, aug.scale.dtype, aug.shift.dtype) == (torch.bool, torch.float32, torch.float32)
+    assert aug.flip.tolist() == [True, False] and aug.shift.shape == (2, 2)
+    torch.testing.assert_close(aug.matrices(), torch.tensor([[[-1.0, 0.0, 0.0], [0.0, 1.0, 0.0]],
+                                                             [[2.0, 0.0, 2.0], [0.0, 2.0, 0.0]]]))
+    one = Augmentation(0, 1, [0, 0])                                  # one image from plain numbers
+    assert (one.flip.dtype, one.scale.dtype, one.shift.dtype) == (torch.bool, torch.float32, torch.float32)
+    images = torch.arange(2 * 3 * 4 * 4, dtype=torch.uint8).reshape(2, 3, 4, 4)
+    out, _, _ = augment_batch(images, torch.full((2, 8, 2), 0.5), torch.zeros(2, 8, dtype=torch.int64), aug)
+    assert torch.equal(out[0], images[0].flip(-1))                    # a pure mirror, from int parameters
+
+
+def test_draw_maps_uniform_numbers_to_flip_scale_and_shift(monkeypatch):
+    u = torch.tensor([[0.5, 0.0, 0.0, 1.0], [0.25, 0.5, 0.5, 0.75]])
+    monkeypatch.setattr(torch, "rand", lambda *size, generator=None: u[:size[0]].clone())
+    aug = Augmentation.draw(2)
+    assert aug.flip.tolist() == [False, True]                         # flip when u < 1/2: u = 1/2 keeps the image
+    torch.testing.assert_close(aug.scale, torch.tensor([SCALE_RANGE[0], sum(SCALE_RANGE) / 2]))
+    torch.testing.assert_close(aug.shift, torch.tensor([[-MAX_SHIFT, MAX_SHIFT], [0.0, MAX_SHIFT / 2]]))
+
+
+def test_pinned_augmentation_keeps_every_field_in_place(monkeypatch):
+    # pinning needs a CUDA driver; a clone stands in for the pinned copy, so the fields' routing is checked here
+    pinned = []
+    monkeypatch.setattr(torch.Tensor, "pin_memory", lambda self: pinned.append(self) or self.clone())
+    aug = Augmentation([True, False], [0.9, 1.1], [[0.01, -0.02], [0.0, 0.03]])
+    out = aug.pin_memory()
+    assert len(pinned) == 3
+    for field in ("flip", "scale", "shift"):
+        assert torch.equal(getattr(out, field), getattr(aug, field)), field
+
+
+def test_each_epoch_draws_a_64_bit_seed_for_its_augmentations(synth, tmp_path):
+    ds = cached(synth, tmp_path)
+    batches = shuffled_batches(len(ds), 7)[:2]
+    loader = BatchLoader(ds, batches, augment=True, generator=torch.Generator().manual_seed(3), prefetch=0)
+    seed = int(torch.empty((), dtype=torch.int64).random_(generator=torch.Generator().manual_seed(3)))
+    assert seed >= 2 ** 24                                   # beyond what a float32 draw could give
+    rng = torch.Generator().manual_seed(seed)
+    assert_same_batches([loader.to_device(loader.gather(b, rng)) for b in batches], list(loader))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only fallback")
+def test_pinning_asked_for_without_cuda_is_left_out(synth, tmp_path):
+    ds = cached(synth, tmp_path)
+    loader = BatchLoader(ds, [[0, 1]], pin_memory=True, augment=True, prefetch=0)
+    assert loader.pin_memory is False                        # pinning needs a CUDA driver
+    assert_same_batches(list(BatchLoader(ds, [[0, 1]], augment=True, prefetch=0,
+                                         generator=torch.Generator().manual_seed(0))),
+                        list(BatchLoader(ds, [[0, 1]], pin_memory=True, augment=True, prefetch=0,
+                                         generator=torch.Generator().manual_seed(0))))

@@ -223,3 +223,91 @@ def test_category_term_is_the_same_off_the_cpu():
     (ga,) = torch.autograd.grad(cpu, logits)
     (gb,) = torch.autograd.grad(masked, logits)
     assert torch.allclose(ga, gb, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The training path: masking and options reach the terms through multitask_loss, labels may stay on the host
+
+
+def test_multitask_loss_leaves_unknown_attribute_labels_out():
+    batch = _full_batch()
+    out = _outputs()
+    out["attribute_logits"] = torch.tensor([[0.0, 40.0, 0.0, -40.0, 0.0], [0.0, 0.0, 40.0, 0.0, 0.0]])
+    batch["attributes_known"] = torch.tensor([[1.0, 0.0, 1.0, 0.0, 1.0], [1.0, 1.0, 0.0, 1.0, 1.0]])
+    batch["attributes"][0, 3] = 1.0                     # an unknown label that would cost 40 nats if it counted
+    losses = multitask_loss(out, batch, LossWeights())
+    # every known label has logit 0 and costs ln 2; the unknown ones (logits +-40, target 0 or 1) count nowhere
+    assert losses["attribute"].item() == pytest.approx(math.log(2), rel=1e-6)
+    assert losses["total"].item() == pytest.approx(math.log(4) + 20 * math.log(2) + 1000 * losses["landmark"].item(),
+                                                   rel=1e-5)
+    del batch["attributes_known"]                       # no mask: every label counts
+    unmasked = multitask_loss(out, batch, LossWeights())["attribute"].item()
+    assert unmasked == pytest.approx((7 * math.log(2) + 40 + 40 + 40) / 10, rel=1e-4)
+
+
+def test_multitask_loss_passes_the_positive_weight():
+    batch = _full_batch()
+    batch["attributes"][:, 0] = 1.0                     # 2 positives among 10 labels, all at logit 0
+    for pos_weight in (3.0, torch.tensor([3.0, 1.0, 1.0, 1.0, 1.0])):
+        losses = multitask_loss(_outputs(), batch, LossWeights(), attr_pos_weight=pos_weight)
+        assert losses["attribute"].item() == pytest.approx((2 * 3 + 8) * math.log(2) / 10, rel=1e-6)
+
+
+def test_heatmap_sigma_follows_the_heatmap_width_without_an_image():
+    batch = _full_batch(S=32)
+    del batch["image"]                                  # sigma is then in heatmap pixels
+    losses = multitask_loss(_outputs(S=16), batch, LossWeights(), heatmap_sigma=3.0)
+    target = gaussian_heatmaps(batch["landmarks"], 16, 16, 3.0)
+    assert losses["landmark"].item() == pytest.approx((target ** 2).mean().item(), rel=1e-5)
+
+
+def test_reduced_counts_below_one_divide_exactly():
+    # DDP: all_reduce(counts) / world can be a fraction (a rank that holds all of few labels)
+    batch, out = _full_batch(), _outputs()
+    base = multitask_loss(out, batch, LossWeights())
+    quarter = multitask_loss(out, batch, LossWeights(), reduce_counts=lambda c: c / 40)
+    for k in ("category", "attribute", "landmark", "total"):
+        assert quarter[k].item() == pytest.approx(base[k].item() * 40, rel=1e-5), k
+
+
+def test_a_single_label_or_pixel_is_its_own_mean():
+    logits, targets = torch.tensor([[2.0, -1.0]]), torch.tensor([[1.0, 1.0]])
+    one_known = attribute_loss(logits, targets, torch.tensor([[0.0, 1.0]]))
+    assert one_known.item() == pytest.approx(math.log1p(math.exp(1.0)), rel=1e-6)      # BCE of logit -1, target 1
+    lm, vis = torch.tensor([[[0.5, 0.5], [0.5, 0.5]]]), torch.tensor([[0, 1]])
+    assert heatmap_loss(torch.full((1, 2, 1, 1), 3.0), lm, vis, 1.0).item() == pytest.approx(4.0)   # (3 - 1)^2
+
+
+def test_label_dtypes_do_not_change_the_loss():
+    logits = torch.tensor([[0.5, -1.0, 2.0], [1.5, 0.0, -0.5]])
+    targets = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 1.0]])
+    known = torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 1.0]])
+    want = attribute_loss(logits, targets, known, pos_weight=torch.tensor([2.0, 1.0, 0.5]))
+    got = attribute_loss(logits, targets.bool(), known.double(), pos_weight=torch.tensor([2.0, 1.0, 0.5]).double())
+    assert got.dtype == torch.float32 and got.item() == pytest.approx(want.item(), rel=1e-6)
+    coords = torch.rand(2, 8, 2, dtype=torch.float64)
+    assert gaussian_heatmaps(coords, 8, 8, 2.0).dtype == torch.float32
+    assert gaussian_heatmaps(coords.float(), 8, 8, 2.0, dtype=torch.float64).dtype == torch.float64
+
+
+@pytest.mark.parametrize("heat", [True, False])
+def test_labels_on_the_host_losses_on_the_outputs_device(heat):
+    # "meta" stands in for CUDA: mixing it with host tensors raises, so every label must be moved to the outputs
+    out = {k: v.to("meta") for k, v in _outputs(heat=heat).items()}
+    batch = _full_batch()
+    losses = multitask_loss(out, batch, LossWeights(), attr_pos_weight=torch.full((5,), 2.0))
+    assert {v.device.type for v in losses.values()} == {"meta"}
+    assert attribute_loss(out["attribute_logits"], batch["attributes"], batch["attributes_known"],
+                          pos_weight=2.0).device.type == "meta"
+    if heat:
+        assert heatmap_loss(out["landmark_heatmaps"], batch["landmarks"], batch["landmark_visibility"],
+                            2.0).device.type == "meta"
+
+
+def test_a_float64_positive_weight_is_used_in_float32():
+    logits, targets = torch.tensor([[0.3, 1.3]]), torch.ones(1, 2)
+    weight = torch.tensor([0.1, 1.7], dtype=torch.float64)            # not exact in float32
+    for k in range(2):                                                # one label: the loss is that label's term
+        known = torch.tensor([[1.0 - k, float(k)]])
+        want = attribute_loss(logits, targets, known, pos_weight=weight.float())
+        assert torch.equal(attribute_loss(logits, targets, known, pos_weight=weight), want), k   # bit for bit

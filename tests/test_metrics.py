@@ -1,6 +1,7 @@
 """Hand-computed cases for vfu_nb.metrics (every function, every key, nan behaviour, k > group size)."""
 
 import json
+import warnings
 import math
 
 import numpy as np
@@ -350,13 +351,13 @@ def test_accumulator_values_match_the_functions():
 
 
 def test_accumulator_same_result_for_any_batching_and_chunking(monkeypatch):
-    split = _full_split(n=1000, seed=5)
+    split = _full_split(n=300, seed=5)
     one = _accumulate(1, split).compute()
     monkeypatch.setattr(metrics, "ROW_CHUNK", 7)       # the split is far larger than every chunk
     monkeypatch.setattr(metrics, "COLUMN_CHUNK", 3)
     _same(one, _accumulate(1, split).compute())
     _same(one, _accumulate(13, split).compute())
-    _same(one, _accumulate(1000, split).compute())
+    _same(one, _accumulate(300, split).compute())
 
 
 def test_device_kernels_give_the_same_numbers(monkeypatch):
@@ -392,3 +393,255 @@ def test_updates_after_compute_extend_the_split():
         assert partial["n_images"] == 300
         if known:
             _same(whole, partial)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# edge cases: chunk boundaries, one or no image, wide rows, every error message
+
+
+def _continuous_split(n, a, seed):
+    rng = np.random.default_rng(seed)
+    scores = rng.normal(size=(n, a)).astype(np.float32)
+    labels = np.where(rng.random((n, a)) < 0.2, 1, -1)
+    return scores, labels, np.arange(a) % 5 + 1
+
+
+@pytest.mark.parametrize("n", [15, 14, 1])
+def test_recall_and_category_with_a_last_chunk_of_any_size(monkeypatch, n):
+    scores, labels, types = _continuous_split(n, 30, seed=n)
+    want = _reference_recall(scores, labels, types, 3)
+    cats = np.arange(n) % 30
+    rank = np.argsort(np.argsort(-scores, axis=1, kind="stable"), axis=1)[np.arange(n), cats]
+    monkeypatch.setattr(metrics, "ROW_CHUNK", 7)          # 15 rows: blocks of 7, 7 and 1
+    got = attribute_topk_recall(scores, labels, types, 3)
+    for key in want:
+        assert got[key] == pytest.approx(want[key], abs=1e-15), key
+    assert category_topk_accuracy(scores, cats, 3) == pytest.approx((rank < 3).mean(), abs=1e-15)
+
+
+def test_split_larger_than_the_real_chunk():
+    scores, labels, types = _continuous_split(metrics.ROW_CHUNK + 5, 10, seed=1)
+    for k in (1, 3):
+        want = _reference_recall(scores, labels, types, k)
+        got = attribute_topk_recall(scores, labels, types, k)
+        for key in want:
+            assert got[key] == pytest.approx(want[key], abs=1e-15), key
+
+
+@pytest.mark.parametrize("levels", [None, 12])
+@pytest.mark.parametrize("k", [60, 150])
+def test_attribute_recall_with_k_far_beyond_the_usual(k, levels):
+    scores, labels, types = _continuous_split(20, 400, seed=k)
+    if levels:                                         # many ties at the k-th value
+        scores = np.floor(scores * levels / 4).astype(np.float32)
+    want = _reference_recall(scores, labels, types, k)
+    got = attribute_topk_recall(scores, labels, types, k)
+    for key in want:
+        assert got[key] == pytest.approx(want[key], abs=1e-15), key
+
+
+def test_an_empty_split_gives_nan_everywhere():
+    r = attribute_topk_recall(np.zeros((0, 7)), np.zeros((0, 7)), ATTR_TYPES, 2)
+    assert all(math.isnan(v) for v in r.values())
+    acc = EvalAccumulator(ATTR_TYPES, category_ks=(1, 2))
+    out = acc.compute()
+    assert list(out) == metric_keys(8, (1, 2)) and out["n_images"] == 0
+    assert all(math.isnan(v) for k, v in out.items() if k != "n_images")
+
+
+def test_shape_errors_name_the_shapes():
+    with pytest.raises(ValueError, match=r"^logits \(2, 3\) and targets \(1,\) do not match$"):
+        category_topk_accuracy(np.ones((2, 3)), np.array([0]), 1)
+    with pytest.raises(ValueError, match=r"^targets must be class indices 0\.\.2, got -1\.\.1$"):
+        category_topk_accuracy(np.ones((2, 3)), np.array([-1, 1]), 1)
+    with pytest.raises(ValueError, match=r"^scores \(2, 7\), labels \(2, 7\), attribute_types \(6,\) do not match$"):
+        attribute_topk_recall(ATTR_SCORES, ATTR_LABELS_PM, ATTR_TYPES[:6], 1)
+    with pytest.raises(ValueError, match=r"^scores \(2, 7\), labels \(1, 7\), attribute_types \(7,\) do not match$"):
+        attribute_topk_recall(ATTR_SCORES, ATTR_LABELS_PM[:1], ATTR_TYPES, 1)
+    with pytest.raises(ValueError, match=r"^scores \(7,\), labels \(7,\)"):
+        attribute_topk_recall(ATTR_SCORES[0], ATTR_LABELS_PM[0], ATTR_TYPES, 1)
+    with pytest.raises(ValueError, match=r"^scores \(3, 2\), labels \(3, 2\) and known \(3, 1\) must be the same"):
+        average_precision(np.zeros((3, 2)), np.zeros((3, 2)), np.ones((3, 1), bool))
+    with pytest.raises(ValueError, match=r"^scores contain NaN; average precision needs a full ranking$"):
+        average_precision(np.array([[np.nan], [1.0]]), np.array([[1], [0]]))
+    pred, gt, vis = _ne_case()
+    with pytest.raises(ValueError, match=r"^pred \(3, 8, 2\), gt \(3, 7, 2\), visible \(3, 8\) do not match$"):
+        landmark_normalized_error(pred, gt[:, :7], vis)
+    with pytest.raises(ValueError, match=r"^pred \(3, 8, 2\), gt \(3, 8, 2\), visible \(3, 7\) do not match$"):
+        landmark_normalized_error(pred, gt, vis[:, :7])
+    with pytest.raises(ValueError, match=r"^pred \(3, 8\), gt \(3, 8\), visible \(3, 8\) do not match$"):
+        landmark_normalized_error(pred[..., 0], gt[..., 0], vis)
+    codes = np.arange(24).reshape(3, 8) % 8 - 1                          # -1..6: the first six are shown
+    with pytest.raises(ValueError, match=r"got values \[-1, 0, 1, 2, 3, 4\]$"):
+        landmark_normalized_error(pred, gt, codes)
+
+
+def test_undefined_means_are_nan_without_warnings():
+    pred, gt, _ = _ne_case()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")          # numpy's "Mean of empty slice" would reach every notebook
+        assert math.isnan(landmark_normalized_error(pred, gt, np.zeros((3, 8), bool))["mean"])
+        assert all(math.isnan(v) for v in map_by_type(np.full(5, np.nan), [1, 2, 3, 4, 5]).values())
+
+
+def test_map_by_type_in_float64_for_any_input_layout():
+    ap = np.array([0.1, 0.2, 0.7, 0.3], np.float32)
+    m = map_by_type(ap, torch.tensor([[1, 1, 2, 1]]))                   # a row of types is flattened
+    assert m["attr_map_texture"] == np.mean(ap.astype(np.float64)[[0, 1, 3]])   # float64 mean, exactly
+    assert m["attr_map_fabric"] == float(ap[2]) and math.isnan(m["attr_map_style"])
+
+
+def test_landmark_keys_for_other_landmark_counts():
+    assert metrics.landmark_keys(8) == ("l_collar", "r_collar", "l_sleeve", "r_sleeve", "l_waist", "r_waist",
+                                        "l_hem", "r_hem")
+    assert metrics.landmark_keys(3) == ("lm0", "lm1", "lm2")
+    acc = EvalAccumulator(ATTR_TYPES, num_landmarks=3)
+    acc.update(CAT_LOGITS, CAT_TARGETS)
+    assert [k for k in acc.compute() if k.startswith("landmark_ne_")] == ["landmark_ne_mean", "landmark_ne_lm0",
+                                                                         "landmark_ne_lm1", "landmark_ne_lm2"]
+    pred, gt, vis = _ne_case()
+    acc.update(CAT_LOGITS[:3], CAT_TARGETS[:3], landmarks_pred=pred[:, :3], landmarks=gt[:, :3],
+               landmark_visibility=np.where(vis[:, :3], 0, 1))
+    acc.update(CAT_LOGITS[3:], CAT_TARGETS[3:], landmarks_pred=pred[:1, :3], landmarks=gt[:1, :3],
+               landmark_visibility=np.ones((1, 3), int))
+    out = acc.compute()
+    assert out["landmark_ne_lm0"] == pytest.approx(0.3) and out["landmark_ne_lm1"] == pytest.approx(0.1)
+
+
+def test_jsonable_converts_every_container_and_number():
+    obj = {1: np.float32(0.5), "t": (torch.tensor(2.5), torch.tensor([1, 2]), torch.tensor([[3.0]])),
+           "a": np.array([[1.0, np.inf], [np.nan, 2.0]]), "n": [np.int64(7), float("nan"), -float("inf"), 3, "x"],
+           "nested": {"deep": [torch.tensor(float("nan"))]}}
+    out = jsonable(obj)
+    assert out == {"1": 0.5, "t": [2.5, [1, 2], 3.0], "a": [[1.0, None], [None, 2.0]], "n": [7, None, None, 3, "x"],
+                   "nested": {"deep": [None]}}
+    assert type(out["n"][0]) is int and type(out["1"]) is float
+    json.dumps(out, allow_nan=False)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# average precision: column layouts
+
+
+def test_average_precision_with_fewer_images_than_attributes(monkeypatch):
+    rng = np.random.default_rng(7)
+    scores = rng.normal(size=(6, 150))
+    labels = np.where(rng.random((6, 150)) < 0.4, 1, -1)
+    labels[0] = 1                                            # every attribute has a positive
+    known = np.ones_like(labels, bool)
+    known[1:3, 0] = False                                    # unknowns in the first column only
+    want = _sklearn_ap(scores, labels, known)
+    np.testing.assert_allclose(average_precision(scores, labels, known), want, rtol=0, atol=1e-12)
+    monkeypatch.setattr(metrics, "_on_host", lambda x: False)    # the torch kernels used off the CPU
+    monkeypatch.setattr(metrics, "COLUMN_CHUNK", 7)
+    np.testing.assert_allclose(average_precision(scores, labels, known), want, rtol=0, atol=1e-12)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# accumulator: state across updates, computes and resets
+
+
+def test_accumulator_without_attributes_or_with_own_ks():
+    acc = EvalAccumulator(ATTR_TYPES, category_ks=(2,), attribute_ks=(1,))
+    acc.update(CAT_LOGITS, CAT_TARGETS)
+    out = acc.compute()
+    assert list(out) == metric_keys(8, (2,), (1,)) and out["category_top2"] == pytest.approx(0.5)
+    assert all(math.isnan(out[k]) for k in out if k.startswith(("attr_", "landmark_")))
+    ap = acc.attribute_ap()
+    assert ap.shape == (7,) and np.isnan(ap).all()
+
+
+def test_batches_with_and_without_a_known_mask_mix():
+    """A batch without ``attributes_known`` counts every label; a compute between the updates changes nothing."""
+    split = _full_split(n=60, seed=8)
+    cat_scores, cats, scores, labels, pred, gt, codes = split
+    for masked_half in (0, 1):
+        known = np.ones_like(labels, bool)
+        known[30 * masked_half:30 * masked_half + 30] = labels[30 * masked_half:30 * masked_half + 30] != 0
+        acc = EvalAccumulator(np.arange(scores.shape[1]) % 5 + 1)
+        for half in (0, 1):
+            rows = slice(30 * half, 30 * half + 30)
+            acc.update(cat_scores[rows], cats[rows], scores[rows], labels[rows],
+                       attributes_known=known[rows] if half == masked_half else None)
+            acc.compute()
+        np.testing.assert_allclose(acc.attribute_ap(), _sklearn_ap(scores, labels, known), atol=1e-9, equal_nan=True)
+
+
+def test_compute_again_after_more_batches_without_labels_or_landmarks():
+    acc = EvalAccumulator(ATTR_TYPES)
+    acc.update(CAT_LOGITS[:2], CAT_TARGETS[:2])
+    first = acc.compute()
+    acc.update(CAT_LOGITS[2:], CAT_TARGETS[2:])
+    second = acc.compute()
+    assert first["n_images"] == 2 and second["n_images"] == 4
+    assert second["category_top1"] == pytest.approx(0.25) and math.isnan(second["landmark_ne_mean"])
+    assert acc.compute(device="cpu")["category_top3"] == pytest.approx(0.75)     # asked for the device it is on
+
+
+def test_reset_starts_a_new_split():
+    acc = EvalAccumulator(ATTR_TYPES)
+    acc.update(CAT_LOGITS, CAT_TARGETS, np.tile(ATTR_SCORES, (2, 1)), np.tile(ATTR_LABELS_PM, (2, 1)))
+    acc.compute()
+    acc.reset()
+    acc.update(CAT_LOGITS[:1], CAT_TARGETS[:1])
+    out = acc.compute()
+    assert out["n_images"] == 1 and out["category_top1"] == 1.0      # the earlier split had 0.25
+    assert math.isnan(out["attr_top3_all_strict"])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_outputs_on_the_device_labels_on_the_host():
+    split = _full_split(n=500, seed=9)
+    host = _accumulate(3, split).compute()
+    cat_scores, cats, scores, labels, pred, gt, codes = split
+    acc = EvalAccumulator(np.arange(scores.shape[1]) % 5 + 1)
+    for lo, hi in ((0, 200), (200, 500)):
+        acc.update(torch.tensor(cat_scores[lo:hi]).cuda().bfloat16(), torch.tensor(cats[lo:hi]),
+                   torch.tensor(scores[lo:hi]).cuda(), torch.tensor(labels[lo:hi] == 1),
+                   torch.tensor(pred[lo:hi]).cuda(), torch.tensor(gt[lo:hi]), torch.tensor(codes[lo:hi]),
+                   attributes_known=torch.tensor(labels[lo:hi] != 0))
+    on_device = acc.compute()
+    for key, value in host.items():
+        assert (math.isnan(value) and math.isnan(on_device[key])) or on_device[key] == pytest.approx(value, abs=1e-6)
+    assert acc._joined["device"].type == "cuda"
+    _same(on_device, acc.compute(device="cpu"))
+
+
+def test_scores_keep_their_precision_and_any_number_type():
+    tiny = np.array([[1.0, 1.0 + 1e-12, 0.5]])               # distinct in float64, tied in float32
+    assert category_topk_accuracy(tiny, np.array([1]), 1) == 1.0
+    assert attribute_topk_recall(tiny, np.array([[-1, 1, -1]]), np.array([1, 1, 1]), 1)["texture"] == 1.0
+    ints = np.array([[3, 1], [2, 2], [1, 3], [0, 0]])
+    labels = np.array([[1, -1], [-1, 1], [1, 0], [0, 1]])
+    np.testing.assert_allclose(average_precision(ints, labels, labels != 0),
+                               average_precision(ints.astype(np.float64), labels, labels != 0), rtol=0, atol=0)
+    ranks = metrics.category_ranks(np.zeros((0, 3)), np.zeros(0, int))
+    assert ranks.dtype == torch.int64 and ranks.shape == (0,)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Score types and the k-th largest value
+
+
+def test_float64_scores_keep_their_precision_and_integer_scores_work():
+    close = torch.tensor([[1.0, 1.0 + 1e-12], [2.0, 2.0 - 1e-12]], dtype=torch.float64)   # equal in float32
+    assert metrics.category_ranks(close, torch.tensor([0, 1])).tolist() == [1, 1]   # float32 would tie: ranks 0 and 1
+    ints = torch.tensor([[3, 1, 2], [0, 5, 5], [4, 4, 1]])
+    labels = torch.tensor([[1, 0, 0], [0, 1, 0], [0, 0, 1]])
+    targets = torch.tensor([0, 2, 2])
+    assert metrics.category_ranks(ints, targets).tolist() == [0, 1, 2]          # ties to the lower index
+    assert metrics.category_ranks(ints.float(), targets).tolist() == [0, 1, 2]
+    np.testing.assert_array_equal(average_precision(ints, labels), average_precision(ints.float(), labels))
+
+
+@pytest.mark.parametrize("width", [3, 7, 40])
+def test_kth_largest_equals_a_full_sort_for_every_k(width):
+    x = torch.randn(50, width, generator=torch.Generator().manual_seed(width))
+    x[:, 1] = x[:, 0]                                              # repeats count
+    kths = list(range(1, min(width, 5) + 1))
+    want = x.sort(dim=1, descending=True).values[:, [k - 1 for k in kths]]
+    torch.testing.assert_close(metrics._kth_largest(x, None, kths), want, rtol=0, atol=0)
+    torch.testing.assert_close(metrics._kth_largest(x, None, [1]), want[:, :1], rtol=0, atol=0)
+    columns = torch.arange(width - 1, -1, -2)
+    want = x[:, columns].sort(dim=1, descending=True).values[:, :1]
+    torch.testing.assert_close(metrics._kth_largest(x, columns, [1]), want, rtol=0, atol=0)

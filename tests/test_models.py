@@ -1,5 +1,7 @@
 """Fast CPU tests for vfu_nb.models (whole file well under a minute on 2 cores)."""
 
+import warnings
+
 import pytest
 import torch
 import torch.nn as nn
@@ -170,6 +172,26 @@ def test_pretrained_weights_are_copied(tmp_path, backbone):
     mine = model.state_dict()
     for ours, theirs in pairs.items():
         assert torch.equal(mine[ours], state[theirs]), ours
+
+
+def test_pretrained_loading_lists_what_it_filled_and_refuses_missing_or_misshapen_keys(tmp_path):
+    from vfu_nb.models import load_pretrained_vgg
+    path = tmp_path / "vgg.pth"
+    state = _fake_vgg_checkpoint(path, False)
+    model = build_model("cat", C, A, image_size=32, width=1.0)
+    expected = [f"backbone.features.{k}" for k in model.backbone.features.state_dict()] + \
+        [f"categorization.block.{k}" for k in model.categorization.block.state_dict()]
+    assert load_pretrained_vgg(model, path) == expected
+    gone = ["features.0.bias", "features.2.weight", "features.5.bias", "features.7.weight", "features.26.weight"]
+    torch.save({k: v for k, v in state.items() if k not in gone}, path)
+    with pytest.raises(KeyError) as err:
+        load_pretrained_vgg(model, path)
+    assert err.value.args[0] == f"{path} lacks 5 VGG keys, e.g. {gone[:4]}; is it a torchvision vgg16 checkpoint?"
+    torch.save(dict(state, **{"features.2.weight": torch.zeros(64, 64, 1, 1)}), path)
+    with pytest.raises(ValueError) as err:
+        load_pretrained_vgg(model, path)
+    assert str(err.value) == ("shape mismatch for backbone.features.2.weight <- features.2.weight: "
+                              "(64, 64, 3, 3) vs (64, 64, 1, 1)")
 
 
 def test_pretrained_needs_width_one(tmp_path):
@@ -427,3 +449,267 @@ def test_truncated_pretrained_file_gives_one_clear_line(tmp_path):
     assert "\n" not in message and str(path) in message and "truncated or corrupt" in message
     assert "https://download.pytorch.org/models/vgg16-397923af.pth" in message
     assert err.value.__cause__ is None and err.value.__suppress_context__          # no raw zip-reader traceback
+
+
+# ---------------------------------------------------------------------------------------------------------
+# What each network feeds its categorization branch, checked numerically
+
+
+def _categorization_input(model, images):
+    seen = {}
+    model.categorization.register_forward_pre_hook(lambda m, args: seen.update(x=args[0].detach().clone()))
+    with torch.no_grad():
+        out = model(images)
+    return out, seen["x"]
+
+
+@pytest.mark.parametrize("name", ["mtl", "mtl_no_landmarks", "mtl_bi"])
+def test_attention_is_applied_as_one_plus_a_times_f(name):
+    model = small(name, image_size=32, width=0.125)
+    with torch.no_grad():                                     # a non-trivial attention map (init gives A ~ 0)
+        model.attention.net[2].bias.normal_(0, 0.5, generator=torch.Generator().manual_seed(0))
+    out, x = _categorization_input(model, fake_batch(1, 32)["image"])
+    a, f = out["attention"], out["features"]
+    assert a.shape == f.shape and a.abs().max() > 0.1 and (a.abs() < 1).all()       # tanh output
+    torch.testing.assert_close(x, (1 + a) * f, rtol=0, atol=1e-6)
+    assert not torch.allclose(x, a * f, atol=1e-3) and not torch.allclose(x, f + a, atol=1e-3)
+
+
+def test_cat_feeds_the_features_unchanged():
+    model = small("cat", image_size=32, width=0.125)
+    out, x = _categorization_input(model, fake_batch(1, 32)["image"])
+    assert torch.equal(x, out["features"])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Landmark pooling in both directions, the feedback path, summaries, checkpoints
+
+
+def test_landmark_pooling_window_extends_one_cell_each_way_in_y_too():
+    pool = LandmarkPooling()
+    assert pool.gate_scale.shape == (8,) and pool.window == 3 and pool.offsets.shape == (9, 2)
+    feats = torch.zeros(1, 1, 8, 16)                          # h=8, w=16: x and y steps differ
+    feats[0, 0, 5, 3] = 1.0
+    heat = torch.ones(1, 8, 64, 128)
+    coords = torch.zeros(1, 8, 2)
+    coords[0, :, 0] = 3.5 / 16
+    coords[0, :, 1] = torch.tensor([5.5, 4.5, 6.5, 3.5, 7.5, 5.5, 5.5, 5.5]) / 8   # 0, -1, +1, -2, +2 cells in y
+    coords[0, 5:, 0] = torch.tensor([2.5, 4.5, 5.5]) / 16                          # -1, +1, +2 cells in x
+    pooled, gate = pool(feats, heat, coords)
+    hit = (pooled[0, :, 0] > 0).tolist()
+    assert hit == [True, True, True, False, False, True, True, False]
+    assert "offsets" not in pool.state_dict()                 # a constant, not a weight to save
+
+
+def test_model_construction_and_forward_warn_about_nothing():
+    torch.set_warn_always(True)          # torch's once-per-process warnings (e.g. meshgrid's) every time
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            for name in ("mtl_pool", "mtl_bi"):
+                small(name, image_size=32, width=0.125)(fake_batch(1, 32)["image"])
+    finally:
+        torch.set_warn_always(False)
+
+
+def test_mtl_bi_second_pass_adds_the_feedback():
+    model = small("mtl_bi", image_size=32, width=0.125)
+    with torch.no_grad():
+        model.feedback.weight.normal_(0, 0.1, generator=torch.Generator().manual_seed(1))
+        model.feedback.bias.fill_(0.3)
+        images = fake_batch(1, 32)["image"]
+        out = model(images)
+        conv5 = {}
+        model.categorization.register_forward_hook(lambda m, a, o: conv5.update(x=o[2]))
+        model(images)
+        mid = model.landmarks.encode(out["features"])
+        want = model.landmarks.decode(mid + model.feedback(conv5["x"].mean(dim=(2, 3)))[:, :, None, None])
+    torch.testing.assert_close(out["landmark_heatmaps"], want)
+    assert not torch.allclose(out["landmark_heatmaps"], out["landmark_heatmaps_first"])
+
+
+def test_hidden_sizes_follow_width_with_a_floor():
+    wide = build_model("mtl_pool", config=ModelConfig(C, 7, image_size=32, width=1.0))
+    thin = build_model("mtl_pool", config=ModelConfig(C, 7, image_size=32, width=1 / 32))
+    assert wide.local[0].out_features == wide.categorization.hidden == 1024
+    assert thin.local[0].out_features == thin.categorization.hidden == 64
+
+
+def test_parameter_summary_counts_each_part_and_own_parameters():
+    model = small("mtl_pool", image_size=32, width=0.125)
+    summary = parameter_summary(model)
+    assert list(summary) == ["backbone", "landmarks", "pooling", "local", "categorization", "total"]
+    assert summary["pooling"] == 16 and summary["total"] == sum(p.numel() for p in model.parameters())
+    assert sum(v for k, v in summary.items() if k != "total") == summary["total"]
+    assert parameter_summary(LandmarkPooling(4)) == {"(own)": 8, "total": 8}
+    for p in model.backbone.parameters():
+        p.requires_grad_(False)
+    assert count_parameters(model, trainable_only=True) == summary["total"] - summary["backbone"]
+
+
+def test_checkpoint_errors_give_the_reason_in_one_line(tmp_path, monkeypatch):
+    from vfu_nb.models import read_vgg_checkpoint
+    path = tmp_path / "weights.pth"
+    path.write_bytes(b"")
+    for error, reason in ((EOFError("Ran out of input. More detail\nsecond line"), "EOFError: Ran out of input"),
+                          (ValueError(""), "ValueError"), (OSError("disk\ngone"), "OSError: disk")):
+        def fail(*args, _error=error, **kwargs):
+            raise _error
+        monkeypatch.setattr(torch, "load", fail)
+        with pytest.raises(RuntimeError) as err:
+            read_vgg_checkpoint(path)
+        assert str(err.value).startswith(f"pretrained VGG weights {path} are truncated or corrupt ({reason}); ")
+        assert "torchvision's vgg16-397923af.pth" in str(err.value)
+
+
+def test_a_checkpoint_that_is_not_plain_weights_is_refused(tmp_path):
+    import argparse
+    from vfu_nb.models import read_vgg_checkpoint
+    path = tmp_path / "weights.pth"
+    torch.save({"features.0.weight": torch.zeros(1), "args": argparse.Namespace(lr=1)}, path)
+    with pytest.raises(RuntimeError, match="truncated or corrupt"):
+        read_vgg_checkpoint(path)
+    torch.save({"state_dict": {"features.0.weight": torch.ones(2)}, "epoch": 3}, path)
+    assert read_vgg_checkpoint(path).keys() == {"features.0.weight"}
+
+
+def test_landmark_branch_has_a_relu_after_every_hidden_layer():
+    # thesis 3.2.1: four convolutions and three transposed convolutions, each followed by a ReLU
+    branch = LandmarkBranch(32, width=0.125)
+    kinds = [type(m).__name__ for m in list(branch.encoder) + list(branch.decoder)]
+    assert kinds == ["Conv2d", "ReLU"] * 4 + ["ConvTranspose2d", "ReLU"] * 3
+    shapes = [(m.in_channels, m.out_channels, m.kernel_size, m.stride, m.padding)
+              for m in list(branch.encoder)[::2] + list(branch.decoder)[::2]]
+    assert shapes == [(32, 64, (1, 1), (1, 1), (0, 0)), (64, 64, (3, 3), (1, 1), (1, 1)),
+                      (64, 64, (3, 3), (1, 1), (1, 1)), (64, 128, (3, 3), (1, 1), (1, 1)),
+                      (128, 64, (4, 4), (2, 2), (1, 1)), (64, 32, (4, 4), (2, 2), (1, 1)),
+                      (32, 16, (4, 4), (2, 2), (1, 1))]
+    assert (branch.head.conv.in_channels, branch.head.conv.out_channels, branch.mid_channels) == (16, 8, 128)
+
+
+def test_count_parameters_counts_frozen_ones_by_default():
+    model = LandmarkPooling(4)
+    model.gate_scale.requires_grad_(False)
+    assert count_parameters(model) == 8 and count_parameters(model, trainable_only=True) == 4
+
+
+def test_images_of_the_wrong_rank_are_refused_before_the_network_runs():
+    model = small("cat", image_size=32, width=0.125)
+    for shape in ((2, 3, 1, 32, 32), (3, 32, 32), (1, 1, 32, 32), (1, 3, 32, 16)):
+        with pytest.raises(ValueError) as err:
+            model(torch.zeros(shape))
+        assert str(err.value) == f"cat: expected images (B,3,32,32), got {shape}"
+
+
+def test_default_arguments_give_the_full_size_parts():
+    from vfu_nb.models import VGGBackbone, scaled
+    assert scaled(64, 0.01) == 8 and scaled(64, 0.5) == 32
+    backbone = VGGBackbone()
+    convs = [m for m in backbone.features if isinstance(m, nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [64, 64, 128, 128, 256, 256, 256, 512, 512, 512]
+    assert backbone.out_channels == 512 and not any(isinstance(m, nn.BatchNorm2d) for m in backbone.features)
+    branch = LandmarkBranch(512)
+    assert branch.encoder[0].out_channels == 64 and branch.mid_channels == 128 and branch.head.conv.out_channels == 8
+    attention = LandmarkAttention(512)
+    assert (attention.net[0].in_channels, attention.net[0].out_channels) == (520, 64)
+
+
+def test_heatmaps_must_cover_the_feature_grid_a_whole_number_of_times_on_each_axis():
+    heat = torch.arange(32 * 32, dtype=torch.float32).reshape(1, 1, 32, 32)
+    assert LandmarkAttention.downsample(heat, (8, 4)).shape == (1, 1, 8, 4)
+    for size in ((8, 5), (5, 8)):
+        with pytest.raises(ValueError, match=rf"^heatmaps 32x32 are not a whole multiple of the feature grid "
+                                             rf"{size[0]}x{size[1]}$"):
+            LandmarkAttention.downsample(heat, size)
+
+
+def test_pretrained_path_names_the_backbones_file_and_folder(tmp_path, monkeypatch):
+    from vfu_nb.models import load_pretrained_vgg, pretrained_path
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "th"))
+    folder = tmp_path / "th" / "hub" / "checkpoints"
+    with pytest.raises(FileNotFoundError) as err:
+        pretrained_path("torchvision")
+    assert str(err.value).splitlines()[0] == f"pretrained VGG weights not found: {folder / 'vgg16-397923af.pth'}"
+    assert f"(for pretrained='torchvision' the folder is {folder}, set by $TORCH_HOME)" in str(err.value)
+    folder.mkdir(parents=True)
+    (folder / "vgg16_bn-6c64b313.pth").write_bytes(b"")
+    assert pretrained_path("torchvision", "vgg16_bn") == folder / "vgg16_bn-6c64b313.pth"
+    model = build_model("cat", C, A, image_size=32, width=1.0, backbone="vgg16_bn")
+    with pytest.raises(RuntimeError, match=r"vgg16_bn-6c64b313\.pth are truncated or corrupt .*; delete the file "
+                                           r"and download torchvision's vgg16_bn-6c64b313\.pth again"):
+        load_pretrained_vgg(model, "torchvision")                 # found the (empty) vgg16_bn file
+
+
+def test_a_wrapped_checkpoint_is_unwrapped_only_without_top_level_weights(tmp_path):
+    from vfu_nb.models import read_vgg_checkpoint
+    path = tmp_path / "weights.pth"
+    weights = {"features.0.weight": torch.ones(2), "state_dict": {"features.0.weight": torch.zeros(2)}}
+    torch.save(weights, path)
+    assert torch.equal(read_vgg_checkpoint(path)["features.0.weight"], torch.ones(2))
+    torch.save({"model.0.weight": torch.ones(2)}, path)                  # neither: returned as it is
+    assert read_vgg_checkpoint(path).keys() == {"model.0.weight"}
+
+
+def test_landmark_pooling_keeps_bfloat16_features_in_bfloat16():
+    pool = LandmarkPooling()
+    feats = torch.randn(2, 16, 8, 8, generator=torch.Generator().manual_seed(0))
+    heat = torch.rand(2, 8, 64, 64, generator=torch.Generator().manual_seed(1))
+    coords = torch.rand(2, 8, 2, generator=torch.Generator().manual_seed(2))
+    full, gate = pool(feats, heat, coords)
+    half, half_gate = pool(feats.bfloat16(), heat, coords)
+    assert half.dtype == torch.bfloat16 and half_gate.dtype == torch.float32
+    torch.testing.assert_close(half.float(), full, atol=0.1, rtol=0.05)
+    torch.testing.assert_close(half_gate, gate)
+
+
+def test_mtl_pool_local_features_and_gate_output():
+    model = small("mtl_pool", image_size=32, width=0.125)
+    assert [type(m) for m in model.local] == [nn.Linear, nn.ReLU]
+    seen = {}
+    model.pooling.register_forward_hook(lambda m, args, out: seen.update(gate=out[1]))
+    with torch.no_grad():
+        out = model(fake_batch(1, 32)["image"])
+    assert torch.equal(out["landmark_gate"], seen["gate"])
+
+
+def test_landmark_parts_follow_the_width_in_every_landmark_model():
+    from vfu_nb.models import MTLNet, MTLPoolNet
+    thin = small("mtl", image_size=32, width=0.125)
+    assert thin.attention.net[0].out_channels == 8 and thin.landmarks.mid_channels == 128     # not below width 1
+    config = ModelConfig(C, 7, image_size=32, width=1.125)     # built without the (slow) initialisation
+    for wide in (MTLNet("mtl", config), MTLPoolNet("mtl_pool", config)):
+        assert wide.landmarks.mid_channels == 144                          # 128 x 1.125: widened above 1
+    assert MTLNet("mtl", config).attention.net[0].out_channels == 72
+
+
+def test_configuration_errors_name_the_field_and_the_value():
+    from vfu_nb.models import CATNet
+    ModelConfig(1, 1, num_landmarks=1, pool_window=1)                    # the smallest valid values
+    for kwargs, message in (({"num_categories": 0}, "ModelConfig.num_categories must be >= 1, got 0"),
+                            ({"num_attributes": -2}, "ModelConfig.num_attributes must be >= 1, got -2"),
+                            ({"num_landmarks": 0}, "ModelConfig.num_landmarks must be >= 1, got 0"),
+                            ({"pool_window": 2}, "ModelConfig.pool_window must be an odd number >= 1, got 2")):
+        with pytest.raises(ValueError) as err:
+            ModelConfig(**{"num_categories": 3, "num_attributes": 4, **kwargs})
+        assert str(err.value) == message
+    with pytest.raises(TypeError, match=r"^build_model needs num_categories and num_attributes, or "
+                                        r"config=ModelConfig\(\.\.\.\)$"):
+        build_model("cat", num_attributes=4)
+    with pytest.raises(ValueError, match=r"^CATNet implements \('cat',\), not 'mtl'$"):
+        CATNet("mtl", ModelConfig(3, 4))
+    with pytest.raises(TypeError, match=r"^config must be a ModelConfig, got dict$"):
+        CATNet("cat", {"num_categories": 3})
+
+
+def test_build_model_passes_the_landmark_count_and_takes_one_draw_for_its_seed():
+    import hashlib
+    from vfu_nb.models import part_generator
+    torch.manual_seed(5)
+    seed = int(torch.randint(0, 2**62, ()))
+    after_one_draw = torch.rand(1)
+    torch.manual_seed(5)
+    model = build_model("mtl", 3, 4, num_landmarks=5, image_size=32, width=0.125)
+    assert model.init_seed == seed and model.config.num_landmarks == 5
+    assert torch.equal(torch.rand(1), after_one_draw)
+    digest = hashlib.sha256(f"{seed}/backbone".encode()).digest()
+    assert part_generator(seed, "backbone").initial_seed() == int.from_bytes(digest[:8], "little")

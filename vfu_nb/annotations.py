@@ -186,6 +186,8 @@ def _parse_aligned_labels(buf: np.ndarray):
         return None
     values = (digit - 48).astype(np.int8)
     values[sign == 45] *= -1
+    if (rows[:, :NAME_COLUMN] < 32).any():     # a tab, CR, ... would split a name, as in the general tokeniser
+        return None
     names = [bytes(r[:NAME_COLUMN]).decode("utf-8", "replace").rstrip() for r in rows]
     if any(" " in name or not name for name in names):
         return None
@@ -201,6 +203,8 @@ def _parse_label_chunk(buf: np.ndarray):
     raw = buf.tobytes()
     name_end = np.array([raw.find(b" ", s, e) % (len(raw) + 1) for s, e in zip(starts, ends)])
     if np.any((name_end < starts) | (name_end >= ends)):
+        return None
+    if any(min(raw[s:e], default=0) <= 32 for s, e in zip(starts, name_end)):   # a tab or CR ends the name
         return None
     region = np.zeros(buf.size + 1, dtype=np.int8)         # 1 inside the value part of each line
     np.add.at(region, name_end, 1)

@@ -255,8 +255,9 @@ class DeepFashionC(Dataset):
         return [_Window(self.annotations.bbox[i], self.pad_to_square) for i in self.rows]
 
     # ----- bad images -----------------------------------------------------------------------
-    def _drop(self, failures) -> None:
-        """Raise for bad images, or (skip mode) leave them out of ``rows`` and list them in ``skipped``."""
+    def _drop(self, failures, stacklevel: int = 3) -> None:
+        """Raise for bad images, or (skip mode) leave them out of ``rows`` and list them in ``skipped``; the
+        warning points ``stacklevel`` frames up, at the line that built the dataset."""
         self._keep = np.arange(len(self.rows))
         if not failures:
             return
@@ -268,7 +269,7 @@ class DeepFashionC(Dataset):
         self._keep = np.array([k for k in range(len(self.rows)) if k not in bad], dtype=np.int64)
         self.rows = self.rows[self._keep]
         warnings.warn(f"DeepFashionC({self.split}): skipped {len(failures)} bad image(s); see .skipped",
-                      stacklevel=3)
+                      stacklevel=stacklevel)
 
     # ----- cache ----------------------------------------------------------------------------
     def cache_key(self) -> str:
@@ -308,7 +309,7 @@ class DeepFashionC(Dataset):
         self.cache_file = data_file
         self._cache = np.memmap(data_file, np.uint8, "r", shape=shape)
         self._sizes = np.load(sizes_file)
-        self._drop([tuple(f) for f in meta["failures"]])
+        self._drop([tuple(f) for f in meta["failures"]], stacklevel=4)     # called from __init__ via here
 
     # ----- items ----------------------------------------------------------------------------
     def __len__(self) -> int:
