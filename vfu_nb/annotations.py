@@ -194,6 +194,14 @@ def _parse_aligned_labels(buf: np.ndarray):
     return np.array(names), np.full(n, values.shape[1]), values.ravel()
 
 
+def _inside(size: int, begins: np.ndarray, stops: np.ndarray) -> np.ndarray:
+    """Boolean mask of length ``size``: True in every half-open interval [begins[i], stops[i]) (disjoint)."""
+    edges = np.zeros(size + 1, dtype=np.int8)
+    np.add.at(edges, begins, 1)
+    np.add.at(edges, stops, -1)
+    return np.cumsum(edges[:-1], dtype=np.int8).astype(bool)
+
+
 def _parse_label_chunk(buf: np.ndarray):
     """Fast path for lines of single-digit labels (``1``, ``-1``, ``0``): names, counts and values.
 
@@ -204,15 +212,12 @@ def _parse_label_chunk(buf: np.ndarray):
     name_end = np.array([raw.find(b" ", s, e) % (len(raw) + 1) for s, e in zip(starts, ends)])
     if np.any((name_end < starts) | (name_end >= ends)):
         return None
-    if any(min(raw[s:e], default=0) <= 32 for s, e in zip(starts, name_end)):   # a tab or CR ends the name
+    space = buf <= 32
+    if np.any(name_end == starts) or np.any(_inside(buf.size, starts, name_end) & space):   # a tab or CR ends a name
         return None
-    region = np.zeros(buf.size + 1, dtype=np.int8)         # 1 inside the value part of each line
-    np.add.at(region, name_end, 1)
-    np.add.at(region, ends, -1)
-    region = np.cumsum(region[:-1], dtype=np.int8).astype(bool)
+    region = _inside(buf.size, name_end, ends)             # the value part of each line
     digit = (buf == 48) | (buf == 49)
     minus = buf == 45
-    space = buf <= 32
     if np.any(region & ~(digit | minus | space)):
         return None
     after = np.concatenate([buf[1:], np.array([10], np.uint8)])
