@@ -39,7 +39,7 @@ def export(plan, spec, val=0.5, test=None, best=5, run=9, stopped=True, preds=No
                "timing": {"wall_seconds": 360.0}}
     if preds is not None:
         np.savez_compressed(d / "predictions.npz", **preds)
-    (d / "metrics.json").write_text(json.dumps(metrics))
+    study.write_atomic(d / "metrics.json", json.dumps(metrics))
 
 
 def test_plan_refuses_unknown_keys(tmp_path):
@@ -75,6 +75,42 @@ def test_choose_settings_by_val_and_refuses_unfinished(plan):
     assert chosen == {"mtl": {"backbone": "vgg16_bn", "lr": 3e-4}, "cat": {"backbone": "vgg16_bn", "lr": 1e-3}}
     assert [r["val_score"] for r in rows] == [0.70, 0.80, 0.60, 0.60]      # tie: the first setting wins
     assert [r["converged"] for r in rows] == [True, False, True, True]     # best epoch 9 of 9: not converged
+
+
+def test_pending_trains_seed_runs_of_tuned_models_before_the_remaining_tuning(plan):
+    tuning = plan.tuning_specs()
+    assert [s.key for s in study.pending(plan)] == [s.key for s in tuning]      # nothing chosen yet
+    for spec, val in zip(tuning[:2], [0.6, 0.7]):                               # mtl's tuning is complete
+        export(plan, spec, val=val)
+    keys = [s.key for s in study.pending(plan)]
+    assert keys[:2] == ["default/mtl/vgg16_bn_lr0.0003_f1/seed1", "default/mtl/vgg16_bn_lr0.0003_f1/seed2"]
+    assert keys[2:4] == [s.key for s in tuning[2:]]                            # then cat's tuning
+    assert [k.split("/")[0] for k in keys[4:]] == ["default", "default", "g1", "g1"]   # curve, then dial
+    assert not any("/cat/" in k for k in keys[4:]) and len(keys) == len(set(keys))
+
+
+def test_train_pending_runs_what_finished_tuning_unlocks(plan, monkeypatch):
+    def fake_train(plan_, spec, subprocess_):
+        export(plan_, spec, val=0.8 if spec.config["lr"] == 3e-4 else 0.5)
+
+    monkeypatch.setattr(study, "_train", fake_train)
+    monkeypatch.setattr(study, "export_run", lambda plan_, spec: None)
+    log = []
+    study.train_pending(plan, jobs=2, log=log.append)
+    assert study.pending(plan) == []
+    chosen, _ = study.choose_settings(plan)
+    assert chosen == {"mtl": {"backbone": "vgg16_bn", "lr": 3e-4}, "cat": {"backbone": "vgg16_bn", "lr": 3e-4}}
+    assert sum(line.startswith("[study] done") for line in log) == 4 + len(plan.later_specs(chosen)) - 2
+
+
+def test_train_pending_stops_on_an_error_after_the_runs_in_progress(plan, monkeypatch):
+    def broken(plan_, spec, subprocess_):
+        raise RuntimeError(f"training {spec.key} failed (exit 1)")
+
+    monkeypatch.setattr(study, "_train", broken)
+    with pytest.raises(RuntimeError, match="failed .exit 1"):
+        study.train_pending(plan, jobs=2, log=lambda line: None)
+    assert len(study.pending(plan)) == 4                                       # nothing was exported
 
 
 def test_compact_history_keeps_epochs_and_averages_batches():

@@ -32,11 +32,10 @@ import itertools
 import json
 import math
 import os
-import shutil
 import subprocess
 import sys
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
@@ -148,16 +147,17 @@ class Plan:
                 for model in self.tuning["models"] for s in settings]
 
     def later_specs(self, chosen: dict) -> list[RunSpec]:
-        """Seeds, learning-curve and dial runs, given the chosen setting of every model."""
-        counts = {m: int(n) for m, n in self.seeds["models"].items()}
+        """Seeds, learning-curve and dial runs of the models in ``chosen`` (model -> chosen setting)."""
+        counts = {m: int(n) for m, n in self.seeds["models"].items() if m in chosen}
         specs = [self.spec("seeds", self.seeds["data"], m, chosen[m], s)       # seed by seed: pairs complete early
                  for s in range(max(counts.values(), default=0)) for m, n in counts.items() if s < n]
         lc = self.learning_curve
         specs += [self.spec("learning_curve", lc["data"], m, chosen[m], s, f)
-                  for f in lc.get("fractions", ()) for m in lc["models"] for s in range(int(lc["seeds"]))]
+                  for f in lc.get("fractions", ()) for m in lc["models"] if m in chosen
+                  for s in range(int(lc["seeds"]))]
         dial = self.dial
         specs += [self.spec("dial", dial["data"], m, chosen[m], s)
-                  for m in dial.get("models", ()) for s in range(int(dial["seeds"]))]
+                  for m in dial.get("models", ()) if m in chosen for s in range(int(dial["seeds"]))]
         unique = {}
         for s in specs:
             unique.setdefault(s.key, s)
@@ -180,16 +180,20 @@ def selection_score(metrics: dict) -> float:
     return float("nan") if value is None else float(value)
 
 
-def choose_settings(plan: Plan) -> tuple[dict, list]:
-    """Per model, the tuning setting with the best val score; also the tuning table (one row per run).
+def choose_settings(plan: Plan, partial: bool = False) -> tuple[dict, list]:
+    """Per model, the tuning setting with the best val score; also the tuning table (one row per finished run).
 
-    Raises RuntimeError while a tuning run is unfinished. Ties go to the first setting in grid order.
+    Raises RuntimeError while a tuning run is unfinished; with ``partial``, models whose tuning is unfinished
+    are left out of the choice instead. Ties go to the first setting in grid order.
     """
-    chosen, rows = {}, []
+    chosen, rows, unfinished = {}, [], set()
     for spec in plan.tuning_specs():
         m = exported(plan, spec.key)
         if m is None:
-            raise RuntimeError(f"tuning run {spec.key} has not finished")
+            if not partial:
+                raise RuntimeError(f"tuning run {spec.key} has not finished")
+            unfinished.add(spec.model)
+            continue
         setting = {k: spec.config[k] for k in plan.tuning["grid"]}
         score = selection_score(m)
         rows.append({"model": spec.model, **setting, "val_score": score, "best_epoch": m.get("best_epoch"),
@@ -197,7 +201,7 @@ def choose_settings(plan: Plan) -> tuple[dict, list]:
         best = chosen.get(spec.model)
         if best is None or (math.isfinite(score) and not score <= best[1]):
             chosen[spec.model] = (setting, score)
-    return {m: s for m, (s, _) in chosen.items()}, rows
+    return {m: s for m, (s, _) in chosen.items() if m not in unfinished}, rows
 
 
 def compact_history(history: dict, max_points: int = 200, digits: int = 6) -> dict:
@@ -251,8 +255,15 @@ def export_run(plan: Plan, spec: RunSpec) -> Path:
     np.savez_compressed(dest / "predictions.npz", index=pred.index.astype(np.int32),
                         category_rank=rank.astype(np.int16), attribute_logits=pred.attribute_scores.astype(np.float32))
     _write_labels(plan, spec.data, src)
-    shutil.copyfile(src / "metrics.json", dest / "metrics.json")     # last: marks the export complete
+    write_atomic(dest / "metrics.json", (src / "metrics.json").read_text())   # last: marks the export complete
     return dest
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` so that readers see the old file or the whole new one (metrics.json marks a finished run)."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def _diverged(plan: Plan, spec: RunSpec, error: Exception) -> bool:
@@ -270,7 +281,7 @@ def export_failure(plan: Plan, spec: RunSpec, reason: str) -> None:
     dest = plan.results_dir / "runs" / spec.key
     dest.mkdir(parents=True, exist_ok=True)
     (dest / "config.json").write_text(json.dumps(spec.config, indent=1) + "\n")
-    (dest / "metrics.json").write_text(json.dumps({"model": spec.model, "seed": spec.seed, "failed": reason,
+    write_atomic(dest / "metrics.json", json.dumps({"model": spec.model, "seed": spec.seed, "failed": reason,
                                                    "val": {}, "test": {}}, indent=1) + "\n")
 
 
@@ -327,28 +338,71 @@ def ensure_data(plan: Plan, tags: Sequence[str]) -> None:
             synthetic.generate(root, **d)
 
 
-def run_specs(plan: Plan, specs: Sequence[RunSpec], jobs: int = 1, log=print) -> None:
-    """Train (or resume) every spec without an export, ``jobs`` at a time, exporting each when it finishes."""
-    todo = [s for s in specs if exported(plan, s.key) is None]
-    log(f"[study] {len(specs) - len(todo)} of {len(specs)} runs already exported; {len(todo)} to train")
+PART_ORDER = ("seeds", "tuning", "learning_curve", "dial")   # the order in which pending runs are trained
 
-    def one(spec):
-        t0 = time.time()
-        log(f"[study] start {spec.key}")
-        try:
-            _train(plan, spec, subprocess_=jobs > 1)
-        except Exception as error:                     # a diverged run is a result (recorded); anything else is not
-            if not _diverged(plan, spec, error):
-                raise
-            export_failure(plan, spec, f"diverged: {error}")
-            log(f"[study] FAILED {spec.key}: the loss diverged (recorded, not retried)")
-            return
-        export_run(plan, spec)
-        log(f"[study] done  {spec.key} ({(time.time() - t0) / 60:.1f} min)")
 
-    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-        for future in [pool.submit(one, s) for s in todo]:
-            future.result()
+def pending(plan: Plan) -> list[RunSpec]:
+    """The runs still to train, in training order: seed runs of the models whose tuning is complete first (the
+    primary comparison finishes earliest), then the remaining tuning, then the learning curve and the dial."""
+    chosen, _ = choose_settings(plan, partial=True)
+    unique = {}
+    for s in [*plan.tuning_specs(), *plan.later_specs(chosen)]:
+        unique.setdefault(s.key, s)
+    specs = [s for s in unique.values() if exported(plan, s.key) is None]
+    return sorted(specs, key=lambda s: PART_ORDER.index(s.part))
+
+
+def train_and_export(plan: Plan, spec: RunSpec, subprocess_: bool, log=print) -> None:
+    """Train (or resume) one run and export it; a diverged run is exported as a failure, not retried."""
+    t0 = time.time()
+    log(f"[study] start {spec.key}")
+    try:
+        _train(plan, spec, subprocess_)
+    except Exception as error:                     # a diverged run is a result (recorded); anything else is not
+        if not _diverged(plan, spec, error):
+            raise
+        export_failure(plan, spec, f"diverged: {error}")
+        log(f"[study] FAILED {spec.key}: the loss diverged (recorded, not retried)")
+        return
+    export_run(plan, spec)
+    log(f"[study] done  {spec.key} ({(time.time() - t0) / 60:.1f} min)")
+
+
+def train_pending(plan: Plan, jobs: int = 1, log=print) -> None:
+    """Train every pending run, ``jobs`` at a time. The queue is rebuilt whenever a run finishes, so a model's
+    seed runs start as soon as its tuning is complete. An error stops the study once the runs in progress end."""
+    running, errors, cond = set(), [], threading.Condition()
+    todo = pending(plan)
+    log(f"[study] {len(todo)} runs to train (first: {todo[0].key if todo else '-'})")
+
+    def worker():
+        while True:
+            with cond:
+                while True:
+                    queue = [] if errors else [s for s in pending(plan) if s.key not in running]
+                    if queue or errors or not running:
+                        break
+                    cond.wait()                     # others are running: their results may unlock more runs
+                if not queue:
+                    return
+                spec = queue[0]
+                running.add(spec.key)
+            try:
+                train_and_export(plan, spec, jobs > 1, log)
+            except BaseException as error:
+                errors.append(error)
+            finally:
+                with cond:
+                    running.discard(spec.key)
+                    cond.notify_all()
+
+    threads = [threading.Thread(target=worker, daemon=True) for _ in range(max(1, jobs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
 
 
 def run(plan, jobs: int = 1, log=print) -> dict:
@@ -357,10 +411,9 @@ def run(plan, jobs: int = 1, log=print) -> dict:
     t0 = time.time()
     ensure_data(plan, sorted({plan.tuning["data"], plan.seeds["data"], *(
         [plan.learning_curve["data"]] if plan.learning_curve else []), *([plan.dial["data"]] if plan.dial else [])}))
-    run_specs(plan, plan.tuning_specs(), jobs, log)
+    train_pending(plan, jobs, log)
     chosen, _ = choose_settings(plan)
     log(f"[study] chosen settings: {chosen}")
-    run_specs(plan, plan.later_specs(chosen), jobs, log)
     log(f"[study] all runs exported ({(time.time() - t0) / 60:.1f} min this session)")
     return report(plan)
 
