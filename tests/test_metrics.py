@@ -12,7 +12,7 @@ from sklearn.metrics import average_precision_score
 from vfu_nb import metrics
 from vfu_nb.metrics import (
     ATTRIBUTE_TYPE_NAMES, EvalAccumulator, attribute_topk_recall, average_precision, category_topk_accuracy,
-    jsonable, landmark_normalized_error, map_by_type, metric_keys,
+    ResampledAveragePrecision, jsonable, landmark_normalized_error, map_by_type, metric_keys,
 )
 
 # ---------------------------------------------------------------------------------------------------------
@@ -229,6 +229,23 @@ def test_average_precision_equals_sklearn_with_ties_and_unknowns():
     y = (rng.random((300, 25)) < 0.1).astype(np.float32)
     np.testing.assert_allclose(average_precision(torch.tensor(s), torch.tensor(y)),
                                _sklearn_ap(s, y, np.ones_like(y, bool)), rtol=0, atol=1e-9, equal_nan=True)
+
+
+def test_resampled_average_precision_equals_average_precision_on_the_resample():
+    scores, labels, _ = _random_split()                       # ties, unknowns, columns without positives
+    ap = ResampledAveragePrecision(scores, labels, labels != 0)
+    rng = np.random.default_rng(3)
+    everything = np.arange(len(scores))
+    for idx in (everything, rng.integers(0, len(scores), len(scores)), rng.integers(0, len(scores), 37)):
+        np.testing.assert_allclose(ap(idx), average_precision(scores[idx], labels[idx], labels[idx] != 0),
+                                   rtol=0, atol=1e-12, equal_nan=True)
+    s = np.array([[0.9], [0.8], [0.8], [0.1]])                 # the hand example below, the tie drawn twice
+    y = np.array([[1], [-1], [1], [1]])
+    # drawn: 0.9 pos, 0.8 neg, 0.8 pos x2 -> thresholds 0.9: P 1, R 1/3; 0.8: P 3/4, R 1 -> AP = (1 + 2 * 3/4) / 3
+    assert ResampledAveragePrecision(s, y)(np.array([0, 1, 2, 2]))[0] == pytest.approx(2.5 / 3, abs=1e-12)
+    assert np.isnan(ResampledAveragePrecision(s, y)(np.array([1, 1]))[0])           # no positive drawn
+    with pytest.raises(ValueError, match="same shape"):
+        ResampledAveragePrecision(s, y[:3])
 
 
 def test_average_precision_hand_computed_and_errors():

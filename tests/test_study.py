@@ -39,6 +39,7 @@ def export(plan, spec, val=0.5, test=None, best=5, run=9, stopped=True, preds=No
                "timing": {"wall_seconds": 360.0}}
     if preds is not None:
         np.savez_compressed(d / "predictions.npz", **preds)
+    (d / "history.json").write_text(json.dumps({"epochs": [{"epoch": 1, "seconds": 200.0}, {"epoch": 2, "seconds": 160.0}]}))
     study.write_atomic(d / "metrics.json", json.dumps(metrics))
 
 
@@ -142,6 +143,45 @@ def seed_runs(plan, gain=0.1):
     return study.load_runs(plan, specs)
 
 
+def test_report_of_a_study_in_progress_shows_the_tuned_models_and_names_the_rest(plan):
+    tuning = plan.tuning_specs()
+    for spec, val in zip(tuning[:3], [0.8, 0.7, 0.6]):                 # mtl tuned; cat has 1 of 2 runs
+        export(plan, spec, val=val, test={"category_top3": val - 0.1, "attr_map_all": 0.3})
+    result = study.report(plan, log=lambda line: None)
+    assert result["chosen"] == {"mtl": {"backbone": "vgg16_bn", "lr": 1e-3}} and result["tuning_unfinished"] == ["cat"]
+    top3 = next(r for r in result["seeds"]["summary"] if r["metric"] == "category_top3")
+    assert top3["model"] == "mtl" and top3["n"] == 1 and top3["mean"] == pytest.approx(0.7)
+    assert top3["std"] is None                                           # one seed: no sd (and the figures cope)
+    assert (plan.resolve(plan.figures) / study.FIGURES["models"]).exists()
+    for spec in [s for s in study.pending(plan) if s.part == "seeds"]:
+        export(plan, spec, test={"category_top3": 0.72, "attr_map_all": 0.32})
+    result = study.report(plan, log=lambda line: None)
+    top3 = next(r for r in result["seeds"]["summary"] if r["metric"] == "category_top3")
+    assert top3["n"] == 3 and top3["mean"] == pytest.approx((0.7 + 2 * 0.72) / 3)
+    assert result["seeds"]["pairs"] == [] and "learning_curve" not in result and "dial" not in result
+    assert result["runs"]["exported"] == 5 and result["runs"]["planned"] == 16     # 4 tuning + 12 later
+    assert result["runs"]["train_hours"] == pytest.approx(5 * 360 / 3600)           # summed over epochs
+    block = study.readme_block(result)
+    assert "5 of 16 runs have finished" in block and "(`cat` still tuning)" in block
+
+
+def test_image_metrics_of_the_bootstrap_equal_the_metrics_on_the_drawn_images():
+    from vfu_nb.metrics import average_precision
+
+    rng = np.random.default_rng(0)
+    attrs = rng.choice(np.array([1, -1, 0], np.int8), (200, 6), p=[0.2, 0.7, 0.1])
+    p = {"category_rank": rng.integers(0, 6, 200).astype(np.int16),
+         "attribute_logits": np.round(rng.normal(size=(200, 6)), 1).astype(np.float32)}      # with ties
+    labels = {"category": np.zeros(200, np.int16), "attributes": attrs}
+    top3, mean_ap = study.image_metric("category_top3", labels), study.image_metric("attr_map_all", labels)
+    for idx in (np.arange(200), rng.integers(0, 200, 200)):
+        assert top3(p, idx) == pytest.approx(np.mean(p["category_rank"][idx] < 3))
+        want = np.nanmean(average_precision(p["attribute_logits"][idx], attrs[idx] > 0, attrs[idx] != 0))
+        assert mean_ap(p, idx) == pytest.approx(want, abs=1e-9)
+    with pytest.raises(ValueError, match="no image-level form"):
+        study.image_metric("landmark_ne_mean", labels)
+
+
 def test_compare_establishes_a_clear_gain_and_not_a_null_one(plan):
     results = seed_runs(plan, gain=0.3)
     out = study.compare(plan, results, "mtl", "cat", metrics_primary=("category_top3",),
@@ -186,7 +226,7 @@ def test_readme_block_renders_numbers_from_study_and_updates_between_markers(tmp
     assert "| `mtl` | lr 0.001 | 5 | 0.900 ± 0.010" in block
     assert "| baseline: class prior | | | 0.447 |" in block
     assert "+0.050 [+0.010, +0.090] / [+0.010, +0.090]: **established**" in block
-    assert "1.2 hours of training" in block or "1.3 hours of training" in block
+    assert "1.2 hours of training and evaluation" in block and "about 0.6 hours of wall time" in block
     readme = tmp_path / "README.md"
     readme.write_text(f"intro\n{study.BLOCK_BEGIN}\nold\n{study.BLOCK_END}\noutro\n")
     assert study.update_readme(block, readme) is True

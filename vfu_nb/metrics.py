@@ -10,7 +10,8 @@ published tables it is comparable with.
   per-type columns of Liu & Lu's released code), ``all_grouped`` (**A1-all-grouped**, the five types pooled)
   and ``all_strict`` (**A1-all strict**, top-k of all attributes).
 * :func:`average_precision` -- per-attribute average precision, exactly scikit-learn's
-  ``average_precision_score``; unknown labels left out.
+  ``average_precision_score``; unknown labels left out. :class:`ResampledAveragePrecision` computes the
+  same on bootstrap resamples of the images without sorting again.
 * :func:`landmark_normalized_error` -- normalised error (NE) per landmark in crop units and the unweighted
   mean over the landmarks (Liu & Lu's "Avg").
 * :class:`EvalAccumulator` -- gathers a split batch by batch (model outputs stay on their device) and
@@ -331,6 +332,46 @@ def average_precision(scores, labels, known=None) -> np.ndarray:
         out[rows] = _average_precision_rows(ranked[rows], attr[bounds[i]:bounds[i + 1]] - start,
                                             value[bounds[i]:bounds[i + 1]], n_known[rows])
     return out.cpu().numpy()
+
+
+class ResampledAveragePrecision:
+    """:func:`average_precision` of one set of scores on many resamples of its images (the bootstrap).
+
+    ``ap(idx)`` equals ``average_precision(scores[idx], labels[idx], known[idx])`` for any index array ``idx``
+    (repeats allowed), but the columns are ranked once here: a resample only weights each image by how often
+    it was drawn, so it costs a few cumulative sums instead of a sort. Tied scores still enter together.
+    """
+
+    def __init__(self, scores, labels, known=None):
+        s = np.asarray(scores, dtype=np.float64)
+        if s.ndim != 2 or np.isnan(s).any():
+            raise ValueError(f"scores must be (N, A) without NaN, got shape {s.shape}")
+        pos = _positives(labels).cpu().numpy()
+        kn = np.ones_like(pos) if known is None else np.asarray(known).astype(bool)
+        if pos.shape != s.shape or kn.shape != s.shape:
+            raise ValueError(f"scores {s.shape}, labels {pos.shape} and known {kn.shape} must be the same shape")
+        n = len(s)
+        self.order = np.argsort(-s, axis=0, kind="stable")               # per column, best score first
+        ranked = np.take_along_axis(s, self.order, 0)
+        self.known = np.take_along_axis(kn, self.order, 0)
+        self.positive = np.take_along_axis(pos & kn, self.order, 0)
+        # the last rank of each rank's tie group: precision is read there, so tied images enter together
+        last = np.vstack([ranked[1:] != ranked[:-1], np.ones((1, s.shape[1]), bool)])
+        ends = np.where(last, np.arange(n)[:, None], n)
+        self.group_end = np.minimum.accumulate(ends[::-1], axis=0)[::-1]
+
+    def __call__(self, idx) -> np.ndarray:
+        """Average precision per attribute on the images ``idx`` (nan where no drawn image is a known positive)."""
+        weight = np.bincount(np.asarray(idx), minlength=len(self.order)).astype(np.float64)
+        w = weight[self.order] * self.known                                  # (N, A) in rank order
+        hits = w * self.positive
+        tp, seen = np.cumsum(hits, 0), np.cumsum(w, 0)
+        tp_end = np.take_along_axis(tp, self.group_end, 0)
+        seen_end = np.take_along_axis(seen, self.group_end, 0)
+        precision = np.divide(tp_end, seen_end, out=np.zeros_like(tp_end), where=seen_end > 0)
+        total = tp[-1]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(total > 0, (hits * precision).sum(0) / total, np.nan)
 
 
 def map_by_type(ap, attribute_types) -> dict:

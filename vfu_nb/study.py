@@ -18,7 +18,9 @@ of the chosen setting is also the seed-0 run of the study, and the 100 % point o
 the study's runs. Each run trains in ``runs/study/<key>/`` (checkpoints, git-ignored) and, once finished, its
 small outputs are exported to ``results/runs/<key>/``: ``config.json``, ``metrics.json``, a compacted
 ``history.json`` and ``predictions.npz`` (per test image: rank of the true category, attribute logits) for the
-image-level bootstrap. A run whose export exists is never retrained; an unfinished one resumes.
+image-level bootstrap. A run whose export exists is never retrained; an unfinished one resumes. Pending runs are
+trained seed runs first (of the models whose tuning is complete), then the remaining tuning, then the learning
+curve and the dial (:func:`pending`); the report works on a study in progress and says what is missing.
 
 The report is computed from ``results/`` alone (plus the baselines of the data trees): paired t-intervals over
 seeds and paired bootstraps over seeds x test images (:mod:`vfu_nb.stats`), Holm-adjusted p-values across the
@@ -456,12 +458,16 @@ def image_metric(name: str, labels: dict):
         k = int(name[len("category_top"):])
         return lambda p, idx: float(np.mean(p["category_rank"][idx] < k))
     if name == "attr_map_all":
-        from vfu_nb.metrics import average_precision
+        from vfu_nb.metrics import ResampledAveragePrecision
 
-        attrs = labels["attributes"]
+        attrs, ranked = labels["attributes"], {}      # one ranking per run's logits, reused by every replicate
 
         def mean_ap(p, idx):
-            ap = average_precision(p["attribute_logits"][idx], attrs[idx] > 0, attrs[idx] != 0)
+            key = id(p["attribute_logits"])
+            if key not in ranked:
+                ranked[key] = (p["attribute_logits"], ResampledAveragePrecision(p["attribute_logits"], attrs > 0,
+                                                                                attrs != 0))
+            ap = ranked[key][1](idx)
             return float(np.nanmean(ap)) if np.isfinite(ap).any() else float("nan")
         return mean_ap
     raise ValueError(f"no image-level form of metric {name!r}")
@@ -536,12 +542,15 @@ def verdict(metric: str, *intervals: stats.Interval) -> str:
 
 
 def report(plan, log=print) -> dict:
-    """Compute ``results/study.json`` from the exported runs and write the figures and the README block."""
+    """Compute ``results/study.json`` from the exported runs and write the figures and the README block.
+
+    Works on a study in progress: models whose tuning is unfinished are listed in ``tuning_unfinished`` and
+    left out; the learning curve and the dial appear once they have runs.
+    """
     plan = Plan.load(plan)
     study = skeleton(plan)
-    try:
-        chosen, tuning_rows = choose_settings(plan)
-    except RuntimeError:                                    # tuning unfinished: report the progress only
+    chosen, tuning_rows = choose_settings(plan, partial=True)
+    if not chosen:                                          # no model is tuned yet: report the progress only
         done = sum(exported(plan, s.key) is not None for s in plan.tuning_specs())
         study["runs"] = {"tuning_exported": done, "tuning_planned": len(plan.tuning_specs())}
         return _write_report(plan, study, log)
@@ -549,19 +558,25 @@ def report(plan, log=print) -> dict:
     metrics_all = (*PRIMARY, *SECONDARY)
     seeds_results = load_runs(plan, [s for s in specs if s.part == "seeds"])
     study.update({"chosen": chosen, "tuning": tuning_rows,
+                  "tuning_unfinished": [m for m in plan.tuning["models"] if m not in chosen],
                   "seeds": {"data": plan.seeds["data"], "summary": summarize(seeds_results, metrics_all),
-                            "pairs": [compare(plan, seeds_results, a, b) for a, b in plan.seeds["pairs"]]}})
+                            "pairs": [compare(plan, seeds_results, a, b) for a, b in plan.seeds["pairs"]
+                                      if a in chosen and b in chosen]}})
     if plan.learning_curve:
         lc = plan.learning_curve
+        models = [m for m in lc["models"] if m in chosen]
         points = []
         for f in lc["fractions"]:
             rs = load_runs(plan, [plan.spec("learning_curve", lc["data"], m, chosen[m], s, f)
-                                  for m in lc["models"] for s in range(int(lc["seeds"]))])
-            points.append({"fraction": f, "summary": summarize(rs, PRIMARY),
-                           "pairs": [compare(plan, rs, a, b, metrics_secondary=()) for a, b in lc.get(
-                               "pairs", [["mtl", "cat"], ["mtl", "mtl_no_landmarks"]])]})
-        study["learning_curve"] = {"data": lc["data"], "points": points}
-    if plan.dial:
+                                  for m in models for s in range(int(lc["seeds"]))])
+            if rs:
+                points.append({"fraction": f, "summary": summarize(rs, PRIMARY),
+                               "pairs": [compare(plan, rs, a, b, metrics_secondary=()) for a, b in lc.get(
+                                   "pairs", [["mtl", "cat"], ["mtl", "mtl_no_landmarks"]])
+                                   if a in chosen and b in chosen]})
+        if any(p["fraction"] < 1 for p in points):
+            study["learning_curve"] = {"data": lc["data"], "points": points}
+    if plan.dial and all(m in chosen for m in plan.dial["models"]):
         dial = plan.dial
         rows = []
         for tag in (plan.seeds["data"], dial["data"]):
@@ -570,14 +585,29 @@ def report(plan, log=print) -> dict:
             rows.append({"data": tag, "settings": {k: v for k, v in plan.data[tag].items() if k != "root"},
                          "summary": summarize(rs, PRIMARY),
                          "pair": compare(plan, rs, dial["models"][0], dial["models"][1], metrics_secondary=())})
-        study["dial"] = rows
+        if rows[-1]["pair"]["seeds"]:
+            study["dial"] = rows
     study["baselines"] = baselines_for(plan)
     unique = list({s.key: s for s in [*plan.tuning_specs(), *specs]}.values())
     every = load_runs(plan, unique)
     failed = [s.key for s in unique if (exported(plan, s.key) or {}).get("failed")]
-    study["runs"] = {"exported": len(every), "planned": len(unique), "failed": failed,
-                     "train_hours": sum((r.metrics.get("timing") or {}).get("wall_seconds", 0) for r in every) / 3600}
+    study["runs"] = {"exported": len(every), "planned": planned_runs(plan), "failed": failed,
+                     "train_hours": sum(run_seconds(r) for r in every) / 3600}
     return _write_report(plan, study, log)
+
+
+def run_seconds(result: RunResult) -> float:
+    """Seconds a run spent training and evaluating, summed over its epochs (so across resumes too)."""
+    history = json.loads((result.path / "history.json").read_text())
+    return float(sum(e.get("seconds", 0.0) for e in history.get("epochs", [])))
+
+
+def planned_runs(plan: Plan) -> int:
+    """How many runs the whole plan trains (the count does not depend on which settings tuning chooses)."""
+    any_setting = {m: {k: v[0] for k, v in plan.tuning["grid"].items()} for m in
+                   {*plan.tuning["models"], *plan.seeds["models"], *plan.learning_curve.get("models", ()),
+                    *plan.dial.get("models", ())}}
+    return len({s.key for s in [*plan.tuning_specs(), *plan.later_specs(any_setting)]})
 
 
 def skeleton(plan: Plan) -> dict:
@@ -658,6 +688,10 @@ def _cell(summary, model, metric) -> str:
     return _num(r["mean"]) + (f" ± {_num(r['std'])}" if r["n"] > 1 else "")
 
 
+def _seeds(n: int) -> str:
+    return f"{n} seed" + ("" if n == 1 else "s")
+
+
 def _interval(i: dict) -> str:
     return f"[{_num(i['low'], sign=True)}, {_num(i['high'], sign=True)}]"
 
@@ -721,8 +755,10 @@ def readme_block(study: dict) -> str:
     not_conv = sum(r["not_converged"] for r in summary if r["metric"] == PRIMARY[0])
     n_runs = sum(r["n"] for r in summary if r["metric"] == PRIMARY[0])
     runs = study["runs"]
+    unfinished = study.get("tuning_unfinished") or []
     partial = ("" if runs["exported"] >= runs["planned"] else
-               f" **Partial:** {runs['exported']} of {runs['planned']} runs have finished; the study goes on.")
+               f" **Partial:** {runs['exported']} of {runs['planned']} runs have finished; the study goes on"
+               + (f" ({', '.join(f'`{m}`' for m in unfinished)} still tuning)" if unfinished else "") + ".")
     lines = head + [
         f"**Setup.** Every model got the same tuning grid on val ({grid}; one seed); the chosen setting is in the "
         f"table. Test metrics at each run's best val epoch, mean ± sd over seeds; {not_conv} of {n_runs} runs "
@@ -745,7 +781,7 @@ def readme_block(study: dict) -> str:
                   "test images (bootstrap); established only when both exclude 0):", "",
               "| comparison | " + " | ".join(label(m) for m in PRIMARY) + " |", "|---|" + "---|" * len(PRIMARY)]
     for pair in seeds["pairs"]:
-        lines.append(f"| `{pair['a']}` − `{pair['b']}` ({len(pair['seeds'])} seeds) | "
+        lines.append(f"| `{pair['a']}` − `{pair['b']}` ({_seeds(len(pair['seeds']))}) | "
                      + " | ".join(_primary_cell(pair["primary"].get(m)) for m in PRIMARY) + " |")
     established = [f"`{p['a']}` − `{p['b']}` in {label(m)}: {_num(r['t']['mean'], sign=True)} "
                    f"(Holm-adjusted p = {r['p_holm']:.3g})"
@@ -778,8 +814,9 @@ def readme_block(study: dict) -> str:
             lines.append(f"| geometry informativeness {g} | {len(row['pair']['seeds'])} | "
                          + " | ".join(_primary_cell(row["pair"]["primary"].get(m)) for m in PRIMARY) + " |")
     failed = f"; {len(runs['failed'])} diverged and count as failed" if runs.get("failed") else ""
-    lines += ["", f"The study is {runs['exported']} training runs ({runs['planned']} planned{failed}), "
-                  f"{runs['train_hours']:.1f} hours of training in all on 2 CPU cores "
+    lines += ["", f"The study is {runs['exported']} training runs ({runs['planned']} planned{failed}): "
+                  f"{runs['train_hours']:.1f} hours of training and evaluation summed over the runs, so about "
+                  f"{runs['train_hours'] / 2:.1f} hours of wall time on 2 CPU cores with two runs at a time "
                   f"(`python -m vfu_nb.study run --jobs 2`).", ""]
     lines += [f"![{name}](figures/{fname})" for name, fname in FIGURES.items()
               if name != "learning_curve" or "learning_curve" in study]

@@ -28,6 +28,11 @@ REFERENCE_LINES = {
 }
 
 
+def _num(value) -> float:
+    """A number from study.json as a float (JSON stores NaN, e.g. the sd of one seed, as null)."""
+    return math.nan if value is None else float(value)
+
+
 def _rows(summary: Sequence[Mapping], metric: str) -> list:
     return [r for r in summary if r["metric"] == metric]
 
@@ -53,9 +58,10 @@ def plot_models(study: Mapping, metrics: Sequence[str] = ("category_top3", "attr
             vals = np.asarray(r.get("values", []), dtype=float)
             ax.plot(np.full(len(vals), i) + np.linspace(-0.12, 0.12, len(vals)), vals, "o", color=color,
                     alpha=0.55, ms=5)
-            if math.isfinite(r["mean"]):
-                sd = r["std"] if math.isfinite(r["std"]) else 0.0
-                ax.errorbar([i + 0.25], [r["mean"]], yerr=[sd], fmt="s", color="k", ms=5, capsize=4)
+            mean, sd = _num(r["mean"]), _num(r["std"])
+            if math.isfinite(mean):
+                ax.errorbar([i + 0.25], [mean], yerr=[sd if math.isfinite(sd) else 0.0], fmt="s", color="k", ms=5,
+                            capsize=4)
         _reference_lines(ax, baselines, metric)
         ax.set_xticks(range(len(rows)))
         ax.set_xticklabels([r["model"] for r in rows], rotation=25, ha="right", fontsize=8)
@@ -68,10 +74,10 @@ def plot_models(study: Mapping, metrics: Sequence[str] = ("category_top3", "attr
 
 
 def _interval_bar(ax, y, interval, color, offset=0.0, marker="o"):
-    lo, hi, mean = interval["low"], interval["high"], interval["mean"]
-    if lo is not None and hi is not None and math.isfinite(lo) and math.isfinite(hi):
+    lo, hi, mean = _num(interval["low"]), _num(interval["high"]), _num(interval["mean"])
+    if math.isfinite(lo) and math.isfinite(hi):
         ax.plot([lo, hi], [y + offset] * 2, color=color, lw=2)
-    if mean is not None and math.isfinite(mean):
+    if math.isfinite(mean):
         ax.plot([mean], [y + offset], marker, color=color)
 
 
@@ -114,9 +120,9 @@ def plot_learning_curve(study: Mapping, metrics: Sequence[str] = ("category_top3
         top, bottom = axes[0][col], axes[1][col]
         models = list(dict.fromkeys(r["model"] for p in points for r in _rows(p["summary"], metric)))
         for model in models:
-            mean = [next((r["mean"] for r in _rows(p["summary"], metric) if r["model"] == model), math.nan)
+            mean = [next((_num(r["mean"]) for r in _rows(p["summary"], metric) if r["model"] == model), math.nan)
                     for p in points]
-            sd = [next((r["std"] for r in _rows(p["summary"], metric) if r["model"] == model), math.nan)
+            sd = [next((_num(r["std"]) for r in _rows(p["summary"], metric) if r["model"] == model), math.nan)
                   for p in points]
             top.errorbar(fractions, mean, yerr=np.nan_to_num(sd), marker="o", capsize=3, label=model,
                          color=MODEL_COLORS.get(model))
@@ -127,11 +133,11 @@ def plot_learning_curve(study: Mapping, metrics: Sequence[str] = ("category_top3
             color = plt.get_cmap("tab10")(j + 2)
             rows = [next((q["primary"].get(metric) for q in p["pairs"] if f"{q['a']} − {q['b']}" == name), None)
                     for p in points]
-            mean = [r["t"]["mean"] if r else math.nan for r in rows]
-            t_lo = [r["t"]["low"] if r else math.nan for r in rows]
-            t_hi = [r["t"]["high"] if r else math.nan for r in rows]
-            b_lo = [r["bootstrap"]["low"] if r else math.nan for r in rows]
-            b_hi = [r["bootstrap"]["high"] if r else math.nan for r in rows]
+            mean = [_num(r["t"]["mean"]) if r else math.nan for r in rows]
+            t_lo = [_num(r["t"]["low"]) if r else math.nan for r in rows]
+            t_hi = [_num(r["t"]["high"]) if r else math.nan for r in rows]
+            b_lo = [_num(r["bootstrap"]["low"]) if r else math.nan for r in rows]
+            b_hi = [_num(r["bootstrap"]["high"]) if r else math.nan for r in rows]
             x = np.asarray(fractions) * (1 + 0.04 * (j - (len(pair_names) - 1) / 2))
             bottom.errorbar(x, mean, yerr=[np.subtract(mean, t_lo), np.subtract(t_hi, mean)], marker="o",
                             capsize=3, color=color, label=name)
