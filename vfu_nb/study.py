@@ -748,7 +748,7 @@ def readme_block(study: dict) -> str:
         return "\n".join(head + [f"The study has not finished its tuning runs yet ({runs.get('tuning_exported', 0)} of "
                                   f"{runs.get('tuning_planned', '?')}): `python -m vfu_nb.study run --jobs 2` trains "
                                   f"them and rewrites this section."])
-    base, seeds = study["base"], study["seeds"]
+    seeds = study["seeds"]
     summary = seeds["summary"]
     models = list(dict.fromkeys(r["model"] for r in summary))
     grid = ", ".join(f"{k} {'/'.join(str(v) for v in vals)}" for k, vals in study["grid"].items())
