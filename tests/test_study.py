@@ -241,6 +241,19 @@ def test_readme_block_renders_numbers_from_study_and_updates_between_markers(tmp
         study.update_readme(block, tmp_path / "study.json")
 
 
+def test_pair_lines_give_both_intervals_and_cope_with_one_seed():
+    pair = fake_study()["seeds"]["pairs"][0]
+    lines = study.pair_lines(pair)
+    assert lines[0] == ("mtl − cat, top-3 category accuracy: +0.0500 (t [+0.0100, +0.0900], bootstrap "
+                        "[+0.0100, +0.0900], 5 seeds): mtl is better")
+    assert lines[-1] == "  secondary, Holm-adjusted: no difference established"
+    one = {"a": "mtl", "b": "cat", "seeds": [0], "primary": {"attr_map_all": {
+        "t": {"mean": -0.01, "low": None, "high": None}, "bootstrap": {"mean": -0.01, "low": -0.03, "high": 0.01},
+        "verdict": "no difference established"}}}
+    assert study.pair_lines(one, digits=3) == [
+        "mtl − cat, attribute mAP: -0.010 (t [–, –], bootstrap [-0.030, +0.010], 1 seed): no difference established"]
+
+
 def test_a_diverged_tuning_run_is_recorded_and_loses(plan):
     specs = plan.tuning_specs()
     study.export_failure(plan, specs[0], "diverged: non-finite total loss at epoch 2, batch 7")
@@ -304,3 +317,22 @@ def test_exported_configs_hold_paths_relative_to_the_repository():
                                              "cache_dir": "/elsewhere/cache", "lr": 0.001}
     for path in (study.REPO / "results" / "runs").glob("**/config.json"):        # the committed exports
         assert study.portable_config(json.loads(path.read_text())) == json.loads(path.read_text()), path
+
+
+def test_the_smoke_study_trains_every_part_once_and_reports(synth_root, tmp_path):
+    """The real path end to end (seconds per run): training, export, report; a second run trains nothing."""
+    plan = study.smoke_plan(tmp_path / "smoke", data_root=synth_root)
+    log = []
+    result = study.run(plan, log=log.append)
+    assert result["chosen"] == {"mtl": {"lr": 1e-3, "backbone": "vgg16_bn"}, "cat": {"lr": 1e-3, "backbone": "vgg16_bn"}}
+    assert result["tuning_unfinished"] == [] and result["runs"]["exported"] == result["runs"]["planned"] == 8
+    top3 = [r for r in result["seeds"]["summary"] if r["metric"] == "category_top3"]
+    assert {r["model"]: r["n"] for r in top3} == {"mtl": 2, "cat": 2}
+    assert [p["seeds"] for p in result["seeds"]["pairs"]] == [[0, 1]]
+    assert [p["fraction"] for p in result["learning_curve"]["points"]] == [0.5, 1.0]
+    exported = Path(plan["results"]) / "runs"
+    assert len(list(exported.glob("*/*/*/*/metrics.json"))) == 8
+    assert sorted(p.name for p in Path(plan["figures"]).glob("*.png")) == sorted(study.FIGURES.values())
+    log.clear()
+    study.run(plan, log=log.append)
+    assert not any(line.startswith("[study] start") for line in log) and "0 runs to train" in log[0]

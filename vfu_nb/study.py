@@ -692,8 +692,8 @@ def _seeds(n: int) -> str:
     return f"{n} seed" + ("" if n == 1 else "s")
 
 
-def _interval(i: dict) -> str:
-    return f"[{_num(i['low'], sign=True)}, {_num(i['high'], sign=True)}]"
+def _interval(i: dict, digits: int = 3) -> str:
+    return f"[{_num(i['low'], digits, sign=True)}, {_num(i['high'], digits, sign=True)}]"
 
 
 def _primary_cell(res: Optional[dict]) -> str:
@@ -702,6 +702,28 @@ def _primary_cell(res: Optional[dict]) -> str:
     who = {"a better": "**established**", "b better": "**established (reversed)**"}.get(res["verdict"],
                                                                                        "no difference established")
     return f"{_num(res['t']['mean'], sign=True)} {_interval(res['t'])} / {_interval(res['bootstrap'])}: {who}"
+
+
+def _verdict_text(verdict: str, a: str, b: str) -> str:
+    return {"a better": f"{a} is better", "b better": f"{b} is better"}.get(verdict, verdict)
+
+
+def pair_lines(pair: dict, digits: int = 4) -> list:
+    """A paired comparison as sentences (notebook 05): each primary metric with its mean difference, both
+    intervals and the verdict, then the secondary metrics whose Holm-adjusted test established a difference."""
+    from vfu_nb.plots.study import label
+
+    a, b, n = pair["a"], pair["b"], _seeds(len(pair["seeds"]))
+    lines = []
+    for metric, r in pair["primary"].items():
+        t, boot = r["t"], r["bootstrap"]
+        lines.append(f"{a} − {b}, {label(metric)}: {_num(t['mean'], digits, sign=True)} (t {_interval(t, digits)}, "
+                     f"bootstrap {_interval(boot, digits)}, {n}): {_verdict_text(r['verdict'], a, b)}")
+    if "secondary" in pair:
+        found = [f"{m} ({_verdict_text(r['verdict'], a, b)})" for m, r in pair["secondary"].items()
+                 if r["verdict"] != "no difference established"]
+        lines.append(f"  secondary, Holm-adjusted: {', '.join(found) or 'no difference established'}")
+    return lines
 
 
 BASELINE_ROWS = (("geometry_knn", "baseline: geometry only (k-NN on true landmarks)"),
