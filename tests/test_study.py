@@ -336,3 +336,9 @@ def test_the_smoke_study_trains_every_part_once_and_reports(synth_root, tmp_path
     log.clear()
     study.run(plan, log=log.append)
     assert not any(line.startswith("[study] start") for line in log) and "0 runs to train" in log[0]
+
+
+def test_every_plan_key_is_documented():
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "study.md").read_text()
+    missing = [k for k in Plan.__dataclass_fields__ if k != "path" and f"`{k}`" not in doc]
+    assert missing == [], f"plan keys missing from docs/study.md: {missing}"
