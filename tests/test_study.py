@@ -342,3 +342,25 @@ def test_every_plan_key_is_documented():
     doc = (Path(__file__).resolve().parents[1] / "docs" / "study.md").read_text()
     missing = [k for k in Plan.__dataclass_fields__ if k != "path" and f"`{k}`" not in doc]
     assert missing == [], f"plan keys missing from docs/study.md: {missing}"
+
+
+def test_pairs_figure_puts_the_seed_interval_above_the_bootstrap_and_colours_verdicts():
+    import matplotlib.pyplot as plt
+
+    from vfu_nb.plots import study as plots
+
+    result = fake_study()
+    pair = result["seeds"]["pairs"][0]
+    pair["primary"]["attr_map_all"] = {"t": {"mean": 0.01, "low": -0.02, "high": 0.04},
+                                       "bootstrap": {"mean": 0.01, "low": -0.01, "high": 0.03},
+                                       "verdict": "no difference established"}
+    fig = plots.plot_pairs(result)
+    top3, mean_ap = fig.axes
+    assert top3.yaxis_inverted()
+    bars = {tuple(line.get_xdata()): line for line in top3.lines if line.get_xdata()[0] != line.get_xdata()[-1]}
+    assert set(bars) == {(0.01, 0.09)}                  # fake_study: the same interval for t and bootstrap
+    markers = {line.get_marker(): line for line in top3.lines if len(line.get_xdata()) == 1}
+    assert markers["o"].get_ydata()[0] < markers["D"].get_ydata()[0]   # t drawn higher on the inverted axis
+    colours = {line.get_color() for line in mean_ap.lines if line.get_marker() in ("o", "D")}
+    assert colours == {"tab:gray"} and {line.get_color() for line in markers.values()} == {"tab:green"}
+    plt.close(fig)

@@ -94,9 +94,10 @@ def plot_pairs(study: Mapping, metrics: Sequence[str] = ("category_top3", "attr_
             if not res:
                 continue
             color = {"a better": "tab:green", "b better": "tab:red"}.get(res["verdict"], "tab:gray")
-            _interval_bar(ax, i, res["t"], color, +0.12, "o")
-            _interval_bar(ax, i, res["bootstrap"], color, -0.12, "D")
+            _interval_bar(ax, i, res["t"], color, -0.12, "o")             # upper (the y axis is inverted)
+            _interval_bar(ax, i, res["bootstrap"], color, +0.12, "D")
         ax.axvline(0, color="k", lw=0.8)
+        ax.xaxis.set_major_locator(plt.MaxNLocator(5))          # differences have long tick labels
         ax.set_yticks(range(len(pairs)))
         ax.set_yticklabels([f"{p['a']} − {p['b']}\n(n={len(p['seeds'])} seeds)" for p in pairs], fontsize=8)
         ax.set_ylim(-0.6, len(pairs) - 0.4)
