@@ -364,3 +364,31 @@ def test_pairs_figure_puts_the_seed_interval_above_the_bootstrap_and_colours_ver
     colours = {line.get_color() for line in mean_ap.lines if line.get_marker() in ("o", "D")}
     assert colours == {"tab:gray"} and {line.get_color() for line in markers.values()} == {"tab:green"}
     plt.close(fig)
+
+
+def test_reading_states_established_gains_and_attributes_them_only_with_the_control():
+    interval = {"mean": 0.05, "low": 0.01, "high": 0.09}
+    null = {"mean": 0.01, "low": -0.02, "high": 0.04}
+
+    def pair(a, b, top3, mean_ap):
+        return {"a": a, "b": b, "seeds": [0, 1, 2], "secondary": {}, "primary": {
+            "category_top3": {"t": top3, "bootstrap": top3, "verdict": "a better" if top3 is interval else
+                              "no difference established"},
+            "attr_map_all": {"t": mean_ap, "bootstrap": mean_ap, "verdict": "a better" if mean_ap is interval else
+                             "no difference established"}}}
+
+    result = {"seeds": {"pairs": [pair("mtl", "cat", interval, null), pair("mtl", "mtl_no_landmarks", interval, null),
+                                  pair("mtl_no_landmarks", "cat", null, null)]}}
+    lines = study.reading(result)
+    assert lines[0] == ("`mtl` vs `cat` (3 seeds): `mtl` beats `cat` in top-3 category accuracy (+0.050); "
+                        "no difference established in attribute mAP.")
+    assert lines[2] == ("`mtl_no_landmarks` vs `cat` (3 seeds): no difference established in top-3 category "
+                        "accuracy and attribute mAP.")
+    assert len(lines) == 4 and lines[3].startswith("In top-3 category accuracy the gain goes with the landmark supervision")
+    result["seeds"]["pairs"][2] = pair("mtl_no_landmarks", "cat", interval, null)    # the extra layers help too
+    assert len(study.reading(result)) == 3
+    worse = pair("mtl", "cat", null, null)
+    worse["primary"]["category_top3"] = {"t": {"mean": -0.04, "low": -0.07, "high": -0.01},
+                                         "bootstrap": {"mean": -0.04, "low": -0.06, "high": -0.02}, "verdict": "b better"}
+    assert study.reading({"seeds": {"pairs": [worse]}})[0].startswith(
+        "`mtl` vs `cat` (3 seeds): `cat` beats `mtl` in top-3 category accuracy (+0.040); no difference")

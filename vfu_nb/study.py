@@ -726,6 +726,33 @@ def pair_lines(pair: dict, digits: int = 4) -> list:
     return lines
 
 
+def reading(study: dict) -> list:
+    """Sentences saying what the primary comparisons establish (both intervals off 0) and what they do not;
+    with `mtl`, `mtl_no_landmarks` and `cat` all compared, also whether MTL's gain is the landmark loss's."""
+    from vfu_nb.plots.study import label
+
+    pairs = {(p["a"], p["b"]): p for p in study["seeds"]["pairs"] if p["seeds"]}
+    out = []
+    for (a, b), pair in pairs.items():
+        by = {v: [m for m, r in pair["primary"].items() if r["verdict"] == v]
+              for v in ("a better", "b better", "no difference established")}
+        parts = [f"`{winner}` beats `{loser}` in " + " and ".join(          # by winner − loser
+                     f"{label(m)} ({_num(sign * pair['primary'][m]['t']['mean'], sign=True)})" for m in by[v])
+                 for v, winner, loser, sign in (("a better", a, b, 1), ("b better", b, a, -1)) if by[v]]
+        if by["no difference established"]:
+            parts.append("no difference established in " + " and ".join(label(m) for m in by["no difference established"]))
+        out.append(f"`{a}` vs `{b}` ({_seeds(len(pair['seeds']))}): " + "; ".join(parts) + ".")
+    trio = [pairs.get(k) for k in (("mtl", "cat"), ("mtl", "mtl_no_landmarks"), ("mtl_no_landmarks", "cat"))]
+    if all(trio):
+        for m in PRIMARY:
+            verdicts = [p["primary"].get(m, {}).get("verdict") for p in trio]
+            if verdicts == ["a better", "a better", "no difference established"]:
+                out.append(f"In {label(m)} the gain goes with the landmark supervision, not the added layers: the "
+                           f"same network trained without the landmark loss shows no established difference from "
+                           f"`cat`, and `mtl` beats it.")
+    return out
+
+
 BASELINE_ROWS = (("geometry_knn", "baseline: geometry only (k-NN on true landmarks)"),
                  ("class_prior", "baseline: class prior"),
                  ("attribute_prior_given_category", "baseline: attribute prior given the true category"),
@@ -810,6 +837,7 @@ def readme_block(study: dict) -> str:
                    for p in seeds["pairs"] for m, r in p["secondary"].items() if r["verdict"] != "no difference established"]
     lines += ["", f"Secondary metrics ({', '.join(study['secondary'])}; paired t-tests, Holm-adjusted per comparison): "
               + ("; ".join(established) if established else "no difference established") + "."]
+    lines += ["", "**What the primary comparisons show.** " + " ".join(reading(study))]
     if "learning_curve" in study:
         points = study["learning_curve"]["points"]
         names = list(dict.fromkeys(f"{q['a']}|{q['b']}" for p in points for q in p["pairs"]))
