@@ -392,3 +392,21 @@ def test_reading_states_established_gains_and_attributes_them_only_with_the_cont
                                          "bootstrap": {"mean": -0.04, "low": -0.06, "high": -0.02}, "verdict": "b better"}
     assert study.reading({"seeds": {"pairs": [worse]}})[0].startswith(
         "`mtl` vs `cat` (3 seeds): `cat` beats `mtl` in top-3 category accuracy (+0.040); no difference")
+
+
+def test_models_figure_draws_each_baseline_once_and_keeps_close_names_apart():
+    import matplotlib.pyplot as plt
+
+    from vfu_nb.plots import study as plots
+
+    result = fake_study()
+    result["baselines"]["default"] = {"chance": {"attr_map_all": 0.121}, "attribute_prior": {"attr_map_all": 0.112},
+                                      "attribute_prior_given_category": {"attr_map_all": 0.406}}
+    fig = plots.plot_models(result)
+    ax = fig.axes[1]
+    assert sorted(line.get_ydata()[0] for line in ax.lines if line.get_linestyle() != "None"
+                  and len(set(line.get_ydata())) == 1 and len(line.get_ydata()) == 2) == [0.112, 0.121, 0.406]
+    names = {t.get_text(): t.xy[1] for t in ax.texts}
+    assert set(names) == {"chance", "attribute prior", "attribute prior given category"}
+    assert names["chance"] - names["attribute prior"] >= 0.05 - 1e-9           # 0.009 apart in data: pushed apart
+    plt.close(fig)

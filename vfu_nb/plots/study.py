@@ -37,13 +37,22 @@ def _rows(summary: Sequence[Mapping], metric: str) -> list:
     return [r for r in summary if r["metric"] == metric]
 
 
-def _reference_lines(ax, baselines: Mapping, metric: str) -> None:
+def _reference_lines(ax, baselines: Mapping, metric: str, min_gap: float = 0.05) -> None:
+    """The metric's baselines as horizontal lines, named at the right edge; names of lines closer than
+    ``min_gap`` (a fraction of the axes' height) are pushed apart so they stay readable."""
+    drawn = []
     for name, style in REFERENCE_LINES.get(metric, ()):
         value = (baselines.get(name) or {}).get(metric)
         if value is not None and math.isfinite(value):
             ax.axhline(value, color="0.35", ls=style, lw=1)
-            ax.annotate(name.replace("_", " "), (1.0, value), xycoords=("axes fraction", "data"),
-                        xytext=(3, 0), textcoords="offset points", va="center", fontsize=7, color="0.3")
+            drawn.append((value, name))
+    low, high = ax.get_ylim()
+    last = -math.inf
+    for value, name in sorted(drawn):
+        y = max((value - low) / (high - low), last + min_gap)
+        last = y
+        ax.annotate(name.replace("_", " "), (1.0, y), xycoords="axes fraction", xytext=(3, 0),
+                    textcoords="offset points", va="center", fontsize=7, color="0.3")
 
 
 def plot_models(study: Mapping, metrics: Sequence[str] = ("category_top3", "attr_map_all"), axes=None):
