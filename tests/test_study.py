@@ -410,3 +410,25 @@ def test_models_figure_draws_each_baseline_once_and_keeps_close_names_apart():
     assert set(names) == {"chance", "attribute prior", "attribute prior given category"}
     assert names["chance"] - names["attribute prior"] >= 0.05 - 1e-9           # 0.009 apart in data: pushed apart
     plt.close(fig)
+
+
+def test_learning_curve_figure_shows_models_gains_and_baselines():
+    import matplotlib.pyplot as plt
+
+    from vfu_nb.plots import study as plots
+
+    gain = {"t": {"mean": 0.05, "low": 0.01, "high": 0.09}, "bootstrap": {"mean": 0.05, "low": 0.02, "high": 0.08},
+            "verdict": "a better"}
+    points = [{"fraction": f, "summary": [{"model": m, "metric": k, "n": 3, "mean": v + f / 10, "std": 0.01}
+                                          for m, v in (("mtl", 0.6), ("cat", 0.5)) for k in study.PRIMARY],
+               "pairs": [{"a": "mtl", "b": "cat", "seeds": [0, 1, 2], "primary": {k: gain for k in study.PRIMARY}}]}
+              for f in (0.1, 0.5, 1.0)]
+    result = {"learning_curve": {"data": "default", "points": points},
+              "baselines": {"default": {"class_prior": {"category_top3": 0.3}, "chance": {"category_top3": 0.06}}}}
+    fig = plots.plot_learning_curve(result)
+    (top3, _), (gain3, _) = fig.axes[0:2], fig.axes[2:4]
+    mtl = next(c for c in top3.containers if c.get_label() == "mtl").lines[0]
+    assert np.allclose(mtl.get_ydata(), [0.61, 0.65, 0.7]) and list(mtl.get_xdata()) == [0.1, 0.5, 1.0]
+    assert {t.get_text() for t in top3.texts} == {"class prior", "chance"}
+    assert np.allclose(next(c for c in gain3.containers if c.get_label() == "mtl − cat").lines[0].get_ydata(), 0.05)
+    plt.close(fig)

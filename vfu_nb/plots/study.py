@@ -119,8 +119,9 @@ def plot_pairs(study: Mapping, metrics: Sequence[str] = ("category_top3", "attr_
 
 
 def plot_learning_curve(study: Mapping, metrics: Sequence[str] = ("category_top3", "attr_map_all"), axes=None):
-    """Top row: each primary metric against the training fraction per model (mean +- sd). Bottom row: the paired
-    gains of the curve's pairs with their t-intervals (bars) and bootstrap intervals (shaded)."""
+    """Top row: each primary metric against the training fraction per model (mean +- sd), with the baselines (fitted
+    on the whole training split). Bottom row: the paired gains of the curve's pairs with their t-intervals (bars)
+    and bootstrap intervals (shaded)."""
     points = study["learning_curve"]["points"]
     fractions = [p["fraction"] for p in points]
     if axes is None:
@@ -136,6 +137,7 @@ def plot_learning_curve(study: Mapping, metrics: Sequence[str] = ("category_top3
                   for p in points]
             top.errorbar(fractions, mean, yerr=np.nan_to_num(sd), marker="o", capsize=3, label=model,
                          color=MODEL_COLORS.get(model))
+        _reference_lines(top, study.get("baselines", {}).get(study["learning_curve"]["data"], {}), metric)
         top.set_title(label(metric), fontsize=10)
         top.legend(fontsize=7)
         pair_names = list(dict.fromkeys(f"{q['a']} − {q['b']}" for p in points for q in p["pairs"]))
