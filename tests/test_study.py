@@ -432,3 +432,13 @@ def test_learning_curve_figure_shows_models_gains_and_baselines():
     assert {t.get_text() for t in top3.texts} == {"class prior", "chance"}
     assert np.allclose(next(c for c in gain3.containers if c.get_label() == "mtl − cat").lines[0].get_ydata(), 0.05)
     plt.close(fig)
+
+
+def test_grid_edges_names_models_whose_choice_is_at_the_end_of_the_grid():
+    result = {"grid": {"lr": [1e-3, 3e-4]}, "chosen": {"mtl": {"lr": 1e-3}, "cat": {"lr": 1e-3}}}
+    assert study.grid_edges(result) == (" `mtl`, `cat` chose the largest learning rate of the grid, so a wider grid "
+                                        "might find better settings for all of them.")
+    result["grid"]["lr"] = [3e-4, 1e-3, 3e-3]
+    assert study.grid_edges(result) == ""
+    result["chosen"]["cat"] = {"lr": 3e-4}
+    assert study.grid_edges(result) == " `cat` chose the smallest learning rate of the grid, so a wider grid might find better settings."

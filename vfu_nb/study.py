@@ -726,6 +726,20 @@ def pair_lines(pair: dict, digits: int = 4) -> list:
     return lines
 
 
+def grid_edges(study: dict) -> str:
+    """A sentence naming the models whose chosen learning rate is the smallest or largest of the grid (the best
+    setting may lie outside it); empty when none is."""
+    values = sorted(study.get("grid", {}).get("lr", []))
+    if len(values) < 2:
+        return ""
+    ends = {}
+    for model, setting in study.get("chosen", {}).items():
+        if setting.get("lr") in (values[0], values[-1]):
+            ends.setdefault("largest" if setting["lr"] == values[-1] else "smallest", []).append(f"`{model}`")
+    return "".join(f" {', '.join(ms)} chose the {end} learning rate of the grid, so a wider grid might find better "
+                   f"settings{' for all of them' if len(ms) > 1 else ''}." for end, ms in ends.items())
+
+
 def reading(study: dict) -> list:
     """Sentences saying what the primary comparisons establish (both intervals off 0) and what they do not;
     with `mtl`, `mtl_no_landmarks` and `cat` all compared, also whether MTL's gain is the landmark loss's."""
@@ -811,7 +825,7 @@ def readme_block(study: dict) -> str:
     lines = head + [
         f"**Setup.** Every model got the same tuning grid on val ({grid}; one seed); the chosen setting is in the "
         f"table. Test metrics at each run's best val epoch, mean ± sd over seeds; {not_conv} of {n_runs} runs "
-        f"had their best epoch last (not converged). Primary metrics, declared before the runs: "
+        f"had their best epoch last (not converged).{grid_edges(study)} Primary metrics, declared before the runs: "
         f"{' and '.join(label(m) for m in PRIMARY)}.{partial}",
         "",
         "| model | tuned setting | seeds | " + " | ".join(label(m) for m in TABLE_METRICS) + " |",
