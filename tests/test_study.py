@@ -442,3 +442,17 @@ def test_grid_edges_names_models_whose_choice_is_at_the_end_of_the_grid():
     assert study.grid_edges(result) == ""
     result["chosen"]["cat"] = {"lr": 3e-4}
     assert study.grid_edges(result) == " `cat` chose the smallest learning rate of the grid, so a wider grid might find better settings."
+
+
+def test_readme_block_learning_curve_rows_give_seeds_and_bold_only_established_gains():
+    result = fake_study()
+    pair = result["seeds"]["pairs"][0]
+    null = {"t": {"mean": 0.01, "low": -0.02, "high": 0.04}, "bootstrap": {"mean": 0.01, "low": -0.01, "high": 0.03},
+            "verdict": "no difference established"}
+    result["learning_curve"] = {"data": "default", "points": [
+        {"fraction": 0.1, "summary": [], "pairs": [{**pair, "seeds": [0, 1, 2], "primary": {
+            "category_top3": pair["primary"]["category_top3"], "attr_map_all": null}}]},
+        {"fraction": 0.5, "summary": [], "pairs": []}]}
+    block = study.readme_block(result)
+    assert "| 10% | 3 | **+0.050 [+0.010, +0.090]** | +0.010 [-0.020, +0.040] |" in block
+    assert "| 50% | 0 | – | – |" in block

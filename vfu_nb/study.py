@@ -857,8 +857,8 @@ def readme_block(study: dict) -> str:
         names = list(dict.fromkeys(f"{q['a']}|{q['b']}" for p in points for q in p["pairs"]))
         header = [f"`{n.split('|')[0]}` − `{n.split('|')[1]}`, {label(m)}" for n in names for m in PRIMARY]
         lines += ["", "**Learning curve** (paired gain, mean [95 % t-interval over seeds]; bold: both intervals "
-                      "exclude 0):", "", "| training images | " + " | ".join(header) + " |",
-                  "|---|" + "---|" * len(header)]
+                      "exclude 0; the 100 % point is the first seeds of the runs above):", "",
+                  "| training images | seeds | " + " | ".join(header) + " |", "|---|---|" + "---|" * len(header)]
         for p in points:
             cells = []
             for n in names:
@@ -867,7 +867,8 @@ def readme_block(study: dict) -> str:
                     r = q["primary"].get(m) if q else None
                     text = f"{_num(r['t']['mean'], sign=True)} {_interval(r['t'])}" if r else "–"
                     cells.append(f"**{text}**" if r and r["verdict"] != "no difference established" else text)
-            lines.append(f"| {p['fraction']:.0%} | " + " | ".join(cells) + " |")
+            seeds = max((len(q["seeds"]) for q in p["pairs"]), default=0)
+            lines.append(f"| {p['fraction']:.0%} | {seeds} | " + " | ".join(cells) + " |")
     if "dial" in study:
         lines += ["", "**Geometry dial** (how much the silhouette tells the category; paired gain of "
                       f"`{study['dial'][0]['pair']['a']}` over `{study['dial'][0]['pair']['b']}`):", "",
