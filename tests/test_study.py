@@ -257,6 +257,8 @@ def test_pair_lines_give_both_intervals_and_cope_with_one_seed():
 def test_a_diverged_tuning_run_is_recorded_and_loses(plan):
     specs = plan.tuning_specs()
     study.export_failure(plan, specs[0], "diverged: non-finite total loss at epoch 2, batch 7")
+    recorded = json.loads((plan.results_dir / "runs" / specs[0].key / "config.json").read_text())
+    assert recorded["data_root"] == "data/x" and recorded["lr"] == specs[0].config["lr"]   # portable, like export_run
     for spec in specs[1:]:
         export(plan, spec, val=0.5)
     chosen, rows = study.choose_settings(plan)

@@ -282,7 +282,7 @@ def export_failure(plan: Plan, spec: RunSpec, reason: str) -> None:
     """Record a run that cannot finish (its loss diverged): metrics.json with ``failed`` and no test metrics."""
     dest = plan.results_dir / "runs" / spec.key
     dest.mkdir(parents=True, exist_ok=True)
-    (dest / "config.json").write_text(json.dumps(spec.config, indent=1) + "\n")
+    (dest / "config.json").write_text(json.dumps(portable_config(spec.config), indent=1) + "\n")
     write_atomic(dest / "metrics.json", json.dumps({"model": spec.model, "seed": spec.seed, "failed": reason,
                                                    "val": {}, "test": {}}, indent=1) + "\n")
 
