@@ -409,7 +409,7 @@ def test_models_figure_draws_each_baseline_once_and_keeps_close_names_apart():
     assert sorted(line.get_ydata()[0] for line in ax.lines if line.get_linestyle() != "None"
                   and len(set(line.get_ydata())) == 1 and len(line.get_ydata()) == 2) == [0.112, 0.121, 0.406]
     names = {t.get_text(): t.xy[1] for t in ax.texts}
-    assert set(names) == {"chance", "attribute prior", "attribute prior given category"}
+    assert set(names) == {"chance", "attribute prior", "attribute prior given\nthe true category"}   # curves' names
     assert names["chance"] - names["attribute prior"] >= 0.05 - 1e-9           # 0.009 apart in data: pushed apart
     plt.close(fig)
 

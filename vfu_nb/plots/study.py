@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import math
+import textwrap
 from typing import Mapping, Sequence
 
 import matplotlib.pyplot as plt
@@ -18,13 +19,14 @@ import numpy as np
 
 from vfu_nb.conventions import MODEL_COLORS
 from vfu_nb.conventions import metric_label as label
+from vfu_nb.plots.curves import BASELINE_STYLES, baseline_label
 
-#: Baselines drawn as reference lines, per metric: (name in study.json, line style).
+#: Baselines drawn as reference lines, per metric: every one that makes the study's numbers readable (more than
+#: the training curves show); line styles and names are the training curves' (:mod:`vfu_nb.plots.curves`).
 REFERENCE_LINES = {
-    "category_top3": (("chance", ":"), ("class_prior", "--"), ("geometry_knn", "-.")),
-    "category_top1": (("chance", ":"), ("class_prior", "--"), ("geometry_knn", "-.")),
-    "attr_map_all": (("chance", ":"), ("attribute_prior", "--"), ("attribute_prior_given_category", "-."),
-                     ("geometry_knn", (0, (1, 4)))),
+    "category_top3": ("chance", "class_prior", "geometry_knn"),
+    "category_top1": ("chance", "class_prior", "geometry_knn"),
+    "attr_map_all": ("chance", "attribute_prior", "attribute_prior_given_category", "geometry_knn"),
 }
 
 
@@ -41,18 +43,20 @@ def _reference_lines(ax, baselines: Mapping, metric: str, min_gap: float = 0.05)
     """The metric's baselines as horizontal lines, named at the right edge; names of lines closer than
     ``min_gap`` (a fraction of the axes' height) are pushed apart so they stay readable."""
     drawn = []
-    for name, style in REFERENCE_LINES.get(metric, ()):
+    for name in REFERENCE_LINES.get(metric, ()):
         value = (baselines.get(name) or {}).get(metric)
         if value is not None and math.isfinite(value):
-            ax.axhline(value, color="0.35", ls=style, lw=1)
-            drawn.append((value, name))
+            ax.axhline(value, color="0.35", ls=BASELINE_STYLES.get(name, "--"), lw=1)
+            drawn.append((value, baseline_label(name, baselines.get(name))))
     low, high = ax.get_ylim()
-    last = -math.inf
+    last, last_lines = -math.inf, 0
     for value, name in sorted(drawn):
-        y = max((value - low) / (high - low), last + min_gap)
-        last = y
-        ax.annotate(name.replace("_", " "), (1.0, y), xycoords="axes fraction", xytext=(3, 0),
-                    textcoords="offset points", va="center", fontsize=7, color="0.3")
+        text = textwrap.fill(name, 24)
+        lines = text.count("\n") + 1
+        y = max((value - low) / (high - low), last + min_gap * (last_lines + lines) / 2)
+        last, last_lines = y, lines
+        ax.annotate(text, (1.0, y), xycoords="axes fraction", xytext=(3, 0), textcoords="offset points",
+                    va="center", fontsize=7, color="0.3", linespacing=0.9)
 
 
 def plot_models(study: Mapping, metrics: Sequence[str] = ("category_top3", "attr_map_all"), axes=None):
