@@ -458,3 +458,18 @@ def test_readme_block_learning_curve_rows_give_seeds_and_bold_only_established_g
     block = study.readme_block(result)
     assert "| 10% | 3 | **+0.050 [+0.010, +0.090]** | +0.010 [-0.020, +0.040] |" in block
     assert "| 50% | 0 | – | – |" in block
+
+
+def test_learning_curve_reading_names_the_sizes_with_and_without_an_established_gain():
+    def result(mean, verdict):
+        return {"t": {"mean": mean, "low": None, "high": None}, "verdict": verdict}
+
+    points = [{"fraction": f, "pairs": [{"a": "mtl", "b": "cat", "seeds": [0, 1, 2],
+                                         "primary": {"category_top3": result(gain, verdict)}}]}
+              for f, gain, verdict in ((0.1, 0.02, "no difference established"), (0.5, 0.09, "a better"),
+                                       (1.0, 0.05, "a better"))]
+    lines = study.learning_curve_reading({"learning_curve": {"data": "default", "points": points}})
+    assert lines[0] == ("`mtl` − `cat`, top-3 category accuracy: a gain established at 50% and 100%; "
+                        "no difference established at 10% (largest mean gain at 50%: +0.090).")
+    assert "does not make" in lines[-1] and len(lines) == 2
+    assert study.learning_curve_reading({}) == []

@@ -767,6 +767,40 @@ def reading(study: dict) -> list:
     return out
 
 
+def learning_curve_reading(study: dict) -> list:
+    """Sentences on the learning curve: per pair and primary metric, the training-split sizes where the gain is
+    established (both intervals off 0) and where it is not, and the size with the largest mean gain. Whether the
+    gain grows as the split shrinks compares points with each other, which these per-point intervals do not test;
+    the last sentence says so."""
+    from vfu_nb.plots.study import label
+
+    points = [p for p in study.get("learning_curve", {}).get("points", []) if p["pairs"]]
+    by_pair = {}
+    for point in points:
+        for pair in point["pairs"]:
+            for metric, r in pair["primary"].items():
+                by_pair.setdefault((pair["a"], pair["b"], metric), []).append((point["fraction"], r))
+
+    def sizes(rows):
+        names = [f"{f:.0%}" for f, _ in rows]
+        return ", ".join(names[:-1]) + " and " + names[-1] if len(names) > 1 else names[0]
+
+    out = []
+    for (a, b, metric), rows in by_pair.items():
+        found = {v: [(f, r) for f, r in rows if r["verdict"] == v]
+                 for v in ("a better", "b better", "no difference established")}
+        parts = [f"{what} at {sizes(found[v])}" for v, what in
+                 (("a better", "a gain established"), ("b better", f"`{b}` better"),
+                  ("no difference established", "no difference established")) if found[v]]
+        f, r = max(rows, key=lambda fr: -math.inf if fr[1]["t"]["mean"] is None else fr[1]["t"]["mean"])
+        out.append(f"`{a}` − `{b}`, {label(metric)}: " + "; ".join(parts) + f" (largest mean gain at {f:.0%}: "
+                   f"{_num(r['t']['mean'], sign=True)}).")
+    if out:
+        out.append("Each point's interval says whether there is a gain at that size; whether the gain grows as "
+                   "the split shrinks would need a test between points, which this study does not make.")
+    return out
+
+
 BASELINE_ROWS = (("geometry_knn", "baseline: geometry only (k-NN on true landmarks)"),
                  ("class_prior", "baseline: class prior"),
                  ("attribute_prior_given_category", "baseline: attribute prior given the true category"),
@@ -869,6 +903,7 @@ def readme_block(study: dict) -> str:
                     cells.append(f"**{text}**" if r and r["verdict"] != "no difference established" else text)
             seeds = max((len(q["seeds"]) for q in p["pairs"]), default=0)
             lines.append(f"| {p['fraction']:.0%} | {seeds} | " + " | ".join(cells) + " |")
+        lines += ["", " ".join(learning_curve_reading(study))]
     if "dial" in study:
         lines += ["", "**Geometry dial** (how much the silhouette tells the category; paired gain of "
                       f"`{study['dial'][0]['pair']['a']}` over `{study['dial'][0]['pair']['b']}`):", "",
