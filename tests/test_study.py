@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vfu_nb import study
+from vfu_nb import study, synthetic
 from vfu_nb.study import Plan
 
 PLAN = {
@@ -473,3 +473,19 @@ def test_learning_curve_reading_names_the_sizes_with_and_without_an_established_
                         "no difference established at 10% (largest mean gain at 50%: +0.090).")
     assert "does not make" in lines[-1] and len(lines) == 2
     assert study.learning_curve_reading({}) == []
+
+
+def test_dial_reading_names_each_benchmark_and_the_default_setting():
+    def pair(mean, verdict):
+        return {"a": "mtl", "b": "cat", "seeds": [0, 1, 2],
+                "primary": {"attr_map_all": {"t": {"mean": mean, "low": None, "high": None}, "verdict": verdict}}}
+
+    rows = [{"settings": {"n": 100}, "pair": pair(0.01, "no difference established")},
+            {"settings": {"n": 100, "geometry_informativeness": 1.0}, "pair": pair(0.04, "a better")}]
+    lines = study.dial_reading({"dial": rows})
+    default = synthetic.DEFAULT_GEOMETRY_INFORMATIVENESS
+    assert lines[0] == ("`mtl` − `cat`, attribute mAP: a gain established at geometry informativeness 1.0; no "
+                        f"difference established at geometry informativeness {default} (default) (largest mean gain "
+                        "at geometry informativeness 1.0: +0.040).")
+    assert "does not make" in lines[1] and len(lines) == 2
+    assert study.dial_reading({}) == []

@@ -767,38 +767,58 @@ def reading(study: dict) -> list:
     return out
 
 
-def learning_curve_reading(study: dict) -> list:
-    """Sentences on the learning curve: per pair and primary metric, the training-split sizes where the gain is
-    established (both intervals off 0) and where it is not, and the size with the largest mean gain. Whether the
-    gain grows as the split shrinks compares points with each other, which these per-point intervals do not test;
-    the last sentence says so."""
+def _gains_across(named_pairs: list) -> list:
+    """Per pair and primary metric over ``[(setting name, pair), ...]``: one sentence naming the settings where
+    the gain is established (both intervals off 0), where it is not, and where the mean gain is largest."""
     from vfu_nb.plots.study import label
 
-    points = [p for p in study.get("learning_curve", {}).get("points", []) if p["pairs"]]
     by_pair = {}
-    for point in points:
-        for pair in point["pairs"]:
-            for metric, r in pair["primary"].items():
-                by_pair.setdefault((pair["a"], pair["b"], metric), []).append((point["fraction"], r))
+    for name, pair in named_pairs:
+        for metric, r in pair["primary"].items():
+            by_pair.setdefault((pair["a"], pair["b"], metric), []).append((name, r))
 
-    def sizes(rows):
-        names = [f"{f:.0%}" for f, _ in rows]
+    def listed(rows):
+        names = [name for name, _ in rows]
         return ", ".join(names[:-1]) + " and " + names[-1] if len(names) > 1 else names[0]
 
     out = []
     for (a, b, metric), rows in by_pair.items():
-        found = {v: [(f, r) for f, r in rows if r["verdict"] == v]
+        found = {v: [(n, r) for n, r in rows if r["verdict"] == v]
                  for v in ("a better", "b better", "no difference established")}
-        parts = [f"{what} at {sizes(found[v])}" for v, what in
+        parts = [f"{what} at {listed(found[v])}" for v, what in
                  (("a better", "a gain established"), ("b better", f"`{b}` better"),
                   ("no difference established", "no difference established")) if found[v]]
-        f, r = max(rows, key=lambda fr: -math.inf if fr[1]["t"]["mean"] is None else fr[1]["t"]["mean"])
-        out.append(f"`{a}` − `{b}`, {label(metric)}: " + "; ".join(parts) + f" (largest mean gain at {f:.0%}: "
+        name, r = max(rows, key=lambda nr: -math.inf if nr[1]["t"]["mean"] is None else nr[1]["t"]["mean"])
+        out.append(f"`{a}` − `{b}`, {label(metric)}: " + "; ".join(parts) + f" (largest mean gain at {name}: "
                    f"{_num(r['t']['mean'], sign=True)}).")
-    if out:
-        out.append("Each point's interval says whether there is a gain at that size; whether the gain grows as "
-                   "the split shrinks would need a test between points, which this study does not make.")
     return out
+
+
+def learning_curve_reading(study: dict) -> list:
+    """Sentences on the learning curve: where (which fractions of the training split) MTL's gains are
+    established, and that whether the gain grows as the split shrinks is not tested (it compares points)."""
+    points = study.get("learning_curve", {}).get("points", [])
+    out = _gains_across([(f"{p['fraction']:.0%}", q) for p in points for q in p["pairs"]])
+    return out + ["Each point's interval says whether there is a gain at that size; whether the gain grows as "
+                  "the split shrinks would need a test between points, which this study does not make."] if out else []
+
+
+def dial_name(row: dict) -> str:
+    """"geometry informativeness G" of a dial row, "(default)" added for the default tree's."""
+    from vfu_nb.synthetic import DEFAULT_GEOMETRY_INFORMATIVENESS
+
+    g = row["settings"].get("geometry_informativeness")
+    return (f"geometry informativeness {DEFAULT_GEOMETRY_INFORMATIVENESS} (default)" if g is None
+            else f"geometry informativeness {g}")
+
+
+def dial_reading(study: dict) -> list:
+    """Sentences on the geometry dial: where the gain is established on each benchmark, and that the difference
+    between the benchmarks is not tested."""
+    rows = [r for r in study.get("dial", []) if r["pair"]["seeds"]]
+    out = _gains_across([(dial_name(r), r["pair"]) for r in rows])
+    return out + ["Whether the gain differs between the benchmarks would need a test between them, which this "
+                  "study does not make."] if out else []
 
 
 BASELINE_ROWS = (("geometry_knn", "baseline: geometry only (k-NN on true landmarks)"),
@@ -910,9 +930,9 @@ def readme_block(study: dict) -> str:
                   "| benchmark | seeds | " + " | ".join(label(m) for m in PRIMARY) + " |",
                   "|---|---|" + "---|" * len(PRIMARY)]
         for row in study["dial"]:
-            g = row["settings"].get("geometry_informativeness", "default")
-            lines.append(f"| geometry informativeness {g} | {len(row['pair']['seeds'])} | "
+            lines.append(f"| {dial_name(row)} | {len(row['pair']['seeds'])} | "
                          + " | ".join(_primary_cell(row["pair"]["primary"].get(m)) for m in PRIMARY) + " |")
+        lines += ["", " ".join(dial_reading(study))]
     failed = f"; {len(runs['failed'])} diverged and count as failed" if runs.get("failed") else ""
     lines += ["", f"The study is {runs['exported']} training runs ({runs['planned']} planned{failed}): "
                   f"{runs['train_hours']:.1f} hours of training and evaluation summed over the runs, so about "
