@@ -252,6 +252,7 @@ def test_pair_lines_give_both_intervals_and_cope_with_one_seed():
         "verdict": "no difference established"}}}
     assert study.pair_lines(one, digits=3) == [
         "mtl − cat, attribute mAP: -0.010 (t [–, –], bootstrap [-0.030, +0.010], 1 seed): no difference established"]
+    assert len(study.pair_lines({**one, "secondary": {}})) == 1       # none tested (the dial): no Holm line
 
 
 def test_a_diverged_tuning_run_is_recorded_and_loses(plan):

@@ -719,7 +719,7 @@ def pair_lines(pair: dict, digits: int = 4) -> list:
         t, boot = r["t"], r["bootstrap"]
         lines.append(f"{a} − {b}, {label(metric)}: {_num(t['mean'], digits, sign=True)} (t {_interval(t, digits)}, "
                      f"bootstrap {_interval(boot, digits)}, {n}): {_verdict_text(r['verdict'], a, b)}")
-    if "secondary" in pair:
+    if pair.get("secondary"):                                   # the dial compares primary metrics only
         found = [f"{m} ({_verdict_text(r['verdict'], a, b)})" for m, r in pair["secondary"].items()
                  if r["verdict"] != "no difference established"]
         lines.append(f"  secondary, Holm-adjusted: {', '.join(found) or 'no difference established'}")
