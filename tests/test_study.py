@@ -490,3 +490,19 @@ def test_dial_reading_names_each_benchmark_and_the_default_setting():
                         "at geometry informativeness 1.0: +0.040).")
     assert "does not make" in lines[1] and len(lines) == 2
     assert study.dial_reading({}) == []
+
+
+def test_readme_dial_rows_give_the_gain_and_the_means_beside_each_trees_geometry_baseline():
+    result = fake_study()
+    pair = result["seeds"]["pairs"][0]
+    result["dial"] = [{"data": tag, "settings": settings, "pair": pair,
+                       "summary": [{"model": m, "metric": k, "n": 2, "mean": v + shift, "std": 0.01}
+                                   for m, v in (("mtl", 0.8), ("cat", 0.7)) for k in study.PRIMARY]}
+                      for tag, settings, shift in (("default", {}, 0.0), ("g1", {"geometry_informativeness": 1.0}, 0.1))]
+    result["baselines"]["g1"] = {"geometry_knn": {"category_top3": 0.69, "attr_map_all": 0.28}}
+    block = study.readme_block(result)
+    g1 = next(line for line in block.splitlines() if line.startswith("| geometry informativeness 1.0 |"))
+    assert g1.endswith("| 0.900 / 0.800 / 0.690 | 0.900 / 0.800 / 0.280 |")
+    assert "+0.050 [+0.010, +0.090] / [+0.010, +0.090]: **established**" in g1
+    default = next(line for line in block.splitlines() if "(default) |" in line)
+    assert default.endswith("| 0.800 / 0.700 / – | 0.800 / 0.700 / – |")      # no k-NN on the default tree here

@@ -57,6 +57,7 @@ METRIC_LABELS = {
     "attr_top3_all_grouped": "top-3 attribute recall (all types pooled)",
     "landmark_ne_mean": "landmark NE (lower is better)",
     **{f"attr_top3_{t}": f"top-3 {t} recall" for t in ATTRIBUTE_TYPES},
+    **{f"attr_map_{t}": f"{t} attribute mAP" for t in ATTRIBUTE_TYPES},
 }
 LOWER_IS_BETTER = {"landmark_ne_mean"}
 

@@ -688,6 +688,10 @@ def _cell(summary, model, metric) -> str:
     return _num(r["mean"]) + (f" ± {_num(r['std'])}" if r["n"] > 1 else "")
 
 
+def _mean(summary, model, metric) -> Optional[float]:
+    return next((r["mean"] for r in summary if r["model"] == model and r["metric"] == metric), None)
+
+
 def _seeds(n: int) -> str:
     return f"{n} seed" + ("" if n == 1 else "s")
 
@@ -925,13 +929,19 @@ def readme_block(study: dict) -> str:
             lines.append(f"| {p['fraction']:.0%} | {seeds} | " + " | ".join(cells) + " |")
         lines += ["", " ".join(learning_curve_reading(study))]
     if "dial" in study:
-        lines += ["", "**Geometry dial** (how much the silhouette tells the category; paired gain of "
-                      f"`{study['dial'][0]['pair']['a']}` over `{study['dial'][0]['pair']['b']}`):", "",
-                  "| benchmark | seeds | " + " | ".join(label(m) for m in PRIMARY) + " |",
-                  "|---|---|" + "---|" * len(PRIMARY)]
+        a, b = study["dial"][0]["pair"]["a"], study["dial"][0]["pair"]["b"]
+        lines += ["", f"**Geometry dial** (how much the silhouette tells the category; paired gain of `{a}` over "
+                      f"`{b}`, and the means beside the geometry-only baseline of the same tree):", "",
+                  "| benchmark | seeds | " + " | ".join(f"gain, {label(m)}" for m in PRIMARY) + " | "
+                  + " | ".join(f"`{a}` / `{b}` / geometry only, {label(m)}" for m in PRIMARY) + " |",
+                  "|---|---|" + "---|" * 2 * len(PRIMARY)]
         for row in study["dial"]:
+            knn = study.get("baselines", {}).get(row["data"], {}).get("geometry_knn", {})
+            means = [" / ".join([*(_num(_mean(row["summary"], model, m)) for model in (a, b)), _num(knn.get(m))])
+                     for m in PRIMARY]
             lines.append(f"| {dial_name(row)} | {len(row['pair']['seeds'])} | "
-                         + " | ".join(_primary_cell(row["pair"]["primary"].get(m)) for m in PRIMARY) + " |")
+                         + " | ".join(_primary_cell(row["pair"]["primary"].get(m)) for m in PRIMARY) + " | "
+                         + " | ".join(means) + " |")
         lines += ["", " ".join(dial_reading(study))]
     failed = f"; {len(runs['failed'])} diverged and count as failed" if runs.get("failed") else ""
     lines += ["", f"The study is {runs['exported']} training runs ({runs['planned']} planned{failed}): "
