@@ -16,11 +16,11 @@ def start():
     return {"epoch": None, "score": -math.inf, "val": None, "test": None, "bad_epochs": 0, "stopped": False}
 
 
-def run(scores, patience, stop=True):
+def run(scores, patience, stop=True, min_epochs=0):
     """(best epoch, bad epochs, stopped) after each epoch; ends at the first stop unless ``stop`` is False."""
     best, trace = start(), []
     for epoch, score in enumerate(scores, start=1):
-        best = select_best(best, epoch, score, patience)
+        best = select_best(best, epoch, score, patience, min_epochs)
         trace.append((best["epoch"], best["bad_epochs"], best["stopped"]))
         if stop and best["stopped"]:
             break
@@ -77,3 +77,14 @@ def test_a_new_state_with_the_other_fields_kept():
     assert worse == {**before, "bad_epochs": 3}
     assert better == {**before, "epoch": 4, "score": 0.75, "bad_epochs": 0}
     assert type(better["score"]) is float                               # plain JSON, whatever the metric's type
+
+
+def test_min_epochs_holds_off_early_stopping_until_that_epoch():
+    lucky_first = [0.30, 0.26, 0.28, 0.29, 0.29, 0.31, 0.33]          # the 10 % split's seed-1 shape
+    assert run(lucky_first, 4)[-1] == (1, 4, True) and len(run(lucky_first, 4)) == 5
+    held = run(lucky_first, 4, min_epochs=6)
+    assert len(held) == 7 and held[4] == (1, 4, False) and held[5] == (6, 0, False) and held[6] == (7, 0, False)
+    # bad epochs already counted stop the run as soon as the minimum is reached
+    assert run([0.5, 0.1, 0.1, 0.1], 2, min_epochs=4) == [(1, 0, False), (1, 1, False), (1, 2, False), (1, 3, True)]
+    # a run that stops after the minimum stops exactly where it did without it
+    assert run([0.2, 0.5, 0.4, 0.4, 0.4], 3, min_epochs=3) == run([0.2, 0.5, 0.4, 0.4, 0.4], 3)

@@ -465,18 +465,19 @@ def evaluate(model: torch.nn.Module, loader, device, attribute_types=None, *, bf
     return result
 
 
-def select_best(best: dict, epoch: int, score: float, patience: Optional[int]) -> dict:
+def select_best(best: dict, epoch: int, score: float, patience: Optional[int], min_epochs: int = 0) -> dict:
     """The model-selection state after an epoch whose val metric is ``score`` (a new dict; ``best`` unchanged).
 
     A strictly higher score than the best so far makes ``epoch`` the best one (ties keep the earlier epoch; nan
-    never improves); otherwise it is one more bad epoch. ``stopped`` once ``bad_epochs`` reaches ``patience``.
+    never improves); otherwise it is one more bad epoch. ``stopped`` once ``bad_epochs`` reaches ``patience``
+    and ``epoch`` reaches ``min_epochs``.
     """
     new = dict(best)
     if not math.isnan(score) and score > best["score"]:
         new.update(epoch=epoch, score=float(score), bad_epochs=0)
     else:
         new["bad_epochs"] = best["bad_epochs"] + 1
-    new["stopped"] = patience is not None and new["bad_epochs"] >= patience
+    new["stopped"] = patience is not None and new["bad_epochs"] >= patience and epoch >= min_epochs
     return new
 
 
@@ -659,8 +660,9 @@ def _resume(s: TrainState, ck: dict) -> Optional[dict]:
     if s.scheduler is not None and ck.get("scheduler") is not None:
         s.scheduler.load_state_dict(ck["scheduler"])
     s.history, s.best = ck["history"], ck["best"]
-    s.best["stopped"] = s.config.patience is not None and s.best["bad_epochs"] >= s.config.patience
     s.epoch, s.step = int(ck["epoch"]), int(ck["global_step"])
+    s.best["stopped"] = (s.config.patience is not None and s.best["bad_epochs"] >= s.config.patience
+                         and s.epoch >= s.config.min_epochs)
     s.last_checkpoint_step = s.step
     if ck.get("batch"):
         s.resumed_epoch = EpochStats(**ck["epoch_stats"])
@@ -863,7 +865,7 @@ def end_epoch(s: TrainState, stats: EpochStats) -> None:
                "seconds": stats.seconds + eval_seconds,
                "images_per_s": stats.images / stats.seconds if stats.seconds > 0 else float("nan")}
         s.history["epochs"].append(jsonable(rec))
-        best = select_best(s.best, s.epoch, results["val"][config.select_metric], config.patience)
+        best = select_best(s.best, s.epoch, results["val"][config.select_metric], config.patience, config.min_epochs)
         if best["epoch"] == s.epoch:
             best.update(val=jsonable(results["val"]), test=jsonable(results["test"]))
         s.best = best

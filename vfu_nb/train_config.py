@@ -115,6 +115,8 @@ class TrainConfig:
                                  group="evaluation")
     patience: Optional[int] = setting(None, "early stopping: stop after N epochs without val improvement",
                                       group="evaluation")
+    min_epochs: int = setting(0, "early stopping never stops a run before this epoch (a lucky first epoch on a "
+                              "small training split can otherwise end it on the prior plateau)", group="evaluation")
 
     # --- device and speed
     device: str = setting("auto", "auto (CUDA when available) | cpu | cuda | cuda:N", group="device")
@@ -185,6 +187,8 @@ def check_ranges(c: TrainConfig) -> None:
         raise bad("lr_schedule", "one of " + ", ".join(LR_SCHEDULES))
     if c.loader not in LOADERS:
         raise bad("loader", "one of " + ", ".join(LOADERS))
+    if c.min_epochs < 0:
+        raise bad("min_epochs", ">= 0")
     if not 0.0 < c.train_fraction <= 1.0:
         raise bad("train_fraction", "in (0, 1]")
     for name in ("epochs", "batch_size", "log_every", "image_size"):
@@ -389,7 +393,7 @@ def config_to_yaml(config: TrainConfig, comment: str = "") -> str:
 #: whose length is the number of epochs (see :func:`config_differences`).
 RESUME_SAFE_FIELDS = frozenset({
     "resume", "run_dir",                          # how the run is addressed
-    "epochs", "patience",                         # how long it goes on (patience re-applied on resume)
+    "epochs", "patience", "min_epochs",           # how long it goes on (re-applied on resume)
     "progress", "log_every", "tensorboard", "checkpoint_every",      # logging
     "device", "threads", "loader", "num_workers", "sync_every", "eval_batch_size",  # where and how fast
     "compile", "cuda_graphs", "channels_last", "deterministic",      # kernels and memory layout
