@@ -506,3 +506,20 @@ def test_readme_dial_rows_give_the_gain_and_the_means_beside_each_trees_geometry
     assert "+0.050 [+0.010, +0.090] / [+0.010, +0.090]: **established**" in g1
     default = next(line for line in block.splitlines() if "(default) |" in line)
     assert default.endswith("| 0.800 / 0.700 / – | 0.800 / 0.700 / – |")      # no k-NN on the default tree here
+
+
+def test_drifted_runs_names_exported_runs_whose_settings_the_plan_no_longer_gives(tmp_path):
+    plan = Plan.load({**PLAN, "results": str(tmp_path / "results"), "runs": str(tmp_path / "runs")})
+    spec = plan.tuning_specs()[0]
+    dest = plan.results_dir / "runs" / spec.key
+    dest.mkdir(parents=True)
+    (dest / "config.json").write_text(json.dumps({k: v for k, v in study.portable_config(spec.config).items()
+                                                  if k != "min_epochs"}))
+    assert study.drifted_runs(plan) == []                       # min_epochs absent = its default, as planned
+    edited = Plan.load({**PLAN, "base": {**PLAN["base"], "patience": 5, "min_epochs": 10},
+                        "results": str(tmp_path / "results"), "runs": str(tmp_path / "runs")})
+    assert study.drifted_runs(edited) == [f"{spec.key}: patience 3 -> 5", f"{spec.key}: min_epochs 0 -> 10"]
+
+
+def test_the_committed_results_were_trained_with_the_committed_plan():
+    assert study.drifted_runs(Plan.load(study.REPO / "results" / "plan.yaml")) == []

@@ -176,6 +176,25 @@ def exported(plan: Plan, key: str) -> Optional[dict]:
     return json.loads(path.read_text()) if path.exists() else None
 
 
+def drifted_runs(plan: Plan) -> list:
+    """``"<key>: <field> <recorded> -> <planned>"`` for each exported run whose ``config.json`` differs from what
+    the plan asks for now, in a setting the plan gives (a plan edited after its runs finished); settings a
+    ``config.json`` lacks count as their defaults. The report warns; retraining such runs is the user's call."""
+    from vfu_nb.train_config import TrainConfig
+
+    defaults = TrainConfig.from_dict({"model": "mtl"}).to_dict()
+    chosen, _ = choose_settings(plan, partial=True)
+    out = []
+    for spec in {s.key: s for s in [*plan.tuning_specs(), *plan.later_specs(chosen)]}.values():
+        path = plan.results_dir / "runs" / spec.key / "config.json"
+        if not path.exists():
+            continue
+        recorded = json.loads(path.read_text())
+        out += [f"{spec.key}: {k} {recorded.get(k, defaults.get(k))!r} -> {v!r}"
+                for k, v in portable_config(spec.config).items() if recorded.get(k, defaults.get(k)) != v]
+    return out
+
+
 def selection_score(metrics: dict) -> float:
     """The val score a run was selected by (its selection metric at the best val epoch); nan when missing."""
     value = (metrics.get("val") or {}).get(metrics.get("select_metric", "category_top3"))
@@ -548,6 +567,10 @@ def report(plan, log=print) -> dict:
     left out; the learning curve and the dial appear once they have runs.
     """
     plan = Plan.load(plan)
+    drift = drifted_runs(plan)
+    if drift:
+        log(f"[study] WARNING: {len(drift)} settings of exported runs differ from the plan (edited after they "
+            f"finished; delete results/runs/<key> to retrain one):\n  " + "\n  ".join(drift[:20]))
     study = skeleton(plan)
     chosen, tuning_rows = choose_settings(plan, partial=True)
     if not chosen:                                          # no model is tuned yet: report the progress only
@@ -852,7 +875,8 @@ def departures_table(study: dict) -> list:
         f"| backbone, learning rate | VGG-16, Adam, tuned for MTL only | Adam; chosen on val per model from the same "
         f"grid ({grid_text}) | equal tuning; batch norm helps from scratch |",
         f"| training length | 10 epochs, the best **test** epoch kept | until val stops improving (patience "
-        f"{base.get('patience')}, at most {base.get('epochs')} epochs); test reported at the best **val** epoch | "
+        f"{base.get('patience')}, " + (f"at least {base['min_epochs']} and " if base.get("min_epochs") else "")
+        + f"at most {base.get('epochs')} epochs); test reported at the best **val** epoch | "
         f"selection on test inflates results |",
         f"| runs | one per model | paired seeds: {seeds} | intervals |",
         f"| batch | 8 | {base.get('batch_size')} | |",
