@@ -45,6 +45,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from vfu_nb import stats
+from vfu_nb.conventions import metric_label as label
 from vfu_nb.metrics import jsonable
 from vfu_nb.runs import converged
 
@@ -160,10 +161,19 @@ class Plan:
         dial = self.dial
         specs += [self.spec("dial", dial["data"], m, chosen[m], s)
                   for m in dial.get("models", ()) if m in chosen for s in range(int(dial["seeds"]))]
-        unique = {}
-        for s in specs:
-            unique.setdefault(s.key, s)
-        return list(unique.values())
+        return _unique(specs)
+
+    def all_specs(self, chosen: dict) -> list[RunSpec]:
+        """Every run of the plan given the ``chosen`` settings, once per key: tuning, then the later runs."""
+        return _unique([*self.tuning_specs(), *self.later_specs(chosen)])
+
+
+def _unique(specs: list[RunSpec]) -> list[RunSpec]:
+    """The first spec of each key, in order (a key shared by two parts is one run)."""
+    first = {}
+    for spec in specs:
+        first.setdefault(spec.key, spec)
+    return list(first.values())
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -176,22 +186,23 @@ def exported(plan: Plan, key: str) -> Optional[dict]:
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def drifted_runs(plan: Plan) -> list:
+def drifted_runs(plan: Plan, chosen: Optional[dict] = None) -> list:
     """``"<key>: <field> <recorded> -> <planned>"`` for each exported run whose ``config.json`` differs from what
     the plan asks for now, in a setting the plan gives (a plan edited after its runs finished); settings a
     ``config.json`` lacks count as their defaults. The report warns; retraining such runs is the user's call."""
     from vfu_nb.train_config import TrainConfig
 
     defaults = TrainConfig.from_dict({"model": "mtl"}).to_dict()
-    chosen, _ = choose_settings(plan, partial=True)
+    if chosen is None:
+        chosen, _ = choose_settings(plan, partial=True)
     out = []
-    for spec in {s.key: s for s in [*plan.tuning_specs(), *plan.later_specs(chosen)]}.values():
+    for spec in plan.all_specs(chosen):
         path = plan.results_dir / "runs" / spec.key / "config.json"
         if not path.exists():
             continue
-        recorded = json.loads(path.read_text())
-        out += [f"{spec.key}: {k} {recorded.get(k, defaults.get(k))!r} -> {v!r}"
-                for k, v in portable_config(spec.config).items() if recorded.get(k, defaults.get(k)) != v]
+        recorded = {**defaults, **json.loads(path.read_text())}
+        out += [f"{spec.key}: {k} {recorded.get(k)!r} -> {v!r}"
+                for k, v in portable_config(spec.config).items() if recorded.get(k) != v]
     return out
 
 
@@ -366,10 +377,7 @@ def pending(plan: Plan) -> list[RunSpec]:
     """The runs still to train, in training order: seed runs of the models whose tuning is complete first (the
     primary comparison finishes earliest), then the remaining tuning, then the learning curve and the dial."""
     chosen, _ = choose_settings(plan, partial=True)
-    unique = {}
-    for s in [*plan.tuning_specs(), *plan.later_specs(chosen)]:
-        unique.setdefault(s.key, s)
-    specs = [s for s in unique.values() if exported(plan, s.key) is None]
+    specs = [s for s in plan.all_specs(chosen) if exported(plan, s.key) is None]
     return sorted(specs, key=lambda s: PART_ORDER.index(s.part))
 
 
@@ -567,12 +575,12 @@ def report(plan, log=print) -> dict:
     left out; the learning curve and the dial appear once they have runs.
     """
     plan = Plan.load(plan)
-    drift = drifted_runs(plan)
+    study = skeleton(plan)
+    chosen, tuning_rows = choose_settings(plan, partial=True)
+    drift = drifted_runs(plan, chosen)
     if drift:
         log(f"[study] WARNING: {len(drift)} settings of exported runs differ from the plan (edited after they "
             f"finished; delete results/runs/<key> to retrain one):\n  " + "\n  ".join(drift[:20]))
-    study = skeleton(plan)
-    chosen, tuning_rows = choose_settings(plan, partial=True)
     if not chosen:                                          # no model is tuned yet: report the progress only
         done = sum(exported(plan, s.key) is not None for s in plan.tuning_specs())
         study["runs"] = {"tuning_exported": done, "tuning_planned": len(plan.tuning_specs())}
@@ -611,7 +619,7 @@ def report(plan, log=print) -> dict:
         if rows[-1]["pair"]["seeds"]:
             study["dial"] = rows
     study["baselines"] = baselines_for(plan)
-    unique = list({s.key: s for s in [*plan.tuning_specs(), *specs]}.values())
+    unique = plan.all_specs(chosen)
     every = load_runs(plan, unique)
     failed = [s.key for s in unique if (exported(plan, s.key) or {}).get("failed")]
     study["runs"] = {"exported": len(every), "planned": planned_runs(plan), "failed": failed,
@@ -704,15 +712,15 @@ def _num(v, digits=3, sign=False) -> str:
     return f"{v:+.{digits}f}" if sign else f"{v:.{digits}f}"
 
 
+def _summary_row(summary, model, metric) -> Optional[dict]:
+    return next((r for r in summary if r["model"] == model and r["metric"] == metric), None)
+
+
 def _cell(summary, model, metric) -> str:
-    r = next((r for r in summary if r["model"] == model and r["metric"] == metric), None)
+    r = _summary_row(summary, model, metric)
     if r is None or r["n"] == 0:
         return "–"
     return _num(r["mean"]) + (f" ± {_num(r['std'])}" if r["n"] > 1 else "")
-
-
-def _mean(summary, model, metric) -> Optional[float]:
-    return next((r["mean"] for r in summary if r["model"] == model and r["metric"] == metric), None)
 
 
 def _seeds(n: int) -> str:
@@ -731,6 +739,14 @@ def _primary_cell(res: Optional[dict]) -> str:
     return f"{_num(res['t']['mean'], sign=True)} {_interval(res['t'])} / {_interval(res['bootstrap'])}: {who}"
 
 
+VERDICTS = ("a better", "b better", "no difference established")
+
+
+def _by_verdict(rows) -> dict:
+    """``{verdict: [x, ...]}`` of ``[(x, result), ...]``, every verdict present (possibly empty)."""
+    return {v: [x for x, r in rows if r["verdict"] == v] for v in VERDICTS}
+
+
 def _verdict_text(verdict: str, a: str, b: str) -> str:
     return {"a better": f"{a} is better", "b better": f"{b} is better"}.get(verdict, verdict)
 
@@ -738,8 +754,6 @@ def _verdict_text(verdict: str, a: str, b: str) -> str:
 def pair_lines(pair: dict, digits: int = 4) -> list:
     """A paired comparison as sentences (notebook 05): each primary metric with its mean difference, both
     intervals and the verdict, then the secondary metrics whose Holm-adjusted test established a difference."""
-    from vfu_nb.plots.study import label
-
     a, b, n = pair["a"], pair["b"], _seeds(len(pair["seeds"]))
     lines = []
     for metric, r in pair["primary"].items():
@@ -770,13 +784,10 @@ def grid_edges(study: dict) -> str:
 def reading(study: dict) -> list:
     """Sentences saying what the primary comparisons establish (both intervals off 0) and what they do not;
     with `mtl`, `mtl_no_landmarks` and `cat` all compared, also whether MTL's gain is the landmark loss's."""
-    from vfu_nb.plots.study import label
-
     pairs = {(p["a"], p["b"]): p for p in study["seeds"]["pairs"] if p["seeds"]}
     out = []
     for (a, b), pair in pairs.items():
-        by = {v: [m for m, r in pair["primary"].items() if r["verdict"] == v]
-              for v in ("a better", "b better", "no difference established")}
+        by = _by_verdict(pair["primary"].items())
         parts = [f"`{winner}` beats `{loser}` in " + " and ".join(          # by winner − loser
                      f"{label(m)} ({_num(sign * pair['primary'][m]['t']['mean'], sign=True)})" for m in by[v])
                  for v, winner, loser, sign in (("a better", a, b, 1), ("b better", b, a, -1)) if by[v]]
@@ -794,40 +805,37 @@ def reading(study: dict) -> list:
     return out
 
 
-def _gains_across(named_pairs: list) -> list:
+def _gains_across(named_pairs: list, caveat: str) -> list:
     """Per pair and primary metric over ``[(setting name, pair), ...]``: one sentence naming the settings where
-    the gain is established (both intervals off 0), where it is not, and where the mean gain is largest."""
-    from vfu_nb.plots.study import label
-
+    the gain is established (both intervals off 0), where it is not, and where the mean gain is largest; then
+    ``caveat`` (what comparing the settings would need). Empty without pairs."""
     by_pair = {}
     for name, pair in named_pairs:
         for metric, r in pair["primary"].items():
             by_pair.setdefault((pair["a"], pair["b"], metric), []).append((name, r))
 
-    def listed(rows):
-        names = [name for name, _ in rows]
+    def listed(names):
         return ", ".join(names[:-1]) + " and " + names[-1] if len(names) > 1 else names[0]
 
     out = []
     for (a, b, metric), rows in by_pair.items():
-        found = {v: [(n, r) for n, r in rows if r["verdict"] == v]
-                 for v in ("a better", "b better", "no difference established")}
+        found = _by_verdict(rows)
         parts = [f"{what} at {listed(found[v])}" for v, what in
                  (("a better", "a gain established"), ("b better", f"`{b}` better"),
                   ("no difference established", "no difference established")) if found[v]]
         name, r = max(rows, key=lambda nr: -math.inf if nr[1]["t"]["mean"] is None else nr[1]["t"]["mean"])
         out.append(f"`{a}` − `{b}`, {label(metric)}: " + "; ".join(parts) + f" (largest mean gain at {name}: "
                    f"{_num(r['t']['mean'], sign=True)}).")
-    return out
+    return out + [caveat] if out else []
 
 
 def learning_curve_reading(study: dict) -> list:
     """Sentences on the learning curve: where (which fractions of the training split) MTL's gains are
     established, and that whether the gain grows as the split shrinks is not tested (it compares points)."""
     points = study.get("learning_curve", {}).get("points", [])
-    out = _gains_across([(f"{p['fraction']:.0%}", q) for p in points for q in p["pairs"]])
-    return out + ["Each point's interval says whether there is a gain at that size; whether the gain grows as "
-                  "the split shrinks would need a test between points, which this study does not make."] if out else []
+    return _gains_across([(f"{p['fraction']:.0%}", q) for p in points for q in p["pairs"]],
+                         "Each point's interval says whether there is a gain at that size; whether the gain grows "
+                         "as the split shrinks would need a test between points, which this study does not make.")
 
 
 def dial_name(row: dict) -> str:
@@ -843,9 +851,9 @@ def dial_reading(study: dict) -> list:
     """Sentences on the geometry dial: where the gain is established on each benchmark, and that the difference
     between the benchmarks is not tested."""
     rows = [r for r in study.get("dial", []) if r["pair"]["seeds"]]
-    out = _gains_across([(dial_name(r), r["pair"]) for r in rows])
-    return out + ["Whether the gain differs between the benchmarks would need a test between them, which this "
-                  "study does not make."] if out else []
+    return _gains_across([(dial_name(r), r["pair"]) for r in rows],
+                         "Whether the gain differs between the benchmarks would need a test between them, which "
+                         "this study does not make.")
 
 
 BASELINE_ROWS = (("geometry_knn", "baseline: geometry only (k-NN on true landmarks)"),
@@ -885,8 +893,6 @@ def departures_table(study: dict) -> list:
 
 def readme_block(study: dict) -> str:
     """The README's results section, rendered from study.json (every number in it comes from there)."""
-    from vfu_nb.plots.study import label
-
     head = ["**Where this setting departs from the thesis**", "", *departures_table(study), ""]
     if "seeds" not in study:
         runs = study.get("runs", {})
@@ -915,7 +921,7 @@ def readme_block(study: dict) -> str:
     ]
     for m in models:
         setting = ", ".join(f"{k} {v}" for k, v in study["chosen"].get(m, {}).items())
-        n = next(r["n"] for r in summary if r["model"] == m and r["metric"] == PRIMARY[0])
+        n = _summary_row(summary, m, PRIMARY[0])["n"]
         lines.append(f"| `{m}` | {setting} | {n} | " + " | ".join(_cell(summary, m, k) for k in TABLE_METRICS) + " |")
     baselines = study.get("baselines", {}).get(seeds["data"], {})
     for name, text in BASELINE_ROWS:
@@ -961,7 +967,7 @@ def readme_block(study: dict) -> str:
                   "|---|---|" + "---|" * 2 * len(PRIMARY)]
         for row in study["dial"]:
             knn = study.get("baselines", {}).get(row["data"], {}).get("geometry_knn", {})
-            means = [" / ".join([*(_num(_mean(row["summary"], model, m)) for model in (a, b)), _num(knn.get(m))])
+            means = [" / ".join([*(_num((_summary_row(row["summary"], model, m) or {}).get("mean")) for model in (a, b)), _num(knn.get(m))])
                      for m in PRIMARY]
             lines.append(f"| {dial_name(row)} | {len(row['pair']['seeds'])} | "
                          + " | ".join(_primary_cell(row["pair"]["primary"].get(m)) for m in PRIMARY) + " | "

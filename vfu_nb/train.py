@@ -465,6 +465,12 @@ def evaluate(model: torch.nn.Module, loader, device, attribute_types=None, *, bf
     return result
 
 
+def early_stop(bad_epochs: int, epoch: int, patience: Optional[int], min_epochs: int = 0) -> bool:
+    """Whether early stopping ends the run after ``epoch``: ``patience`` epochs without improvement, and not
+    before ``min_epochs``."""
+    return patience is not None and bad_epochs >= patience and epoch >= min_epochs
+
+
 def select_best(best: dict, epoch: int, score: float, patience: Optional[int], min_epochs: int = 0) -> dict:
     """The model-selection state after an epoch whose val metric is ``score`` (a new dict; ``best`` unchanged).
 
@@ -477,7 +483,7 @@ def select_best(best: dict, epoch: int, score: float, patience: Optional[int], m
         new.update(epoch=epoch, score=float(score), bad_epochs=0)
     else:
         new["bad_epochs"] = best["bad_epochs"] + 1
-    new["stopped"] = patience is not None and new["bad_epochs"] >= patience and epoch >= min_epochs
+    new["stopped"] = early_stop(new["bad_epochs"], epoch, patience, min_epochs)
     return new
 
 
@@ -661,8 +667,7 @@ def _resume(s: TrainState, ck: dict) -> Optional[dict]:
         s.scheduler.load_state_dict(ck["scheduler"])
     s.history, s.best = ck["history"], ck["best"]
     s.epoch, s.step = int(ck["epoch"]), int(ck["global_step"])
-    s.best["stopped"] = (s.config.patience is not None and s.best["bad_epochs"] >= s.config.patience
-                         and s.epoch >= s.config.min_epochs)
+    s.best["stopped"] = early_stop(s.best["bad_epochs"], s.epoch, s.config.patience, s.config.min_epochs)
     s.last_checkpoint_step = s.step
     if ck.get("batch"):
         s.resumed_epoch = EpochStats(**ck["epoch_stats"])
