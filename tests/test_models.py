@@ -66,6 +66,8 @@ def test_output_keys_and_shapes(name):
     else:
         assert out["landmark_heatmaps"].shape == (B, 8, S, S)
         assert out["landmark_heatmaps"].dtype == torch.float32
+        assert ("attention" in out) == (name != "mtl_no_attention")
+    if "attention" in out:
         att = out["attention"]
         assert att.shape[0] == B and att.shape[-2:] == (S // 8, S // 8)
     for v in out.values():
@@ -233,6 +235,23 @@ def test_landmark_loss_reaches_categorization_in_mtl_bi():
     model.zero_grad()
     model(fake_batch()["image"])["landmark_heatmaps"].pow(2).mean().backward()
     assert model.categorization.block[0].weight.grad.abs().sum() > 0
+
+
+def test_mtl_no_attention_classifies_the_unattended_features_like_cat():
+    """Same seed: mtl_no_attention's logits equal cat's (the attention is skipped, F goes to conv5), while
+    mtl's differ (it sees (1 + A) * F); the landmark loss still reaches the shared backbone."""
+    outs = {}
+    for name in ("mtl_no_attention", "cat", "mtl"):
+        torch.manual_seed(3)
+        outs[name] = small(name).eval()(fake_batch()["image"])
+    assert "attention" not in outs["mtl_no_attention"] and "attention" in outs["mtl"]
+    assert torch.allclose(outs["mtl_no_attention"]["category_logits"], outs["cat"]["category_logits"], atol=1e-6)
+    assert not torch.allclose(outs["mtl"]["category_logits"], outs["cat"]["category_logits"], atol=1e-6)
+    model = small("mtl_no_attention")
+    assert model.landmark_supervised
+    model(fake_batch()["image"])["landmark_heatmaps"].pow(2).mean().backward()
+    assert model.backbone.features[0].weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in model.attention.parameters())
 
 
 def test_mtl_bi_passes_agree_at_init():

@@ -47,7 +47,7 @@ LOSS_TERMS = ("category", "attribute", "landmark", "total")
 # Figures
 
 MODEL_COLORS = {"mtl": "tab:blue", "cat": "tab:orange", "mtl_no_landmarks": "tab:gray", "mtl_pool": "tab:green",
-                "mtl_bi": "tab:purple"}
+                "mtl_bi": "tab:purple", "mtl_no_attention": "tab:brown"}
 #: One colour per attribute type (tab10, first five).
 ATTRIBUTE_TYPE_COLORS = dict(zip(ATTRIBUTE_TYPES, LANDMARK_COLORS[:5]))
 METRIC_LABELS = {

@@ -1,6 +1,6 @@
 """Networks for the MTL-vs-CAT study (thesis section 3.2), in one readable file.
 
-Everything starts from ``build_model(name, ...)`` (or ``build_model(name, config=ModelConfig(...))``). Five
+Everything starts from ``build_model(name, ...)`` (or ``build_model(name, config=ModelConfig(...))``). Six
 networks share the same parts:
 
     images (B,3,S,S)
@@ -15,6 +15,9 @@ networks share the same parts:
     "mtl_no_landmarks"  the "mtl" network unchanged (same class, same parameters); only
                         ``model.landmark_supervised`` is False, so the trainer sets the landmark loss weight
                         to 0. This separates "extra parameters + attention" from "landmark knowledge".
+    "mtl_no_attention"  the "mtl" network with the landmark loss but without the attention: the categorization
+                        branch sees F, not (1 + A) * F (same class, same parameters, same initial weights); with
+                        "mtl", "mtl_no_landmarks" and "cat" it completes the 2x2 factorial landmark loss x attention.
     "mtl_pool"          FashionNet-style sharing (Liu et al., CVPR 2016): conv4_3 features max-pooled around each
                         predicted landmark, gated by the heatmap peak, joined with the CAT path's features.
     "mtl_bi"            "mtl" plus a feedback path from the categorization branch back into the landmark
@@ -30,7 +33,7 @@ u = (i + 0.5) / S, the convention of the landmark targets.
 
 Paired initialisation: ``build_model`` draws one base seed from the global torch generator and initialises every
 layer from its own generator seeded by (base seed, the layer's qualified name), see ``init_weights``. At the same
-``torch.manual_seed`` all five networks therefore start from the same backbone, conv5 block, heads (where their
+``torch.manual_seed`` all six networks therefore start from the same backbone, conv5 block, heads (where their
 shapes agree), landmark branch and attention, and leave the global generator in the same state.
 
 Precision: the last heatmap conv and the last layer of both heads run in fp32 under autocast (FP32Conv1x1,
@@ -50,7 +53,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-MODEL_NAMES = ("mtl", "cat", "mtl_no_landmarks", "mtl_pool", "mtl_bi")
+MODEL_NAMES = ("mtl", "cat", "mtl_no_landmarks", "mtl_no_attention", "mtl_pool", "mtl_bi")
 BACKBONES = ("vgg16", "vgg16_bn")
 
 # VGG-16 configuration up to conv4_3 and the conv5 block ("M" = 2x2 max-pool), as in torchvision.
@@ -400,13 +403,17 @@ class CATNet(_Net):
 
 
 class MTLNet(_Net):
-    """Thesis 3.2.1 (MTL), also used unchanged for "mtl_no_landmarks".
+    """Thesis 3.2.1 (MTL), also used for "mtl_no_landmarks" (no landmark loss) and "mtl_no_attention".
 
         F = backbone(x);  H = landmarks(F)  (heatmaps NOT detached: category loss reaches the landmark branch)
         A = attention(F, H);  logits = categorization((1 + A) * F)
+
+    "mtl_no_attention" keeps every parameter (the attention module is built and initialised, so the other layers
+    start from the same weights) but skips it: logits = categorization(F). The landmark loss then reaches the
+    categorization only through the shared backbone, as in plain multi-task learning.
     """
 
-    names = ("mtl", "mtl_no_landmarks")
+    names = ("mtl", "mtl_no_landmarks", "mtl_no_attention")
 
     def __init__(self, name: str, config: ModelConfig):
         super().__init__(name, config)
@@ -419,10 +426,13 @@ class MTLNet(_Net):
         self._check(images)
         features = self.backbone(images)
         heatmaps = self.landmarks(features)
-        attention = self.attention(features, heatmaps)
-        category, attributes, _ = self.categorization((1 + attention) * features)
-        return {"category_logits": category, "attribute_logits": attributes, "features": features,
-                "landmark_heatmaps": heatmaps, "attention": attention}
+        out = {"features": features, "landmark_heatmaps": heatmaps}
+        if self.name == "mtl_no_attention":
+            category, attributes, _ = self.categorization(features)
+        else:
+            out["attention"] = self.attention(features, heatmaps)
+            category, attributes, _ = self.categorization((1 + out["attention"]) * features)
+        return {"category_logits": category, "attribute_logits": attributes, **out}
 
 
 class MTLPoolNet(_Net):
@@ -496,7 +506,8 @@ class MTLBiNet(MTLNet):
                 "landmark_heatmaps": heatmaps, "landmark_heatmaps_first": first, "attention": attention}
 
 
-NETWORKS = {"mtl": MTLNet, "cat": CATNet, "mtl_no_landmarks": MTLNet, "mtl_pool": MTLPoolNet, "mtl_bi": MTLBiNet}
+NETWORKS = {"mtl": MTLNet, "cat": CATNet, "mtl_no_landmarks": MTLNet, "mtl_no_attention": MTLNet, "mtl_pool": MTLPoolNet,
+            "mtl_bi": MTLBiNet}
 
 
 # ----------------------------------------------------------------------------------------------------------

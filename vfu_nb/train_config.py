@@ -50,7 +50,7 @@ class TrainConfig:
     """
 
     # --- run
-    model: str = setting("mtl", "network: mtl | cat | mtl_no_landmarks | mtl_pool | mtl_bi (vfu_nb.models)",
+    model: str = setting("mtl", "network: mtl | cat | mtl_no_landmarks | mtl_no_attention | mtl_pool | mtl_bi (vfu_nb.models)",
                          group="run")
     run_dir: str = setting("", "output folder (empty: runs/<model>); a folder that already holds a run is only "
                            "continued with --resume", group="run")
