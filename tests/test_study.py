@@ -523,3 +523,89 @@ def test_drifted_runs_names_exported_runs_whose_settings_the_plan_no_longer_give
 
 def test_the_committed_results_were_trained_with_the_committed_plan():
     assert study.drifted_runs(Plan.load(study.REPO / "results" / "plan.yaml")) == []
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Study 2's plan mechanics: seeds disjoint from tuning, a selection score over both primary metrics, a grid
+# that extends while an edge wins, the negative control seed by seed, and reuse of matching runs
+
+
+PLAN2 = {**PLAN, "tuning": {**PLAN["tuning"], "grid": {"lr": [5e-4, 1e-3], "backbone": ["vgg16_bn"]},
+                            "extend": {"factor": 2, "max": 2}, "score": ["category_top3", "attr_map_all"]},
+         "seeds": {"data": "default", "first": 1, "models": {"mtl": 2, "cat": 2}, "pairs": [["mtl", "cat"]]},
+         "control": {"data": "g1", "models": ["mtl", "cat"], "first": 1, "seeds": 2, "pairs": [["mtl", "cat"]]},
+         "learning_curve": {}, "dial": {}}
+
+
+@pytest.fixture
+def plan2(tmp_path):
+    return Plan.load({**PLAN2, "results": str(tmp_path / "results"), "runs": str(tmp_path / "runs"),
+                      "figures": str(tmp_path / "figures")})
+
+
+def export2(plan, spec, top3, mAP):
+    export(plan, spec, val=top3)
+    path = plan.results_dir / "runs" / spec.key / "metrics.json"
+    metrics = json.loads(path.read_text())
+    metrics["val"]["attr_map_all"] = mAP
+    study.write_atomic(path, json.dumps(metrics))
+
+
+def test_selection_score_is_the_mean_of_the_declared_metrics():
+    m = {"select_metric": "category_top3", "val": {"category_top3": 0.8, "attr_map_all": 0.4}}
+    assert study.selection_score(m) == 0.8
+    assert study.selection_score(m, ["category_top3", "attr_map_all"]) == pytest.approx(0.6)
+    assert math.isnan(study.selection_score({"val": {"category_top3": 0.8}}, ["category_top3", "attr_map_all"]))
+
+
+def test_final_and_control_seeds_start_after_the_tuning_seed_and_go_seed_by_seed(plan2):
+    chosen = {"mtl": {"lr": 1e-3, "backbone": "vgg16_bn"}, "cat": {"lr": 5e-4, "backbone": "vgg16_bn"}}
+    later = plan2.later_specs(chosen)
+    assert [(s.part, s.data, s.model, s.seed) for s in later] == [
+        ("seeds", "default", "mtl", 1), ("seeds", "default", "cat", 1), ("control", "g1", "mtl", 1),
+        ("control", "g1", "cat", 1), ("seeds", "default", "mtl", 2), ("seeds", "default", "cat", 2),
+        ("control", "g1", "mtl", 2), ("control", "g1", "cat", 2)]
+    assert plan2.tuning_seed == 0 and all(s.seed != plan2.tuning_seed for s in later)
+    assert plan2.data_tags() == ["default", "g1"]
+
+
+def test_the_grid_extends_while_an_edge_wins_and_the_choice_waits_for_it(plan2):
+    for spec in plan2.tuning_specs():
+        # mtl: the largest rate wins on the mean of both metrics (though not on top-3 alone); cat: the smallest
+        top3, mAP = {("mtl", 5e-4): (0.80, 0.30), ("mtl", 1e-3): (0.78, 0.40),
+                     ("cat", 5e-4): (0.70, 0.40), ("cat", 1e-3): (0.60, 0.40)}[(spec.model, spec.config["lr"])]
+        export2(plan2, spec, top3, mAP)
+    assert study.tuning_lrs(plan2) == {"mtl": [5e-4, 1e-3, 2e-3], "cat": [2.5e-4, 5e-4, 1e-3]}
+    chosen, _ = study.choose_settings(plan2, partial=True)
+    assert chosen == {}                                                  # both wait for their new rate
+    assert {s.key for s in study.pending(plan2)} == {"default/mtl/vgg16_bn_lr0.002_f1/seed0",
+                                                     "default/cat/vgg16_bn_lr0.00025_f1/seed0"}
+    by_key = {s.key: s for s in plan2.tuning_specs(study.tuning_lrs(plan2))}
+    export2(plan2, by_key["default/mtl/vgg16_bn_lr0.002_f1/seed0"], 0.5, 0.3)       # interior now: stops
+    export2(plan2, by_key["default/cat/vgg16_bn_lr0.00025_f1/seed0"], 0.9, 0.5)     # edge again: once more
+    assert study.tuning_lrs(plan2) == {"mtl": [5e-4, 1e-3, 2e-3], "cat": [1.25e-4, 2.5e-4, 5e-4, 1e-3]}
+    assert list(study.choose_settings(plan2, partial=True)[0]) == ["mtl"]
+    by_key = {s.key: s for s in plan2.tuning_specs(study.tuning_lrs(plan2))}
+    export2(plan2, by_key["default/cat/vgg16_bn_lr0.000125_f1/seed0"], 0.95, 0.5)   # edge wins, max 2 reached
+    assert study.tuning_lrs(plan2)["cat"] == [1.25e-4, 2.5e-4, 5e-4, 1e-3]
+    chosen, rows = study.choose_settings(plan2)
+    assert chosen == {"mtl": {"backbone": "vgg16_bn", "lr": 1e-3}, "cat": {"backbone": "vgg16_bn", "lr": 1.25e-4}}
+    assert len(rows) == 7
+
+
+def test_import_reused_copies_only_runs_with_the_same_key_and_settings(plan2, tmp_path):
+    old = Plan.load({**PLAN, "results": str(tmp_path / "old"), "runs": str(tmp_path / "old_runs")})
+    specs = {s.key: s for s in old.tuning_specs()}
+    same = specs["default/mtl/vgg16_bn_lr0.001_f1/seed0"]
+    export(old, same, val=0.7)
+    other = specs["default/cat/vgg16_bn_lr0.001_f1/seed0"]
+    export(old, Plan.load({**PLAN, "base": {**PLAN["base"], "patience": 9}, "results": str(tmp_path / "old")}
+                          ).tuning_specs()[2], val=0.7)                      # cat at lr 1e-3, other patience
+    plan2.reuse = [str(tmp_path / "old")]
+    log = []
+    assert study.import_reused(plan2, log.append) == [same.key]
+    copied = plan2.results_dir / "runs" / same.key
+    assert json.loads((copied / "origin.json").read_text())["reused_from"].endswith(f"old/runs/{same.key}")
+    assert (copied / "metrics.json").read_text() == (old.results_dir / "runs" / same.key / "metrics.json").read_text()
+    assert study.exported(plan2, other.key) is None and "reused 1 finished runs" in log[0]
+    assert study.import_reused(plan2, log.append) == []                  # nothing twice

@@ -97,6 +97,10 @@ class Plan:
     seeds: dict                     # {"data", "models": {model: n_seeds}, "pairs": [[a, b], ...]}
     learning_curve: dict = field(default_factory=dict)   # {"data", "models", "fractions", "seeds"}
     dial: dict = field(default_factory=dict)             # {"data", "models", "seeds"}
+    control: dict = field(default_factory=dict)          # {"data", "models", "seeds", "first", "pairs"}
+    preregistration: dict = field(default_factory=dict)  # hypotheses, family, decision rule, margins (study 2)
+    changelog: list = field(default_factory=list)        # changes after the first run, with the verdicts they changed
+    reuse: list = field(default_factory=list)            # results folders whose matching runs are imported
     results: str = "results"
     runs: str = "runs/study"
     figures: str = "figures"
@@ -142,30 +146,57 @@ class Plan:
         key = run_key(data, model, config.get("backbone", "vgg16"), float(config["lr"]), fraction, seed)
         return RunSpec(key, part, data, config)
 
-    def tuning_specs(self) -> list[RunSpec]:
+    def tuning_specs(self, lrs: Optional[dict] = None) -> list[RunSpec]:
+        """The tuning runs: every model on the grid, at the tuning seed. ``lrs`` (model -> learning rates) replaces
+        the grid's learning rates for a model (the grid extended by :func:`tuning_lrs`)."""
         grid = self.tuning["grid"]
         names = sorted(grid)
-        settings = [dict(zip(names, values)) for values in itertools.product(*(grid[n] for n in names))]
-        return [self.spec("tuning", self.tuning["data"], model, s, self.tuning.get("seed", 0))
-                for model in self.tuning["models"] for s in settings]
+        specs = []
+        for model in self.tuning["models"]:
+            values = {**grid, **({"lr": lrs[model]} if lrs and model in lrs else {})}
+            specs += [self.spec("tuning", self.tuning["data"], model, dict(zip(names, combo)), self.tuning_seed)
+                      for combo in itertools.product(*(values[n] for n in names))]
+        return specs
+
+    @property
+    def tuning_seed(self) -> int:
+        return int(self.tuning.get("seed", 0))
+
+    def seed_range(self, part: dict, n=None) -> range:
+        """The seeds of a part: ``first`` (default 0) .. ``first + n - 1`` with ``n`` its ``seeds`` count."""
+        first = int(part.get("first", 0))
+        return range(first, first + int(part["seeds"] if n is None else n))
 
     def later_specs(self, chosen: dict) -> list[RunSpec]:
-        """Seeds, learning-curve and dial runs of the models in ``chosen`` (model -> chosen setting)."""
+        """Seed, control, learning-curve and dial runs of the models in ``chosen`` (model -> chosen setting).
+        Seed and control runs go seed by seed, so that pairs and the control complete together."""
         counts = {m: int(n) for m, n in self.seeds["models"].items() if m in chosen}
-        specs = [self.spec("seeds", self.seeds["data"], m, chosen[m], s)       # seed by seed: pairs complete early
-                 for s in range(max(counts.values(), default=0)) for m, n in counts.items() if s < n]
+        ctl = self.control
+        ctl_seeds = self.seed_range(ctl) if ctl else range(0)
+        specs = []
+        for s in sorted({*(s for n in counts.values() for s in self.seed_range(self.seeds, n)), *ctl_seeds}):
+            specs += [self.spec("seeds", self.seeds["data"], m, chosen[m], s)
+                      for m, n in counts.items() if s in self.seed_range(self.seeds, n)]
+            if s in ctl_seeds:
+                specs += [self.spec("control", ctl["data"], m, chosen[m], s) for m in ctl["models"] if m in chosen]
         lc = self.learning_curve
         specs += [self.spec("learning_curve", lc["data"], m, chosen[m], s, f)
                   for f in lc.get("fractions", ()) for m in lc["models"] if m in chosen
-                  for s in range(int(lc["seeds"]))]
+                  for s in self.seed_range(lc)]
         dial = self.dial
         specs += [self.spec("dial", dial["data"], m, chosen[m], s)
-                  for m in dial.get("models", ()) if m in chosen for s in range(int(dial["seeds"]))]
+                  for m in dial.get("models", ()) if m in chosen for s in self.seed_range(dial)]
         return _unique(specs)
 
-    def all_specs(self, chosen: dict) -> list[RunSpec]:
-        """Every run of the plan given the ``chosen`` settings, once per key: tuning, then the later runs."""
-        return _unique([*self.tuning_specs(), *self.later_specs(chosen)])
+    def data_tags(self) -> list[str]:
+        """The data trees the plan trains on."""
+        parts = (self.tuning, self.seeds, self.learning_curve, self.dial, self.control)
+        return sorted({part["data"] for part in parts if part})
+
+    def all_specs(self, chosen: dict, lrs: Optional[dict] = None) -> list[RunSpec]:
+        """Every run of the plan given the ``chosen`` settings (and the tuning grids ``lrs`` extended by
+        :func:`tuning_lrs`), once per key: tuning, then the later runs."""
+        return _unique([*self.tuning_specs(lrs), *self.later_specs(chosen)])
 
 
 def _unique(specs: list[RunSpec]) -> list[RunSpec]:
@@ -196,7 +227,7 @@ def drifted_runs(plan: Plan, chosen: Optional[dict] = None) -> list:
     if chosen is None:
         chosen, _ = choose_settings(plan, partial=True)
     out = []
-    for spec in plan.all_specs(chosen):
+    for spec in plan.all_specs(chosen, tuning_lrs(plan)):
         path = plan.results_dir / "runs" / spec.key / "config.json"
         if not path.exists():
             continue
@@ -206,20 +237,20 @@ def drifted_runs(plan: Plan, chosen: Optional[dict] = None) -> list:
     return out
 
 
-def selection_score(metrics: dict) -> float:
-    """The val score a run was selected by (its selection metric at the best val epoch); nan when missing."""
-    value = (metrics.get("val") or {}).get(metrics.get("select_metric", "category_top3"))
-    return float("nan") if value is None else float(value)
+def selection_score(metrics: dict, score: Optional[Sequence[str]] = None) -> float:
+    """The val score a setting is chosen by, at the run's best val epoch: the mean of the ``score`` metrics (the
+    plan's ``tuning.score``), or the run's own selection metric when the plan names none; nan when missing."""
+    val = metrics.get("val") or {}
+    values = [val.get(name) for name in (score or [metrics.get("select_metric", "category_top3")])]
+    return float("nan") if any(v is None for v in values) else sum(float(v) for v in values) / len(values)
 
 
-def choose_settings(plan: Plan, partial: bool = False) -> tuple[dict, list]:
-    """Per model, the tuning setting with the best val score; also the tuning table (one row per finished run).
-
-    Raises RuntimeError while a tuning run is unfinished; with ``partial``, models whose tuning is unfinished
-    are left out of the choice instead. Ties go to the first setting in grid order.
-    """
-    chosen, rows, unfinished = {}, [], set()
-    for spec in plan.tuning_specs():
+def _tuning_table(plan: Plan, specs: Sequence[RunSpec], partial: bool) -> tuple[dict, list, set]:
+    """Over the tuning runs ``specs``: per model the best (setting, score), one row per finished run, and the
+    models with an unfinished run (RuntimeError on the first one unless ``partial``). Ties go to the first
+    setting in grid order."""
+    best, rows, unfinished = {}, [], set()
+    for spec in specs:
         m = exported(plan, spec.key)
         if m is None:
             if not partial:
@@ -227,13 +258,49 @@ def choose_settings(plan: Plan, partial: bool = False) -> tuple[dict, list]:
             unfinished.add(spec.model)
             continue
         setting = {k: spec.config[k] for k in plan.tuning["grid"]}
-        score = selection_score(m)
+        score = selection_score(m, plan.tuning.get("score"))
         rows.append({"model": spec.model, **setting, "val_score": score, "best_epoch": m.get("best_epoch"),
                      "epochs_run": m.get("epochs_run"), "converged": converged(m), "failed": m.get("failed")})
-        best = chosen.get(spec.model)
-        if best is None or (math.isfinite(score) and not score <= best[1]):
-            chosen[spec.model] = (setting, score)
-    return {m: s for m, (s, _) in chosen.items() if m not in unfinished}, rows
+        if spec.model not in best or (math.isfinite(score) and not score <= best[spec.model][1]):
+            best[spec.model] = (setting, score)
+    return best, rows, unfinished
+
+
+def tuning_lrs(plan: Plan) -> dict:
+    """Per model, the learning rates to tune when the plan declares ``tuning.extend: {factor, max}``: the grid's,
+    extended while the model's tuning has finished and its best setting has the smallest (largest) rate, by that
+    rate divided (multiplied) by ``factor``, at most ``max`` times. {} without ``extend`` (the plan's grid)."""
+    extend = plan.tuning.get("extend")
+    if not extend:
+        return {}
+    out = {}
+    for model in plan.tuning["models"]:
+        lrs = sorted(float(v) for v in plan.tuning["grid"]["lr"])
+        for _ in range(int(extend["max"])):
+            specs = [s for s in plan.tuning_specs({model: lrs}) if s.model == model]
+            best, _, unfinished = _tuning_table(plan, specs, partial=True)
+            if unfinished or model not in best:
+                break
+            lr = best[model][0]["lr"]
+            if lr == lrs[-1]:
+                lrs.append(lr * float(extend["factor"]))
+            elif lr == lrs[0]:
+                lrs.insert(0, lr / float(extend["factor"]))
+            else:
+                break
+        out[model] = lrs
+    return out
+
+
+def choose_settings(plan: Plan, partial: bool = False) -> tuple[dict, list]:
+    """Per model, the tuning setting with the best val score (:func:`selection_score`, over the grid extended by
+    :func:`tuning_lrs`); also the tuning table (one row per finished run).
+
+    Raises RuntimeError while a tuning run is unfinished; with ``partial``, models whose tuning is unfinished
+    are left out of the choice instead. Ties go to the first setting in grid order.
+    """
+    best, rows, unfinished = _tuning_table(plan, plan.tuning_specs(tuning_lrs(plan)), partial)
+    return {m: s for m, (s, _) in best.items() if m not in unfinished}, rows
 
 
 def compact_history(history: dict, max_points: int = 200, digits: int = 6) -> dict:
@@ -272,8 +339,9 @@ def portable_config(config: dict) -> dict:
 
 
 def export_run(plan: Plan, spec: RunSpec) -> Path:
-    """Copy a finished run's small files into ``results/runs/<key>/`` and write its test predictions."""
-    from vfu_nb import runs
+    """Copy a finished run's small files into ``results/runs/<key>/`` and write its test predictions, with where
+    each test image's attention and saliency fall (:mod:`vfu_nb.attention_mass`)."""
+    from vfu_nb import attention_mass, runs
 
     src, dest = plan.runs_dir / spec.key, plan.results_dir / "runs" / spec.key
     dest.mkdir(parents=True, exist_ok=True)
@@ -284,8 +352,10 @@ def export_run(plan: Plan, spec: RunSpec) -> Path:
     pred = runs.predict(src, "test")
     logits = pred.category_logits
     rank = (logits > logits[np.arange(len(logits)), pred.category][:, None]).sum(1)
+    where = attention_mass.measure_run(src, "test")
     np.savez_compressed(dest / "predictions.npz", index=pred.index.astype(np.int32),
-                        category_rank=rank.astype(np.int16), attribute_logits=pred.attribute_scores.astype(np.float32))
+                        category_rank=rank.astype(np.int16), attribute_logits=pred.attribute_scores.astype(np.float32),
+                        **where)
     _write_labels(plan, spec.data, src)
     write_atomic(dest / "metrics.json", (src / "metrics.json").read_text())   # last: marks the export complete
     return dest
@@ -338,7 +408,9 @@ def _write_labels(plan: Plan, tag: str, run_dir: Path) -> None:
 
 
 def _train(plan: Plan, spec: RunSpec, subprocess_: bool) -> None:
-    """Train (or resume) one run: in this process, or in a child process when several run at once."""
+    """Train (or resume) one run: in this process, or in a child process when several run at once. Its data tree
+    is made first if missing (so a tree is made when its first run starts)."""
+    ensure_data(plan, [spec.data])
     run_dir = plan.runs_dir / spec.key
     run_dir.mkdir(parents=True, exist_ok=True)
     config = {**spec.config, "run_dir": str(run_dir), "resume": True, "progress": False}
@@ -358,27 +430,88 @@ def _train(plan: Plan, spec: RunSpec, subprocess_: bool) -> None:
         raise RuntimeError(f"training {spec.key} failed (exit {code}); see {run_dir / 'stdout.log'}")
 
 
+_DATA_LOCK = threading.Lock()
+
+
 def ensure_data(plan: Plan, tags: Sequence[str]) -> None:
-    """Generate the synthetic trees the plan needs (the generator returns at once when a tree is up to date)."""
+    """Generate the synthetic trees ``tags`` (the generator returns at once when a tree is up to date); one
+    generation at a time, so that two runs on a new tree wait for the same one."""
     from vfu_nb import synthetic
 
-    for tag in tags:
-        d = dict(plan.data[tag])
-        root = plan.data_root(tag)
-        if d.pop("synthetic", True):
-            d.pop("root")
-            synthetic.generate(root, **d)
+    with _DATA_LOCK:
+        for tag in tags:
+            d = dict(plan.data[tag])
+            root = plan.data_root(tag)
+            if d.pop("synthetic", True):
+                d.pop("root")
+                synthetic.generate(root, **d)
 
 
 PART_ORDER = ("seeds", "tuning", "learning_curve", "dial")   # the order in which pending runs are trained
 
 
+def _part_rank(spec: RunSpec) -> int:
+    """Control runs go with the seed runs (seed by seed, as :meth:`Plan.later_specs` lists them)."""
+    return PART_ORDER.index("seeds" if spec.part == "control" else spec.part)
+
+
 def pending(plan: Plan) -> list[RunSpec]:
-    """The runs still to train, in training order: seed runs of the models whose tuning is complete first (the
-    primary comparison finishes earliest), then the remaining tuning, then the learning curve and the dial."""
+    """The runs still to train, in training order: seed (and control) runs of the models whose tuning is complete
+    first (the primary comparison finishes earliest), then the remaining tuning, then the learning curve and the
+    dial."""
     chosen, _ = choose_settings(plan, partial=True)
-    specs = [s for s in plan.all_specs(chosen) if exported(plan, s.key) is None]
-    return sorted(specs, key=lambda s: PART_ORDER.index(s.part))
+    specs = [s for s in plan.all_specs(chosen, tuning_lrs(plan)) if exported(plan, s.key) is None]
+    return sorted(specs, key=_part_rank)
+
+
+def _same_settings(config_path: Path, spec: RunSpec) -> bool:
+    """True when the ``config.json`` at ``config_path`` records every setting ``spec`` plans (defaults for the
+    settings it lacks), as :func:`drifted_runs` compares them."""
+    from vfu_nb.train_config import TrainConfig
+
+    recorded = portable_config({**TrainConfig.from_dict({"model": "mtl"}).to_dict(),
+                                **json.loads(config_path.read_text())})
+    return all(recorded.get(k) == v for k, v in portable_config(spec.config).items())
+
+
+def import_reused(plan: Plan, log=print) -> list[str]:
+    """Copy into the plan's results every finished run of the ``reuse`` folders whose key matches a planned run
+    and whose config.json records exactly its settings (so the same seed rule and setting); ``origin.json`` in
+    the copy names its source. Repeats while imports settle more choices. Returns the keys imported."""
+    imported = []
+    while plan.reuse:
+        chosen, _ = choose_settings(plan, partial=True)
+        new = []
+        for spec in plan.all_specs(chosen, tuning_lrs(plan)):
+            if exported(plan, spec.key) is not None:
+                continue
+            for folder in plan.reuse:
+                src = plan.resolve(folder) / "runs" / spec.key
+                if (src / "metrics.json").exists() and _same_settings(src / "config.json", spec):
+                    _copy_export(plan, plan.resolve(folder), spec)
+                    new.append(spec.key)
+                    break
+        if not new:
+            break
+        imported += new
+        log(f"[study] reused {len(new)} finished runs of {', '.join(plan.reuse)} (same key and settings)")
+    return imported
+
+
+def _copy_export(plan: Plan, source: Path, spec: RunSpec) -> None:
+    """Copy one exported run (metrics.json last: it marks the export complete) and its tree's labels."""
+    import shutil
+
+    src, dest = source / "runs" / spec.key, plan.results_dir / "runs" / spec.key
+    dest.mkdir(parents=True, exist_ok=True)
+    for f in sorted(src.iterdir(), key=lambda f: f.name == "metrics.json"):
+        shutil.copyfile(f, dest / f.name)
+    write_atomic(dest / "origin.json", json.dumps({"reused_from": portable_config(
+        {"run_dir": str(src)})["run_dir"]}, indent=1) + "\n")
+    labels = plan.results_dir / "labels" / f"{spec.data}.npz"
+    if not labels.exists() and (source / "labels" / f"{spec.data}.npz").exists():
+        labels.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source / "labels" / f"{spec.data}.npz", labels)
 
 
 def train_and_export(plan: Plan, spec: RunSpec, subprocess_: bool, log=print) -> None:
@@ -408,6 +541,8 @@ def train_pending(plan: Plan, jobs: int = 1, log=print) -> None:
         while True:
             with cond:
                 while True:
+                    if not errors:
+                        import_reused(plan, log)
                     queue = [] if errors else [s for s in pending(plan) if s.key not in running]
                     if queue or errors or not running:
                         break
@@ -438,8 +573,6 @@ def run(plan, jobs: int = 1, log=print) -> dict:
     """The whole study: data, tuning, choice, seeds/learning curve/dial, report. Resumable at any point."""
     plan = Plan.load(plan)
     t0 = time.time()
-    ensure_data(plan, sorted({plan.tuning["data"], plan.seeds["data"], *(
-        [plan.learning_curve["data"]] if plan.learning_curve else []), *([plan.dial["data"]] if plan.dial else [])}))
     train_pending(plan, jobs, log)
     chosen, _ = choose_settings(plan)
     log(f"[study] chosen settings: {chosen}")
@@ -619,7 +752,7 @@ def report(plan, log=print) -> dict:
         if rows[-1]["pair"]["seeds"]:
             study["dial"] = rows
     study["baselines"] = baselines_for(plan)
-    unique = plan.all_specs(chosen)
+    unique = plan.all_specs(chosen, tuning_lrs(plan))
     every = load_runs(plan, unique)
     failed = [s.key for s in unique if (exported(plan, s.key) or {}).get("failed")]
     study["runs"] = {"exported": len(every), "planned": planned_runs(plan), "failed": failed,
@@ -637,8 +770,8 @@ def planned_runs(plan: Plan) -> int:
     """How many runs the whole plan trains (the count does not depend on which settings tuning chooses)."""
     any_setting = {m: {k: v[0] for k, v in plan.tuning["grid"].items()} for m in
                    {*plan.tuning["models"], *plan.seeds["models"], *plan.learning_curve.get("models", ()),
-                    *plan.dial.get("models", ())}}
-    return len({s.key for s in [*plan.tuning_specs(), *plan.later_specs(any_setting)]})
+                    *plan.dial.get("models", ()), *plan.control.get("models", ())}}
+    return len({s.key for s in [*plan.tuning_specs(tuning_lrs(plan)), *plan.later_specs(any_setting)]})
 
 
 def skeleton(plan: Plan) -> dict:
