@@ -1,7 +1,9 @@
 """Synthetic DeepFashion-C generator: byte-level format, determinism, splits, vocabularies, scenes, the
-geometry dial, annotation noise, bad options and cached/version-aware regeneration."""
+geometry dial, annotation noise, the displaced-evidence control, bad options and cached/version-aware
+regeneration."""
 
 import collections
+import hashlib
 import json
 import math
 import re
@@ -40,6 +42,15 @@ def clean_tree(tmp_path_factory):
     out = tmp_path_factory.mktemp("synth") / "clean"
     summary = S.main(["--out", str(out), "--n", str(S.MIN_IMAGES), "--seed", "0", "--workers", "1", "--quiet",
                       "--landmark-noise", "0", "--visibility-flip", "0"])
+    return out, summary
+
+
+@pytest.fixture(scope="module")
+def displaced_tree(tmp_path_factory):
+    """`tree` with its local parts displaced (the negative control), written through the CLI."""
+    out = tmp_path_factory.mktemp("synth") / "displaced"
+    summary = S.main(["--out", str(out), "--n", str(N), "--seed", "0", "--workers", "1", "--quiet",
+                      "--evidence-placement", "displaced"])
     return out, summary
 
 
@@ -304,6 +315,8 @@ def test_interrupted_and_foreign_directories(tmp_path):
     (dict(geometry_informativeness=float("nan")), "geometry_informativeness", "[0, 1]"),
     (dict(landmark_noise=-0.01), "landmark_noise", "[0, 0.2]"),
     (dict(visibility_flip=0.6), "visibility_flip", "[0, 0.5]"),
+    (dict(evidence_placement="moved"), "evidence_placement", "functional, displaced"),
+    (dict(evidence_placement=None), "evidence_placement", "functional, displaced"),
 ])
 def test_bad_options_are_refused_with_their_range(tmp_path, kwargs, option, allowed):
     args = {**dict(n=S.MIN_IMAGES, seed=0, workers=1, progress=False), **kwargs}
@@ -320,6 +333,7 @@ def test_bad_options_are_refused_with_their_range(tmp_path, kwargs, option, allo
     (["--n", "10"], f"argument --n: must be an integer >= {S.MIN_IMAGES}"),
     (["--geometry-informativeness", "high"], "argument --geometry-informativeness: invalid float value"),
     (["--jitter", "0.1"], "unrecognized arguments: --jitter"),
+    (["--evidence-placement", "moved"], "argument --evidence-placement: invalid choice: 'moved'"),
 ])
 def test_cli_refuses_bad_options(tmp_path, capsys, argv, message):
     base = {"--out": str(tmp_path / "never"), "--n": "100"}
@@ -524,3 +538,97 @@ def test_round_trip_through_the_reader(tree):
         visible = item["landmark_visibility"] == 0
         assert ((item["landmarks"][visible] >= 0) & (item["landmarks"][visible] <= 1)).all()
         assert item["attributes"].sum() >= 2
+
+
+# --------------------------------------------------------------------------------------------------
+# The negative control: local evidence displaced away from the functional points
+# --------------------------------------------------------------------------------------------------
+
+ANNOTATION_RELS = list(PER_IMAGE_FILES) + ["Anno/list_category_cloth.txt", "Anno/list_attr_cloth.txt"]
+
+
+def test_default_output_is_pinned(tree):
+    """The default tree is what it was before the evidence_placement option (digests taken with the code
+    before it, on the locked library stack): its annotation files, JPEGs and rendered pixels."""
+    out, _ = tree
+    plans = S.plan_images(N, 0)[:4]
+    digests = [hashlib.sha256(b"".join(parts)).hexdigest() for parts in (
+        [(out / rel).read_bytes() for rel in PER_IMAGE_FILES],
+        [(out / p.name).read_bytes() for p in plans],
+        [S.render_image(p, 0)[0].tobytes() for p in plans])]
+    assert digests == ["6d2d00606473c51c4060ff8ece49fad5461291de872051241c56f3dddf025fdc",
+                       "d7467c7390f9763738e0082d274af008a8dabda10edb9119ee7fe90be145bfc9",
+                       "0e21fec4f9cfb9d0cbdaa847442d8445526bff84f0c5d9f3905cf115d41d8b40"]
+    explicit, _ = S.render_image(plans[0], 0, {"evidence_placement": "functional"})
+    assert explicit.tobytes() == S.render_image(plans[0], 0)[0].tobytes()
+
+
+def test_displaced_tree_has_the_functional_annotations_byte_for_byte(tree, displaced_tree):
+    (out, summary), (moved, moved_summary) = tree, displaced_tree
+    for rel in ANNOTATION_RELS:
+        assert (moved / rel).read_bytes() == (out / rel).read_bytes(), rel
+    names = list(rows_by_name(out, "Anno/list_category_img.txt"))
+    assert all((moved / name).read_bytes() != (out / name).read_bytes() for name in names)
+    assert moved_summary["settings"] == {**S.default_settings(), "evidence_placement": "displaced"}
+    assert {k: v for k, v in moved_summary.items() if k not in ("settings", "bytes", "seconds", "out")} == \
+        {k: v for k, v in summary.items() if k not in ("settings", "bytes", "seconds", "out")}
+    assert S._cached_summary(moved, N, 0, S.default_settings()) is None
+    assert S._cached_summary(out, N, 0, moved_summary["settings"]) is None
+    again = S.generate(moved, N, seed=0, progress=False, evidence_placement="displaced")
+    assert again["cached"] is True
+
+
+def test_displacement_changes_only_the_garment_pixels():
+    """Same spec, labels, box and landmarks; the pixels change inside the box (the parts moved) and, up to
+    the rounding of the global contrast step, nowhere beyond a margin of 10 % of the box side (details
+    such as belts and collars overhang the silhouette a little)."""
+    for plan in S.plan_images(N, 0)[::12]:
+        (a, ra), (b, rb) = (S.render_image(plan, 0, {"evidence_placement": p}) for p in S.EVIDENCE_PLACEMENTS)
+        np.testing.assert_array_equal(ra.pop("keypoints"), rb.pop("keypoints"))
+        assert ra == rb
+        diff = np.abs(np.asarray(a, np.int16) - np.asarray(b, np.int16)).max(-1)
+        x1, y1, x2, y2 = ra["bbox"]
+        mx, my = math.ceil(.1 * (x2 - x1 + 1)), math.ceil(.1 * (y2 - y1 + 1))
+        inside = diff[y1 - 1:y2, x1 - 1:x2].copy()
+        diff[max(0, y1 - 1 - my):y2 + my, max(0, x1 - 1 - mx):x2 + mx] = 0
+        assert (inside > 2).mean() > .005 and diff.max() <= 2, plan.index
+
+
+def test_displaced_parts_are_rigidly_moved_into_the_body():
+    """Every part (each half of a left/right pair) is translated as a whole, its centre lands inside the
+    body, away from the keypoints where the body allows; silhouette and keypoints are untouched."""
+    rng = np.random.default_rng(6)
+    clearances = []
+    for category in S.RENDERED_CATEGORIES:
+        for k in range(4):
+            g = S.build_garment(S.sample_spec(category, rng, None, 1.0), np.random.default_rng(k))
+            moved = S.displace_parts(g, np.random.default_rng(100 + k))
+            assert moved.shapes is g.shapes and moved.keypoints is g.keypoints
+            assert (len(moved.extras), len(moved.strands), len(moved.details)) == \
+                (len(g.extras), len(g.strands), len(g.details))
+            halves = [h for part in g.parts for h in S._halves(part)]
+            assert [h.name for h in halves] == [m.name for m in moved.parts] and halves
+            for before, after in zip(halves, moved.parts):
+                shifts = after.points() - before.points()
+                np.testing.assert_allclose(shifts, np.broadcast_to(shifts[0], shifts.shape), atol=1e-9)
+                pts = after.points()
+                centre = (pts.min(0) + pts.max(0)) / 2
+                assert S._inside(g.shapes[0], centre[None])[0], (category, after.name)
+                keypoints = g.keypoints[~np.isnan(g.keypoints[:, 0])]
+                clearances.append(np.linalg.norm(keypoints - centre, axis=1).min())
+    assert np.mean(np.array(clearances) >= S._DISPLACE_CLEARANCE) > .8
+
+
+def test_displaced_evidence_lies_away_from_the_landmarks():
+    """The measure of docs/synthetic.md on 60 images: functional parts lie at the landmarks, displaced
+    ones away from them (this fails if the option moves nothing)."""
+    report = S.placement_report(60, 0)
+    parts = report["parts"]
+    functional, displaced = parts["all"]["functional"], parts["all"]["displaced"]
+    assert functional["near_mean"] > .45 and displaced["near_mean"] < .08
+    assert displaced["centre_median"] > 2 * functional["centre_median"]
+    for name in ("neck", "cuff", "waist", "hem"):
+        assert parts[name]["functional"]["near_mean"] > .4, name
+        assert parts[name]["displaced"]["near_mean"] < .5 * parts[name]["functional"]["near_mean"], name
+    assert parts["neck"]["displaced"]["centre_median"] > 2 * parts["neck"]["functional"]["centre_median"]
+    assert 0 < report["changed"]["image_mean"] < report["changed"]["box_mean"] < .5

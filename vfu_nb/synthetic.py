@@ -16,6 +16,9 @@ while the landmark geometry says only some of it:
 * Landmarks are written with annotation noise: per-point jitter (``landmark_noise``, sd as a
   fraction of the box side) and a rate of wrong visible/occluded flags (``visibility_flip``).
   The rendered garment is not affected.
+* ``evidence_placement``: "functional" (the benchmark) or "displaced", the negative control: every
+  local part is moved as a whole to a random point of the garment's body, away from the landmarks,
+  while labels, silhouette, view, colours, landmarks and boxes stay those of the functional tree.
 
 Labels come only from what is rendered: a garment is sampled as a *spec* (one value per slot), the
 attribute labels are a function of the spec, and the drawing code renders exactly that spec.
@@ -27,6 +30,7 @@ Usage::
 
     python -m vfu_nb.synthetic --out data/synth --n 4000 --seed 0 [--workers 2]
         [--geometry-informativeness 0.35] [--landmark-noise 0.02] [--visibility-flip 0.03]
+        [--evidence-placement displaced]
 
     from vfu_nb.synthetic import generate
     summary = generate("data/synth", n=4000, seed=0, geometry_informativeness=0.35)
@@ -35,9 +39,9 @@ Re-running with the same arguments returns at once (``cached``); a tree written 
 or with other settings is regenerated.
 
 Determinism: image ``i`` is drawn from ``SeedSequence(seed, spawn_key=(1, i))`` (its annotation
-noise from ``spawn_key=(3, i)``) only, so the output is byte-identical for any number of workers (on
-one platform/library stack) and the first ``k`` images of a run equal those of any larger run with
-the same seed and settings. Workers (a fork pool where available) write their own JPEGs; the parent
+noise from ``spawn_key=(3, i)``, its displaced part positions from ``spawn_key=(4, i)``) only, so the
+output is byte-identical for any number of workers (on one platform/library stack) and the first ``k``
+images of a run equal those of any larger run with the same seed and settings. Workers (a fork pool where available) write their own JPEGs; the parent
 writes the annotation files in index order. ``synthetic.json`` is written last; a tree without it
 (or with ``.synthetic_incomplete``) is an interrupted run.
 
@@ -51,6 +55,7 @@ landmarks are clamped into the box.
 from __future__ import annotations
 
 import argparse
+import collections
 import colorsys
 import contextlib
 import json
@@ -58,7 +63,7 @@ import math
 import os
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -802,6 +807,21 @@ class _Garment:
     strands: list = field(default_factory=list)  # (polyline, width) pairs that belong to the mask (fringes)
     details: list = field(default_factory=list)
     keypoints: np.ndarray = field(default_factory=lambda: np.full((8, 2), np.nan))
+    parts: list = field(default_factory=list)    # _Part: which extras/strands/details each part drew
+
+
+@dataclass
+class _Part:
+    """What one local part (a part function: neck, front, cuff, waist, hem...) added to a garment."""
+
+    name: str
+    extras: list
+    strands: list
+    details: list
+
+    def points(self) -> np.ndarray:
+        """Every vertex of its pieces (k, 2)."""
+        return np.concatenate(self.extras + [s for s, _ in self.strands] + [d.pts for d in self.details])
 
 
 def _mirror(chain: list) -> np.ndarray:
@@ -960,22 +980,30 @@ def build_garment(spec: dict, rng: np.random.Generator) -> _Garment:
 
 def _draw_parts(g: _Garment, spec: dict, p: dict, waist: tuple, frame, hem: dict, has_top: bool,
                 rng: np.random.Generator) -> None:
-    """Draw every local part of the spec over the silhouette."""
+    """Draw every local part of the spec over the silhouette (each recorded as a :class:`_Part`)."""
+    def part(name, draw, *args):
+        counts = len(g.extras), len(g.strands), len(g.details)
+        result = draw(g, *args)
+        added = [g.extras[counts[0]:], g.strands[counts[1]:], g.details[counts[2]:]]
+        if any(added):
+            g.parts.append(_Part(name, *added))
+        return result
+
     if has_top:
-        depth = _neck(g, spec["neck"], p, hem["bottom"])
-        _front(g, spec, p, depth, hem)
-        _sleeve_cuff(g, spec["cuff"], frame)
+        depth = part("neck", _neck, spec["neck"], p, hem["bottom"])
+        part("front", _front, spec, p, depth, hem)
+        part("cuff", _sleeve_cuff, spec["cuff"], frame)
         if spec["graphic"] == "graphic":
-            _graphic(g, np.array([0., max(depth + .35, .95)]), rng)
+            part("graphic", _graphic, np.array([0., max(depth + .35, .95)]), rng)
         if spec["cords"] == "cords":
-            _drawstrings(g, .12)
+            part("cords", _drawstrings, .12)
     elif hem["kind"] == "legs":
-        _leg_cuff(g, spec["cuff"], hem)
-    _waist(g, spec["waist"], waist, has_top, hem)
-    _hem_finish(g, spec["hem"], hem)
-    _pockets(g, spec, p, waist, has_top, hem)
+        part("cuff", _leg_cuff, spec["cuff"], hem)
+    part("waist", _waist, spec["waist"], waist, has_top, hem)
+    part("hem", _hem_finish, spec["hem"], hem)
+    part("pockets", _pockets, spec, p, waist, has_top, hem)
     if spec["fabric"] == "denim":
-        _topstitch(g, hem, waist, has_top)
+        part("topstitch", _topstitch, hem, waist, has_top)
 
 
 def _rect(x0: float, y0: float, x1: float, y1: float) -> np.ndarray:
@@ -1296,6 +1324,78 @@ def _drawstrings(g: _Garment, y: float) -> None:
         cord = np.array([(x, y), (x * 1.3, y + .48)])
         g.details.append(_Detail("line", cord, None, "cord", .035))
         g.details.append(_Detail("dot", cord[1:], "metal", "edge", .05))
+
+
+# --------------------------------------------------------------------------------------------------
+# Negative control: local parts displaced away from the functional points
+# --------------------------------------------------------------------------------------------------
+
+#: Where the local parts are drawn: at their functional points (the benchmark) or at random body points.
+EVIDENCE_PLACEMENTS = ("functional", "displaced")
+DEFAULT_EVIDENCE_PLACEMENT = "functional"
+#: A displaced part is centred at least this far from every keypoint (canonical units; the shoulder
+#: half-width is about 1), or as far as the body allows.
+_DISPLACE_CLEARANCE = .8
+_DISPLACE_CANDIDATES = 64
+
+
+def _inside(poly: np.ndarray, pts: np.ndarray) -> np.ndarray:
+    """Which of `pts` (k, 2) lie inside the polygon (even-odd rule)."""
+    x, y = pts[:, :1], pts[:, 1:]
+    x0, y0 = poly[:, 0], poly[:, 1]
+    x1, y1 = np.roll(x0, -1), np.roll(y0, -1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        cross_x = x0 + (y - y0) * (x1 - x0) / (y1 - y0)
+    return (((y0 > y) != (y1 > y)) & (x < cross_x)).sum(1) % 2 == 1
+
+
+def _body_point(g: _Garment, rng: np.random.Generator) -> np.ndarray:
+    """A point drawn uniformly inside the body (the main silhouette polygon, sleeves excluded) among those
+    at least _DISPLACE_CLEARANCE from every keypoint; the farthest of the candidates if none is."""
+    body = g.shapes[0]
+    lo, hi = body.min(0), body.max(0)
+    keypoints = g.keypoints[~np.isnan(g.keypoints[:, 0])]
+    candidates = np.empty((0, 2))
+    while not len(candidates):
+        candidates = lo + rng.random((_DISPLACE_CANDIDATES, 2)) * (hi - lo)
+        candidates = candidates[_inside(body, candidates)]
+    clearance = np.linalg.norm(candidates[:, None] - keypoints[None], axis=-1).min(1)
+    clear = np.flatnonzero(clearance >= _DISPLACE_CLEARANCE)
+    return candidates[clear[0] if len(clear) else clearance.argmax()]
+
+
+def _halves(part: _Part) -> list[_Part]:
+    """The left and right halves of a part none of whose pieces touches the centre line (a pair of cuffs,
+    leg hems, pockets or cords), else the part itself."""
+    halves = {side: _Part(part.name, [], [], []) for side in (-1, 1)}
+    for kind, pieces, points in (("extras", part.extras, lambda e: e), ("strands", part.strands, lambda s: s[0]),
+                                 ("details", part.details, lambda d: d.pts)):
+        for piece in pieces:
+            x = points(piece)[:, 0]
+            side = -1 if x.max() < 0 else 1 if x.min() > 0 else 0
+            if side == 0:
+                return [part]
+            getattr(halves[side], kind).append(piece)
+    return [h for h in halves.values() if h.extras or h.strands or h.details]
+
+
+def displace_parts(g: _Garment, rng: np.random.Generator) -> _Garment:
+    """The negative control: a copy of `g` in which every local part (each half of a left/right pair on
+    its own) is translated as a whole so that its centre lands on a :func:`_body_point`. The silhouette
+    and the keypoints are shared with `g`."""
+    moved = _Garment(shapes=g.shapes, keypoints=g.keypoints)
+    for piece in (half for part in g.parts for half in _halves(part)):
+        pts = piece.points()
+        shift = _body_point(g, rng) - (pts.min(0) + pts.max(0)) / 2
+        piece = _Part(piece.name, [e + shift for e in piece.extras], [(s + shift, w) for s, w in piece.strands],
+                      [replace(d, pts=d.pts + shift) for d in piece.details])
+        moved.extras += piece.extras
+        moved.strands += piece.strands
+        moved.details += piece.details
+        moved.parts.append(piece)
+    return moved
+
+
 # --------------------------------------------------------------------------------------------------
 # Scene: view transform, background clutter, garment painting, details, occluders
 # --------------------------------------------------------------------------------------------------
@@ -1484,14 +1584,14 @@ def _detail_colors(colors: np.ndarray, rng: np.random.Generator) -> dict:
                 thread=np.array([236., 232, 222]))
 
 
-def _draw_details(img: Image.Image, g: _Garment, view: _View, roles: dict) -> None:
+def _draw_details(img: Image.Image, details: list, view: _View, roles: dict) -> None:
     """Draw collar, cuffs, closures, pockets, belts, prints... over the painted garment."""
     draw = ImageDraw.Draw(img)
 
     def rgb(role):
         return None if role is None else tuple(int(round(float(x))) for x in np.clip(roles[role], 0, 255))
 
-    for det in g.details:
+    for det in details:
         pts = view.apply(det.pts)
         width = max(1, int(round(det.width * view.scale)))
         if det.kind == "dot":
@@ -1505,13 +1605,23 @@ def _draw_details(img: Image.Image, g: _Garment, view: _View, roles: dict) -> No
                 draw.line(_pil_points(np.vstack([pts, pts[:1]])), fill=rgb(det.line), width=width)
 
 
-def _draw_outline(img: Image.Image, g: _Garment, view: _View, color) -> None:
-    """Thin seam/edge lines around every silhouette shape."""
+def _draw_outline(img: Image.Image, shapes: list, view: _View, color) -> None:
+    """Thin seam/edge lines around every shape."""
     draw = ImageDraw.Draw(img)
     col = tuple(int(round(float(x))) for x in np.clip(color, 0, 255))
-    for shape in g.shapes + g.extras:
+    for shape in shapes:
         pts = view.apply(shape)
         draw.line(_pil_points(np.vstack([pts, pts[:1]])), fill=col, width=1)
+
+
+def _draw_garment(img: Image.Image, g: _Garment, view: _View, roles: dict, clip: np.ndarray | None) -> Image.Image:
+    """Outline the silhouette, then draw the local parts (extras' outlines and details); with a `clip`
+    mask, the local parts only inside it."""
+    _draw_outline(img, g.shapes, view, roles["edge"])
+    layer = img if clip is None else img.copy()
+    _draw_outline(layer, g.extras, view, roles["edge"])
+    _draw_details(layer, g.details, view, roles)
+    return layer if clip is None else Image.composite(layer, img, Image.fromarray(clip))
 
 
 def _occlude(canvas: np.ndarray, keypoints_px: np.ndarray, scale: float, rng) -> np.ndarray:
@@ -1592,13 +1702,36 @@ def annotate_landmarks(keypoints_px: np.ndarray, truth: list[tuple], box: tuple,
     return out
 
 
+@dataclass
+class _Scene:
+    """A rendered image with what the evidence measure needs: the garment as drawn, the view, the clip."""
+
+    img: Image.Image
+    record: dict
+    garment: _Garment          # as drawn (its parts displaced in the negative control)
+    view: _View
+    clip: np.ndarray | None    # the body mask that displaced parts are drawn inside (None: functional)
+
+
 def render_image(plan: ImagePlan, seed: int, settings: dict | None = None) -> tuple[Image.Image, dict]:
     """Render one image and its annotation record (category, attributes, bbox, written landmarks).
 
-    `settings`: geometry_informativeness, landmark_noise, visibility_flip (defaults where missing).
-    The record also holds the spec, the true (noise-free) landmarks and the keypoints in pixels.
+    `settings`: geometry_informativeness, landmark_noise, visibility_flip, evidence_placement (defaults
+    where missing). The record also holds the spec, the true (noise-free) landmarks and the keypoints
+    in pixels.
     """
+    scene = _render(plan, seed, settings)
+    return scene.img, scene.record
+
+
+def _render(plan: ImagePlan, seed: int, settings: dict | None) -> _Scene:
+    """See :func:`render_image`. In the negative control the parts are moved by :func:`displace_parts`
+    (from their own stream, ``spawn_key=(4, i)``) and drawn only inside the silhouette, which is then
+    painted without the parts' extras; the box stays that of the functional garment, so every label,
+    box and landmark is the functional tree's."""
     settings = {**default_settings(), **(settings or {})}
+    placement = settings.get("evidence_placement", DEFAULT_EVIDENCE_PLACEMENT)
+    _check_placement(placement)
     rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(1, plan.index)))
     spec = sample_spec(plan.category, rng, dict(plan.forced), settings["geometry_informativeness"])
     w, h = _sample_size(rng)
@@ -1607,11 +1740,14 @@ def render_image(plan: ImagePlan, seed: int, settings: dict | None = None) -> tu
     colors = _denim_colors(rng) if spec["fabric"] == "denim" else _palette_colors(spec["palette"], rng, 4)
     canvas = _background(w, h, rng)
     mask = _garment_mask(garment, view, w, h)
-    _paint_garment(canvas, mask, spec, colors, view, rng)
+    drawn, clip = garment, None
+    if placement == "displaced":
+        part_rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(4, plan.index)))
+        drawn, clip = displace_parts(garment, part_rng), _garment_mask(_Garment(shapes=garment.shapes), view, w, h)
+    _paint_garment(canvas, mask if clip is None else clip, spec, colors, view, rng)
     img = Image.fromarray(np.clip(np.rint(canvas), 0, 255).astype(np.uint8), "RGB")
     roles = _detail_colors(colors, rng)
-    _draw_outline(img, garment, view, roles["edge"])
-    _draw_details(img, garment, view, roles)
+    img = _draw_garment(img, drawn, view, roles, clip)
     canvas = np.asarray(img, dtype=np.float32).copy()
     keypoints_px = view.apply(garment.keypoints)[SLOTS_BY_CLOTHES_TYPE[plan.clothes_type]]
     covered = _occlude(canvas, keypoints_px, view.scale, rng)
@@ -1623,7 +1759,98 @@ def render_image(plan: ImagePlan, seed: int, settings: dict | None = None) -> tu
                                  settings["visibility_flip"], noise_rng)
     record = dict(index=plan.index, width=w, height=h, spec=spec, attributes=attribute_vector(spec),
                   bbox=box, landmarks=written, true_landmarks=truth, keypoints=keypoints_px)
-    return img, record
+    return _Scene(img, record, drawn, view, clip)
+
+
+# --------------------------------------------------------------------------------------------------
+# How far the drawn evidence lies from the landmarks (the negative control's check)
+# --------------------------------------------------------------------------------------------------
+
+def _part_mask(part: _Part, view: _View, w: int, h: int) -> np.ndarray:
+    """The pixels a part covers: its extra polygons, strands and details."""
+    img = Image.new("RGB", (w, h))
+    _draw_details(img, part.details, view, collections.defaultdict(lambda: np.full(3, 255.)))
+    extras = _garment_mask(_Garment(extras=part.extras, strands=part.strands), view, w, h)
+    return extras | (np.asarray(img)[..., 0] > 0)
+
+
+def _offsets(scene: _Scene, radius: float) -> list[dict]:
+    """See :func:`evidence_offsets`."""
+    record = scene.record
+    visible = record["keypoints"][[v == 0 for v, _, _ in record["true_landmarks"]]]
+    if not len(visible):
+        return []
+    x1, y1, x2, y2 = record["bbox"]
+    diagonal = math.hypot(x2 - x1 + 1, y2 - y1 + 1)
+    rows = []
+    for part in (half for part in scene.garment.parts for half in _halves(part)):
+        covered = _part_mask(part, scene.view, record["width"], record["height"])
+        if scene.clip is not None:
+            covered &= scene.clip
+        ys, xs = np.nonzero(covered)
+        if not len(xs):
+            continue
+        pixels = np.column_stack([xs, ys]) + .5
+        near = np.linalg.norm(pixels[:, None] - visible[None], axis=-1).min(1) / diagonal
+        centre = np.linalg.norm(pixels.mean(0) - visible, axis=1).min() / diagonal
+        rows.append(dict(part=part.name, centre=float(centre), near=float(np.mean(near < radius))))
+    return rows
+
+
+def evidence_offsets(plan: ImagePlan, seed: int, settings: dict | None = None, radius: float = .1) -> list[dict]:
+    """Where the local evidence of one image is drawn, relative to its visible (true) landmarks.
+
+    One row per drawn part (each half of a left/right pair on its own; parts hidden by the frame or
+    images without a visible landmark give none): ``part`` (neck, front, cuff, graphic, cords, waist,
+    hem, pockets, topstitch), ``centre`` the distance from the centroid of its pixels to the nearest
+    visible landmark, and ``near`` the share of its pixels within `radius` of one, distances in box
+    diagonals. Occluders are ignored.
+    """
+    return _offsets(_render(plan, seed, settings), radius)
+
+
+def placement_report(n: int = 400, seed: int = 0, radius: float = .1, **settings) -> dict:
+    """The negative control measured on the first `n` images of a tree, rendered in both placements.
+
+    ``parts``: {part: {placement: count, centre mean/median, near mean}} of :func:`evidence_offsets`
+    (and ``all`` parts together); ``changed``: mean/median share of the image and of the box pixels
+    that differ between the placements by more than 2 levels in a channel (before JPEG coding; the
+    contrast step of :func:`_finish`, around the image mean, moves the other pixels by 1 at most);
+    ``box_margin``: share of the displaced images whose drawn garment is smaller than the (functional)
+    box, and among those the median of the largest gap between them, as a share of the box side.
+    """
+    plans = plan_images(n, seed)
+    rows: dict = {p: [] for p in EVIDENCE_PLACEMENTS}
+    image_changed, box_changed, gaps = [], [], []
+    for plan in plans:
+        scenes = [_render(plan, seed, dict(settings, evidence_placement=p)) for p in EVIDENCE_PLACEMENTS]
+        for placement, scene in zip(EVIDENCE_PLACEMENTS, scenes):
+            rows[placement] += _offsets(scene, radius)
+        functional, displaced = scenes
+        diff = (np.abs(np.asarray(functional.img, np.int16) - np.asarray(displaced.img, np.int16)) > 2).any(-1)
+        box = np.array(functional.record["bbox"])
+        image_changed.append(diff.mean())
+        box_changed.append(diff[box[1] - 1:box[3], box[0] - 1:box[2]].mean())
+        extent = np.array(_bbox(displaced.clip, displaced.record["true_landmarks"]))
+        gaps.append(np.max(np.abs(extent - box) / np.tile(box[2:] - box[:2] + 1, 2)))
+
+    def stats(found):
+        if not found:
+            return dict(count=0)
+        centre = [r["centre"] for r in found]
+        return dict(count=len(found), centre_mean=float(np.mean(centre)), centre_median=float(np.median(centre)),
+                    near_mean=float(np.mean([r["near"] for r in found])))
+
+    names = list(dict.fromkeys(r["part"] for p in EVIDENCE_PLACEMENTS for r in rows[p]))
+    parts = {name: {p: stats([r for r in rows[p] if r["part"] == name]) for p in EVIDENCE_PLACEMENTS}
+             for name in names}
+    parts["all"] = {p: stats(rows[p]) for p in EVIDENCE_PLACEMENTS}
+    gaps = np.array(gaps)
+    return dict(n=n, seed=seed, radius=radius, settings=settings, parts=parts,
+                changed=dict(image_mean=float(np.mean(image_changed)), image_median=float(np.median(image_changed)),
+                             box_mean=float(np.mean(box_changed)), box_median=float(np.median(box_changed))),
+                box_margin=dict(share=float(np.mean(gaps > 0)),
+                                median_gap=float(np.median(gaps[gaps > 0])) if (gaps > 0).any() else 0.))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -1737,7 +1964,9 @@ def _prepare_out(out: Path) -> None:
 
 
 def default_settings() -> dict:
-    """The benchmark settings of the default tree (those recorded in synthetic.json)."""
+    """The benchmark settings of the default tree (those recorded in synthetic.json). The evidence
+    placement is recorded only when it is not the default, so trees written before it existed stay
+    current."""
     return dict(geometry_informativeness=DEFAULT_GEOMETRY_INFORMATIVENESS,
                 landmark_noise=DEFAULT_LANDMARK_NOISE, visibility_flip=DEFAULT_VISIBILITY_FLIP)
 
@@ -1763,6 +1992,13 @@ def check_options(n, seed, settings: dict, workers=None) -> None:
         value = settings[name]
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not lo <= value <= hi:
             raise OptionError(name, f"must be a number in [{lo:g}, {hi:g}], got {value!r}")
+    _check_placement(settings.get("evidence_placement", DEFAULT_EVIDENCE_PLACEMENT))
+
+
+def _check_placement(value) -> None:
+    """Raise :class:`OptionError` unless `value` is one of EVIDENCE_PLACEMENTS."""
+    if not isinstance(value, str) or value not in EVIDENCE_PLACEMENTS:
+        raise OptionError("evidence_placement", f"must be one of {', '.join(EVIDENCE_PLACEMENTS)}, got {value!r}")
 
 
 def _cached_summary(out: Path, n: int, seed: int, settings: dict) -> dict | None:
@@ -1782,11 +2018,13 @@ def _cached_summary(out: Path, n: int, seed: int, settings: dict) -> dict | None
 def generate(out, n: int, seed: int = 0, workers: int | None = None, progress: bool = True, *,
              geometry_informativeness: float = DEFAULT_GEOMETRY_INFORMATIVENESS,
              landmark_noise: float = DEFAULT_LANDMARK_NOISE,
-             visibility_flip: float = DEFAULT_VISIBILITY_FLIP) -> dict:
+             visibility_flip: float = DEFAULT_VISIBILITY_FLIP,
+             evidence_placement: str = DEFAULT_EVIDENCE_PLACEMENT) -> dict:
     """Write a synthetic DeepFashion-C tree of `n` images under `out`; return a summary dict.
 
     Settings (see the module docstring): geometry_informativeness in [0, 1], landmark_noise (jitter sd
-    as a fraction of the box) in [0, 0.2], visibility_flip (rate of swapped flags) in [0, 0.5].
+    as a fraction of the box) in [0, 0.2], visibility_flip (rate of swapped flags) in [0, 0.5],
+    evidence_placement "functional" or "displaced" (the negative control, see :func:`displace_parts`).
     Bad options raise :class:`OptionError` (a ValueError) naming the option and its allowed range.
 
     Summary keys: out, n, seed, version, settings, splits {train, val, test}, categories {name: count},
@@ -1796,8 +2034,10 @@ def generate(out, n: int, seed: int = 0, workers: int | None = None, progress: b
     start = time.perf_counter()
     settings = dict(geometry_informativeness=geometry_informativeness, landmark_noise=landmark_noise,
                     visibility_flip=visibility_flip)
-    check_options(n, seed, settings, workers)
+    check_options(n, seed, dict(settings, evidence_placement=evidence_placement), workers)
     settings = {k: float(v) for k, v in settings.items()}
+    if evidence_placement != DEFAULT_EVIDENCE_PLACEMENT:
+        settings["evidence_placement"] = evidence_placement
     n, seed = int(n), int(seed)
     out = Path(out)
     cached = _cached_summary(out, n, seed, settings)
@@ -1823,7 +2063,8 @@ def generate(out, n: int, seed: int = 0, workers: int | None = None, progress: b
 
 def main(argv: list[str] | None = None) -> dict:
     """CLI: python -m vfu_nb.synthetic --out DIR --n N [--seed S] [--workers W] [--quiet]
-    [--geometry-informativeness G] [--landmark-noise SD] [--visibility-flip P]."""
+    [--geometry-informativeness G] [--landmark-noise SD] [--visibility-flip P]
+    [--evidence-placement {functional,displaced}]."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, help="output directory (created)")
     parser.add_argument("--n", type=int, required=True, help=f"number of images (at least {MIN_IMAGES})")
@@ -1838,9 +2079,13 @@ def main(argv: list[str] | None = None) -> dict:
                         f"{DEFAULT_LANDMARK_NOISE})")
     parser.add_argument("--visibility-flip", type=float, default=DEFAULT_VISIBILITY_FLIP, metavar="P",
                         help=f"rate of swapped visible/occluded flags (default {DEFAULT_VISIBILITY_FLIP})")
+    parser.add_argument("--evidence-placement", choices=EVIDENCE_PLACEMENTS, default=DEFAULT_EVIDENCE_PLACEMENT,
+                        help="where the local parts are drawn: at the functional points (default) or, for the "
+                        "negative control, at random points of the body (labels, boxes, landmarks unchanged)")
     args = parser.parse_args(argv)
     options = dict(geometry_informativeness=args.geometry_informativeness,
-                   landmark_noise=args.landmark_noise, visibility_flip=args.visibility_flip)
+                   landmark_noise=args.landmark_noise, visibility_flip=args.visibility_flip,
+                   evidence_placement=args.evidence_placement)
     try:
         check_options(args.n, args.seed, options, args.workers)
     except OptionError as err:
