@@ -609,3 +609,77 @@ def test_import_reused_copies_only_runs_with_the_same_key_and_settings(plan2, tm
     assert (copied / "metrics.json").read_text() == (old.results_dir / "runs" / same.key / "metrics.json").read_text()
     assert study.exported(plan2, other.key) is None and "reused 1 finished runs" in log[0]
     assert study.import_reused(plan2, log.append) == []                  # nothing twice
+
+
+PRE = {"primary_metrics": ["category_top3", "attr_map_all"], "alpha": 0.05,
+       "margins": {"category_top3": 0.02, "attr_map_all": 0.02},
+       "primary_family": {"mtl_vs_cat": {"data": "default", "weights": {"mtl": 1, "cat": -1}},
+                          "landmark_loss": {"data": "default", "weights": {"mtl": 1, "cat": -1}},
+                          "attention": {"data": "default", "weights": {"mtl": 0.5, "cat": -0.5}},
+                          "interaction": {"data": "default", "weights": {"mtl": 1, "cat": -1}},
+                          "control_mtl_vs_cat": {"data": "g1", "weights": {"mtl": 1, "cat": -1}}},
+       "secondary_family": {"cat_vs_mtl": {"data": "default", "weights": {"cat": 1, "mtl": -1}}}}
+
+
+def test_the_preregistered_report_decides_every_contrast_and_writes_its_readme_block(plan2, tmp_path):
+    """Fake runs where mtl beats cat by 0.3 top-3 on the default tree and equals it on the control tree: the gain is
+    established, the control equivalent (same predictions), and the README block says so from study.json."""
+    plan2.preregistration, plan2.seeds["models"], plan2.control["seeds"] = PRE, {"mtl": 5, "cat": 5}, 5
+    plan2.tuning["extend"] = None                       # a two-value grid: no extension here
+    n = 90
+    rng = np.random.default_rng(0)
+    attributes = np.where(rng.random((n, 6)) < 0.3, 1, -1)
+    for tag in ("default", "g1"):
+        (plan2.results_dir / "labels").mkdir(parents=True, exist_ok=True)
+        np.savez(plan2.results_dir / "labels" / f"{tag}.npz", index=np.arange(n), category=np.zeros(n, int),
+                 attributes=attributes, attribute_types=np.ones(6, int))
+    for spec in plan2.tuning_specs():
+        export2(plan2, spec, 0.7 if spec.config["lr"] == 1e-3 else 0.6, 0.4)
+    chosen, _ = study.choose_settings(plan2, partial=True)
+    assert set(chosen) == {"mtl", "cat"}
+    control_preds = {}
+    for spec in plan2.later_specs(chosen):
+        skill = 0.8 if spec.model == "mtl" and spec.part == "seeds" else 0.5
+        hits = rng.random(n) < skill
+        preds = {"category_rank": np.where(hits, 0, 5).astype(np.int16),
+                 "attribute_logits": (attributes * (1.0 if spec.model == "mtl" else 0.3)
+                                      + rng.normal(size=attributes.shape)).astype(np.float32),
+                 "saliency_lift": rng.normal(1.0, 0.2, n).astype(np.float32),
+                 "saliency_pointing": (rng.random(n) < 0.3).astype(np.float32),
+                 "region_fraction": np.full(n, 0.2, np.float32)}
+        if spec.model == "mtl":
+            preds.update(attention_lift=rng.normal(1.5, 0.2, n).astype(np.float32),
+                         attention_pointing=(rng.random(n) < 0.5).astype(np.float32))
+        if spec.part == "control":                       # the control: cat sees exactly mtl's predictions
+            preds = control_preds.setdefault(spec.seed, preds) if spec.model == "mtl" else \
+                {**control_preds[spec.seed], **{k: v for k, v in preds.items() if k.startswith("saliency")}}
+        export(plan2, spec, preds=preds, test={"category_top3": float(np.mean(preds["category_rank"] < 3))})
+    (tmp_path / "README.md").write_text(f"intro\n{study.STUDY2_BEGIN}\nold\n{study.STUDY2_END}\nrest\n")
+    result = study.report(plan2, log=lambda line: None)
+    rows = {(r["contrast"], r["metric"]): r["result"] for r in result["primary_family"]}
+    assert rows[("mtl_vs_cat", "category_top3")]["outcome"] == "established"
+    assert rows[("mtl_vs_cat", "category_top3")]["direction"] == 1 and rows[("mtl_vs_cat", "category_top3")]["n"] == 5
+    assert rows[("control_mtl_vs_cat", "category_top3")]["outcome"] == "equivalent"
+    assert rows[("control_mtl_vs_cat", "category_top3")]["mean"] == 0
+    assert result["runs"]["exported"] == 4 + 20
+    where = {(r["data"], r["model"], r["measure"]): r for r in result["where"]["rows"]}
+    assert where[("default", "mtl", "attention_lift")]["result"]["outcome"] == "established"
+    assert ("default", "cat", "attention_lift") not in where
+    assert (plan2.resolve(plan2.figures) / study.STUDY2_FIGURE).exists()
+    block = study.preregistered_block(result)
+    assert study.update_readme(block, tmp_path / "README.md", study.STUDY2_BEGIN, study.STUDY2_END)
+    text = (tmp_path / "README.md").read_text()
+    assert text.startswith("intro\n") and text.endswith("rest\n") and "old" not in text
+    sentences = study.mechanism_reading(result)
+    gain = rows[("mtl_vs_cat", "category_top3")]
+    assert f"established ({gain['mean']:+.3f} [{gain['low']:+.3f}, {gain['high']:+.3f}]" in sentences[0]
+    assert "equivalent within ±0.02" in sentences[0] and "not measured yet" not in block
+
+
+def test_the_committed_readme_study2_block_matches_the_committed_study2_results():
+    repo = Path(__file__).resolve().parents[1]
+    result = json.loads((repo / "results" / "v2" / "study.json").read_text())
+    text = (repo / "README.md").read_text()
+    block = text.split(study.STUDY2_BEGIN, 1)[1].split(study.STUDY2_END, 1)[0].strip("\n")
+    assert block == study.preregistered_block(result)
+    assert "preregistration" in result and result["changelog"] == Plan.load(repo / "results/v2/plan.yaml").changelog

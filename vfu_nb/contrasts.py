@@ -25,6 +25,22 @@ import numpy as np
 from vfu_nb import stats
 
 OUTCOMES = ("established", "equivalent", "inconclusive")
+CONTRAST_NAMES = {"mtl_vs_cat": "`mtl` − `cat`", "landmark_loss": "main effect of the landmark loss",
+                  "attention": "main effect of the attention", "interaction": "interaction landmark loss × attention",
+                  "control_mtl_vs_cat": "`mtl` − `cat` on the displaced-evidence control"}
+
+
+def contrast_name(row: dict) -> str:
+    """A readable name of a contrast row (its weights for the ones without a name)."""
+    if row["contrast"] in CONTRAST_NAMES:
+        return CONTRAST_NAMES[row["contrast"]]
+    terms = []
+    for i, (model, w) in enumerate(row["weights"].items()):
+        sign = ("−" if w < 0 else "") if i == 0 else (" − " if w < 0 else " + ")
+        terms.append(f"{sign}{'' if abs(w) == 1 else f'{abs(w):g}·'}`{model}`")
+    return "".join(terms)
+
+
 #: Per-image measures stored in predictions.npz by the export (vfu_nb.attention_mass), usable as metrics here.
 WHERE_MEASURES = ("attention_lift", "saliency_lift", "attention_pointing", "saliency_pointing")
 
@@ -113,4 +129,4 @@ def decide(estimates: Sequence[Optional[stats.Estimate]], margins: Sequence[Opti
     return out
 
 
-__all__ = ["OUTCOMES", "WHERE_MEASURES", "per_image", "value", "estimate", "decide"]
+__all__ = ["OUTCOMES", "CONTRAST_NAMES", "contrast_name", "WHERE_MEASURES", "per_image", "value", "estimate", "decide"]

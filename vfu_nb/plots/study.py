@@ -17,6 +17,7 @@ from typing import Mapping, Sequence
 import matplotlib.pyplot as plt
 import numpy as np
 
+from vfu_nb.contrasts import contrast_name
 from vfu_nb.conventions import MODEL_COLORS
 from vfu_nb.conventions import metric_label as label
 from vfu_nb.plots.curves import BASELINE_STYLES, baseline_label
@@ -173,3 +174,40 @@ def plot_learning_curve(study: Mapping, metrics: Sequence[str] = ("category_top3
 
 
 __all__ = ["plot_models", "plot_pairs", "plot_learning_curve", "REFERENCE_LINES"]
+
+
+OUTCOME_COLORS = {"established": "tab:blue", "equivalent": "tab:green", "inconclusive": "0.55"}
+
+
+def plot_contrasts(study: Mapping):
+    """Study 2: every primary and secondary contrast per primary metric, its mean with the 95 % interval (thin)
+    and 90 % interval (thick, the one TOST reads), the equivalence margin shaded, coloured by outcome."""
+    metrics = study["preregistration"]["primary_metrics"]
+    rows = [("primary", r) for r in study["primary_family"]] + [("secondary", r) for r in study["secondary_family"]]
+    names = list(dict.fromkeys(f"{contrast_name(r)} ({fam})" for fam, r in rows))
+    fig, axes = plt.subplots(1, len(metrics), figsize=(5.5 * len(metrics), 0.45 * len(names) + 1.5), sharey=True,
+                             squeeze=False)
+    for ax, metric in zip(axes[0], metrics):
+        margin = study["preregistration"].get("margins", {}).get(metric)
+        if margin is not None:
+            ax.axvspan(-margin, margin, color="tab:green", alpha=0.12, lw=0, label=f"margin ±{margin:g}")
+        ax.axvline(0, color="0.3", lw=0.8)
+        for fam, r in rows:
+            res = r["result"]
+            if r["metric"] != metric or not res:
+                continue
+            y = names.index(f"{contrast_name(r)} ({fam})")
+            color = OUTCOME_COLORS[res["outcome"]]
+            ax.plot([_num(res["low"]), _num(res["high"])], [y, y], color=color, lw=1.2)
+            ax.plot([_num(res["low90"]), _num(res["high90"])], [y, y], color=color, lw=4, solid_capstyle="butt")
+            ax.plot(_num(res["mean"]), y, "o", color="white", mec=color, ms=5)
+        ax.set_title(label(metric))
+        ax.set_xlabel("contrast (95 % thin, 90 % thick)")
+        ax.grid(axis="x", alpha=0.3)
+    axes[0][0].set_yticks(range(len(names)))
+    axes[0][0].set_yticklabels([textwrap.fill(n.replace("`", ""), 40) for n in names], fontsize=8)
+    axes[0][0].invert_yaxis()
+    handles = [plt.Line2D([], [], color=c, lw=4, label=o) for o, c in OUTCOME_COLORS.items()]
+    axes[0][-1].legend(handles=handles, loc="lower right", fontsize=8, title="outcome", title_fontsize=8)
+    fig.tight_layout()
+    return fig
