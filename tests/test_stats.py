@@ -178,3 +178,39 @@ def test_the_95_percent_interval_covers_the_truth_in_93_to_97_percent_of_simulat
     coverage = 1 - (below + above) / studies
     assert 0.93 <= coverage <= 0.97, coverage
     assert max(below, above) / studies <= 0.035
+
+
+def simulate_map_runs(rng, seeds, images=100, attributes=8, sd_img=0.5, sd_seed=0.15):
+    """Attribute scores of two variants with the same distribution (the true mAP difference is 0): per image and
+    attribute a variant-specific quirk shared by its seeds (image term), a per-seed skill (seed term), noise."""
+    labels = np.where(rng.random((images, attributes)) < rng.uniform(0.1, 0.4, attributes), 1, -1)
+    from vfu_nb.metrics import ResampledAveragePrecision
+
+    maps = []
+    for variant in range(2):
+        quirk = rng.normal(0, sd_img, (images, attributes))
+        runs = []
+        for _ in range(seeds):
+            skill = 1.0 + rng.normal(0, sd_seed)
+            scores = skill * (labels > 0) + quirk + rng.normal(0, 1.0, (images, attributes))
+            ap = ResampledAveragePrecision(scores, labels > 0)
+            runs.append(lambda idx, ap=ap: float(np.nanmean(ap(idx))))
+        maps.append(runs)
+    return maps
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seeds", [5, 10])
+def test_the_map_interval_from_jackknife_pseudovalues_covers_a_null_difference(seeds):
+    """mAP is no per-image mean: its contributions are delete-one pseudo-values. 500 simulated studies per seed
+    count under a symmetric null (true difference 0): coverage within 93-97 % (Monte Carlo SE about 1 point)."""
+    rng = np.random.default_rng(seeds)
+    studies, images, covered = 500, 60, 0
+    for _ in range(studies):
+        a, b = simulate_map_runs(rng, seeds, images)
+        u = np.array([jackknife_pseudovalues(fa, images) - jackknife_pseudovalues(fb, images) for fa, fb in zip(a, b)])
+        everything = np.arange(images)
+        point = float(np.mean([fa(everything) - fb(everything) for fa, fb in zip(a, b)]))
+        low, high = variance_components(u, point).interval(0.95)
+        covered += low <= 0 <= high
+    assert 0.93 <= covered / studies <= 0.97, covered / studies
