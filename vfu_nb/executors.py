@@ -89,14 +89,17 @@ def read_record(plan: study.Plan, key: str) -> dict:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
-def job_error(record: dict) -> Optional[str]:
-    """The error a job of ``record`` ended with (the last line of the traceback submitit pickled), or None.
+def job_result(record: dict) -> Optional[tuple]:
+    """How the job of ``record`` ended, from the result files submitit writes: ``("error", last line of the
+    traceback)`` when a task failed, ``("success", None)`` when it returned, None without a result (still running,
+    or killed before it could write one).
 
     Only result files written after the submission count: a cluster that was set up again numbers its jobs
     from 1, and an old result of the same id must not speak for the new job."""
     folder = Path(record.get("folder", ""))
     if not record.get("job_id") or not folder.is_dir():
         return None
+    found = None
     for path in sorted(folder.glob(f"{record['job_id']}_*_result.pkl")):
         if path.stat().st_mtime < record.get("submitted_unix", 0) - 1:
             continue
@@ -104,11 +107,18 @@ def job_error(record: dict) -> Optional[str]:
             with open(path, "rb") as f:
                 outcome, value = pickle.load(f)
         except Exception as exc:      # a result being written, or an unreadable one
-            return f"unreadable result {path.name} ({type(exc).__name__})"
+            return "error", f"unreadable result {path.name} ({type(exc).__name__})"
         if outcome == "error":
             lines = [line for line in str(value).strip().splitlines() if line.strip()]
-            return lines[-1].strip() if lines else "error"
-    return None
+            return "error", lines[-1].strip() if lines else "error"
+        found = ("success", None)
+    return found
+
+
+def job_error(record: dict) -> Optional[str]:
+    """The error the job of ``record`` ended with (the last line of its traceback), or None."""
+    result = job_result(record)
+    return result[1] if result and result[0] == "error" else None
 
 
 def _local_writer(plan: study.Plan, key: str) -> Optional[str]:
@@ -161,9 +171,12 @@ def run_status(plan: study.Plan, spec: study.RunSpec, queue: Optional[dict]) -> 
             row.state = "running"
             row.detail = ", ".join(filter(None, [f"{job.elapsed} on {job.nodes}", _progress(plan, spec.key)]))
             return row
-        error = job_error(record)
-        if error:
-            row.state, row.detail = "failed", error
+        result = job_result(record)
+        if result and result[0] == "error":
+            row.state, row.detail = "failed", result[1]
+            return row
+        if result:                   # returned, yet no export (not visible yet, or deleted since): train it again
+            row.detail = f"job {job_id} ended without an export of the run"
             return row
         if job is not None:          # ended, no error result: cancelled, timed out, killed, node failure ...
             row.state, row.detail = "failed", f"job {job.state.lower()} without finishing the run"
@@ -356,8 +369,8 @@ class SlurmDriver:
                     if key in submitted_now and key not in reported:
                         log(f"[study] FAILED {key}: {r.detail}; log {r.log}")
                         reported.add(key)
-                new = [spec for spec in todo if rows[spec.key].state in ("pending", "failed")
-                       and spec.key not in submitted_now]
+                new = [spec for spec in todo if rows[spec.key].state == "pending"
+                       or (rows[spec.key].state == "failed" and spec.key not in submitted_now)]
                 self.submit(new, log)
                 submitted_now.update(spec.key for spec in new)
                 live_before = live | {spec.key for spec in new}
@@ -366,10 +379,12 @@ class SlurmDriver:
                         log(f"[study] slurm: nothing new to submit; {len(live)} run(s) queued or running")
                     return False
                 if not live and not new:
-                    stuck = {k: failed[k] for k in failed if k in reported}
+                    if any(r.state == "done" for r in rows.values()):
+                        continue         # exported between pending() and the look at its job: look again
+                    stuck = [r for r in rows.values()]
                     raise RuntimeError(f"{len(stuck)} run(s) failed on Slurm; fix the cause and run the study again "
-                                       f"(they resume): " + "; ".join(f"{k}: {r.detail} (log {r.log})"
-                                                                     for k, r in stuck.items()))
+                                       f"(they resume): " + "; ".join(f"{r.key}: {r.detail} (log {r.log})"
+                                                                     for r in stuck))
                 time.sleep(float(s.poll_s))
 
 
