@@ -193,6 +193,16 @@ def test_the_local_executor_is_the_default_and_refuses_slurm_settings(tmp_path, 
         executors.train(small_plan(tmp_path, tmp_path), "k8s")
 
 
+def test_one_driver_per_plan(tmp_path):
+    plan = study.Plan.load(small_plan(tmp_path, tmp_path / "df"))
+    driver = executors.SlurmDriver(plan, sl.SlurmSettings.from_dict(plan.slurm))
+    with executors._DriverLock(driver.folder / "driver.lock"):
+        with pytest.raises(executors.DriverLockedError, match=rf"another study run drives {tmp_path}/runs \(pid "
+                                                              rf"{os.getpid()} on "):
+            driver.run(wait=False, log=lambda line: None)
+    assert not (plan.runs_dir / plan.tuning_specs()[0].key).exists()          # nothing was submitted
+
+
 def test_run_options_reach_the_settings():
     import argparse
 
