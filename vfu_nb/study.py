@@ -1,6 +1,8 @@
 """The study behind the README's results: equal tuning, seeds x models, learning curve, geometry dial.
 
     python -m vfu_nb.study run [PLAN] [--jobs 2]    # train what is missing (resumable), export, report
+    python -m vfu_nb.study run [PLAN] --executor slurm [--time 4:00:00 ...]   # the same through Slurm job arrays
+    python -m vfu_nb.study status [PLAN]            # every run: pending, queued, running, done or failed
     python -m vfu_nb.study report [PLAN]            # results/study.json, figures/05_*.png, README block
     python -m vfu_nb.study readme [PLAN] [--check]  # rewrite (or check) the README block from study.json
 
@@ -111,6 +113,7 @@ class Plan:
     figures: str = "figures"
     bootstrap: int = 1000
     readme: bool = False           # the report rewrites the README's results block (the committed study only)
+    slurm: dict = field(default_factory=dict)   # --executor slurm: vfu_nb.slurm.SlurmSettings (partition, time ...)
     path: Optional[Path] = None
 
     @classmethod
@@ -574,11 +577,24 @@ def train_pending(plan: Plan, jobs: int = 1, log=print) -> None:
         raise errors[0]
 
 
-def run(plan, jobs: int = 1, log=print) -> dict:
-    """The whole study: data, tuning, choice, seeds/learning curve/dial, report. Resumable at any point."""
+def run(plan, jobs: int = 1, log=print, executor: str = "local", slurm: Optional[dict] = None,
+        wait: bool = True) -> Optional[dict]:
+    """The whole study: data, tuning, choice, seeds/learning curve/dial, report. Resumable at any point.
+
+    ``executor`` trains the runs (:mod:`vfu_nb.executors`): ``local`` (``jobs`` threads, the default) or
+    ``slurm`` (job arrays; ``slurm`` overrides the plan's ``slurm:`` block). None when runs are still queued
+    (``wait=False``): no report yet.
+    """
+    from vfu_nb import executors
+
     plan = Plan.load(plan)
     t0 = time.time()
-    train_pending(plan, jobs, log)
+    if executor != "local":                 # jobs elsewhere must not make a tree at the same time: make them all here
+        ensure_data(plan, plan.data_tags())
+    if not executors.train(plan, executor, jobs=jobs, slurm=slurm, wait=wait, log=log):
+        log("[study] runs are still queued or running: `python -m vfu_nb.study status` shows them; run the study "
+            "again to submit what they unlock and to report")
+        return None
     chosen, _ = choose_settings(plan)
     log(f"[study] chosen settings: {chosen}")
     log(f"[study] all runs exported ({(time.time() - t0) / 60:.1f} min this session)")
@@ -1414,6 +1430,12 @@ def main(argv=None):
     p_run = sub.add_parser("run", help="train what is missing (resumable), export, report")
     p_run.add_argument("plan", nargs="?", default=str(DEFAULT_PLAN))
     p_run.add_argument("--jobs", type=int, default=1, help="runs trained at the same time (one thread each)")
+    from vfu_nb import executors
+
+    executors.add_run_arguments(p_run)
+    p_status = sub.add_parser("status", help="every run: pending, queued, running, done or failed (job id, log)")
+    p_status.add_argument("plan", nargs="?", default=str(DEFAULT_PLAN))
+    p_status.add_argument("--json", action="store_true", help="print JSON instead of the table")
     p_rep = sub.add_parser("report", help="compute results/study.json from results/runs")
     p_rep.add_argument("plan", nargs="?", default=str(DEFAULT_PLAN))
     p_readme = sub.add_parser("readme", help="rewrite (or --check) the README block from results/study.json")
@@ -1426,7 +1448,10 @@ def main(argv=None):
 
         return train(json.loads(Path(args.request).read_text()))
     if args.command == "run":
-        return run(args.plan, args.jobs)
+        return run(args.plan, args.jobs, executor=args.executor, slurm=executors.slurm_overrides(args),
+                   wait=not args.no_wait)
+    if args.command == "status":
+        sys.exit(executors.status_main(args.plan, args.json))
     if args.command == "readme":
         if args.check:
             ok = readme_matches()
@@ -1440,4 +1465,7 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    # run the imported module's main, not this __main__ copy's: the Slurm executor pickles its Plan and RunSpec
+    from vfu_nb import study as _study
+
+    _study.main()
