@@ -206,7 +206,7 @@ def status(plan, queue: Optional[dict] = None, log=None) -> dict:
         except sl.SlurmError as exc:
             slurm_error = str(exc)
     chosen, _ = study.choose_settings(plan, partial=True)
-    specs = plan.all_specs(chosen)
+    specs = plan.all_specs(chosen, study.tuning_lrs(plan))
     rows = [run_status(plan, s, queue) for s in specs]
     waiting = study.planned_runs(plan) - len(specs)
     return {"runs": rows, "waiting_for_tuning": max(0, waiting),
@@ -345,6 +345,7 @@ class SlurmDriver:
                                                                           else ""))
             silent = 0                   # consecutive times squeue did not answer (a busy controller)
             while True:
+                study.import_reused(self.plan, log)
                 todo = study.pending(self.plan)
                 if not todo:
                     log("[study] slurm: every run of the plan is exported")
