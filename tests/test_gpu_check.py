@@ -121,8 +121,7 @@ def test_the_cuda_stage_commands_parse_with_the_current_clis(tmp_path):
                                                                                            [8, 64], "bf16")
             assert args.batch_loader == (inputs == "loader") and args.no_cache == (inputs != "memmap")
             assert args.compile == (mode == "compile") and args.cuda_graphs == (mode == "cuda-graphs")
-    config = T.config_from_args(T.build_parser().parse_args(ctx.train_args(tmp_path / "r", **{"--epochs": 3})
-                                                           + ["--compile"]))
+    config = T.parse_config(ctx.train_args(tmp_path / "r", **{"--epochs": 3}) + ["--compile"])
     assert (config.image_size, config.width, config.batch_size, config.epochs, config.loader) == (224, 1.0, 48, 3,
                                                                                                   "batch")
     assert config.bf16 is True and config.channels_last is True and config.compile is True

@@ -11,7 +11,7 @@ device), and off the CPU every operation, forward and backward, has a determinis
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Mapping, Optional
 
 import torch
@@ -65,10 +65,12 @@ class LossWeights:
     ``landmark`` must be 0 for models without landmark supervision (``mtl_no_landmarks``, ``cat``).
     """
 
-    category: float = field(default=1.0, metadata={"help": "weight of the category cross-entropy"})
-    attribute: float = field(default=20.0, metadata={"help": "weight of the attribute BCE"})
-    landmark: float = field(default=1000.0, metadata={"help": "weight of the landmark heatmap MSE (0 for models "
-                                                              "without landmark supervision)"})
+    category: float = 1.0
+    """weight of the category cross-entropy"""
+    attribute: float = 20.0
+    """weight of the attribute BCE"""
+    landmark: float = 1000.0
+    """weight of the landmark heatmap MSE (0 for models without landmark supervision)"""
 
 
 def gaussian_heatmaps(coords: torch.Tensor, height: int, width: int, sigma: float,

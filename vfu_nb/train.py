@@ -1,7 +1,7 @@
 """Training loop: ``train(config)``, ``evaluate(...)`` and the CLI (reference: docs/training.md).
 
     python -m vfu_nb.train --model mtl --data-root DIR --run-dir runs/x [--epochs 10 --batch-size 8 ...]
-    python -m vfu_nb.train --config run.yaml [--lr 3e-4]   # file settings, flags override; --print-config shows them
+    python -m vfu_nb.train --config run.yaml [--lr 3e-4]   # file settings, flags override; --print_config shows them
     torchrun --nproc_per_node 8 -m vfu_nb.train ...        # DistributedDataParallel, batch size per process
 
 Reading order (top to bottom, as the run goes): :func:`train` claims the run directory, then
@@ -35,7 +35,6 @@ scheduler, resume), and per epoch :func:`train_epoch` (steps of :func:`training_
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
 import functools
@@ -62,8 +61,7 @@ from vfu_nb.rundir import (  # noqa: F401 (re-exported)
     RunMismatchError, check_resume, check_run_dir, load_checkpoint, read_run_config, save_checkpoint, write_json,
 )
 from vfu_nb.train_config import (  # noqa: F401 (re-exported)
-    LR_SCHEDULES, RESUME_SAFE_FIELDS, ConfigError, TrainConfig, add_train_args, config_differences,
-    config_from_args, config_to_yaml,
+    LR_SCHEDULES, RESUME_SAFE_FIELDS, ConfigError, TrainConfig, cli_parser, config_differences, parse_config,
 )
 
 CHECKPOINT_FORMAT = 2   # 2: adds the position inside an epoch ("batch", "epoch_stats"); format 1 still loads
@@ -981,28 +979,15 @@ def format_metrics(metrics: dict) -> str:
     return "\n".join(lines)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m vfu_nb.train", description=__doc__.split("\n")[0],
-                                     epilog="Every option is a TrainConfig field; see docs/training.md.")
-    parser.add_argument("--print-config", action="store_true",
-                        help="print the resolved config as YAML (loadable with --config) and exit")
-    return add_train_args(parser)
+def build_parser():
+    """The command line: every :class:`TrainConfig` field, ``--config FILE`` and ``--print_config`` (jsonargparse)."""
+    return cli_parser("python -m vfu_nb.train", __doc__.split("\n")[0])
 
 
 def main(argv=None, on_step: Optional[Callable] = None) -> Optional[dict]:
     parser = build_parser()
-    args = parser.parse_args(argv)
-    print_config = vars(args).pop("print_config")
     try:
-        config = config_from_args(args)
-    except ConfigError as exc:
-        parser.error(str(exc))
-    if print_config:
-        rt = resolve_runtime(config, *dist_info())
-        note = "resolved on this machine: " + ", ".join(f"{k} {v}" for k, v in rt.resolved().items())
-        print(config_to_yaml(config, note), end="")
-        return None
-    try:
+        config = parse_config(argv, parser)
         metrics = train(config, on_step=on_step)
     except (RunDirError, ConfigError) as exc:
         parser.exit(2, f"{parser.prog}: error: {exc}\n")
