@@ -1,12 +1,18 @@
-"""The benchmarks print numbers and return them; tiny sizes only (the measured numbers are in docs/benchmarks.md)."""
+"""tools/bench.py: the benchmarks print numbers and return them; tiny sizes only (the measured numbers are in
+docs/benchmarks.md)."""
 
+import importlib.util
 import json
+from pathlib import Path
 
 import pytest
 import torch
 
-from vfu_nb import bench
 from vfu_nb.data import DeepFashionC, load_annotations
+
+_spec = importlib.util.spec_from_file_location("vfu_bench", Path(__file__).resolve().parents[1] / "tools" / "bench.py")
+bench = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(bench)
 
 
 @pytest.fixture(scope="module")

@@ -108,8 +108,9 @@ def test_the_guard_kills_the_whole_process_group(tmp_path):
 
 def test_the_cuda_stage_commands_parse_with_the_current_clis(tmp_path):
     """The bench, train and torchrun command lines of the stages the dry run skips are valid options today."""
-    from vfu_nb import bench
     from vfu_nb import train as T
+
+    bench = gc.load_bench()
 
     ctx = gc.Context(argparse.Namespace(dry_run=False, out=str(tmp_path), work=str(tmp_path), stage="4a"))
     parser = bench.build_parser()
@@ -140,7 +141,7 @@ def test_sync_audit_runs_the_trainer_step_on_the_cpu(dry_run, tmp_path):
 
 @pytest.mark.slow
 def test_bench_stages_read_the_bench_results_on_the_cpu(dry_run, tmp_path):
-    """The bench stages' code on the CPU at the dry-run sizes: the keys they read from vfu_nb.bench still exist."""
+    """The bench stages' code on the CPU at the dry-run sizes: the keys they read from tools/bench.py still exist."""
     _, out = dry_run
     work = str(json.loads((out / "summary.json").read_text())["work"])
     ctx = gc.Context(argparse.Namespace(dry_run=True, out=str(tmp_path), work=work, stage="4a_bench_train_eager"))

@@ -183,6 +183,12 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
+def training_setting_names() -> set:
+    """The :class:`TrainConfig` fields a notebook or profile may set (``run_dir`` and ``resume`` are
+    :func:`vfu_nb.runs.ensure_run`'s)."""
+    return {f.name for f in dataclasses.fields(TrainConfig)} - {"run_dir", "resume"}
+
+
 def check_ranges(c: TrainConfig) -> None:
     """Raise :class:`ConfigError` for a value outside its allowed range (naming the option)."""
     def bad(name, allowed):
