@@ -303,7 +303,8 @@ def test_make_run_trains_with_the_studys_recipe_and_chosen_settings():
     profile = pipeline.load_profile("default")
     for step, model in (("02_train_mtl", "mtl"), ("02_train_cat", "cat")):
         train = {name: value for target, name, value, _ in profile["overrides"] if target in ("02_train", step)}
-        for key in ("image_size", "width", "batch_size", "lr_schedule", "lr_gamma", "patience", "threads"):
+        for key in ("image_size", "width", "batch_size", "lr_schedule", "lr_gamma", "patience", "min_epochs",
+                    "threads"):
             assert train[key] == plan.base[key], (step, key)
         assert train["epochs"] <= plan.base["epochs"]
         summary = repo / "results" / "study.json"
