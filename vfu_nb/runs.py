@@ -93,10 +93,9 @@ def ensure_run(run_dir, model: str = "mtl", *, data_root="data/synthetic", progr
 
 
 def check_compatible(run_dir) -> None:
-    """Raise :class:`RunMismatchError` when the run's checkpoint no longer fits the current model code.
-
-    (A stored run trained before a change to :mod:`vfu_nb.models` cannot be resumed or evaluated.)
-    """
+    """Raise :class:`RunMismatchError` when the run's checkpoint does not fit the current model code (its tensors'
+    names or shapes differ from what :mod:`vfu_nb.models` builds for its settings): such a run cannot be resumed or
+    evaluated."""
     from vfu_nb.train import load_checkpoint
 
     run_dir = resolve(run_dir)
