@@ -15,12 +15,9 @@ bench = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(bench)
 
 
-@pytest.fixture(scope="module")
-def tree(tmp_path_factory):
-    from vfu_nb.synthetic import generate
-    root = tmp_path_factory.mktemp("bench") / "tree"
-    generate(root, 90, seed=0, workers=1, progress=False)
-    return root
+@pytest.fixture
+def tree(synth_root):
+    return synth_root          # the session's tree; the benchmarks put their caches under tmp_path
 
 
 def test_parse_benchmark_round_trips_a_generated_set(tmp_path, capsys):

@@ -323,6 +323,7 @@ def test_exported_configs_hold_paths_relative_to_the_repository():
         assert study.portable_config(json.loads(path.read_text())) == json.loads(path.read_text()), path
 
 
+@pytest.mark.slow
 def test_the_smoke_study_trains_every_part_once_and_reports(synth_root, tmp_path):
     """The real path end to end (seconds per run): training, export, report; a second run trains nothing."""
     plan = study.smoke_plan(tmp_path / "smoke", data_root=synth_root)

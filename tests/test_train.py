@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from train_helpers import read_json, run_cli, strip_timing, synth_root, tiny_args  # noqa: F401 (fixture)
+from train_helpers import read_json, run_cli, strip_timing, tiny_args
 from vfu_nb import train as train_mod
 from vfu_nb.losses import LossWeights, multitask_loss
 from vfu_nb.train import (
