@@ -53,7 +53,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-MODEL_NAMES = ("mtl", "cat", "mtl_no_landmarks", "mtl_no_attention", "mtl_pool", "mtl_bi")
 BACKBONES = ("vgg16", "vgg16_bn")
 
 # VGG-16 configuration up to conv4_3 and the conv5 block ("M" = 2x2 max-pool), as in torchvision.
@@ -506,8 +505,10 @@ class MTLBiNet(MTLNet):
                 "landmark_heatmaps": heatmaps, "landmark_heatmaps_first": first, "attention": attention}
 
 
+#: The registry: model name -> network class. A new variant is its class and one line here.
 NETWORKS = {"mtl": MTLNet, "cat": CATNet, "mtl_no_landmarks": MTLNet, "mtl_no_attention": MTLNet, "mtl_pool": MTLPoolNet,
             "mtl_bi": MTLBiNet}
+MODEL_NAMES = tuple(NETWORKS)
 
 
 # ----------------------------------------------------------------------------------------------------------
