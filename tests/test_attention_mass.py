@@ -18,15 +18,6 @@ from vfu_nb.models import build_model
 TINY = dict(batch_size=8, image_size=32, width=0.125, max_items=24, seed=0, num_workers=0)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models gain nothing from 2 threads on shared cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def centre(i, j, h=8, w=8):
     """Crop units (x, y) of the centre of cell (row i, column j)."""
     return ((j + 0.5) / w, (i + 0.5) / h)

@@ -17,17 +17,19 @@ from vfu_nb.data import (
 SIZE = 16
 
 
-@pytest.fixture(scope="module")
-def synth(tmp_path_factory):
-    from vfu_nb.synthetic import generate
-    root = tmp_path_factory.mktemp("synth") / "tree"
-    generate(root, 90, seed=3, workers=1, progress=False)
-    return root
+@pytest.fixture
+def synth(synth_root):
+    return synth_root          # the session's tree; caches go under tmp_path
+
+
+#: One cache folder per tree for the whole module (the first test's): the caches are read-only once built.
+_CACHE_DIRS: dict = {}
 
 
 def cached(root, tmp_path, **kw):
-    return DeepFashionC(root, "train", image_size=SIZE, cache=True, uint8=True, cache_dir=tmp_path / "cache",
-                        progress=False, **kw)
+    cache_dir = _CACHE_DIRS.setdefault(str(root), tmp_path / "cache")
+    return DeepFashionC(root, "train", image_size=SIZE, cache=True, uint8=True, cache_dir=cache_dir, progress=False,
+                        **kw)
 
 
 def shuffled_batches(n, batch_size, seed=0):
@@ -55,10 +57,10 @@ def test_batches_equal_dataloader_collation(synth, tmp_path, prefetch):
     assert_same_batches(expected, list(loader))               # a second epoch reads the same
 
 
-def test_skipped_images_keep_items_and_cache_rows_aligned(tmp_path):
-    from vfu_nb.synthetic import generate
-    root = tmp_path / "tree"
-    generate(root, 81, seed=5, workers=1, progress=False)
+def test_skipped_images_keep_items_and_cache_rows_aligned(synth_root, tmp_path):
+    import shutil
+
+    root = shutil.copytree(synth_root, tmp_path / "tree")     # a copy: this test breaks one of its images
     first = DeepFashionC(root, "train", image_size=SIZE, progress=False)
     (root / first.annotations.image_names[first.rows[1]]).write_bytes(b"broken")
     with pytest.warns(UserWarning, match="skipped 1 bad image"):

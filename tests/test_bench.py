@@ -1,20 +1,23 @@
-"""The benchmarks print numbers and return them; tiny sizes only (the measured numbers are in docs/benchmarks.md)."""
+"""tools/bench.py: the benchmarks print numbers and return them; tiny sizes only (the measured numbers are in
+docs/benchmarks.md)."""
 
+import importlib.util
 import json
+from pathlib import Path
 
 import pytest
 import torch
 
-from vfu_nb import bench
 from vfu_nb.data import DeepFashionC, load_annotations
 
+_spec = importlib.util.spec_from_file_location("vfu_bench", Path(__file__).resolve().parents[1] / "tools" / "bench.py")
+bench = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(bench)
 
-@pytest.fixture(scope="module")
-def tree(tmp_path_factory):
-    from vfu_nb.synthetic import generate
-    root = tmp_path_factory.mktemp("bench") / "tree"
-    generate(root, 90, seed=0, workers=1, progress=False)
-    return root
+
+@pytest.fixture
+def tree(synth_root):
+    return synth_root          # the session's tree; the benchmarks put their caches under tmp_path
 
 
 def test_parse_benchmark_round_trips_a_generated_set(tmp_path, capsys):

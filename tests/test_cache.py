@@ -3,6 +3,7 @@
 import multiprocessing as mp
 
 import numpy as np
+import pytest
 
 
 def _open(root, cache_dir, queue):
@@ -16,6 +17,7 @@ def _open(root, cache_dir, queue):
     queue.put(np.asarray(ds._cache[:4]).sum())
 
 
+@pytest.mark.slow
 def test_concurrent_builders_share_one_cache(synth_root, tmp_path):
     ctx = mp.get_context("fork")
     queue = ctx.Queue()

@@ -206,10 +206,8 @@ def test_cache_is_rebuilt_when_annotations_change(tree):
     torch.testing.assert_close(second[0]["image"], plain[0]["image"])
 
 
-def test_max_items_takes_a_seeded_subset(tmp_path):
-    from vfu_nb.synthetic import generate
-    root = tmp_path / "synth"
-    generate(root, 90, seed=1, workers=1, progress=False)
+def test_max_items_takes_a_seeded_subset(synth_root):
+    root = synth_root
     a = DeepFashionC(root, "train", image_size=16, max_items=5)
     b = DeepFashionC(root, "train", image_size=16, max_items=5)
     assert len(a) == 5 and a.rows.tolist() == b.rows.tolist()
@@ -253,12 +251,9 @@ def test_real_images_and_boxes(tmp_path):
     assert ds.annotations.bbox[4].tolist() == [0, 0, 200, 200]
 
 
-@pytest.fixture(scope="module")
-def synth(tmp_path_factory):
-    from vfu_nb.synthetic import generate
-    root = tmp_path_factory.mktemp("synth") / "tree"
-    generate(root, 81, seed=2, workers=1, progress=False)
-    return root
+@pytest.fixture
+def synth(synth_root):
+    return synth_root          # the session's tree; caches go under tmp_path
 
 
 @pytest.mark.parametrize("pad", [False, True])

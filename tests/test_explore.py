@@ -37,13 +37,13 @@ def test_one_sentence_per_baseline_computed_from_the_numbers():
     assert chance.startswith("Chance:") and "6.0% of the 600 test images" in chance and "0.120" in chance
     assert "0.300, 5.0 times chance" in class_prior
     assert "50.0% of the positives" in prior and "2.0 times chance" in prior
-    assert "mAP of 0.110 is below chance's 0.120" in prior
-    assert "0.680" in given and "mAP of 0.410 (+0.300 over the attribute prior)" in given
-    assert "the 15 training images" in geometry and "0.550 (+0.250 over the class prior)" in geometry
+    assert "0.110" in prior and "below" in prior                    # its mAP against chance's 0.120
+    assert "0.680" in given and "0.410" in given and "+0.300" in given  # recall, mAP, gain over the prior
+    assert "15 training images" in geometry and "0.550" in geometry and "+0.250" in geometry
     assert "0.176" in landmarks
     above = explore.baseline_sentences({**RESULTS, "attribute_prior": {**RESULTS["attribute_prior"],
                                                                        "attr_map_all": 0.2}})[2]
-    assert "mAP of 0.200 is above chance's 0.120" in above
+    assert "0.200" in above and "above" in above
     # a tree without val has no geometry-only baseline: the others still get their sentence
     without = {k: v for k, v in RESULTS.items() if k != "geometry_knn"}
     assert [s.split(":")[0] for s in explore.baseline_sentences(without)] == [

@@ -88,6 +88,7 @@ def test_cat_has_no_landmark_parts():
     assert count_parameters(model) < count_parameters(small("mtl"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["mtl", "cat"])
 def test_full_size_shapes(name):
     model = build_model(name, 48, 1000, image_size=224, width=1.0).eval()

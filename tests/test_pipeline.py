@@ -48,7 +48,7 @@ def test_default_profile_trains_both_models_with_the_make_run_settings(tmp_path)
         p = pipeline.parameters("default", f"02_train_{model}", run_dir=tmp_path)
         assert p == {"out_dir": str(tmp_path / f"02_train_{model}"), "figures_dir": "figures", "progress": False,
                      "backbone": "vgg16_bn", "lr": 1e-3, "lr_schedule": "exp", "lr_gamma": 0.9, "epochs": 20,
-                     "patience": 4, "batch_size": 8, "image_size": 64, "width": 0.25, "threads": 1,
+                     "patience": 4, "min_epochs": 10, "batch_size": 8, "image_size": 64, "width": 0.25, "threads": 1,
                      "max_items": None, "model": model}
     assert pipeline.load_profile("default")["together"] == [["02_train_mtl", "02_train_cat"]]
     p = pipeline.parameters("default", "03_compare_mtl_cat", run_dir=tmp_path)

@@ -303,7 +303,8 @@ def test_make_run_trains_with_the_studys_recipe_and_chosen_settings():
     profile = pipeline.load_profile("default")
     for step, model in (("02_train_mtl", "mtl"), ("02_train_cat", "cat")):
         train = {name: value for target, name, value, _ in profile["overrides"] if target in ("02_train", step)}
-        for key in ("image_size", "width", "batch_size", "lr_schedule", "lr_gamma", "patience", "threads"):
+        for key in ("image_size", "width", "batch_size", "lr_schedule", "lr_gamma", "patience", "min_epochs",
+                    "threads"):
             assert train[key] == plan.base[key], (step, key)
         assert train["epochs"] <= plan.base["epochs"]
         summary = repo / "results" / "study.json"
@@ -322,6 +323,7 @@ def test_exported_configs_hold_paths_relative_to_the_repository():
         assert study.portable_config(json.loads(path.read_text())) == json.loads(path.read_text()), path
 
 
+@pytest.mark.slow
 def test_the_smoke_study_trains_every_part_once_and_reports(synth_root, tmp_path):
     """The real path end to end (seconds per run): training, export, report; a second run trains nothing."""
     plan = study.smoke_plan(tmp_path / "smoke", data_root=synth_root)

@@ -235,6 +235,7 @@ def test_attribute_vocabulary_parses_like_the_real_file(tree):
     assert [n for n, _ in S.SYNTHETIC_ATTRIBUTES] == sorted(n for n, _ in S.SYNTHETIC_ATTRIBUTES)
 
 
+@pytest.mark.slow
 def test_same_seed_is_byte_identical_for_any_worker_count(tree, tmp_path):
     out, _ = tree
     again = tmp_path / "again"
@@ -245,6 +246,7 @@ def test_same_seed_is_byte_identical_for_any_worker_count(tree, tmp_path):
         assert (out / rel).read_bytes() == (again / rel).read_bytes(), rel
 
 
+@pytest.mark.slow
 def test_prefix_stability_and_noise_touches_only_the_written_landmarks(tree, clean_tree):
     """The CLI's noise-free 81-image tree has the first 81 images of the 100-image tree, byte for byte,
     and the same rows in every file except the landmarks."""
@@ -265,6 +267,7 @@ def test_other_seed_draws_other_images():
     assert img0.tobytes() != img1.tobytes() and rec0["bbox"] != rec1["bbox"]
 
 
+@pytest.mark.slow
 def test_rerun_is_cached_and_other_settings_or_versions_are_regenerated(tree, clean_tree, tmp_path):
     (out, _), (clean, _) = tree, clean_tree
     assert S.generate(out, N, seed=0, progress=False)["cached"] is True
@@ -367,6 +370,7 @@ def _total_variation(a: collections.Counter, b: collections.Counter) -> float:
     return .5 * sum(abs(a[k] / na - b[k] / nb) for k in set(a) | set(b))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("first, second", [("Tee", "Sweater"), ("Jeans", "Skirt"), ("Dress", "Coat")])
 def test_geometry_dial_sets_how_much_the_silhouette_depends_on_the_category(first, second):
     """G = 0: two categories of one clothes type draw the very same silhouette from the same random
@@ -460,6 +464,7 @@ def test_annotation_noise_jitters_written_landmarks_by_the_configured_amount():
     assert all(v == 2 and 1 <= x <= 300 and 1 <= y <= 300 for v, x, y in kept)  # never flipped, in the box
 
 
+@pytest.mark.slow
 def test_written_landmarks_of_a_tree_carry_the_default_noise(tree, clean_tree):
     (out, _), (clean, _) = tree, clean_tree
     noisy, exact = (rows_by_name(root, "Anno/list_landmarks.txt") for root in (out, clean))
@@ -563,6 +568,7 @@ def test_default_output_is_pinned(tree):
     assert explicit.tobytes() == S.render_image(plans[0], 0)[0].tobytes()
 
 
+@pytest.mark.slow
 def test_displaced_tree_has_the_functional_annotations_byte_for_byte(tree, displaced_tree):
     (out, summary), (moved, moved_summary) = tree, displaced_tree
     for rel in ANNOTATION_RELS:
@@ -619,6 +625,7 @@ def test_displaced_parts_are_rigidly_moved_into_the_body():
     assert np.mean(np.array(clearances) >= S._DISPLACE_CLEARANCE) > .8
 
 
+@pytest.mark.slow
 def test_displaced_evidence_lies_away_from_the_landmarks():
     """The measure of docs/synthetic.md on 60 images: functional parts lie at the landmarks, displaced
     ones away from them (this fails if the option moves nothing)."""

@@ -1,7 +1,5 @@
-"""Fixtures and helpers for the training tests (kept out of conftest.py on purpose).
-
-Import the fixture into a test module with ``from train_helpers import synth_root`` (tests/ is on sys.path
-through conftest.py).
+"""Helpers for the training tests (tests/ is on sys.path through conftest.py, which also holds the session's
+synthetic tree, ``synth_root``).
 
 ``python -m train_helpers --kill-at EPOCH:BATCH <train options>`` runs the training CLI and SIGKILLs itself
 after that optimiser step (and its step checkpoint): a crash at a chosen point, for the resume tests.
@@ -17,22 +15,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 REPO = Path(__file__).resolve().parents[1]
-N_IMAGES = 200
 TIMING_KEYS = {"seconds", "train_seconds", "eval_seconds", "images_per_s", "timing", "wall_seconds",
                "mean_images_per_s"}
-
-
-@pytest.fixture(scope="session")
-def synth_root(tmp_path_factory) -> Path:
-    """A ~200-image synthetic DeepFashion-C tree (vfu_nb.synthetic), shared by the training tests."""
-    from vfu_nb.synthetic import generate
-
-    root = tmp_path_factory.mktemp("synth_train") / "df"
-    generate(root, N_IMAGES, 0)
-    return root
 
 
 def tiny_args(data_root, run_dir, **over) -> list:

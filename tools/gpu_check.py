@@ -124,6 +124,18 @@ def run_command(cmd: list, log: Path, timeout: float, env: dict | None = None) -
     return {"rc": rc, "timed_out": timed_out, "seconds": round(time.perf_counter() - t0, 2)}
 
 
+def load_bench():
+    """tools/bench.py as a module (whether this file runs as a script or is loaded by a test)."""
+    import importlib.util
+
+    if "vfu_bench" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("vfu_bench", REPO / "tools" / "bench.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        sys.modules["vfu_bench"] = module
+    return sys.modules["vfu_bench"]
+
+
 def tail(path: Path, chars: int = 3000) -> str:
     try:
         return Path(path).read_text(errors="replace")[-chars:]
@@ -175,8 +187,9 @@ def stage_env(work: Path) -> dict:
         (shim / "tqdm" / "auto.py").write_text("from tqdm import tqdm  # noqa: F401\n")
         paths.append(str(shim))
     env["PYTHONPATH"] = os.pathsep.join(paths + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
-    env.setdefault("GOMP_SPINCOUNT", "1000")
-    return env
+    from vfu_nb.threads import shared_cpu_env
+
+    return shared_cpu_env(env)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -363,7 +376,7 @@ def run_sync_audit(ctx: Context) -> None:
 
 def bench_train_argv(ctx: Context, model_name: str, batch_sizes, inputs: str, *, compile_mode: str | None = None,
                      json_path: Path | None = None) -> list:
-    """Arguments of ``python -m vfu_nb.bench train`` for one model at bf16 and channels_last.
+    """Arguments of ``python -m tools.bench train`` for one model at bf16 and channels_last.
 
     ``inputs``: ``"memmap"`` (random inputs, then the uint8 memmap gather; DeepFashion-C's 50 classes and 1,000
     attributes), ``"random"`` (random inputs only) or ``"loader"`` (random inputs, then the batch loader with
@@ -395,7 +408,7 @@ def run_bench(ctx: Context, runs: list, compile_mode: str | None) -> None:
     each (a stage stopped by its guard keeps the finished ones)."""
     import torch
 
-    from vfu_nb import bench
+    bench = load_bench()
 
     table = []
     for model_name, sizes, inputs in runs:
@@ -403,7 +416,7 @@ def run_bench(ctx: Context, runs: list, compile_mode: str | None) -> None:
         path = ctx.out / "bench" / f"{ctx.name}_{key}.json"
         argv = bench_train_argv(ctx, model_name, sizes, inputs, compile_mode=compile_mode, json_path=path)
         with open(ctx.log, "a") as log:
-            log.write(f"\n$ python -m vfu_nb.bench {' '.join(argv)}\n")
+            log.write(f"\n$ python -m tools.bench {' '.join(argv)}\n")
         t0 = time.perf_counter()
         torch._dynamo.reset()
         result = bench.main(argv)
@@ -440,7 +453,7 @@ def run_bench_cuda_graphs(ctx: Context) -> None:
 
 
 def run_bench_data(ctx: Context) -> None:
-    from vfu_nb import bench
+    bench = load_bench()
 
     p = ctx.profile
     path = ctx.out / "bench" / "5_bench_data.json"

@@ -46,8 +46,11 @@ LOSS_TERMS = ("category", "attribute", "landmark", "total")
 # ----------------------------------------------------------------------------------------------------------
 # Figures
 
+#: Colours of the models the figures compare most; any other model gets one from :func:`model_color`.
 MODEL_COLORS = {"mtl": "tab:blue", "cat": "tab:orange", "mtl_no_landmarks": "tab:gray", "mtl_pool": "tab:green",
                 "mtl_bi": "tab:purple", "mtl_no_attention": "tab:brown"}
+#: Colours for models without an entry in MODEL_COLORS (tab10's that MODEL_COLORS leaves free).
+OTHER_MODEL_COLORS = ("tab:red", "tab:pink", "tab:olive", "tab:cyan")
 #: One colour per attribute type (tab10, first five).
 ATTRIBUTE_TYPE_COLORS = dict(zip(ATTRIBUTE_TYPES, LANDMARK_COLORS[:5]))
 METRIC_LABELS = {
@@ -60,6 +63,15 @@ METRIC_LABELS = {
     **{f"attr_map_{t}": f"{t} attribute mAP" for t in ATTRIBUTE_TYPES},
 }
 LOWER_IS_BETTER = {"landmark_ne_mean"}
+
+
+def model_color(model: str) -> str:
+    """The colour of ``model`` (a name of ``vfu_nb.models.MODEL_NAMES``, any case) in every figure: its entry in
+    :data:`MODEL_COLORS`, else one of :data:`OTHER_MODEL_COLORS` chosen by the name (the same in every run)."""
+    name = model.lower()
+    if name in MODEL_COLORS:
+        return MODEL_COLORS[name]
+    return OTHER_MODEL_COLORS[sum(name.encode()) % len(OTHER_MODEL_COLORS)]
 
 
 def metric_label(metric: str) -> str:

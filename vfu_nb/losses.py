@@ -11,7 +11,7 @@ device), and off the CPU every operation, forward and backward, has a determinis
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Mapping, Optional
 
 import torch
@@ -28,8 +28,8 @@ def default_heatmap_sigma(image_size: int) -> float:
 
     5 px at 224 (thesis setting, unchanged for every S >= 180), scaled with the image size, but never below
     4 px = half a cell of the stride-8 conv4_3 grid the landmark branch decodes from. Without the floor,
-    64 px gave sigma 1.43 px (0.18 of a feature cell instead of 0.6 at 224): a target of ~6 pixels out of
-    4096 that an all-zero map already nearly fits, and the branch did not learn. Measured on the 2k-image
+    64 px would give sigma 1.43 px (0.18 of a feature cell instead of 0.6 at 224): a target of ~6 pixels out
+    of 4096 that an all-zero map already nearly fits, and the branch does not learn. Measured on the 2k-image
     synthetic tree (64 px, width 0.25, full-width landmark branch, landmark loss only, 2 epochs, batch 8;
     val NE, mean-position baseline 0.167): sigma 1.43 px -> 0.37 (lr 1e-4) / 0.21 (lr 1e-3); 2 px -> 0.35 /
     0.19; 3 px -> 0.20 / 0.14; 4 px -> 0.18 / 0.14. Keeps the argmax decoding unchanged (peak at the
@@ -65,10 +65,12 @@ class LossWeights:
     ``landmark`` must be 0 for models without landmark supervision (``mtl_no_landmarks``, ``cat``).
     """
 
-    category: float = field(default=1.0, metadata={"help": "weight of the category cross-entropy"})
-    attribute: float = field(default=20.0, metadata={"help": "weight of the attribute BCE"})
-    landmark: float = field(default=1000.0, metadata={"help": "weight of the landmark heatmap MSE (0 for models "
-                                                              "without landmark supervision)"})
+    category: float = 1.0
+    """weight of the category cross-entropy"""
+    attribute: float = 20.0
+    """weight of the attribute BCE"""
+    landmark: float = 1000.0
+    """weight of the landmark heatmap MSE (0 for models without landmark supervision)"""
 
 
 def gaussian_heatmaps(coords: torch.Tensor, height: int, width: int, sigma: float,

@@ -53,7 +53,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-MODEL_NAMES = ("mtl", "cat", "mtl_no_landmarks", "mtl_no_attention", "mtl_pool", "mtl_bi")
 BACKBONES = ("vgg16", "vgg16_bn")
 
 # VGG-16 configuration up to conv4_3 and the conv5 block ("M" = 2x2 max-pool), as in torchvision.
@@ -190,7 +189,7 @@ class LandmarkBranch(nn.Module):
     (64 px, landmark loss only, 2 epochs, batch 8) val NE was 0.48 (lr 1e-4) / 0.53 (lr 1e-3), worse than
     predicting the mean position (0.167); at full width with the 4 px sigma floor of
     ``losses.default_heatmap_sigma`` it reached 0.18 / 0.14 (width 0.5 with a 3 px sigma: 0.33 at lr 1e-4);
-    the full-width branch with the old 1.43 px sigma: 0.37 / 0.21. Both changes are needed. The branch is
+    the full-width branch with the unfloored 1.43 px sigma: 0.37 / 0.21. Both are needed. The branch is
     small anyway: 0.35M parameters at width 1 (0.33M on a width-0.25 backbone, vs 0.02M scaled). Only the input
     1x1 conv follows the backbone's width. At 224 px / width 1 nothing changes.
     """
@@ -506,8 +505,10 @@ class MTLBiNet(MTLNet):
                 "landmark_heatmaps": heatmaps, "landmark_heatmaps_first": first, "attention": attention}
 
 
+#: The registry: model name -> network class. A new variant is its class and one line here.
 NETWORKS = {"mtl": MTLNet, "cat": CATNet, "mtl_no_landmarks": MTLNet, "mtl_no_attention": MTLNet, "mtl_pool": MTLPoolNet,
             "mtl_bi": MTLBiNet}
+MODEL_NAMES = tuple(NETWORKS)
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -6,20 +6,20 @@
     nb.save(fig, "confusion_mtl")              # <figures_dir>/03_confusion_mtl.png, listed in nb.figures
     nb.write_metrics({...})                    # <out_dir>/metrics.json, what the pipeline collects
 
-Importing this module sets ``GOMP_SPINCOUNT=1000`` unless it is set: torch's OpenMP threads then spin only briefly
-before sleeping. With the default spin time a second busy process on a small shared CPU slows training several-
-fold; this costs a few percent on an idle machine. It takes effect only if torch is not imported yet.
+Importing this module applies :func:`vfu_nb.threads.shared_cpu_env` (OpenMP threads that sleep soon instead of
+spinning, for a small shared CPU); it takes effect only if torch is not imported yet.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
-os.environ.setdefault("GOMP_SPINCOUNT", "1000")
+from vfu_nb.threads import shared_cpu_env
 
-from vfu_nb.paths import resolve  # noqa: E402  (after the environment variable, on purpose)
+shared_cpu_env()
+
+from vfu_nb.paths import resolve  # noqa: E402  (after the thread settings, on purpose)
 
 
 class Notebook:

@@ -47,6 +47,7 @@ from pathlib import Path
 import yaml
 
 from vfu_nb.paths import repo_root, resolve
+from vfu_nb.threads import shared_cpu_env
 
 REPO = repo_root()
 NOTEBOOKS = REPO / "notebooks"
@@ -116,7 +117,7 @@ def accepts(notebook: str, name: str) -> bool:
     if name in notebook_parameters(notebook):
         return True
     if notebook == TRAINING_NOTEBOOK:
-        from vfu_nb.runs import training_setting_names
+        from vfu_nb.train_config import training_setting_names
 
         return name in training_setting_names()
     return False
@@ -283,9 +284,7 @@ def run_pipeline(profile: str = "default", overrides=(), run_dir=None, steps=Non
         return {}
     # kernels import vfu_nb from this checkout even when it is not pip-installed
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
-    # Kernels inherit this: torch's OpenMP threads spin only briefly before sleeping, so a second busy process on
-    # a small shared CPU does not slow training several-fold (vfu_nb.notebook sets the same in interactive use).
-    os.environ.setdefault("GOMP_SPINCOUNT", "1000")
+    shared_cpu_env()      # the kernels inherit the thread settings for a small shared CPU
     results, timings = {}, {}
     t_start = time.perf_counter()
 

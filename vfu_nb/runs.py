@@ -21,7 +21,6 @@ cover exactly the images the run was evaluated on.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +32,7 @@ import torch.nn.functional as F
 
 from vfu_nb.paths import resolve
 
-from vfu_nb.rundir import RunMismatchError, check_resume  # noqa: F401 (RunMismatchError re-exported)
+from vfu_nb.rundir import RunMismatchError, check_resume, read_run_config  # noqa: F401 (RunMismatchError re-exported)
 
 #: Where the pipeline's training notebook puts the run of ``model`` (relative to the repository root).
 PIPELINE_RUN = "runs/{profile}/02_train_{model}/run"
@@ -47,19 +46,14 @@ def _read_json(path) -> dict:
 # Training
 
 
-def training_setting_names() -> set:
-    """The :class:`vfu_nb.train.TrainConfig` fields a caller may set (``run_dir`` and ``resume`` are ensure_run's)."""
-    from vfu_nb.train import TrainConfig
-
-    return {f.name for f in dataclasses.fields(TrainConfig)} - {"run_dir", "resume"}
-
-
 def train_settings(namespace: Mapping) -> dict:
     """The training settings among the names of ``namespace`` (a notebook's ``globals()``).
 
     The training notebook passes its parameters through this, so a new TrainConfig field needs no notebook edit:
     ``-p NAME VALUE`` (pipeline or papermill) defines it and it reaches the trainer.
     """
+    from vfu_nb.train_config import training_setting_names
+
     return {name: namespace[name] for name in sorted(training_setting_names()) if name in namespace}
 
 
@@ -99,10 +93,9 @@ def ensure_run(run_dir, model: str = "mtl", *, data_root="data/synthetic", progr
 
 
 def check_compatible(run_dir) -> None:
-    """Raise :class:`RunMismatchError` when the run's checkpoint no longer fits the current model code.
-
-    (A stored run trained before a change to :mod:`vfu_nb.models` cannot be resumed or evaluated.)
-    """
+    """Raise :class:`RunMismatchError` when the run's checkpoint does not fit the current model code (its tensors'
+    names or shapes differ from what :mod:`vfu_nb.models` builds for its settings): such a run cannot be resumed or
+    evaluated."""
     from vfu_nb.train import load_checkpoint
 
     run_dir = resolve(run_dir)
@@ -253,22 +246,17 @@ def precision(config: Mapping) -> dict:
 
 def dataset_for(run_dir, split: str = "test", uint8: bool = True):
     """The ``split`` data set of the run (same root, image size, ``max_items`` subset and cache)."""
-    from vfu_nb.data import DeepFashionC
+    from vfu_nb.train import make_dataset
 
-    c = _read_json(resolve(run_dir) / "config.json")
-    return DeepFashionC(c["data_root"], split, c["image_size"], cache=True, uint8=uint8, cache_dir=c.get("cache_dir"),
-                        pad_to_square=c.get("pad_to_square", False), max_items=c.get("max_items"),
-                        subset_seed=c.get("data_seed", 0), progress=False)
+    return make_dataset(read_run_config(resolve(run_dir))[0], split, uint8=uint8)
 
 
 def _build(run_dir: Path, checkpoint: dict) -> torch.nn.Module:
-    from vfu_nb.conventions import NUM_LANDMARKS
-    from vfu_nb.models import build_model
+    """The run's network for the checkpoint's vocabulary, with initial weights (the checkpoint's go over them)."""
+    from vfu_nb.train import make_model
 
-    c = _read_json(run_dir / "config.json")
-    return build_model(checkpoint.get("model_name", c["model"]), int(checkpoint["num_categories"]),
-                       int(checkpoint["num_attributes"]), NUM_LANDMARKS, c["image_size"], c["width"],
-                       c.get("backbone", "vgg16"), pretrained=None)
+    return make_model(read_run_config(run_dir)[0], int(checkpoint["num_categories"]),
+                      int(checkpoint["num_attributes"]), pretrained=False)
 
 
 def load_model(run_dir, which: str = "best", device: str = "cpu") -> torch.nn.Module:
@@ -380,9 +368,8 @@ def predict(run_dir, split: str = "test", which: str = "best", device: str = "cp
     image: ``heatmaps`` (8, S, S) raw, ``attention`` (channels, S/8, S/8) and ``features`` (channels, S/8, S/8)
     as float32 numpy arrays (missing keys for models without them).
     """
-    from vfu_nb.data import normalize_images
     from vfu_nb.models import decode_landmarks
-    from vfu_nb.train import resolve_device
+    from vfu_nb.train import forward_batches, resolve_device
 
     run_dir = resolve(run_dir)
     config = _read_json(run_dir / "config.json")
@@ -400,12 +387,7 @@ def predict(run_dir, split: str = "test", which: str = "best", device: str = "cp
     maps: dict = {}
     loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=0)
     pos = 0
-    for batch in loader:
-        images = normalize_images(batch["image"].to(device))
-        if mode["channels_last"]:
-            images = images.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=mode["bf16"]):
-            out = model(images)
+    for batch, out in forward_batches(model, loader, device, **mode):
         heat = out.get("landmark_heatmaps")
         parts["index"].append(batch["index"].numpy())
         parts["category"].append(batch["category"].numpy())
@@ -513,14 +495,11 @@ def predict_one(model: torch.nn.Module, image: torch.Tensor) -> Prediction:
         image = image[None]
     if image.dim() != 4 or image.shape[0] != 1:
         raise ValueError(f"predict_one takes one image (3,S,S), got {tuple(image.shape)}")
+    from vfu_nb.train import inference
+
     device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            out = model(image.to(device=device, dtype=torch.float32))
-    finally:
-        model.train(was_training)
+    with inference(model):
+        out = model(image.to(device=device, dtype=torch.float32))
     size = image.shape[-1]
     pred = Prediction(
         category_probs=torch.softmax(out["category_logits"].float(), dim=1)[0].cpu().numpy(),

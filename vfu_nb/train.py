@@ -1,7 +1,7 @@
 """Training loop: ``train(config)``, ``evaluate(...)`` and the CLI (reference: docs/training.md).
 
     python -m vfu_nb.train --model mtl --data-root DIR --run-dir runs/x [--epochs 10 --batch-size 8 ...]
-    python -m vfu_nb.train --config run.yaml [--lr 3e-4]   # file settings, flags override; --print-config shows them
+    python -m vfu_nb.train --config run.yaml [--lr 3e-4]   # file settings, flags override; --print_config shows them
     torchrun --nproc_per_node 8 -m vfu_nb.train ...        # DistributedDataParallel, batch size per process
 
 Reading order (top to bottom, as the run goes): :func:`train` claims the run directory, then
@@ -35,7 +35,6 @@ scheduler, resume), and per epoch :func:`train_epoch` (steps of :func:`training_
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
 import functools
@@ -62,8 +61,7 @@ from vfu_nb.rundir import (  # noqa: F401 (re-exported)
     RunMismatchError, check_resume, check_run_dir, load_checkpoint, read_run_config, save_checkpoint, write_json,
 )
 from vfu_nb.train_config import (  # noqa: F401 (re-exported)
-    LR_SCHEDULES, RESUME_SAFE_FIELDS, ConfigError, TrainConfig, add_train_args, config_differences,
-    config_from_args, config_to_yaml,
+    LR_SCHEDULES, RESUME_SAFE_FIELDS, ConfigError, TrainConfig, cli_parser, config_differences, parse_config,
 )
 
 CHECKPOINT_FORMAT = 2   # 2: adds the position inside an epoch ("batch", "epoch_stats"); format 1 still loads
@@ -384,7 +382,7 @@ def _to_device(batch: dict, device: torch.device) -> dict:
     return {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
 
 
-def _prepare_images(images: torch.Tensor, channels_last: bool) -> torch.Tensor:
+def prepare_images(images: torch.Tensor, channels_last: bool) -> torch.Tensor:
     """Images in the model's memory layout (uint8 batches arrive NCHW or, from the batch loader, as an NHWC
     view), normalised to float; a batch already in that layout is not copied."""
     from vfu_nb.data import normalize_images
@@ -403,7 +401,7 @@ def training_step(model, optimizer, batch: dict, loss_fn: Callable, rt: Runtime,
     """
     if cuda_graphs:
         torch.compiler.cudagraph_mark_step_begin()
-    images = _prepare_images(batch["image"], rt.channels_last)
+    images = prepare_images(batch["image"], rt.channels_last)
     with torch.autocast(device_type=rt.device.type, dtype=torch.bfloat16, enabled=rt.bf16):
         outputs = model(images)
     losses = loss_fn(outputs, batch)
@@ -416,34 +414,57 @@ def training_step(model, optimizer, batch: dict, loss_fn: Callable, rt: Runtime,
     return logged
 
 
+@contextlib.contextmanager
+def inference(model: torch.nn.Module):
+    """``model`` in eval mode without gradients for the block; its previous mode comes back afterwards."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield model
+    finally:
+        model.train(was_training)
+
+
+def forward_batches(model: torch.nn.Module, loader, device, *, bf16: bool = False, channels_last: bool = False,
+                    progress: bool = False, desc: str = "eval"):
+    """Yield ``(batch, outputs)`` for every batch of ``loader``: the model's outputs without gradients, in eval mode.
+
+    The one evaluation loop (:func:`evaluate` accumulates metrics from it, :func:`vfu_nb.runs.predict` keeps the
+    outputs): only the images go to ``device``, in the model's memory layout (``channels_last``), normalised
+    there, under bf16 autocast with ``bf16``. The model goes back into its previous mode afterwards.
+    """
+    from tqdm.auto import tqdm
+
+    device = torch.device(device)
+    for batch in tqdm(loader, desc=desc, leave=False, disable=not progress):
+        images = prepare_images(batch["image"].to(device, non_blocking=True), channels_last)
+        with inference(model), torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16):
+            out = model(images)
+        yield batch, out
+
+
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, loader, device, attribute_types=None, *, bf16: bool = False,
              channels_last: bool = False, loss_weights: Optional[LossWeights] = None,
              heatmap_sigma: Optional[float] = None, progress: bool = False, desc: str = "eval") -> dict:
-    """Run ``model`` over ``loader`` and return a flat dict of floats (see :class:`EvalAccumulator`).
+    """Run ``model`` over ``loader`` (:func:`forward_batches`) and return a flat dict of floats (see
+    :class:`EvalAccumulator`).
 
-    Only the images go to the device (and the labels, one way, for the losses); the accumulator gets the
-    device outputs and the host labels, and the loss sums stay on the device until the end of the split.
-    Also returns the mean loss terms (``loss_category`` ... ``loss_total``, batch-size weighted) when
+    The accumulator gets the device outputs and the host labels; the loss sums stay on the device until the end of
+    the split. Also returns the mean loss terms (``loss_category`` ... ``loss_total``, batch-size weighted) when
     ``loss_weights`` is given. ``attribute_types`` defaults to ``loader.dataset.annotations.attribute_types``.
-    The model is put in eval mode and back into its previous mode afterwards.
     """
-    from tqdm.auto import tqdm
-
     from vfu_nb.models import decode_landmarks
 
     if attribute_types is None:
         attribute_types = loader.dataset.annotations.attribute_types
     device = torch.device(device)
-    was_training = model.training
-    model.eval()
     acc = EvalAccumulator(attribute_types, num_landmarks=getattr(model, "num_landmarks", 8))
     loss_sums = torch.zeros(4, dtype=torch.float64, device=device)
     n_seen = 0
-    for batch in tqdm(loader, desc=desc, leave=False, disable=not progress):
-        images = _prepare_images(batch["image"].to(device, non_blocking=True), channels_last)
-        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16):
-            out = model(images)
+    for batch, out in forward_batches(model, loader, device, bf16=bf16, channels_last=channels_last,
+                                      progress=progress, desc=desc):
         heat = out.get("landmark_heatmaps")
         acc.update(category_logits=out["category_logits"], category=batch["category"],
                    attribute_logits=out["attribute_logits"], attributes=batch["attributes"],
@@ -457,7 +478,6 @@ def evaluate(model: torch.nn.Module, loader, device, attribute_types=None, *, bf
             losses = multitask_loss(out, labels, loss_weights, heatmap_sigma)
             loss_sums += torch.stack([losses[t].detach().float() for t in LOSS_TERMS]).double() * b
             n_seen += b
-    model.train(was_training)
     result = acc.compute()
     if loss_weights is not None and n_seen:
         for t, v in zip(LOSS_TERMS, (loss_sums / n_seen).tolist()):
@@ -573,14 +593,23 @@ def _make_scheduler(config: TrainConfig, optimizer):
     return None
 
 
-def _build_datasets(config: TrainConfig, rt: Runtime) -> dict:
-    """train / val / test data sets (rank 0 builds the image caches first, then the others open them)."""
+def make_dataset(config: TrainConfig, split: str, *, augment: bool = False, uint8: bool = True,
+                 progress: bool = False):
+    """The ``split`` data set of a run's settings: its root, image size, padding, ``max_items`` subset and cache.
+
+    The one place that turns settings into a data set (the trainer, :func:`vfu_nb.runs.dataset_for`).
+    """
     from vfu_nb.data import DeepFashionC
 
+    return DeepFashionC(config.data_root, split, config.image_size, augment=augment, cache=True, uint8=uint8,
+                        cache_dir=config.cache_dir, pad_to_square=config.pad_to_square, max_items=config.max_items,
+                        subset_seed=config.data_seed, progress=progress)
+
+
+def _build_datasets(config: TrainConfig, rt: Runtime) -> dict:
+    """train / val / test data sets (rank 0 builds the image caches first, then the others open them)."""
     def make(split):
-        return DeepFashionC(config.data_root, split, config.image_size, augment=config.augment and split == "train",
-                            cache=True, uint8=True, cache_dir=config.cache_dir, pad_to_square=config.pad_to_square,
-                            max_items=config.max_items, subset_seed=config.data_seed,
+        return make_dataset(config, split, augment=config.augment and split == "train",
                             progress=config.progress and rt.is_main)
 
     if not rt.is_main:
@@ -637,24 +666,46 @@ def _loaders(config: TrainConfig, rt: Runtime, sets: dict):
     return sampler, loader_gen, train_loader, eval_loaders
 
 
-def _build_model(config: TrainConfig, rt: Runtime, annotations):
-    """(model on the device, its metadata for checkpoints, loss weights, the loss with its fixed arguments)."""
-    from vfu_nb.models import build_model, count_parameters
+def make_model(config: TrainConfig, num_categories: int, num_attributes: int, device="cpu",
+               channels_last: bool = False, pretrained: bool = True) -> torch.nn.Module:
+    """The network of a run's settings (``model``, ``image_size``, ``width``, ``backbone``, ``pretrained`` unless
+    ``pretrained=False``: a checkpoint is loaded over it) for a vocabulary, on ``device`` in its memory layout.
 
-    meta = {"model_name": config.model, "num_categories": len(annotations.category_names),
-            "num_attributes": len(annotations.attribute_names)}
-    model = build_model(config.model, meta["num_categories"], meta["num_attributes"], 8, config.image_size,
-                        config.width, config.backbone, config.pretrained).to(rt.device)
-    if rt.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    meta["params"] = count_parameters(model)
+    The one place that turns settings into a network (the trainer, :func:`vfu_nb.runs.load_model`, the benchmark).
+    """
+    from vfu_nb.conventions import NUM_LANDMARKS
+    from vfu_nb.models import build_model
+
+    model = build_model(config.model, num_categories, num_attributes, NUM_LANDMARKS, config.image_size, config.width,
+                        config.backbone, config.pretrained if pretrained else None).to(device)
+    return model.to(memory_format=torch.channels_last) if channels_last else model
+
+
+def make_loss(config: TrainConfig, model: torch.nn.Module, rt: Runtime) -> tuple[LossWeights, Callable]:
+    """(the loss weights, ``loss_fn(outputs, batch)``) that train ``model`` with ``config``'s loss settings.
+
+    The landmark weight is 0 for a model without landmark supervision; the loss gets the run's heatmap sigma,
+    ``attr_pos_weight`` (made once on the device, not per step) and, under DDP, the all-reduced label counts.
+    """
     weights = dataclasses.replace(config.loss_weights)
     if not getattr(model, "has_landmark_branch", True) or not getattr(model, "landmark_supervised", True):
         weights.landmark = 0.0
     pos_weight = None if config.attr_pos_weight is None else \
-        torch.full((), float(config.attr_pos_weight), device=rt.device)   # made once, not per step
+        torch.full((), float(config.attr_pos_weight), device=rt.device)
     loss_fn = functools.partial(multitask_loss, weights=weights, heatmap_sigma=rt.heatmap_sigma,
                                 attr_pos_weight=pos_weight, reduce_counts=rt.all_mean if rt.distributed else None)
+    return weights, loss_fn
+
+
+def _build_model(config: TrainConfig, rt: Runtime, annotations):
+    """(model on the device, its metadata for checkpoints, loss weights, the loss with its fixed arguments)."""
+    from vfu_nb.models import count_parameters
+
+    meta = {"model_name": config.model, "num_categories": len(annotations.category_names),
+            "num_attributes": len(annotations.attribute_names)}
+    model = make_model(config, meta["num_categories"], meta["num_attributes"], rt.device, rt.channels_last)
+    meta["params"] = count_parameters(model)
+    weights, loss_fn = make_loss(config, model, rt)
     return model, meta, weights, loss_fn
 
 
@@ -981,28 +1032,15 @@ def format_metrics(metrics: dict) -> str:
     return "\n".join(lines)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m vfu_nb.train", description=__doc__.split("\n")[0],
-                                     epilog="Every option is a TrainConfig field; see docs/training.md.")
-    parser.add_argument("--print-config", action="store_true",
-                        help="print the resolved config as YAML (loadable with --config) and exit")
-    return add_train_args(parser)
+def build_parser():
+    """The command line: every :class:`TrainConfig` field, ``--config FILE`` and ``--print_config`` (jsonargparse)."""
+    return cli_parser("python -m vfu_nb.train", __doc__.split("\n")[0])
 
 
 def main(argv=None, on_step: Optional[Callable] = None) -> Optional[dict]:
     parser = build_parser()
-    args = parser.parse_args(argv)
-    print_config = vars(args).pop("print_config")
     try:
-        config = config_from_args(args)
-    except ConfigError as exc:
-        parser.error(str(exc))
-    if print_config:
-        rt = resolve_runtime(config, *dist_info())
-        note = "resolved on this machine: " + ", ".join(f"{k} {v}" for k, v in rt.resolved().items())
-        print(config_to_yaml(config, note), end="")
-        return None
-    try:
+        config = parse_config(argv, parser)
         metrics = train(config, on_step=on_step)
     except (RunDirError, ConfigError) as exc:
         parser.exit(2, f"{parser.prog}: error: {exc}\n")

@@ -1,10 +1,12 @@
-"""Every training setting in one place: :class:`TrainConfig`, and the command line generated from it.
+"""Every training setting in one place: :class:`TrainConfig`, read from the command line, files and mappings by
+jsonargparse.
 
-Each field carries its help text and CLI group; :func:`add_train_args` turns the fields into argparse options
-(``--image-size`` for ``image_size``, bools as ``--x/--no-x``, ``none`` for an optional value, the nested
-:class:`~vfu_nb.losses.LossWeights` as ``--w-category/--w-attribute/--w-landmark``), so adding a training
-setting means adding one field. ``--config FILE`` (YAML or JSON, e.g. a run's ``config.json``) sets values,
-flags on the command line override them; :func:`config_to_yaml` writes a config back in that format.
+The dataclass is the single source: each field's type, default and docstring become its option, its type check
+and its ``--help`` text (:func:`cli_parser`); ``--config FILE`` (YAML or JSON, e.g. a run's ``config.json``) sets
+values that later flags override, ``--print_config`` prints the merged settings as YAML. :func:`parse_config`
+also takes the dashed spellings (``--image-size``, ``--no-augment``, ``--w-landmark``, ``none``; see
+:data:`ALIASES`), and :meth:`TrainConfig.from_dict` checks a mapping with the same parser. Values outside their
+range raise :class:`ConfigError` naming the option (:func:`check_ranges`).
 
 The resume rule lives here too: :func:`config_differences` lists what differs between a stored run and a
 new request, except :data:`RESUME_SAFE_FIELDS`.
@@ -14,30 +16,27 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
+import functools
 import os
 import typing
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Literal, Mapping, Optional
+
+from jsonargparse import ActionConfigFile, ArgumentParser, set_parsing_settings
+from jsonargparse import Namespace as _Namespace
 
 from vfu_nb.losses import LossWeights
+from vfu_nb.models import BACKBONES, MODEL_NAMES
 
 LR_SCHEDULES = ("none", "cosine", "step", "exp")
 LOADERS = ("batch", "items")
 
+# The fields' docstrings are their --help texts.
+set_parsing_settings(docstring_parse_attribute_docstrings=True)
+
 
 class ConfigError(ValueError):
     """A setting has a value that is not allowed; the message names the option (and the file it came from)."""
-
-
-def setting(default=None, help: str = "", *, group: str, aliases: tuple = (), choices: tuple = (),
-            prefix: str = "", factory=None):
-    """A dataclass field with its CLI metadata (help text, option group, extra flag names, choices)."""
-    meta = {"help": help, "group": group, "aliases": tuple(aliases), "choices": tuple(choices), "prefix": prefix}
-    if factory is not None:
-        return field(default_factory=factory, metadata=meta)
-    return field(default=default, metadata=meta)
 
 
 @dataclass
@@ -50,98 +49,112 @@ class TrainConfig:
     """
 
     # --- run
-    model: str = setting("mtl", "network: mtl | cat | mtl_no_landmarks | mtl_no_attention | mtl_pool | mtl_bi (vfu_nb.models)",
-                         group="run")
-    run_dir: str = setting("", "output folder (empty: runs/<model>); a folder that already holds a run is only "
-                           "continued with --resume", group="run")
-    resume: bool = setting(False, "continue the run in --run-dir from checkpoints/last.pt (same settings "
-                           "except the resume-safe ones)", group="run")
-    epochs: int = setting(10, "number of epochs (thesis: 10)", group="run")
-    seed: int = setting(0, "seed of model init, data order and augmentation", group="run")
+    model: Literal[MODEL_NAMES] = "mtl"
+    """network (vfu_nb.models)"""
+    run_dir: str = ""
+    """output folder (empty: runs/<model>); a folder that already holds a run is only continued with --resume"""
+    resume: bool = False
+    """continue the run in --run-dir from checkpoints/last.pt (same settings except the resume-safe ones)"""
+    epochs: int = 10
+    """number of epochs (thesis: 10)"""
+    seed: int = 0
+    """seed of model init, data order and augmentation"""
 
     # --- data
-    data_root: str = setting("data/deepfashion", "DeepFashion-C root (Anno/, Eval/, img/) or a synthetic tree",
-                             group="data")
-    image_size: int = setting(224, "input size S (images are cropped to the bbox and resized to S x S)",
-                              group="data")
-    pad_to_square: bool = setting(False, "pad the bbox to a square instead of stretching it", group="data")
-    augment: bool = setting(False, "train split only: horizontal flip + scale/shift jitter", group="data")
-    max_items: Optional[int] = setting(None, "per split: a seeded subset of N images (data_seed), for smoke "
-                                       "runs", group="data")
-    train_fraction: float = setting(1.0, "train on a seeded subset (data_seed) of this fraction of the train "
-                                    "split, same val/test (learning curves); smaller fractions are subsets of "
-                                    "larger ones", group="data")
-    data_seed: int = setting(0, "seed of the max_items / train_fraction subsets (the same for every run seed)",
-                             group="data")
-    cache_dir: Optional[str] = setting(None, "folder of the uint8 image cache (default: <data_root>/.vfu_cache)",
-                                       group="data")
-    loader: str = setting("batch", "input path: batch (vfu_nb.data.BatchLoader: one gather per batch from the "
-                          "uint8 cache, a prefetch thread, augmentation on the device) | items (per-item "
-                          "DataLoader)", group="data", choices=LOADERS)
-    num_workers: Optional[int] = setting(None, "DataLoader worker processes of --loader items (default: 0 on "
-                                         "CPU, up to 8 on CUDA); the batch loader uses none", group="data",
-                                         aliases=("--workers",))
+    data_root: str = "data/deepfashion"
+    """DeepFashion-C root (Anno/, Eval/, img/) or a synthetic tree"""
+    image_size: int = 224
+    """input size S (images are cropped to the bbox and resized to S x S)"""
+    pad_to_square: bool = False
+    """pad the bbox to a square instead of stretching it"""
+    augment: bool = False
+    """train split only: horizontal flip + scale/shift jitter"""
+    max_items: Optional[int] = None
+    """per split: a seeded subset of N images (data_seed), for smoke runs"""
+    train_fraction: float = 1.0
+    """train on a seeded subset (data_seed) of this fraction of the train split, same val/test (learning curves);
+    smaller fractions are subsets of larger ones"""
+    data_seed: int = 0
+    """seed of the max_items / train_fraction subsets (the same for every run seed)"""
+    cache_dir: Optional[str] = None
+    """folder of the uint8 image cache (default: <data_root>/.vfu_cache)"""
+    loader: Literal[LOADERS] = "batch"
+    """input path: batch (vfu_nb.data.BatchLoader: one gather per batch from the uint8 cache, a prefetch thread,
+    augmentation on the device) | items (per-item DataLoader)"""
+    num_workers: Optional[int] = None
+    """DataLoader worker processes of --loader items (default: 0 on CPU, up to 8 on CUDA); the batch loader uses
+    none. Also --workers"""
 
     # --- model
-    width: float = setting(1.0, "channel width factor of the VGG-16 backbone (0.25 -> 128 channels at "
-                           "conv4_3)", group="model")
-    backbone: str = setting("vgg16", "vgg16 | vgg16_bn", group="model")
-    pretrained: Optional[str] = setting(None, "PATH to torchvision VGG-16 weights, or 'torchvision' (torch.hub "
-                                        "cache; never downloads)", group="model")
+    width: float = 1.0
+    """channel width factor of the VGG-16 backbone (0.25 -> 128 channels at conv4_3)"""
+    backbone: Literal[BACKBONES] = "vgg16"
+    """VGG-16 with or without batch norm"""
+    pretrained: Optional[str] = None
+    """PATH to torchvision VGG-16 weights, or 'torchvision' (torch.hub cache; never downloads)"""
 
     # --- optimisation
-    batch_size: int = setting(8, "images per step and process (global batch = batch size x processes)",
-                              group="optimisation")
-    lr: float = setting(1e-4, "Adam learning rate (one optimiser for the whole run)", group="optimisation")
-    weight_decay: float = setting(0.0, "Adam weight decay (L2)", group="optimisation")
-    lr_schedule: str = setting("none", "per-epoch learning-rate schedule", group="optimisation",
-                               choices=LR_SCHEDULES)
-    lr_step_size: int = setting(3, "step schedule: decay every N epochs", group="optimisation")
-    lr_gamma: float = setting(0.1, "step / exp schedule factor (Liu & Lu: exp 0.8)", group="optimisation")
-    max_batches: Optional[int] = setting(None, "at most N steps per epoch (smoke runs)", group="optimisation")
+    batch_size: int = 8
+    """images per step and process (global batch = batch size x processes)"""
+    lr: float = 1e-4
+    """Adam learning rate (one optimiser for the whole run)"""
+    weight_decay: float = 0.0
+    """Adam weight decay (L2)"""
+    lr_schedule: Literal[LR_SCHEDULES] = "none"
+    """per-epoch learning-rate schedule"""
+    lr_step_size: int = 3
+    """step schedule: decay every N epochs"""
+    lr_gamma: float = 0.1
+    """step / exp schedule factor (Liu & Lu: exp 0.8)"""
+    max_batches: Optional[int] = None
+    """at most N steps per epoch (smoke runs)"""
 
     # --- loss
-    loss_weights: LossWeights = setting(help="weights of the three loss terms", group="loss", prefix="w",
-                                        factory=LossWeights)
-    heatmap_sigma: Optional[float] = setting(None, "Gaussian sigma of the landmark targets in input pixels "
-                                             "(default: max(5 * S / 224, 4))", group="loss")
-    attr_pos_weight: Optional[float] = setting(None, "pos_weight of the attribute BCE (up-weights the rare "
-                                               "positives)", group="loss")
+    loss_weights: LossWeights = field(default_factory=LossWeights)
+    """weights of the three loss terms (also --w-category, --w-attribute, --w-landmark)"""
+    heatmap_sigma: Optional[float] = None
+    """Gaussian sigma of the landmark targets in input pixels (default: max(5 * S / 224, 4))"""
+    attr_pos_weight: Optional[float] = None
+    """pos_weight of the attribute BCE (up-weights the rare positives)"""
 
     # --- evaluation and model selection
-    eval_batch_size: Optional[int] = setting(None, "images per evaluation batch (default: 4 x batch size on "
-                                             "CPU, at least 256 on CUDA)", group="evaluation")
-    select_metric: str = setting("category_top3", "val metric that selects the best epoch (higher is better)",
-                                 group="evaluation")
-    patience: Optional[int] = setting(None, "early stopping: stop after N epochs without val improvement",
-                                      group="evaluation")
-    min_epochs: int = setting(0, "early stopping never stops a run before this epoch (a lucky first epoch on a "
-                              "small training split can otherwise end it on the prior plateau)", group="evaluation")
+    eval_batch_size: Optional[int] = None
+    """images per evaluation batch (default: 4 x batch size on CPU, at least 256 on CUDA)"""
+    select_metric: str = "category_top3"
+    """val metric that selects the best epoch (higher is better)"""
+    patience: Optional[int] = None
+    """early stopping: stop after N epochs without val improvement"""
+    min_epochs: int = 0
+    """early stopping never stops a run before this epoch (a lucky first epoch on a small training split can
+    otherwise end it on the prior plateau)"""
 
     # --- device and speed
-    device: str = setting("auto", "auto (CUDA when available) | cpu | cuda | cuda:N", group="device")
-    threads: Optional[int] = setting(None, "CPU threads (torch.set_num_threads); 1 is much faster on a CPU "
-                                     "shared with other jobs", group="device")
-    bf16: Optional[bool] = setting(None, "bf16 autocast (default: on for CUDA)", group="device")
-    channels_last: Optional[bool] = setting(None, "channels_last memory format (default: on for CUDA)",
-                                            group="device")
-    deterministic: Optional[bool] = setting(None, "deterministic algorithms (default: on for CPU); see "
-                                            "docs/training.md", group="device")
-    compile: bool = setting(False, "torch.compile the model (the last partial training batch is dropped)",
-                            group="device")
-    cuda_graphs: bool = setting(False, "torch.compile with mode='reduce-overhead' (CUDA graphs, for small "
-                                "batches); implies --compile", group="device")
-    sync_every: Optional[int] = setting(None, "read the losses back to the host every N steps (default: 1 on "
-                                        "CPU, 25 on CUDA)", group="device")
+    device: str = "auto"
+    """auto (CUDA when available) | cpu | cuda | cuda:N"""
+    threads: Optional[int] = None
+    """CPU threads (torch.set_num_threads); 1 is much faster on a CPU shared with other jobs"""
+    bf16: Optional[bool] = None
+    """bf16 autocast (default: on for CUDA)"""
+    channels_last: Optional[bool] = None
+    """channels_last memory format (default: on for CUDA)"""
+    deterministic: Optional[bool] = None
+    """deterministic algorithms (default: on for CPU); see docs/training.md"""
+    compile: bool = False
+    """torch.compile the model (the last partial training batch is dropped)"""
+    cuda_graphs: bool = False
+    """torch.compile with mode='reduce-overhead' (CUDA graphs, for small batches); implies --compile"""
+    sync_every: Optional[int] = None
+    """read the losses back to the host every N steps (default: 1 on CPU, 25 on CUDA)"""
 
     # --- logging and checkpoints
-    progress: bool = setting(True, "progress bars", group="logging")
-    log_every: int = setting(50, "write per-step losses to batches.csv (and TensorBoard) at least every N "
-                             "steps", group="logging")
-    checkpoint_every: Optional[int] = setting(None, "also save checkpoints/last.pt every N steps, so a killed "
-                                              "long epoch resumes from its last step checkpoint",
-                                              group="logging")
-    tensorboard: bool = setting(False, "write TensorBoard events to <run_dir>/tensorboard", group="logging")
+    progress: bool = True
+    """progress bars"""
+    log_every: int = 50
+    """write per-step losses to batches.csv (and TensorBoard) at least every N steps"""
+    checkpoint_every: Optional[int] = None
+    """also save checkpoints/last.pt every N steps, so a killed long epoch resumes from its last step checkpoint"""
+    tensorboard: bool = False
+    """write TensorBoard events to <run_dir>/tensorboard"""
 
     def __post_init__(self):
         self.run_dir = self.run_dir or f"runs/{self.model}"
@@ -151,31 +164,29 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping, source: str = "") -> "TrainConfig":
-        """Build from a mapping (e.g. ``config.json``); values are converted to the field types.
+        """Build from a mapping (e.g. ``config.json``), type-checked by the command line's parser.
 
-        A ``resolved`` block (what :func:`vfu_nb.train.train` adds to ``config.json``) is ignored; any other
-        unknown key raises :class:`ConfigError` naming ``source``.
+        Settings it lacks take their defaults; a ``resolved`` block (what :func:`vfu_nb.train.train` adds to
+        ``config.json``) is ignored; an unknown key or a value of the wrong type raises :class:`ConfigError`
+        naming the key and ``source``.
         """
-        where = f" in {source}" if source else ""
-        d = {k: v for k, v in d.items() if k != "resolved"}
-        names = [f.name for f in dataclasses.fields(cls)]
-        unknown = sorted(set(d) - set(names))
-        if unknown:
-            raise ConfigError(f"unknown TrainConfig fields{where}: {unknown} (known: {', '.join(names)})")
-        hints = typing.get_type_hints(cls)
-        kw = {}
-        for name, value in d.items():
-            if name == "loss_weights":
-                kw[name] = _coerce_weights(value, where)
-            else:
-                kw[name] = coerce(name, value, hints[name], where)
+        values = {k: _plain(k, v) for k, v in d.items() if k != "resolved"}
+        if isinstance(values.get("loss_weights"), LossWeights):
+            values["loss_weights"] = dataclasses.asdict(values["loss_weights"])
         try:
-            return cls(**kw)
-        except ConfigError as exc:
-            raise ConfigError(f"{exc}{where}") from None
+            parsed = _dict_parser().parse_object(values)
+        except argparse.ArgumentError as exc:
+            raise ConfigError(_where(str(exc), source)) from None
+        return _build(parsed, source)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+def training_setting_names() -> set:
+    """The :class:`TrainConfig` fields a notebook or profile may set (``run_dir`` and ``resume`` are
+    :func:`vfu_nb.runs.ensure_run`'s)."""
+    return {f.name for f in dataclasses.fields(TrainConfig)} - {"run_dir", "resume"}
 
 
 def check_ranges(c: TrainConfig) -> None:
@@ -183,10 +194,9 @@ def check_ranges(c: TrainConfig) -> None:
     def bad(name, allowed):
         return ConfigError(f"--{name.replace('_', '-')} must be {allowed}, got {getattr(c, name)!r}")
 
-    if c.lr_schedule not in LR_SCHEDULES:
-        raise bad("lr_schedule", "one of " + ", ".join(LR_SCHEDULES))
-    if c.loader not in LOADERS:
-        raise bad("loader", "one of " + ", ".join(LOADERS))
+    for name, tp in typing.get_type_hints(TrainConfig).items():
+        if typing.get_origin(tp) is Literal and getattr(c, name) not in typing.get_args(tp):
+            raise bad(name, "one of " + ", ".join(typing.get_args(tp)))
     if c.min_epochs < 0:
         raise bad("min_epochs", ">= 0")
     if not 0.0 < c.train_fraction <= 1.0:
@@ -205,181 +215,104 @@ def check_ranges(c: TrainConfig) -> None:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Types
+# Reading settings: the command line, files and mappings (jsonargparse)
+
+#: Dashed spellings :func:`parse_config` takes besides jsonargparse's own: ``--image-size`` is ``--image_size``;
+#: a bare boolean flag ``--augment`` is ``--augment true`` and ``--no-augment`` is ``--augment false``; ``none``
+#: after an optional setting is ``null``; and these names.
+ALIASES = {"workers": "num_workers",
+           **{f"w_{f.name}": f"loss_weights.{f.name}" for f in dataclasses.fields(LossWeights)}}
+
+EPILOG = ("Every option is a TrainConfig field (vfu_nb/train_config.py; docs/training.md). Dashes work as well as "
+          "underscores (--image-size), booleans also as --x / --no-x, optional values also as none; "
+          "--w-category, --w-attribute, --w-landmark set --loss_weights.*; --workers is --num_workers.")
 
 
-def _base_type(tp):
-    """``Optional[X]`` -> (X, True); ``X`` -> (X, False)."""
-    args = typing.get_args(tp)
-    if typing.get_origin(tp) is typing.Union and type(None) in args:
-        (inner,) = [a for a in args if a is not type(None)]
-        return inner, True
-    return tp, False
-
-
-def coerce(name: str, value: Any, tp, where: str = "") -> Any:
-    """``value`` converted to the field type ``tp`` (numbers from YAML strings such as ``1e-4``)."""
-    base, optional = _base_type(tp)
-    if value is None or (optional and isinstance(value, str) and value.lower() == "none"):
-        if optional:
-            return None
-        raise ConfigError(f"{name}{where} cannot be none")
-    if base is str and isinstance(value, os.PathLike):
-        value = os.fspath(value)
-    try:
-        if base in (bool, str) and not isinstance(value, base):
-            raise TypeError
-        if base is int and (isinstance(value, bool) or (isinstance(value, float) and not value.is_integer())):
-            raise TypeError
-        return base(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{name}{where} must be {base.__name__}{' or none' if optional else ''}, "
-                          f"got {value!r}") from None
-
-
-def _coerce_weights(value, where: str) -> LossWeights:
-    if isinstance(value, LossWeights):
-        return value
-    if not isinstance(value, Mapping):
-        raise ConfigError(f"loss_weights{where} must be a mapping like {{category: 1, attribute: 20, landmark: "
-                          f"1000}}, got {value!r}")
-    names = {f.name for f in dataclasses.fields(LossWeights)}
-    unknown = sorted(set(value) - names)
-    if unknown:
-        raise ConfigError(f"unknown loss_weights keys{where}: {unknown} (known: {sorted(names)})")
-    return LossWeights(**{k: coerce(f"loss_weights.{k}", v, float, where) for k, v in value.items()})
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Command line
-
-
-@dataclass(frozen=True)
-class Option:
-    """One command-line option generated from a field (``path`` = field name, or (field, subfield))."""
-
-    dest: str
-    flags: tuple
-    path: tuple
-    type: Any
-    optional: bool
-    default: Any
-    help: str
-    group: str
-    choices: tuple
-
-
-def cli_options() -> list:
-    """The options of :class:`TrainConfig`, in field order (nested dataclasses flattened with their prefix)."""
+@functools.lru_cache(maxsize=1)
+def _field_sets() -> tuple[frozenset, frozenset]:
+    """(boolean fields, optional fields) of :class:`TrainConfig`."""
     hints = typing.get_type_hints(TrainConfig)
-    defaults = TrainConfig()
-    options = []
-    for f in dataclasses.fields(TrainConfig):
-        meta, tp = f.metadata, hints[f.name]
-        if dataclasses.is_dataclass(tp):
-            sub_hints = typing.get_type_hints(tp)
-            for sub in dataclasses.fields(tp):
-                dest = f"{meta['prefix']}_{sub.name}"
-                options.append(Option(dest, ("--" + dest.replace("_", "-"),), (f.name, sub.name),
-                                      sub_hints[sub.name], False, getattr(getattr(defaults, f.name), sub.name),
-                                      sub.metadata.get("help", ""), meta["group"], ()))
+    bools = frozenset(name for name, tp in hints.items() if bool in (tp, *typing.get_args(tp)))
+    optional = frozenset(name for name, tp in hints.items() if type(None) in typing.get_args(tp))
+    return bools, optional
+
+
+def _plain(name: str, value):
+    """A mapping's value as the parser reads it: paths as strings, ``"none"`` of an optional setting as None."""
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, str) and value.lower() == "none" and name in _field_sets()[1]:
+        return None
+    return value
+
+
+def jsonargparse_argv(argv: list) -> list:
+    """``argv`` with the spellings of :data:`ALIASES` rewritten to jsonargparse's."""
+    bools, optional = _field_sets()
+    out, last = [], None
+    for i, arg in enumerate(argv):
+        if not (arg.startswith("--") and len(arg) > 2):
+            out.append("null" if last in optional and arg.lower() == "none" else arg)
+            last = None
             continue
-        base, optional = _base_type(tp)
-        options.append(Option(f.name, ("--" + f.name.replace("_", "-"), *meta["aliases"]), (f.name,), base,
-                              optional, getattr(defaults, f.name), meta["help"], meta["group"], meta["choices"]))
-    return options
-
-
-GROUP_TITLES = {"run": "run", "data": "data", "model": "model", "optimisation": "optimisation",
-                "loss": "loss", "evaluation": "evaluation and model selection", "device": "device and speed",
-                "logging": "logging and checkpoints"}
-
-
-def _parse_value(option: Option):
-    def parse(text: str):
-        if option.optional and text.lower() == "none":
-            return None
-        return option.type(text)
-    parse.__name__ = option.type.__name__   # argparse names the type in its error messages
-    return parse
-
-
-def add_train_args(parser: argparse.ArgumentParser, skip: tuple = ()) -> argparse.ArgumentParser:
-    """Add ``--config FILE`` and one option per :class:`TrainConfig` field to ``parser``.
-
-    ``skip``: field names left out (e.g. ``("model", "run_dir", "seed", "resume")`` for the study CLI; ``"config"``
-    leaves out ``--config``). Options that are not given stay out of the parsed namespace, so
-    :func:`config_from_args` can tell them from defaults.
-    """
-    groups = {}
-    if "config" not in skip:
-        parser.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS,
-                            help="YAML or JSON file of settings (e.g. a run's config.json); flags override it")
-    for opt in cli_options():
-        if opt.path[0] in skip:
-            continue
-        if opt.group not in groups:
-            groups[opt.group] = parser.add_argument_group(GROUP_TITLES.get(opt.group, opt.group))
-        shown = "none (per device)" if opt.default is None and opt.type is bool else \
-            ("none" if opt.default is None else opt.default)
-        kw = dict(dest=opt.dest, default=argparse.SUPPRESS, help=f"{opt.help} (default: {shown})")
-        if opt.type is bool:
-            kw["action"] = argparse.BooleanOptionalAction
+        name, eq, value = arg[2:].partition("=")
+        name = ALIASES.get(name.replace("-", "_"), name.replace("-", "_"))
+        following = argv[i + 1].lower() if i + 1 < len(argv) else ""
+        if not eq and name in bools and following not in ("true", "false", "null"):
+            arg = f"--{name}=true"
+        elif not eq and name.startswith("no_") and name[3:] in bools:
+            arg = f"--{name[3:]}=false"
         else:
-            kw["type"] = _parse_value(opt)
-            kw["metavar"] = {int: "N", float: "X"}.get(opt.type, "STR") if not opt.choices else None
-            if opt.choices:
-                kw["choices"] = opt.choices
-        groups[opt.group].add_argument(*opt.flags, **kw)
+            arg = f"--{name}{eq}{'null' if eq and name in optional and value.lower() == 'none' else value}"
+        out.append(arg)
+        last = None if eq else name
+    return out
+
+
+def cli_parser(prog: str = "python -m vfu_nb.train", description: Optional[str] = None) -> ArgumentParser:
+    """The parser of every :class:`TrainConfig` field, ``--config FILE`` and ``--print_config``."""
+    parser = ArgumentParser(prog=prog, description=description, epilog=EPILOG, exit_on_error=False,
+                            print_config="--print_config")
+    parser.add_argument("--config", action=ActionConfigFile,
+                        help="YAML or JSON file of settings (e.g. a run's config.json); later flags override it")
+    # the "resolved" block of a run's config.json: what that run picked per device, ignored here
+    parser.add_argument("--resolved", type=Optional[dict], default=None, help=argparse.SUPPRESS)
+    parser.add_class_arguments(TrainConfig)
     return parser
 
 
-def load_config_file(path) -> dict:
-    """Settings from a YAML or JSON file (a mapping of TrainConfig fields; ``loss_weights`` nested)."""
-    import yaml
+_dict_parser = functools.lru_cache(maxsize=1)(cli_parser)
 
-    path = Path(path)
+
+def _where(message: str, source: str) -> str:
+    message = " ".join(message.split())
+    return f"{message} (settings from {source})" if source else message
+
+
+def _build(parsed: _Namespace, source: str = "") -> TrainConfig:
+    values = parsed.as_dict()
     try:
-        text = path.read_text()
-    except OSError as exc:
-        raise ConfigError(f"--config {path}: cannot read it ({exc.strerror})") from None
+        return TrainConfig(**{f.name: values[f.name] for f in dataclasses.fields(TrainConfig)})
+    except ConfigError as exc:
+        raise ConfigError(_where(str(exc), source)) from None
+
+
+def parse_config(argv: Optional[list] = None, parser: Optional[ArgumentParser] = None) -> TrainConfig:
+    """:class:`TrainConfig` from command-line arguments: the defaults, then ``--config`` files and flags in order.
+
+    Raises :class:`ConfigError` naming the option (and the files read) for an unknown option or a bad value;
+    ``--help`` and ``--print_config`` print and exit.
+    """
+    import sys
+
+    argv = jsonargparse_argv(list(sys.argv[1:] if argv is None else argv))
+    files = ", ".join(argv[i + 1] for i, arg in enumerate(argv[:-1]) if arg == "--config")
+    parser = parser or cli_parser()
     try:
-        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except (ValueError, yaml.YAMLError) as exc:
-        raise ConfigError(f"--config {path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'} "
-                          f"({str(exc).splitlines()[0]})") from None
-    if data is None:
-        return {}
-    if not isinstance(data, Mapping):
-        raise ConfigError(f"--config {path}: expected a mapping of settings, got {type(data).__name__}")
-    return dict(data)
-
-
-def config_from_args(args: argparse.Namespace, **overrides) -> TrainConfig:
-    """TrainConfig from parsed arguments: defaults, then ``--config FILE``, then the flags, then ``overrides``."""
-    given = dict(vars(args))
-    values: dict = {}
-    if given.get("config"):
-        values = TrainConfig.from_dict(load_config_file(given["config"]), source=str(given["config"])).to_dict()
-    weights = dict(values.pop("loss_weights", None) or {})
-    for opt in cli_options():
-        if opt.dest in given:
-            if len(opt.path) == 2:
-                weights[opt.path[1]] = given[opt.dest]
-            else:
-                values[opt.dest] = given[opt.dest]
-    if weights:
-        values["loss_weights"] = weights
-    values.update(overrides)
-    return TrainConfig.from_dict(values)
-
-
-def config_to_yaml(config: TrainConfig, comment: str = "") -> str:
-    """The config as YAML (loadable with ``--config``), optionally preceded by ``# comment`` lines."""
-    import yaml
-
-    head = "".join(f"# {line}\n" for line in comment.splitlines())
-    return head + yaml.safe_dump(config.to_dict(), sort_keys=False, default_flow_style=False)
+        parsed = parser.parse_args(argv)
+    except argparse.ArgumentError as exc:
+        raise ConfigError(_where(str(exc), files)) from None
+    return _build(parsed, files)
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -30,8 +30,8 @@ import numpy as np
 import pandas as pd
 
 from vfu_nb.conventions import (
-    ATTRIBUTE_TYPE_COLORS, ATTRIBUTE_TYPE_NAMES, ATTRIBUTE_TYPES, LOWER_IS_BETTER, MODEL_COLORS,
-    PUBLISHED_ATTRIBUTE_TOP3, PUBLISHED_CATEGORY_TOP3, THESIS_IMPROVEMENTS, metric_label,
+    ATTRIBUTE_TYPE_COLORS, ATTRIBUTE_TYPE_NAMES, ATTRIBUTE_TYPES, LOWER_IS_BETTER,
+    PUBLISHED_ATTRIBUTE_TOP3, PUBLISHED_CATEGORY_TOP3, THESIS_IMPROVEMENTS, metric_label, model_color,
 )
 from vfu_nb.metrics import MAP_GROUPS, average_precision
 from vfu_nb.plots.curves import (
@@ -99,7 +99,7 @@ def plot_metric_curves(histories: Mapping[str, object], metric: str = "category_
     n_max = 1
     for i, (label, hist) in enumerate(histories.items()):
         h = load_history(hist)
-        color = MODEL_COLORS.get(label.lower(), plt.get_cmap("tab10")(i))
+        color = model_color(label)
         frame = epoch_frame(h, split)
         n_max = max(n_max, len(frame))
         if metric in frame:
@@ -256,7 +256,7 @@ def plot_per_attribute_recall(frames: Mapping[str, pd.DataFrame], top: int = 25,
     for i, label in enumerate(labels):
         f = frames[label].set_index("attribute").loc[chosen["attribute"]]
         ax.bar(x + (i - (len(labels) - 1) / 2) * width, f["recall"], width,
-               color=MODEL_COLORS.get(label.lower(), plt.get_cmap("tab10")(i)), label=label.upper())
+               color=model_color(label), label=label.upper())
     ax.set_xticks(x)
     ax.set_xticklabels([f"{a} ({t[:3]})" for a, t in zip(chosen["attribute"], chosen["type"])], rotation=70,
                        ha="right", fontsize=7)

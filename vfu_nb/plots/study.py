@@ -18,7 +18,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from vfu_nb.contrasts import contrast_name
-from vfu_nb.conventions import MODEL_COLORS
+from vfu_nb.conventions import model_color
 from vfu_nb.conventions import metric_label as label
 from vfu_nb.plots.curves import BASELINE_STYLES, baseline_label
 
@@ -68,7 +68,7 @@ def plot_models(study: Mapping, metrics: Sequence[str] = ("category_top3", "attr
     for ax, metric in zip(axes, metrics):
         rows = _rows(summary, metric)
         for i, r in enumerate(rows):
-            color = MODEL_COLORS.get(r["model"], "k")
+            color = model_color(r["model"])
             vals = np.asarray(r.get("values", []), dtype=float)
             ax.plot(np.full(len(vals), i) + np.linspace(-0.12, 0.12, len(vals)), vals, "o", color=color,
                     alpha=0.55, ms=5)
@@ -141,7 +141,7 @@ def plot_learning_curve(study: Mapping, metrics: Sequence[str] = ("category_top3
             sd = [next((_num(r["std"]) for r in _rows(p["summary"], metric) if r["model"] == model), math.nan)
                   for p in points]
             top.errorbar(fractions, mean, yerr=np.nan_to_num(sd), marker="o", capsize=3, label=model,
-                         color=MODEL_COLORS.get(model))
+                         color=model_color(model))
         _reference_lines(top, study.get("baselines", {}).get(study["learning_curve"]["data"], {}), metric)
         top.set_title(label(metric), fontsize=10)
         top.legend(fontsize=7)

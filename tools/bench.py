@@ -1,11 +1,13 @@
-"""Benchmarks that print numbers: ``python -m vfu_nb.bench {parse,data,train}`` (see docs/benchmarks.md).
+"""Benchmarks that print numbers: ``python -m tools.bench {parse,data,train}`` from the repository root (see
+docs/benchmarks.md).
 
 - ``parse``: writes a full-size (289,222 rows x 1,000 attributes) annotation set and times load_annotations.
 - ``data``: images/s of every input path side by side: JPEG decode per item, the uint8 cache per item through
   a DataLoader (0 and N workers, with and without the per-item torchvision augmentation), and
   :class:`vfu_nb.data.BatchLoader` with and without batch augmentation on each device; medians of repetitions.
-- ``train``: training-step images/s (median over timed windows; the device is synchronised only at window
-  boundaries), GFLOPs per image, achieved TFLOP/s and fraction of peak, for each ``--batch-size``; inputs
+- ``train``: the trainer's own step (:func:`vfu_nb.train.training_step`, with the model, loss and device settings
+  the trainer makes from the same :class:`~vfu_nb.train.TrainConfig`): images/s (median over timed windows; the
+  device is synchronised only at window boundaries), GFLOPs per image, achieved TFLOP/s and fraction of peak, for each ``--batch-size``; inputs
   random on the device, gathered from a uint8 memmap, or (``--batch-loader``) from a real dataset's cache
   through the BatchLoader. ``--compile`` and ``--cuda-graphs`` (torch.compile mode "reduce-overhead").
 
@@ -15,7 +17,6 @@ Every number is a lower bound on a shared machine: other processes can only make
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import itertools
 import json
 import os
@@ -94,12 +95,6 @@ def bench_parse(rows: int, keep: str | None) -> dict:
 
 # ----------------------------------------------------------------------------------------------------------
 # Devices and peaks
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def synchronize(device: torch.device) -> None:
@@ -310,40 +305,15 @@ def random_batches(n: int, batch_size: int, image_size: int, num_categories: int
     return out
 
 
-def loss_function(model):
-    """The real multi-task loss (``vfu_nb.losses``), with landmark weight 0 for unsupervised models.
+def trainer_step(model, optimizer, loss_fn, rt, cuda_graphs: bool = False):
+    """One step of the trainer (:func:`vfu_nb.train.training_step`) on a batch whose ``image`` is uint8; returns
+    the detached total loss, still on the device."""
+    from vfu_nb.train import LOSS_TERMS, training_step
 
-    Returns (fn(outputs, batch) -> dict with 'total', description)."""
-    from vfu_nb.losses import LossWeights, multitask_loss
-
-    weights = LossWeights()
-    if not getattr(model, "landmark_supervised", True):
-        weights = dataclasses.replace(weights, landmark=0.0)
-
-    def fn(out, batch):
-        return multitask_loss(out, batch, weights, None)
-    return fn, f"vfu_nb.losses.multitask_loss ({weights})"
-
-
-def make_train_step(forward, optimizer, loss_fn, device, amp_dtype, channels_last, cuda_graphs=False):
-    """One optimisation step on a batch whose ``image`` is uint8; returns the detached total loss.
-
-    With ``cuda_graphs`` each step first tells torch.compile's CUDA-graph trees that a new iteration begins."""
-    from vfu_nb.data import normalize_images
-
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    total = LOSS_TERMS.index("total")
 
     def step(batch: dict) -> torch.Tensor:
-        if cuda_graphs:
-            torch.compiler.cudagraph_mark_step_begin()
-        images = normalize_images(batch["image"]).contiguous(memory_format=memory_format)
-        with torch.autocast(device.type, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None):
-            outputs = forward(images)
-            loss = loss_fn(outputs, batch)["total"]
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        return loss.detach()
+        return training_step(model, optimizer, batch, loss_fn, rt, cuda_graphs=cuda_graphs)[total]
 
     return step
 
@@ -388,19 +358,18 @@ def host_syncs_per_step(step, next_batch, device: torch.device, steps: int = 5) 
     return sum("synchroniz" in str(w.message) for w in caught) / steps
 
 
-def count_train_flops(model, batch: dict, loss_fn, device, amp_dtype, channels_last: bool) -> float:
+def count_train_flops(model, batch: dict, loss_fn, rt) -> float:
     """FLOPs of one forward + backward per image (FlopCounterMode: convs and matmuls; 1 MAC = 2 FLOP)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from vfu_nb.data import normalize_images
+    from vfu_nb.train import prepare_images
 
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    images = normalize_images(batch["image"]).contiguous(memory_format=memory_format)
+    images = prepare_images(batch["image"], rt.channels_last)
     counter = FlopCounterMode(display=False)
     with counter:
-        with torch.autocast(device.type, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None):
-            loss = loss_fn(model(images), batch)["total"]
-        loss.backward()
+        with torch.autocast(rt.device.type, dtype=torch.bfloat16, enabled=rt.bf16):
+            outputs = model(images)
+        loss_fn(outputs, batch)["total"].backward()
     model.zero_grad(set_to_none=True)
     return counter.get_total_flops() / images.shape[0]
 
@@ -493,21 +462,25 @@ def _input_only_rate(next_input, batch_size: int, steps: int, windows: int, devi
 # train: the run
 
 
+def bench_config(args: argparse.Namespace):
+    """The :class:`vfu_nb.train.TrainConfig` of the benchmark's settings: what the trainer would run with them."""
+    from vfu_nb.train import TrainConfig
+
+    choice = {"auto": None, "bf16": True, "on": True, "off": False}
+    return TrainConfig(model=args.model, image_size=args.image_size, width=args.width, backbone=args.backbone,
+                       lr=args.lr, device=args.device, threads=args.threads, seed=args.seed, bf16=choice[args.amp],
+                       channels_last=choice[args.channels_last], deterministic=False,
+                       compile=args.compile, cuda_graphs=args.cuda_graphs, progress=False)
+
+
 def bench_train(args: argparse.Namespace) -> dict:
     """Run the training benchmark described by ``args`` for each batch size; returns the numbers as a dict."""
-    from vfu_nb.models import build_model, count_parameters
+    from vfu_nb.models import count_parameters
+    from vfu_nb.train import make_loss, make_model, setup_runtime
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = pick_device(args.device)
-    cuda = device.type == "cuda"
-    amp_dtype = torch.bfloat16 if (args.amp == "bf16" or (args.amp == "auto" and cuda)) else None
-    channels_last = args.channels_last == "on" or (args.channels_last == "auto" and cuda)
-    if cuda:   # as the trainer sets it: TF32 only for fp32 training, so bf16's fp32 islands stay exact
-        torch.backends.cudnn.benchmark = True
-        torch.backends.cuda.matmul.allow_tf32 = amp_dtype is None
-        torch.backends.cudnn.allow_tf32 = amp_dtype is None
-    torch.manual_seed(args.seed)
+    config = bench_config(args)
+    rt = setup_runtime(config, 1, 0, 0)      # device, threads, seeds, cudnn and TF32 flags as the trainer sets them
+    device, cuda = rt.device, rt.is_cuda
 
     dataset = None
     num_classes, num_attributes = args.num_classes, args.num_attributes
@@ -519,20 +492,18 @@ def bench_train(args: argparse.Namespace) -> dict:
         num_classes = len(dataset.annotations.category_names)
         num_attributes = len(dataset.annotations.attribute_names)
 
-    model = build_model(args.model, num_classes, num_attributes, image_size=args.image_size, width=args.width,
-                        backbone=args.backbone).to(device)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    model = make_model(config, num_classes, num_attributes, device, rt.channels_last, pretrained=False)
     model.train()
-    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, **({"fused": True} if cuda else {}))
-    loss_fn, loss_desc = loss_function(model)
+    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, **({"fused": True} if rt.fused_adam else {}))
+    weights, loss_fn = make_loss(config, model, rt)
     compile_mode = "reduce-overhead" if args.cuda_graphs else ("default" if args.compile else None)
     result = {
         "model": args.model, "image_size": args.image_size, "width": args.width, "backbone": args.backbone,
         "num_classes": num_classes, "num_attributes": num_attributes,
         "device": str(device), "device_name": device_name(device), "torch": torch.__version__,
-        "dtype": "bf16 autocast" if amp_dtype else "fp32", "channels_last": channels_last,
-        "compile": compile_mode, "parameters": count_parameters(model), "loss": loss_desc,
+        "dtype": "bf16 autocast" if rt.bf16 else "fp32", "channels_last": rt.channels_last,
+        "compile": compile_mode, "parameters": count_parameters(model),
+        "loss": f"vfu_nb.losses.multitask_loss ({weights})",
         "steps": args.steps, "warmup": args.warmup, "windows": args.windows,
     }
     if dataset is not None:
@@ -543,14 +514,14 @@ def bench_train(args: argparse.Namespace) -> dict:
     if not args.no_flops:
         flop_batch = random_batches(1, 2, args.image_size, num_classes, num_attributes, device, args.seed)[0]
         t0 = time.perf_counter()
-        flops = count_train_flops(model, flop_batch, loss_fn, device, amp_dtype, channels_last)
+        flops = count_train_flops(model, flop_batch, loss_fn, rt)
         result["train_gflop_per_image"] = flops / 1e9
         result["flop_count_seconds"] = time.perf_counter() - t0
     peak, peak_source = device_peak(device, args.peak_tflops)
     result.update(peak_tflops=peak, peak_source=peak_source)
 
     forward = model if compile_mode is None else torch.compile(model, mode=compile_mode, dynamic=False)
-    step = make_train_step(forward, optimizer, loss_fn, device, amp_dtype, channels_last, args.cuda_graphs)
+    step = trainer_step(forward, optimizer, loss_fn, rt, args.cuda_graphs)
     windows = dict(warmup=args.warmup, steps=args.steps, windows=args.windows, device=device)
     result["runs"] = []
     for batch_size in args.batch_size:
@@ -641,9 +612,9 @@ def format_train_table(r: dict) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from vfu_nb.models import MODEL_NAMES
+    from vfu_nb.models import BACKBONES, MODEL_NAMES
 
-    parser = argparse.ArgumentParser(prog="python -m vfu_nb.bench", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m tools.bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     defaults = argparse.ArgumentDefaultsHelpFormatter
@@ -673,7 +644,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--image-size", type=int, default=224)
     t.add_argument("--batch-size", type=int, nargs="+", default=[8, 64], help="one run per batch size")
     t.add_argument("--width", type=float, default=1.0)
-    t.add_argument("--backbone", default="vgg16", choices=["vgg16", "vgg16_bn"])
+    t.add_argument("--backbone", default="vgg16", choices=BACKBONES)
     t.add_argument("--num-classes", type=int, default=50)
     t.add_argument("--num-attributes", type=int, default=1000)
     t.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
