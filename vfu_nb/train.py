@@ -31,6 +31,8 @@ scheduler, resume), and per epoch :func:`train_epoch` (steps of :func:`training_
   (see :func:`vfu_nb.losses.multitask_loss`), so gradients equal those of the global batch. Evaluation runs on
   rank 0 over the full split; only rank 0 writes files.
 * A NaN or infinite loss stops the run with :class:`NonFiniteLossError` naming epoch, batch and loss term.
+* A full disk stops the run with one line (:class:`vfu_nb.diskspace.DiskFullError`): the file that could not be
+  written, the free bytes, the last good checkpoint with its epoch, and ``--resume``; no ``.tmp`` is left behind.
 """
 
 from __future__ import annotations
@@ -57,9 +59,11 @@ from vfu_nb.conventions import ATTRIBUTE_TYPES
 from vfu_nb.data import Augmentation, BatchLoader
 from vfu_nb.losses import LossWeights, default_heatmap_sigma, multitask_loss  # noqa: F401 (LossWeights re-exported)
 from vfu_nb.metrics import EvalAccumulator, jsonable
+from vfu_nb.diskspace import DiskFullError  # noqa: F401 (re-exported)
 from vfu_nb.rundir import (  # noqa: F401 (re-exported)
     LOSS_TERMS, CorruptCheckpointError, RunDirError, RunExistsError, RunLock, RunLockedError, RunLog,
-    RunMismatchError, check_resume, check_run_dir, load_checkpoint, read_run_config, save_checkpoint, write_json,
+    RunMismatchError, check_resume, check_run_dir, load_checkpoint, read_run_config, resume_advice, save_checkpoint,
+    write_json,
 )
 from vfu_nb.train_config import (  # noqa: F401 (re-exported)
     LR_SCHEDULES, RESUME_SAFE_FIELDS, ConfigError, TrainConfig, add_train_args, config_differences,
@@ -937,18 +941,21 @@ def train(config: TrainConfig | dict, on_step: Optional[Callable[[int, int, int]
     if isinstance(config, dict):
         config = TrainConfig.from_dict(config)
     world, rank, local_rank = dist_info()
-    with contextlib.ExitStack() as stack:
-        if rank == 0:
-            stack.enter_context(RunLock(config.run_dir))
-        check_run_dir(config)              # every rank, before any rank can write (init below is a rendezvous)
-        stack.enter_context(_process_settings())
-        rt = setup_runtime(config, world, rank, local_rank)
-        s = build(config, rt)
-        stack.callback(s.log.close)
-        while s.epoch < config.epochs and not s.best["stopped"]:
-            stats = train_epoch(s, on_step)
-            end_epoch(s, stats)
-        return finish(s)
+    try:
+        with contextlib.ExitStack() as stack:
+            if rank == 0:
+                stack.enter_context(RunLock(config.run_dir))
+            check_run_dir(config)              # every rank, before any rank can write (init below is a rendezvous)
+            stack.enter_context(_process_settings())
+            rt = setup_runtime(config, world, rank, local_rank)
+            s = build(config, rt)
+            stack.push(s.log.close_after)
+            while s.epoch < config.epochs and not s.best["stopped"]:
+                stats = train_epoch(s, on_step)
+                end_epoch(s, stats)
+            return finish(s)
+    except DiskFullError as exc:           # the file, the free bytes, the last good checkpoint and --resume
+        raise exc.with_way_out(resume_advice(config.run_dir)) from None
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -1004,7 +1011,7 @@ def main(argv=None, on_step: Optional[Callable] = None) -> Optional[dict]:
         return None
     try:
         metrics = train(config, on_step=on_step)
-    except (RunDirError, ConfigError) as exc:
+    except (RunDirError, ConfigError, DiskFullError) as exc:
         parser.exit(2, f"{parser.prog}: error: {exc}\n")
     if dist_info()[1] == 0:
         print(format_metrics(metrics), flush=True)
