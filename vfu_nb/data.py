@@ -38,6 +38,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
+from vfu_nb import lifeline
 from vfu_nb.annotations import (  # noqa: F401  (re-exported API)
     ATTRIBUTE_TYPE_NAMES, CLOTHES_TYPE_NAMES, FLIP_PAIRS, LANDMARK_NAMES, SLOTS_BY_CLOTHES_TYPE, SPLITS,
     AnnotationError, Annotations, annotation_paths, image_root, load_annotations, read_partition,
@@ -181,7 +182,9 @@ def scan_images(paths, windows, size, cache_file=None, workers=None, progress=Tr
     jobs = [(paths[s:s + step], windows[s:s + step], size, cache_file, s, total) for s in range(0, total, step)]
     sizes, failures = [np.zeros((0, 2), np.int64)], []
     bar = tqdm(total=total, desc=desc, unit="img", disable=not progress)
-    pool = None if workers == 1 or len(jobs) == 1 else ProcessPoolExecutor(workers, mp_context=get_context("fork"))
+    # the workers die with this process (vfu_nb.lifeline): a killed trainer or notebook leaves no orphans
+    pool = None if workers == 1 or len(jobs) == 1 else ProcessPoolExecutor(workers, mp_context=get_context("fork"),
+                                                                            **lifeline.pool_options())
     try:
         for job, (job_sizes, job_failures) in zip(jobs, (pool.map if pool else map)(_decode_rows, jobs)):
             sizes.append(job_sizes)

@@ -109,8 +109,13 @@ def seed_everything(seed: int, deterministic: bool = False) -> torch.Generator:
     return g
 
 
-def seed_worker(worker_id: int) -> None:
-    """DataLoader ``worker_init_fn``: seed numpy and random from the worker's torch seed."""
+def seed_worker(worker_id: int, parent_pid: Optional[int] = None) -> None:
+    """DataLoader ``worker_init_fn``: seed numpy and random from the worker's torch seed; with ``parent_pid`` (the
+    process that iterates the loader) the worker also dies with that process (:mod:`vfu_nb.lifeline`)."""
+    if parent_pid is not None:
+        from vfu_nb.lifeline import die_with_parent
+
+        die_with_parent(parent_pid)
     s = torch.initial_seed() % 2**32
     np.random.seed(s)
     random.seed(s)
@@ -630,7 +635,8 @@ def _loaders(config: TrainConfig, rt: Runtime, sets: dict):
         return sampler, loader_gen, train_loader, eval_loaders
     # Persistent workers keep their RNG across epochs, so with augmentation they would make a resumed run
     # differ; without augmentation the workers draw no random numbers and persistence is free.
-    common = dict(num_workers=rt.num_workers, pin_memory=rt.is_cuda, worker_init_fn=seed_worker,
+    common = dict(num_workers=rt.num_workers, pin_memory=rt.is_cuda,
+                  worker_init_fn=functools.partial(seed_worker, parent_pid=os.getpid()),
                   persistent_workers=rt.num_workers > 0 and not config.augment)
     if rt.num_workers > 0:
         common["prefetch_factor"] = 4
