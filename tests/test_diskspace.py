@@ -164,3 +164,17 @@ def test_a_cache_that_cannot_be_allocated_is_refused_and_removed(synth_root, sma
                                             r"\(.* free, about 430\.1 kB needed\); free space under "):
         DeepFashionC(synth_root, "train", 32, cache=True, cache_dir=small_disk.path / "c", progress=False)
     assert leftovers(small_disk.path) == []
+
+
+def test_an_export_on_a_full_disk_is_one_line_and_leaves_the_export_unfinished(small_disk, tmp_path):
+    from vfu_nb import study
+
+    dest = small_disk.path / "runs" / "k"
+    dest.mkdir(parents=True)
+    small_disk.fill()
+    with pytest.raises(DiskFullError) as err:
+        study.write_npz(dest / "predictions.npz", attribute_logits=torch.randn(3000, 51).numpy())
+    assert str(err.value).startswith(f"{dest / 'predictions.npz'}: not written: no space left on the device (")
+    assert str(err.value).endswith("; free space, then run the same command again (finished runs are only "
+                                   "exported again)")
+    assert list(dest.iterdir()) == []

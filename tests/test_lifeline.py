@@ -1,5 +1,5 @@
-"""Children die with their parent (vfu_nb.lifeline): the cache build's pool and the synthetic generator's pool are
-gone seconds after their parent is SIGKILLed.
+"""Children die with their parent (vfu_nb.lifeline): the cache build's pool, the synthetic generator's pool and the
+study's trainers are gone seconds after their parent is SIGKILLed, and the study then runs again cleanly.
 
 Each test starts the parent as its own process, waits until its workers run, SIGKILLs the parent and times how
 long its descendants live on (a zombie, waiting for a reaper, counts as dead). Linux only (the parent-death signal
@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from vfu_nb.lifeline import die_with_parent
 
@@ -122,3 +123,26 @@ def test_synthetic_generator_workers_die_with_their_parent(tmp_path):
                     "--workers", "2", "--quiet"])
     lived = kill_parent(parent, children=2)
     print(f"generator workers outlived their SIGKILLed parent by {lived:.3f} s")
+
+
+@pytest.mark.slow
+def test_study_trainers_die_with_the_study_and_the_study_then_runs_again(synth_root, tmp_path):
+    """SIGKILL `study run --jobs 2` while both trainers train: they (and their children) die with it, their run
+    locks with them, and the next `study run` resumes both runs and finishes (exit 0, no traceback)."""
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(yaml.safe_dump({
+        "data": {"default": {"root": str(synth_root), "synthetic": False}},
+        "base": {"image_size": 32, "width": 0.125, "batch_size": 8, "epochs": 3, "max_items": 48, "device": "cpu",
+                 "threads": 1},
+        "tuning": {"data": "default", "models": ["mtl", "cat"], "grid": {"lr": [1e-3], "backbone": ["vgg16_bn"]}},
+        "seeds": {"data": "default", "models": {"mtl": 1, "cat": 1}, "pairs": [["mtl", "cat"]]},
+        "results": str(tmp_path / "results"), "runs": str(tmp_path / "runs"), "figures": str(tmp_path / "figures"),
+        "bootstrap": 50}))
+    first = start(["-m", "vfu_nb.study", "run", str(plan), "--jobs", "2"])
+    lived = kill_parent(first, children=2, settle_s=2.0)
+    print(f"study trainers outlived their SIGKILLed study by {lived:.3f} s")
+    again = subprocess.run([sys.executable, "-m", "vfu_nb.study", "run", str(plan), "--jobs", "2"], cwd=REPO,
+                           capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "Traceback" not in again.stdout + again.stderr and "another process" not in again.stdout
+    assert len(list((tmp_path / "results" / "runs").glob("*/*/*/*/metrics.json"))) == 2

@@ -188,6 +188,26 @@ class RunLock:
             os.close(fd)
         raise RunLockedError(f"{self.path}: could not take the lock (it keeps being replaced)")
 
+    @staticmethod
+    def held_by(run_dir) -> Optional[str]:
+        """Who holds ``run_dir``'s lock now ("pid N on HOST since ..."), or None when no live process does (a probe:
+        the lock is taken and given back at once when it is free)."""
+        try:
+            fd = os.open(Path(run_dir) / "train.lock", os.O_RDWR)
+        except OSError:                     # no lock file: nobody trains it
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return os.read(fd, 200).decode(errors="replace").strip() or "unknown process"
+        except OSError:
+            return None
+        else:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            return None
+        finally:
+            os.close(fd)
+
     def release(self) -> None:
         if self.fd is not None:
             self.path.unlink(missing_ok=True)
