@@ -432,12 +432,13 @@ def one_line_errors(prog: str = "python -m vfu_nb.study"):
     """Print the study's expected failures as one line on stderr and exit (75 for a run locked by another process,
     2 otherwise); anything else keeps its traceback."""
     from vfu_nb.train_config import ConfigError
+    from vfu_nb.weights import WeightsUnavailableError
 
     try:
         yield
     except RunLockedError as exc:
         print(f"{prog}: {exc}", file=sys.stderr, flush=True)
         sys.exit(LOCKED_EXIT)
-    except (*ONE_LINE, ConfigError) as exc:
+    except (*ONE_LINE, ConfigError, WeightsUnavailableError) as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr, flush=True)
         sys.exit(2)

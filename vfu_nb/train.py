@@ -60,6 +60,7 @@ from vfu_nb.data import Augmentation, BatchLoader
 from vfu_nb.losses import LossWeights, default_heatmap_sigma, multitask_loss  # noqa: F401 (LossWeights re-exported)
 from vfu_nb.metrics import EvalAccumulator, jsonable
 from vfu_nb.diskspace import DiskFullError  # noqa: F401 (re-exported)
+from vfu_nb.weights import WeightsUnavailableError
 from vfu_nb.rundir import (  # noqa: F401 (re-exported)
     LOSS_TERMS, CorruptCheckpointError, RunDirError, RunExistsError, RunLock, RunLockedError, RunLog,
     RunMismatchError, check_resume, check_run_dir, load_checkpoint, read_run_config, resume_advice, save_checkpoint,
@@ -1017,7 +1018,7 @@ def main(argv=None, on_step: Optional[Callable] = None) -> Optional[dict]:
         return None
     try:
         metrics = train(config, on_step=on_step)
-    except (RunDirError, ConfigError, DiskFullError) as exc:
+    except (RunDirError, ConfigError, DiskFullError, WeightsUnavailableError) as exc:
         parser.exit(2, f"{parser.prog}: error: {exc}\n")
     if dist_info()[1] == 0:
         print(format_metrics(metrics), flush=True)

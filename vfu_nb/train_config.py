@@ -86,8 +86,10 @@ class TrainConfig:
     width: float = setting(1.0, "channel width factor of the VGG-16 backbone (0.25 -> 128 channels at "
                            "conv4_3)", group="model")
     backbone: str = setting("vgg16", "vgg16 | vgg16_bn", group="model")
-    pretrained: Optional[str] = setting(None, "PATH to torchvision VGG-16 weights, or 'torchvision' (torch.hub "
-                                        "cache; never downloads)", group="model")
+    pretrained: Optional[str] = setting(None, "'imagenet' (torchvision's VGG16_Weights / VGG16_BN_Weights: "
+                                        "$TORCH_HOME cache, downloaded once with a hash check), a PATH to "
+                                        "torchvision VGG-16 weights, or 'torchvision' (the cached file only)",
+                                        group="model")
 
     # --- optimisation
     batch_size: int = setting(8, "images per step and process (global batch = batch size x processes)",
