@@ -178,3 +178,13 @@ def test_an_export_on_a_full_disk_is_one_line_and_leaves_the_export_unfinished(s
     assert str(err.value).endswith("; free space, then run the same command again (finished runs are only "
                                    "exported again)")
     assert list(dest.iterdir()) == []
+
+
+def test_the_error_survives_a_trip_between_processes():
+    import pickle
+
+    error = DiskFullError("/x/last.pt", 0, 4096, "free space").with_way_out("resume")
+    again = pickle.loads(pickle.dumps(error))
+    assert str(again) == str(error) == "/x/last.pt: not written: no space left on the device (0 bytes free, about " \
+                                       "4.1 kB needed); resume"
+    assert (again.errno, again.free, again.needed) == (errno.ENOSPC, 0, 4096)

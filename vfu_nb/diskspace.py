@@ -50,6 +50,9 @@ class DiskFullError(OSError):
     def __str__(self) -> str:
         return self.strerror
 
+    def __reduce__(self):          # across processes (a pool worker's error) with its fields, not OSError's args
+        return (DiskFullError, (self.path, self.free, self.needed, self.way_out, self.core))
+
     def with_way_out(self, way_out: str) -> "DiskFullError":
         """The same error with ``way_out`` (what the user does next) in place of the generic one."""
         return DiskFullError(self.path, self.free, self.needed, way_out, message=self.core)
