@@ -6,6 +6,8 @@ JupyterLab (127.0.0.1, free port, random token, kernel = this venv's Python, the
 slider with the keyboard and checks that the picture's bytes and the kernel-side label changed. Then it uploads,
 through the try-your-own-image widget's file input, a JPEG, a text file and a file over the widget's size limit
 (and over tornado's default websocket limit, which the project's config raises) and reads the widget's messages.
+A second test runs notebook 05 and checks its rendered Markdown and that no Jupyter-news prompt appears (the
+project's config turns it off; a third test, the control, sees the prompt on a server without that config).
 
 The browser is ``/usr/bin/chromium`` (``.ci/run`` installs it with apt; ``playwright install`` is never run);
 pytest-playwright keeps a trace and a screenshot of a failing run (``--tracing``/``--screenshot`` in

@@ -47,8 +47,8 @@ import numpy as np
 from vfu_nb import stats, study_io
 from vfu_nb.conventions import metric_label as label
 from vfu_nb.diskspace import atomic_write
-from vfu_nb.rundir import RunLockedError
 from vfu_nb.metrics import jsonable
+from vfu_nb.rundir import RunLockedError
 from vfu_nb.runs import converged
 
 REPO = Path(__file__).resolve().parents[1]
