@@ -34,8 +34,15 @@ test: $(STAMP) data
 	$(BIN)/python -m pytest
 
 # Rooted at the repository: notebooks/, the executed copies in runs/ and figures/ all open from the file browser.
+# As root (containers) it adds --allow-root, which Jupyter otherwise demands, and says so.
+# LAB_ARGS: more JupyterLab options, e.g. LAB_ARGS="--no-browser --ServerApp.port=8890".
+LAB_ARGS ?=
 lab: $(STAMP) data
-	$(BIN)/jupyter lab --config=jupyter_server_config.py --ServerApp.root_dir=$(CURDIR)
+	@if [ "$$(id -u)" = 0 ]; then \
+	    echo "make lab: running as root, so JupyterLab gets --allow-root (Jupyter refuses root without it)"; \
+	    root=--allow-root; \
+	fi; \
+	exec $(BIN)/jupyter lab --config=jupyter_server_config.py --ServerApp.root_dir=$(CURDIR) $$root $(LAB_ARGS)
 
 # Rewrite requirements.lock from the venv (after changing requirements.txt or pyproject.toml and installing).
 # CUDA wheels, which torch pulls in on Linux only, keep torch's own platform marker.

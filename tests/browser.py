@@ -8,9 +8,10 @@
 
 Nothing is downloaded: the browser is Debian's ``/usr/bin/chromium`` (``apt-get install chromium``; Playwright's
 own browsers are never installed), started with the background-networking features off; JupyterLab runs on
-127.0.0.1 with a random token, with news, update checks and the PyPI extension manager off, and with its own
-temporary config, data, runtime and settings folders, and with the project's ``jupyter_server_config.py`` (what
-``make lab`` uses). Its ``python3`` kernel is the Python that runs this module
+127.0.0.1 with a random token, with the news feed URL, update checks and the PyPI extension manager off, and with
+its own temporary config, data, runtime and settings folders (a first visit), and with the project's
+``jupyter_server_config.py`` (what ``make lab`` uses; it turns the "get notified about official Jupyter news?"
+prompt off, which the browser test checks). Its ``python3`` kernel is the Python that runs this module
 (a kernelspec installed with ``ipykernel install --prefix`` into a temporary folder put first on JUPYTER_PATH).
 Every wait has a timeout; the server's whole process group (server and kernels) is stopped on exit.
 """
@@ -93,10 +94,8 @@ class JupyterLab:
         subprocess.run([self.python, "-m", "ipykernel", "install", "--prefix", str(prefix), "--name", "python3",
                         "--display-name", "Python 3 (ipykernel)"], check=True, timeout=120,
                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        # a fresh user's settings (a first visit: the news prompt is left to the server config)
         settings = self.home / "settings"
-        news = settings / "@jupyterlab" / "apputils-extension" / "notification.jupyterlab-settings"
-        news.parent.mkdir(parents=True)
-        news.write_text(json.dumps({"fetchNews": "false", "checkForUpdates": False}))
         tracker = settings / "@jupyterlab" / "notebook-extension" / "tracker.jupyterlab-settings"
         tracker.parent.mkdir(parents=True)
         tracker.write_text(json.dumps({"autoStartDefaultKernel": True}))   # no "Select Kernel" dialog
@@ -242,6 +241,20 @@ def _accept_kernel_dialog(page):
         return
     if "kernel" in dialog.inner_text().lower():
         dialog.locator(".jp-Dialog-button.jp-mod-accept").click()
+
+
+NEWS_PROMPT = "Would you like to get notified about official Jupyter news?"
+
+
+def news_prompt_shown(page, wait_s: float = 8.0) -> bool:
+    """Whether JupyterLab's news prompt (a toast) appears within ``wait_s`` seconds of now."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    try:
+        page.get_by_text(NEWS_PROMPT).first.wait_for(state="visible", timeout=wait_s * 1000)
+    except PlaywrightTimeout:
+        return False
+    return True
 
 
 def notebook_errors(page) -> list[str]:

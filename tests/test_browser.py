@@ -6,6 +6,8 @@ JupyterLab (127.0.0.1, free port, random token, kernel = this venv's Python, the
 slider with the keyboard and checks that the picture's bytes and the kernel-side label changed. Then it uploads,
 through the try-your-own-image widget's file input, a JPEG, a text file and a file over the widget's size limit
 (and over tornado's default websocket limit, which the project's config raises) and reads the widget's messages.
+A second test runs notebook 05 and checks its rendered Markdown and that no Jupyter-news prompt appears (the
+project's config turns it off; a third test, the control, sees the prompt on a server without that config).
 
 The browser is ``/usr/bin/chromium`` (``.ci/run`` installs it with apt; ``playwright install`` is never run);
 pytest-playwright keeps a trace and a screenshot of a failing run (``--tracing``/``--screenshot`` in
@@ -113,3 +115,36 @@ def test_widgets_in_jupyterlab(page, synth_root, tmp_path):
     timings["total"] = time.monotonic() - start
     (tmp_path / "timings.txt").write_text("".join(f"{k}: {v:.1f} s\n" for k, v in timings.items()))
     print("browser test timings:", {k: round(v, 1) for k, v in timings.items()}, "screenshots:", tmp_path)
+
+
+def test_notebook_05_renders_its_prose_as_markdown_and_lab_asks_no_news_question(page, tmp_path):
+    """The project's config turns JupyterLab's first-visit news prompt off; notebook 05's generated sentences are
+    rendered Markdown (model names as code), with no raw backticks anywhere in its outputs."""
+    import shutil
+
+    page.set_default_timeout(60_000)
+    root = tmp_path / "lab"
+    root.mkdir()
+    shutil.copy(B.REPO / "notebooks" / "05_controls_and_seeds.ipynb", root / "05.ipynb")
+    with B.JupyterLab(root) as lab:
+        B.run_all(page, lab, "05.ipynb")
+        assert not B.news_prompt_shown(page), "JupyterLab asked about Jupyter news despite the project's config"
+        reading = page.locator(".jp-OutputArea-output.jp-RenderedMarkdown", has_text="beats").first
+        reading.wait_for(state="visible", timeout=300_000)
+        assert reading.locator("code", has_text="mtl").count() >= 1           # `mtl` rendered as code
+        page.wait_for_function("() => document.querySelectorAll('.jp-RenderedMarkdown strong').length > 0 && "
+                               "document.body.innerText.includes('geometry informativeness 1.0')", timeout=300_000)
+        outputs = page.locator(".jp-OutputArea-output").all_inner_texts()
+        assert outputs and not [t for t in outputs if "`" in t], "raw Markdown backticks in an output"
+        assert not B.notebook_errors(page)
+
+
+def test_without_the_project_config_jupyterlab_asks_about_news(page, tmp_path):
+    """The control of the check above: a server without the project's config shows the prompt on a first visit."""
+    page.set_default_timeout(60_000)
+    root = tmp_path / "lab"
+    root.mkdir()
+    B.write_notebook(root / "empty.ipynb", ["1 + 1"])
+    with B.JupyterLab(root, config=None) as lab:
+        page.goto(lab.url("lab/tree/empty.ipynb"), wait_until="domcontentloaded")
+        assert B.news_prompt_shown(page, wait_s=60)

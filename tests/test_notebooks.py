@@ -96,3 +96,35 @@ def test_papermill_runs_a_notebook_from_the_root_and_from_notebooks(cwd, tmp_pat
     expected = json.loads((REPO / "data" / "synthetic" / "synthetic.json").read_text())["n"]
     assert json.loads((tmp_path / "01" / "metrics.json").read_text())["images"] == expected
     assert (tmp_path / "figures" / "01_samples.png").exists()
+
+
+def test_generated_prose_is_shown_as_markdown(monkeypatch):
+    """nb.markdown: sentences as paragraphs, or as a list whose two-space-indented lines nest under the one before."""
+    import IPython.display
+
+    from vfu_nb.notebook import Notebook
+
+    shown = []
+    monkeypatch.setattr(IPython.display, "display", lambda obj: shown.append(obj))
+    Notebook.markdown(["`mtl` beats `cat`.", "No difference established."])
+    Notebook.markdown(["**dial**", "  mtl − cat: +0.04", "next"], bullets=True)
+    assert [type(s).__name__ for s in shown] == ["Markdown", "Markdown"]
+    assert shown[0].data == "`mtl` beats `cat`.\n\nNo difference established."
+    assert shown[1].data == "- **dial**\n    - mtl − cat: +0.04\n- next"
+
+
+@pytest.mark.slow
+def test_notebook_05_shows_its_generated_prose_as_markdown_not_as_printed_backticks(tmp_path):
+    out = tmp_path / "05.ipynb"
+    proc = _papermill(["notebooks/05_controls_and_seeds.ipynb", str(out), "-p", "out_dir", str(tmp_path / "05"),
+                       "-p", "figures_dir", str(tmp_path / "figures")], REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    outputs = [o for c in json.loads(out.read_text())["cells"] if c["cell_type"] == "code" for o in c["outputs"]]
+    markdown = ["".join(o["data"]["text/markdown"]) for o in outputs
+                if o["output_type"] == "display_data" and "text/markdown" in o["data"]]
+    printed = "".join("".join(o["text"]) for o in outputs if o["output_type"] == "stream")
+    assert any("`mtl` beats `cat` in top-3 category accuracy" in m for m in markdown)        # study.reading
+    assert any(m.startswith("- mtl − cat, top-3 category accuracy: ") for m in markdown)      # pair_lines
+    assert any("largest mean gain at 50%" in m for m in markdown)                            # the learning curve
+    assert any(m.startswith("- **geometry informativeness") for m in markdown)               # the dial
+    assert "`" not in printed and "Showing the study of results/plan.yaml" in printed

@@ -103,15 +103,16 @@ def test_a_step_keeps_its_model(tmp_path):
         pipeline.parameters("smoke", "02_train_mtl", overrides(model="cat"), tmp_path)
 
 
-def test_full_profile_uses_imagenet_weights_only_when_present(monkeypatch, tmp_path):
+def test_pretrained_torchvision_is_used_only_when_its_file_is_present(monkeypatch, tmp_path):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))                    # an empty hub cache
-    p = pipeline.parameters("full", "02_train_mtl", run_dir=tmp_path)
+    p = pipeline.parameters("full", "02_train_mtl", overrides(pretrained="torchvision"), run_dir=tmp_path)
     assert p["pretrained"] is None and p["image_size"] == 224 and p["width"] == 1.0 and p["device"] == "auto"
     assert pipeline.parameters("full", "04_attention_maps", run_dir=tmp_path)["device"] == "auto"
     weights = tmp_path / "hub" / "checkpoints" / "vgg16-397923af.pth"
     weights.parent.mkdir(parents=True)
     weights.write_bytes(b"")
-    assert pipeline.parameters("full", "02_train_mtl", run_dir=tmp_path)["pretrained"] == "torchvision"
+    assert pipeline.parameters("full", "02_train_mtl", overrides(pretrained="torchvision"),
+                               run_dir=tmp_path)["pretrained"] == "torchvision"
 
 
 def test_dry_run_prints_the_parameters_and_runs_nothing(tmp_path, capsys):

@@ -17,6 +17,7 @@ Every number is a lower bound on a shared machine: other processes can only make
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
 import json
 import os
@@ -196,6 +197,7 @@ def bench_data(root: str, split: str = "train", image_size: int = 224, batch_siz
     from torch.utils.data import DataLoader
 
     from vfu_nb.data import BatchLoader, DeepFashionC
+    from vfu_nb.train import seed_worker
 
     workers = min(8, os.cpu_count() or 1) if workers is None else workers
     devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
@@ -213,12 +215,14 @@ def bench_data(root: str, split: str = "train", image_size: int = 224, batch_siz
                                                             cache_dir=cache_dir, **common)}
         step_s = batch_size / target_img_s
         step_device = devices[-1]
+        worker_init = functools.partial(seed_worker, parent_pid=os.getpid())   # workers die with this process
         rows = []   # (label, make(seed) -> endless loader, device, seconds of simulated step per batch)
         for name, ds in datasets.items():
             for w in sorted({0, workers}):
                 rows.append((f"{name} per item, DataLoader, {w} workers",
                              lambda seed, ds=ds, w=w: DataLoader(ds, batch_sampler=RandomBatches(len(ds), batch_size,
-                                                                                                seed), num_workers=w),
+                                                                                                seed), num_workers=w,
+                                                                 worker_init_fn=worker_init),
                              torch.device("cpu"), 0.0))
 
         def batch_loader(device, augment=False, prefetch=2):

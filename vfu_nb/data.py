@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import io
 import json
 import os
 import queue
@@ -37,6 +38,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
+from vfu_nb import lifeline
 from vfu_nb.annotations import (  # noqa: F401  (re-exported API)
     ATTRIBUTE_TYPE_NAMES, CLOTHES_TYPE_NAMES, FLIP_PAIRS, LANDMARK_NAMES, SLOTS_BY_CLOTHES_TYPE, SPLITS,
     AnnotationError, Annotations, annotation_paths, image_root, load_annotations, read_partition,
@@ -180,7 +182,9 @@ def scan_images(paths, windows, size, cache_file=None, workers=None, progress=Tr
     jobs = [(paths[s:s + step], windows[s:s + step], size, cache_file, s, total) for s in range(0, total, step)]
     sizes, failures = [np.zeros((0, 2), np.int64)], []
     bar = tqdm(total=total, desc=desc, unit="img", disable=not progress)
-    pool = None if workers == 1 or len(jobs) == 1 else ProcessPoolExecutor(workers, mp_context=get_context("fork"))
+    # the workers die with this process (vfu_nb.lifeline): a killed trainer or notebook leaves no orphans
+    pool = None if workers == 1 or len(jobs) == 1 else ProcessPoolExecutor(workers, mp_context=get_context("fork"),
+                                                                            **lifeline.pool_options())
     try:
         for job, (job_sizes, job_failures) in zip(jobs, (pool.map if pool else map)(_decode_rows, jobs)):
             sizes.append(job_sizes)
@@ -293,23 +297,53 @@ class DeepFashionC(Dataset):
             fcntl.flock(lock, fcntl.LOCK_EX)
             meta = json.loads(meta_file.read_text()) if meta_file.exists() else {}
             if meta.get("key") != key or not data_file.exists() or not sizes_file.exists():
-                partial = stem.with_suffix(f".u8.partial{os.getpid()}")
-                np.memmap(partial, np.uint8, "w+", shape=shape).flush()
-                sizes, failures = scan_images(self._paths(), self._windows(), self.image_size, str(partial),
-                                              workers, progress, desc=f"caching {self.split} {self.image_size}px")
-                if failures and self.on_bad_image == "raise":
-                    partial.unlink()
-                    self._drop(failures)
-                np.save(stem.with_suffix(".sizes.partial.npy"), sizes)
-                os.replace(stem.with_suffix(".sizes.partial.npy"), sizes_file)
-                os.replace(partial, data_file)
-                meta = {"key": key, "shape": list(shape), "failures": failures, "version": CACHE_VERSION}
-                meta_file.with_suffix(".partial").write_text(json.dumps(meta))
-                os.replace(meta_file.with_suffix(".partial"), meta_file)
+                meta = self._build_cache(stem, key, shape, workers, progress)
         self.cache_file = data_file
         self._cache = np.memmap(data_file, np.uint8, "r", shape=shape)
         self._sizes = np.load(sizes_file)
         self._drop([tuple(f) for f in meta["failures"]], stacklevel=4)     # called from __init__ via here
+
+    def _build_cache(self, stem: Path, key: str, shape: tuple, workers, progress) -> dict:
+        """Decode every image into ``<stem>.u8`` (under the caller's lock); returns the cache's meta data.
+
+        The estimated size is compared with the free space first, and the file is allocated in full before any
+        image is decoded, so a full disk refuses in one line (:class:`vfu_nb.diskspace.DiskFullError`, with both
+        numbers) instead of failing half-way; on any failure the partial files are removed.
+        """
+        from vfu_nb import diskspace
+
+        data_file, meta_file, sizes_file = stem.with_suffix(".u8"), stem.with_suffix(".json"), stem.with_suffix(
+            ".sizes.npy")
+        nbytes = int(np.prod(shape))
+        way_out = (f"free space under {stem.parent}, or put the cache on a larger disk with --cache-dir DIR "
+                   f"(cache_dir=)")
+        what = f"the image cache {data_file} ({shape[0]:,} images of {self.image_size} px)"
+        for stale in stem.parent.glob(f"{stem.name}.u8.partial*"):    # left by a killed builder (we hold the lock)
+            stale.unlink(missing_ok=True)
+        diskspace.check_room(data_file, nbytes + 16 * shape[0] + 4096, what, way_out)
+        partial = stem.with_suffix(f".u8.partial{os.getpid()}")
+        try:
+            with open(partial, "wb") as f:
+                diskspace.reserve(f, nbytes)
+        except OSError as exc:
+            partial.unlink(missing_ok=True)
+            if diskspace.is_no_space(exc):
+                raise diskspace.DiskFullError(data_file, diskspace.free_bytes(data_file), nbytes, way_out) from None
+            raise
+        try:
+            sizes, failures = scan_images(self._paths(), self._windows(), self.image_size, str(partial),
+                                          workers, progress, desc=f"caching {self.split} {self.image_size}px")
+            if failures and self.on_bad_image == "raise":
+                self._drop(failures)
+            buf = io.BytesIO()
+            np.save(buf, sizes)
+            diskspace.atomic_write(sizes_file, buf.getvalue(), way_out)
+            os.replace(partial, data_file)
+            meta = {"key": key, "shape": list(shape), "failures": failures, "version": CACHE_VERSION}
+            diskspace.atomic_write(meta_file, json.dumps(meta), way_out)
+        finally:
+            partial.unlink(missing_ok=True)
+        return meta
 
     # ----- items ----------------------------------------------------------------------------
     def __len__(self) -> int:

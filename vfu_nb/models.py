@@ -602,8 +602,13 @@ def load_pretrained_vgg(model: _Net, pretrained: str | os.PathLike) -> list[str]
     backbone = model.config.backbone
     if model.config.width != 1.0:
         raise ValueError(f"pretrained VGG weights need width=1.0, got width={model.config.width}")
-    path = pretrained_path(pretrained, backbone)
-    state = read_vgg_checkpoint(path, backbone)
+    if str(pretrained) == "imagenet":              # torchvision's weights API: cache, else download (hash-checked)
+        from vfu_nb.weights import cache_path, imagenet_state_dict
+
+        path, state = cache_path(backbone), imagenet_state_dict(backbone)
+    else:
+        path = pretrained_path(pretrained, backbone)
+        state = read_vgg_checkpoint(path, backbone)
     n_backbone = len(model.backbone.features)
     targets = {f"backbone.features.{k}": v for k, v in model.backbone.features.state_dict().items()}
     block_offset = n_backbone + 1                                    # skip pool4
@@ -639,8 +644,9 @@ def build_model(name: str, num_categories: int | None = None, num_attributes: in
 
     Either the shape arguments (``num_categories``, ``num_attributes`` required; ``num_landmarks=8,
     image_size=224, width=1.0, backbone="vgg16"`` by default, as in ModelConfig) or ``config=``, not both.
-    pretrained: None (random init), a path to a torchvision VGG-16 state dict, or "torchvision" (torch.hub's
-    checkpoint cache). A missing file raises FileNotFoundError; nothing is ever downloaded.
+    pretrained: None (random init); "imagenet" (torchvision's VGG16_Weights / VGG16_BN_Weights per backbone: torch.hub's
+    cache, downloaded there once with its hash checked; :mod:`vfu_nb.weights`); a path to a torchvision VGG-16
+    state dict; or "torchvision" (the cached file only, never downloaded). A missing file raises FileNotFoundError.
 
     Initialisation takes exactly one draw from the global torch generator (the base seed, kept as
     ``model.init_seed``), whatever the model, so paired runs at one seed start from the same shared weights and

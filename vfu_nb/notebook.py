@@ -5,6 +5,7 @@
     data_root = nb.path(data_root)             # any other path parameter
     nb.save(fig, "confusion_mtl")              # <figures_dir>/03_confusion_mtl.png, listed in nb.figures
     nb.write_metrics({...})                    # <out_dir>/metrics.json, what the pipeline collects
+    nb.markdown(study.reading(result))         # generated prose rendered as Markdown (`code`, **bold**)
 
 Importing this module applies :func:`vfu_nb.threads.shared_cpu_env` (OpenMP threads that sleep soon instead of
 spinning, for a small shared CPU); it takes effect only if torch is not imported yet.
@@ -46,6 +47,20 @@ class Notebook:
         path = save_figure(fig, self.figure_path(name))
         self.figures.append(str(path))
         return path
+
+    @staticmethod
+    def markdown(text, bullets: bool = False) -> None:
+        """Show generated prose rendered as Markdown (``IPython.display.Markdown``): a string, or a list of
+        sentences (one paragraph each; with ``bullets``, one list item each, and a line indented by two spaces an
+        item under the one before)."""
+        from IPython.display import Markdown, display
+
+        if not isinstance(text, str):
+            if bullets:
+                text = "\n".join(("    - " if line.startswith("  ") else "- ") + line.strip() for line in text)
+            else:
+                text = "\n\n".join(text)
+        display(Markdown(text))
 
     def write_metrics(self, result: dict) -> dict:
         """Write ``result`` (plus ``figures``: every figure saved) as strict JSON to ``<out_dir>/metrics.json``."""

@@ -216,6 +216,22 @@ def _resolve_pretrained(value):
     return value
 
 
+def fetch_imagenet_weights(plan: dict) -> None:
+    """Before any notebook runs: the ImageNet weights of every step with ``pretrained: imagenet`` into torch.hub's
+    cache (downloaded once, hash-checked; :mod:`vfu_nb.weights`). Offline without the file, one PipelineError line
+    says which file to put where."""
+    from vfu_nb.weights import WeightsUnavailableError, cache_path, imagenet_state_dict
+
+    for backbone in sorted({p.get("backbone") or "vgg16" for p in plan.values() if p.get("pretrained") == "imagenet"}):
+        if cache_path(backbone).is_file():
+            continue
+        print(f"[pipeline] fetching the ImageNet weights of {backbone} into {cache_path(backbone).parent}", flush=True)
+        try:
+            imagenet_state_dict(backbone, progress=True)
+        except WeightsUnavailableError as err:
+            raise PipelineError(str(err)) from None
+
+
 def parameters(profile, step: str, overrides=(), run_dir=None, defaults: bool = False) -> dict:
     """Everything passed to ``step``'s notebook: wired folders, then the profile's values, then ``overrides``.
 
@@ -282,6 +298,7 @@ def run_pipeline(profile: str = "default", overrides=(), run_dir=None, steps=Non
     if dry_run:
         print(yaml.safe_dump(plan, sort_keys=False), end="")
         return {}
+    fetch_imagenet_weights(plan)
     # kernels import vfu_nb from this checkout even when it is not pip-installed
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
     shared_cpu_env()      # the kernels inherit the thread settings for a small shared CPU

@@ -17,6 +17,7 @@ differ (:func:`vfu_nb.train_config.config_differences`); :class:`RunLock` keeps 
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import fcntl
 import io
@@ -31,6 +32,7 @@ from typing import Optional
 import torch
 
 from vfu_nb.conventions import LOSS_TERMS
+from vfu_nb.diskspace import appending, atomic_save, atomic_write
 from vfu_nb.metrics import jsonable
 from vfu_nb.train_config import TrainConfig, config_differences
 
@@ -62,12 +64,8 @@ class CorruptCheckpointError(RunDirError):
 
 
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """Temp file + fsync + os.replace; no temp file survives a failure, a full disk is a DiskFullError."""
+    atomic_write(path, data)
 
 
 def write_json(path, obj, indent: Optional[int] = 1) -> None:
@@ -87,11 +85,21 @@ def write_csv(path, rows: list, columns: Optional[list] = None) -> None:
 
 
 def save_checkpoint(path, payload: dict) -> None:
-    """``torch.save`` to ``path.tmp``, then ``os.replace`` (never a half-written checkpoint)."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    """``torch.save`` to ``path.tmp``, then ``os.replace`` (never a half-written checkpoint, no ``.tmp`` left after
+    a failure); a full disk raises :class:`vfu_nb.diskspace.DiskFullError` naming the file, the free bytes and
+    about how many the checkpoint needs."""
+    atomic_save(path, lambda f: torch.save(payload, f), needed=_tensor_bytes(payload))
+
+
+def _tensor_bytes(obj) -> int:
+    """Bytes of the tensors in a nested checkpoint payload (about its size on disk)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(_tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_tensor_bytes(v) for v in obj)
+    return 0
 
 
 def load_checkpoint(path, map_location="cpu") -> dict:
@@ -110,6 +118,30 @@ def load_checkpoint(path, map_location="cpu") -> dict:
         else:
             advice = "start over with a new --run-dir"
         raise CorruptCheckpointError(f"{path} is damaged or incomplete ({reason[:120]}); {advice}") from None
+
+
+def checkpoint_position(path) -> Optional[tuple]:
+    """``(epochs done, steps into the next epoch)`` of a checkpoint, read without loading its tensors; None when
+    the file cannot be read."""
+    try:
+        ck = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        return int(ck["epoch"]), int(ck.get("batch") or 0)
+    except Exception:  # noqa: BLE001  (a damaged file: the caller names what it can)
+        return None
+
+
+def resume_advice(run_dir) -> str:
+    """What to do after a run stopped on a full disk: its last good checkpoint (and epoch) and ``--resume``."""
+    last = Path(run_dir) / "checkpoints" / "last.pt"
+    if not last.exists():
+        return "nothing was saved yet: free space, then start the run again"
+    position = checkpoint_position(last)
+    if position is None:
+        where = f"{last} (unreadable)"
+    else:
+        epoch, steps = position
+        where = f"{last} (epoch {epoch}" + (f" and {steps} steps of epoch {epoch + 1}" if steps else "") + ")"
+    return f"the last good checkpoint is {where}; free space, then continue with --resume (the same --run-dir)"
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -155,6 +187,26 @@ class RunLock:
                 return self
             os.close(fd)
         raise RunLockedError(f"{self.path}: could not take the lock (it keeps being replaced)")
+
+    @staticmethod
+    def held_by(run_dir) -> Optional[str]:
+        """Who holds ``run_dir``'s lock now ("pid N on HOST since ..."), or None when no live process does (a probe:
+        the lock is taken and given back at once when it is free)."""
+        try:
+            fd = os.open(Path(run_dir) / "train.lock", os.O_RDWR)
+        except OSError:                     # no lock file: nobody trains it
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return os.read(fd, 200).decode(errors="replace").strip() or "unknown process"
+        except OSError:
+            return None
+        else:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            return None
+        finally:
+            os.close(fd)
 
     def release(self) -> None:
         if self.fd is not None:
@@ -266,13 +318,15 @@ class RunLog:
             else:
                 print(line, flush=True)
         stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-        self._log.write("".join(f"{stamp} {part}\n" for part in line.splitlines()))
+        with appending(self.run_dir / "train.log"):
+            self._log.write("".join(f"{stamp} {part}\n" for part in line.splitlines()))
 
     def batches(self, rows: list) -> None:
         """Rows ``(epoch, batch, step, category, attribute, landmark, total)`` of finished steps."""
         if not self.active:
             return
-        self._batches.write("".join(",".join(repr(v) for v in row) + "\n" for row in rows))
+        with appending(self.run_dir / "batches.csv"):
+            self._batches.write("".join(",".join(repr(v) for v in row) + "\n" for row in rows))
         self._unflushed += len(rows)
         if self._unflushed >= self.log_every:
             self.flush()
@@ -295,14 +349,29 @@ class RunLog:
 
     def flush(self) -> None:
         if self._batches is not None:
-            self._batches.flush()
+            with appending(self.run_dir / "batches.csv"):
+                self._batches.flush()
             self._unflushed = 0
         if self._tb is not None:
             self._tb.flush()
 
     def close(self) -> None:
-        self.flush()
-        for f in (self._log, self._batches, self._tb):
-            if f is not None:
-                f.close()
-        self._log = self._batches = self._tb = None
+        try:
+            self.flush()
+        finally:
+            for f in (self._log, self._batches, self._tb):
+                if f is not None:
+                    try:
+                        f.close()
+                    except OSError:          # a full disk: the error that matters was raised before
+                        pass
+            self._log = self._batches = self._tb = None
+
+    def close_after(self, exc_type, exc, tb) -> None:
+        """``close`` as an exit callback: after an error the logs are closed quietly (a full disk would otherwise
+        replace the first, informative error with a second one about a log file)."""
+        if exc_type is None:
+            self.close()
+        else:
+            with contextlib.suppress(OSError):
+                self.close()

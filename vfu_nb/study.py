@@ -46,10 +46,12 @@ from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
-from vfu_nb import stats
+from vfu_nb import stats, study_io
 from vfu_nb.contrasts import CONTRAST_NAMES, contrast_name
 from vfu_nb.conventions import metric_label as label
+from vfu_nb.diskspace import atomic_write
 from vfu_nb.metrics import jsonable
+from vfu_nb.rundir import RunLockedError
 from vfu_nb.runs import converged
 
 REPO = Path(__file__).resolve().parents[1]
@@ -221,8 +223,7 @@ def _unique(specs: list[RunSpec]) -> list[RunSpec]:
 
 def exported(plan: Plan, key: str) -> Optional[dict]:
     """The exported metrics.json of run ``key``, or None when it has not finished yet."""
-    path = plan.results_dir / "runs" / key / "metrics.json"
-    return json.loads(path.read_text()) if path.exists() else None
+    return study_io.read_metrics(plan.results_dir, key)      # a damaged file: one line naming it and the way out
 
 
 def drifted_runs(plan: Plan, chosen: Optional[dict] = None) -> list:
@@ -239,7 +240,7 @@ def drifted_runs(plan: Plan, chosen: Optional[dict] = None) -> list:
         path = plan.results_dir / "runs" / spec.key / "config.json"
         if not path.exists():
             continue
-        recorded = {**defaults, **json.loads(path.read_text())}
+        recorded = {**defaults, **study_io.read_run_json(plan.results_dir, spec.key, "config.json")}
         out += [f"{spec.key}: {k} {recorded.get(k)!r} -> {v!r}"
                 for k, v in portable_config(spec.config).items() if recorded.get(k) != v]
     return out
@@ -354,26 +355,33 @@ def export_run(plan: Plan, spec: RunSpec) -> Path:
     src, dest = plan.runs_dir / spec.key, plan.results_dir / "runs" / spec.key
     dest.mkdir(parents=True, exist_ok=True)
     config = portable_config(json.loads((src / "config.json").read_text()))
-    (dest / "config.json").write_text(json.dumps(config, indent=1) + "\n")
+    write_atomic(dest / "config.json", json.dumps(config, indent=1) + "\n")
     history = json.loads((src / "history.json").read_text())
-    (dest / "history.json").write_text(json.dumps(jsonable(compact_history(history)), separators=(",", ":")) + "\n")
+    write_atomic(dest / "history.json", json.dumps(jsonable(compact_history(history)), separators=(",", ":")) + "\n")
     pred = runs.predict(src, "test")
     logits = pred.category_logits
     rank = (logits > logits[np.arange(len(logits)), pred.category][:, None]).sum(1)
     where = attention_mass.measure_run(src, "test")
-    np.savez_compressed(dest / "predictions.npz", index=pred.index.astype(np.int32),
-                        category_rank=rank.astype(np.int16), attribute_logits=pred.attribute_scores.astype(np.float32),
-                        **where)
+    write_npz(dest / "predictions.npz", index=pred.index.astype(np.int32), category_rank=rank.astype(np.int16),
+              attribute_logits=pred.attribute_scores.astype(np.float32), **where)
     _write_labels(plan, spec.data, src)
     write_atomic(dest / "metrics.json", (src / "metrics.json").read_text())   # last: marks the export complete
     return dest
 
 
 def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` so that readers see the old file or the whole new one (metrics.json marks a finished run)."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    """Write ``text`` so that readers see the old file or the whole new one (metrics.json marks a finished run);
+    no ``.tmp`` is left after a failure, and a full disk is one line (:class:`vfu_nb.diskspace.DiskFullError`)."""
+    atomic_write(path, text, "free space, then run the same command again (finished runs are only exported again)")
+
+
+def write_npz(path: Path, **arrays) -> None:
+    """``np.savez_compressed`` written as :func:`write_atomic` writes."""
+    import io
+
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)
+    write_atomic(path, buf.getvalue())
 
 
 def _diverged(plan: Plan, spec: RunSpec, error: Exception) -> bool:
@@ -390,7 +398,7 @@ def export_failure(plan: Plan, spec: RunSpec, reason: str) -> None:
     """Record a run that cannot finish (its loss diverged): metrics.json with ``failed`` and no test metrics."""
     dest = plan.results_dir / "runs" / spec.key
     dest.mkdir(parents=True, exist_ok=True)
-    (dest / "config.json").write_text(json.dumps(portable_config(spec.config), indent=1) + "\n")
+    write_atomic(dest / "config.json", json.dumps(portable_config(spec.config), indent=1) + "\n")
     write_atomic(dest / "metrics.json", json.dumps({"model": spec.model, "seed": spec.seed, "failed": reason,
                                                    "val": {}, "test": {}}, indent=1) + "\n")
 
@@ -406,9 +414,9 @@ def _write_labels(plan: Plan, tag: str, run_dir: Path) -> None:
     ann = ds.annotations
     index = np.asarray(ds.rows)
     path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(path, index=index.astype(np.int32), category=np.asarray(ann.category)[index].astype(np.int16),
-                        attributes=np.asarray(ann.attributes)[index].astype(np.int8),
-                        attribute_types=np.asarray(ann.attribute_types).astype(np.int8))
+    write_npz(path, index=index.astype(np.int32), category=np.asarray(ann.category)[index].astype(np.int16),
+              attributes=np.asarray(ann.attributes)[index].astype(np.int8),
+              attribute_types=np.asarray(ann.attribute_types).astype(np.int8))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -428,14 +436,14 @@ def _train(plan: Plan, spec: RunSpec, subprocess_: bool) -> None:
         train(config)
         return
     request = run_dir / "request.json"
-    request.write_text(json.dumps(config, indent=1))
+    write_atomic(request, json.dumps(config, indent=1))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     env.setdefault("GOMP_SPINCOUNT", "1000")
-    with open(run_dir / "stdout.log", "a") as log:
-        code = subprocess.call([sys.executable, "-m", "vfu_nb.study", "train-one", str(request)], stdout=log,
-                               stderr=subprocess.STDOUT, env=env, cwd=REPO)
-    if code != 0:
-        raise RuntimeError(f"training {spec.key} failed (exit {code}); see {run_dir / 'stdout.log'}")
+    with open(run_dir / "stdout.log", "a") as log:      # the trainer dies with this process (vfu_nb.lifeline)
+        code = subprocess.call(study_io.trainer_command(request), stdout=log, stderr=subprocess.STDOUT, env=env,
+                               cwd=REPO)
+    if code != 0:        # one line: the trainer's last error line and its log; RunLockedError for a locked run
+        raise study_io.trainer_error(spec.key, code, run_dir / "stdout.log")
 
 
 _DATA_LOCK = threading.Lock()
@@ -528,6 +536,9 @@ def train_and_export(plan: Plan, spec: RunSpec, subprocess_: bool, log=print) ->
     log(f"[study] start {spec.key}")
     try:
         _train(plan, spec, subprocess_)
+    except RunLockedError as locked:               # another live process trains it: the others first, then wait
+        log(f"[study] skip  {spec.key}: {locked}")
+        return
     except Exception as error:                     # a diverged run is a result (recorded); anything else is not
         if not _diverged(plan, spec, error):
             raise
@@ -544,6 +555,7 @@ def train_pending(plan: Plan, jobs: int = 1, log=print) -> None:
     running, errors, cond = set(), [], threading.Condition()
     todo = pending(plan)
     log(f"[study] {len(todo)} runs to train (first: {todo[0].key if todo else '-'})")
+    busy = study_io.BusyRuns(plan.runs_dir, log)    # runs another live process trains: skipped, then waited for
 
     def worker():
         while True:
@@ -551,10 +563,13 @@ def train_pending(plan: Plan, jobs: int = 1, log=print) -> None:
                 while True:
                     if not errors:
                         import_reused(plan, log)
-                    queue = [] if errors else [s for s in pending(plan) if s.key not in running]
-                    if queue or errors or not running:
+                    todo = [] if errors else [s for s in pending(plan) if s.key not in running]
+                    queue = busy.free(todo)
+                    if queue or errors or not (todo or running):
                         break
-                    cond.wait()                     # others are running: their results may unlock more runs
+                    if not running:
+                        busy.waiting()
+                    cond.wait(busy.poll_s if todo else None)   # finished runs may unlock more; locks are polled
                 if not queue:
                     return
                 spec = queue[0]
@@ -613,9 +628,13 @@ class RunResult:
     metrics: dict
     path: Path
 
-    def predictions(self) -> dict:
-        with np.load(self.path / "predictions.npz") as f:
-            return {k: f[k] for k in f.files}
+    def predictions(self, labels: Optional[dict] = None) -> dict:
+        """The per-image test predictions; with the tree's ``labels``, held to metrics.json first (an edited or
+        damaged file is one line naming it and the way out)."""
+        p = study_io.read_predictions(self.path, self.spec.key)
+        if labels is not None:
+            study_io.check_predictions(self.path, self.spec.key, self.metrics, p, labels)
+        return p
 
 
 def load_runs(plan: Plan, specs: Sequence[RunSpec]) -> list[RunResult]:
@@ -629,8 +648,7 @@ def load_runs(plan: Plan, specs: Sequence[RunSpec]) -> list[RunResult]:
 
 
 def _labels(plan: Plan, tag: str) -> dict:
-    with np.load(plan.results_dir / "labels" / f"{tag}.npz") as f:
-        return {k: f[k] for k in f.files}
+    return study_io.read_labels(plan.results_dir, tag)
 
 
 def image_metric(name: str, labels: dict):
@@ -688,8 +706,8 @@ def compare(plan: Plan, results: Sequence[RunResult], a: str, b: str, metrics_pr
         return out
     tag = by[(a, seeds[0])].spec.data
     labels = _labels(plan, tag)
-    preds_a = [by[(a, s)].predictions() for s in seeds]
-    preds_b = [by[(b, s)].predictions() for s in seeds]
+    preds_a = [by[(a, s)].predictions(labels) for s in seeds]
+    preds_b = [by[(b, s)].predictions(labels) for s in seeds]
     for name in metrics_primary:
         d = [_value(by[(a, s)].metrics, name) - _value(by[(b, s)].metrics, name) for s in seeds]
         t = stats.paired_t_interval(d)
@@ -774,7 +792,7 @@ def report(plan, log=print) -> dict:
                          "pair": compare(plan, rs, dial["models"][0], dial["models"][1], metrics_secondary=())})
         if rows[-1]["pair"]["seeds"]:
             study["dial"] = rows
-    study["baselines"] = baselines_for(plan)
+    study["baselines"] = baselines_for(plan, required=study_io.shown_trees(study), log=log)
     unique = plan.all_specs(chosen, tuning_lrs(plan))
     every = load_runs(plan, unique)
     failed = [s.key for s in unique if (exported(plan, s.key) or {}).get("failed")]
@@ -875,7 +893,8 @@ def _attention_radius() -> float:
 
 def run_seconds(result: RunResult) -> float:
     """Seconds a run spent training and evaluating, summed over its epochs (so across resumes too)."""
-    history = json.loads((result.path / "history.json").read_text())
+    history = study_io.read_run_json(study_io.results_dir_of(result.path, result.spec.key), result.spec.key,
+                                     "history.json")
     return float(sum(e.get("seconds", 0.0) for e in history.get("epochs", [])))
 
 
@@ -897,7 +916,7 @@ def skeleton(plan: Plan) -> dict:
 
 def _write_report(plan: Plan, study: dict, log) -> dict:
     out = plan.results_dir / "study.json"
-    out.write_text(json.dumps(jsonable(study), indent=1, allow_nan=False) + "\n")
+    write_atomic(out, json.dumps(jsonable(study), indent=1, allow_nan=False) + "\n")
     log(f"[study] wrote {out}")
     study = json.loads(out.read_text())
     if "preregistration" in study:
@@ -920,8 +939,7 @@ def _write_report(plan: Plan, study: dict, log) -> dict:
 
 def load_study(plan) -> Optional[dict]:
     """The plan's study.json, or None when its report has not been written yet."""
-    path = Plan.load(plan).results_dir / "study.json"
-    return json.loads(path.read_text()) if path.exists() else None
+    return study_io.read_study(Plan.load(plan).results_dir / "study.json")
 
 
 def smoke_plan(out, data_root="data/synthetic") -> dict:
@@ -1249,7 +1267,7 @@ def update_readme(block: str, path=README, begin: str = BLOCK_BEGIN, end: str = 
     _, tail = rest.split(end, 1)
     new = f"{head}{begin}\n{block}\n{end}{tail}"
     if new != text:
-        path.write_text(new)
+        write_atomic(path, new)
     return new != text
 
 
@@ -1269,15 +1287,13 @@ def readme_matches(study_json=None, path=README) -> bool:
     return current == readme_block(study)
 
 
-def baselines_for(plan: Plan) -> dict:
-    """Test-split baselines of every data tree the plan uses ({} for a tree that is not on disk)."""
-    from vfu_nb.baselines import compute_baselines
-
-    out = {}
-    for tag in plan.data:
-        root = plan.data_root(tag)
-        out[tag] = compute_baselines(root, "test") if (root / "Anno").exists() else {}
-    return out
+def baselines_for(plan: Plan, required=(), log=print) -> dict:
+    """Test-split baselines of every data tree the plan uses, committed with the results: computed into
+    ``results/baselines/<tag>.json`` when the tree is on disk, read from there when it is not ({} for neither;
+    :class:`vfu_nb.study_io.StudyInputError` for a tree in ``required``, whose baselines the report shows)."""
+    return {tag: study_io.tree_baselines(plan.results_dir, tag, plan.data[tag], plan.data_root(tag),
+                                         tag in required, log)
+            for tag in plan.data}
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -1440,6 +1456,9 @@ def main(argv=None):
     p_rep.add_argument("plan", nargs="?", default=str(DEFAULT_PLAN))
     p_readme = sub.add_parser("readme", help="rewrite (or --check) the README block from results/study.json")
     p_readme.add_argument("--check", action="store_true", help="exit 1 when README and results/ disagree")
+    p_exp = sub.add_parser("export", help="export a finished run again from its run directory (a damaged export)")
+    p_exp.add_argument("plan", nargs="?", default=str(DEFAULT_PLAN))
+    p_exp.add_argument("key", help="the run's key, e.g. default/mtl/vgg16_bn_lr0.001_f1/seed0")
     p_one = sub.add_parser("train-one", help=argparse.SUPPRESS)
     p_one.add_argument("request")
     args = parser.parse_args(argv)
@@ -1447,6 +1466,8 @@ def main(argv=None):
         from vfu_nb.train import train
 
         return train(json.loads(Path(args.request).read_text()))
+    if args.command == "export":
+        return study_io.reexport(Plan.load(args.plan), args.key)
     if args.command == "run":
         return run(args.plan, args.jobs, executor=args.executor, slurm=executors.slurm_overrides(args),
                    wait=not args.no_wait)
@@ -1468,4 +1489,5 @@ if __name__ == "__main__":
     # run the imported module's main, not this __main__ copy's: the Slurm executor pickles its Plan and RunSpec
     from vfu_nb import study as _study
 
-    _study.main()
+    with study_io.one_line_errors():     # expected failures (disk full, damaged results, ...) in one line
+        _study.main()

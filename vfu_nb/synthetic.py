@@ -1912,12 +1912,15 @@ def _chunks(plans: list, size: int) -> list[list]:
 def _process_pool(workers: int):
     """A process pool: 'fork' where available (no re-import of __main__, so it also works from
     notebooks, `python -c` and stdin scripts), else 'spawn'. A dying worker raises BrokenProcessPool
-    instead of hanging."""
+    instead of hanging; a dying parent takes its workers with it."""
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
 
+    from vfu_nb import lifeline
+
     method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
-    return ProcessPoolExecutor(workers, mp_context=mp.get_context(method))
+    # the workers die with this process (vfu_nb.lifeline): a killed generator leaves no orphans
+    return ProcessPoolExecutor(workers, mp_context=mp.get_context(method), **lifeline.pool_options())
 
 
 def _render_all(out: Path, seed: int, settings: dict, plans: list[ImagePlan], workers: int,

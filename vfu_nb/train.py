@@ -31,6 +31,8 @@ scheduler, resume), and per epoch :func:`train_epoch` (steps of :func:`training_
   (see :func:`vfu_nb.losses.multitask_loss`), so gradients equal those of the global batch. Evaluation runs on
   rank 0 over the full split; only rank 0 writes files.
 * A NaN or infinite loss stops the run with :class:`NonFiniteLossError` naming epoch, batch and loss term.
+* A full disk stops the run with one line (:class:`vfu_nb.diskspace.DiskFullError`): the file that could not be
+  written, the free bytes, the last good checkpoint with its epoch, and ``--resume``; no ``.tmp`` is left behind.
 """
 
 from __future__ import annotations
@@ -56,9 +58,12 @@ from vfu_nb.conventions import ATTRIBUTE_TYPES
 from vfu_nb.data import Augmentation, BatchLoader
 from vfu_nb.losses import LossWeights, default_heatmap_sigma, multitask_loss  # noqa: F401 (LossWeights re-exported)
 from vfu_nb.metrics import EvalAccumulator, jsonable
+from vfu_nb.diskspace import DiskFullError  # noqa: F401 (re-exported)
+from vfu_nb.weights import WeightsUnavailableError
 from vfu_nb.rundir import (  # noqa: F401 (re-exported)
     LOSS_TERMS, CorruptCheckpointError, RunDirError, RunExistsError, RunLock, RunLockedError, RunLog,
-    RunMismatchError, check_resume, check_run_dir, load_checkpoint, read_run_config, save_checkpoint, write_json,
+    RunMismatchError, check_resume, check_run_dir, load_checkpoint, read_run_config, resume_advice, save_checkpoint,
+    write_json,
 )
 from vfu_nb.train_config import (  # noqa: F401 (re-exported)
     LR_SCHEDULES, RESUME_SAFE_FIELDS, ConfigError, TrainConfig, cli_parser, config_differences, parse_config,
@@ -103,8 +108,13 @@ def seed_everything(seed: int, deterministic: bool = False) -> torch.Generator:
     return g
 
 
-def seed_worker(worker_id: int) -> None:
-    """DataLoader ``worker_init_fn``: seed numpy and random from the worker's torch seed."""
+def seed_worker(worker_id: int, parent_pid: Optional[int] = None) -> None:
+    """DataLoader ``worker_init_fn``: seed numpy and random from the worker's torch seed; with ``parent_pid`` (the
+    process that iterates the loader) the worker also dies with that process (:mod:`vfu_nb.lifeline`)."""
+    if parent_pid is not None:
+        from vfu_nb.lifeline import die_with_parent
+
+        die_with_parent(parent_pid)
     s = torch.initial_seed() % 2**32
     np.random.seed(s)
     random.seed(s)
@@ -655,7 +665,8 @@ def _loaders(config: TrainConfig, rt: Runtime, sets: dict):
         return sampler, loader_gen, train_loader, eval_loaders
     # Persistent workers keep their RNG across epochs, so with augmentation they would make a resumed run
     # differ; without augmentation the workers draw no random numbers and persistence is free.
-    common = dict(num_workers=rt.num_workers, pin_memory=rt.is_cuda, worker_init_fn=seed_worker,
+    common = dict(num_workers=rt.num_workers, pin_memory=rt.is_cuda,
+                  worker_init_fn=functools.partial(seed_worker, parent_pid=os.getpid()),
                   persistent_workers=rt.num_workers > 0 and not config.augment)
     if rt.num_workers > 0:
         common["prefetch_factor"] = 4
@@ -988,18 +999,21 @@ def train(config: TrainConfig | dict, on_step: Optional[Callable[[int, int, int]
     if isinstance(config, dict):
         config = TrainConfig.from_dict(config)
     world, rank, local_rank = dist_info()
-    with contextlib.ExitStack() as stack:
-        if rank == 0:
-            stack.enter_context(RunLock(config.run_dir))
-        check_run_dir(config)              # every rank, before any rank can write (init below is a rendezvous)
-        stack.enter_context(_process_settings())
-        rt = setup_runtime(config, world, rank, local_rank)
-        s = build(config, rt)
-        stack.callback(s.log.close)
-        while s.epoch < config.epochs and not s.best["stopped"]:
-            stats = train_epoch(s, on_step)
-            end_epoch(s, stats)
-        return finish(s)
+    try:
+        with contextlib.ExitStack() as stack:
+            if rank == 0:
+                stack.enter_context(RunLock(config.run_dir))
+            check_run_dir(config)              # every rank, before any rank can write (init below is a rendezvous)
+            stack.enter_context(_process_settings())
+            rt = setup_runtime(config, world, rank, local_rank)
+            s = build(config, rt)
+            stack.push(s.log.close_after)
+            while s.epoch < config.epochs and not s.best["stopped"]:
+                stats = train_epoch(s, on_step)
+                end_epoch(s, stats)
+            return finish(s)
+    except DiskFullError as exc:           # the file, the free bytes, the last good checkpoint and --resume
+        raise exc.with_way_out(resume_advice(config.run_dir)) from None
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -1042,7 +1056,7 @@ def main(argv=None, on_step: Optional[Callable] = None) -> Optional[dict]:
     try:
         config = parse_config(argv, parser)
         metrics = train(config, on_step=on_step)
-    except (RunDirError, ConfigError) as exc:
+    except (RunDirError, ConfigError, DiskFullError, WeightsUnavailableError) as exc:
         parser.exit(2, f"{parser.prog}: error: {exc}\n")
     if dist_info()[1] == 0:
         print(format_metrics(metrics), flush=True)

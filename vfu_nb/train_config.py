@@ -91,7 +91,8 @@ class TrainConfig:
     backbone: Literal[BACKBONES] = "vgg16"
     """VGG-16 with or without batch norm"""
     pretrained: Optional[str] = None
-    """PATH to torchvision VGG-16 weights, or 'torchvision' (torch.hub cache; never downloads)"""
+    """'imagenet' (torchvision's VGG16_Weights / VGG16_BN_Weights: $TORCH_HOME cache, downloaded once with a hash
+    check), a PATH to torchvision VGG-16 weights, or 'torchvision' (the cached file only)"""
 
     # --- optimisation
     batch_size: int = 8
