@@ -169,7 +169,8 @@ def test_run_states_from_exports_records_queue_and_results(tmp_path):
     # a finished export wins over everything; a run nobody submitted is pending
     d = plan.results_dir / "runs" / mtl.key
     d.mkdir(parents=True)
-    (d / "metrics.json").write_text(json.dumps({"best_epoch": 3, "epochs_run": 7}))
+    (d / "metrics.json").write_text(json.dumps({"best_epoch": 3, "epochs_run": 7, "val": {"category_top3": 0.5},
+                                                "test": {}}))
     fresh = study.Plan.load(small_plan(tmp_path / "other", tmp_path / "df"))
     result = executors.status(plan, queue=queue)
     assert result["runs"][0].state == "done" and result["runs"][0].detail == "best epoch 3 of 7"

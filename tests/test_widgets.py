@@ -405,7 +405,8 @@ def test_the_upload_limit_fits_one_websocket_message(ann):
     header = 2**20                                           # the message's JSON header: far less than this
     assert MAX_UPLOAD_BYTES + header <= tornado.websocket._default_max_message_size     # any Jupyter server
     c = Config()
-    exec((repo_root() / "jupyter_server_config.py").read_text(), {"c": c, "get_config": lambda: c})
+    config = repo_root() / "jupyter_server_config.py"
+    exec(config.read_text(), {"c": c, "get_config": lambda: c, "__file__": str(config)})
     raised = c.ServerApp.tornado_settings["websocket_max_message_size"]                # `make lab`
     assert raised >= 4 * MAX_UPLOAD_BYTES
     w = predict_image(tiny("mtl", ann), ann)
