@@ -24,7 +24,6 @@ after the driver has exited, and without Slurm accounting (docs/study.md, "On a 
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import pickle
@@ -37,6 +36,7 @@ from typing import Optional
 
 from vfu_nb import slurm as sl
 from vfu_nb import study
+from vfu_nb.rundir import HolderLock
 
 EXECUTORS = ("local", "slurm")
 STATES = ("pending", "queued", "running", "done", "failed")
@@ -246,32 +246,12 @@ class DriverLockedError(RuntimeError):
     """Another ``study run --executor slurm`` drives the same plan."""
 
 
-class _DriverLock:
-    def __init__(self, path: Path):
-        self.path = Path(path)
-        self.fd: Optional[int] = None
+class _DriverLock(HolderLock):
+    """One driver per plan: the lock on ``<runs>/<submitit folder>/driver.lock``."""
 
-    def __enter__(self):
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.read(fd, 200).decode(errors="replace").strip() or "unknown process"
-            os.close(fd)
-            raise DriverLockedError(f"another study run drives {self.path.parent.parent} ({holder}); `python -m "
-                                    f"vfu_nb.study status` shows its runs") from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n"
-                 .encode())
-        self.fd = fd
-        return self
-
-    def __exit__(self, *exc):
-        os.ftruncate(self.fd, 0)
-        fcntl.flock(self.fd, fcntl.LOCK_UN)
-        os.close(self.fd)
-        self.fd = None
+    def refused(self, holder: str) -> Exception:
+        return DriverLockedError(f"another study run drives {self.path.parent.parent} ({holder}); `python -m "
+                                 f"vfu_nb.study status` shows its runs")
 
 
 class SlurmDriver:

@@ -148,18 +148,22 @@ def resume_advice(run_dir) -> str:
 # Claiming a run directory
 
 
-class RunLock:
-    """An exclusive ``flock`` on ``<run_dir>/train.lock`` while a process writes the run.
+class HolderLock:
+    """An exclusive ``flock`` on the file ``path`` while this process holds it; the file records the holder (pid,
+    host, start time) for the message of a refused second process (:meth:`refused`).
 
-    The kernel drops the lock when its process dies, so the lock file of a killed run is simply taken over.
-    The file records the holder (pid, host, start time) for the error message of a refused second process.
+    The kernel drops the lock when its process dies, so the lock file of a killed holder is simply taken over.
     """
 
-    def __init__(self, run_dir):
-        self.path = Path(run_dir) / "train.lock"
+    def __init__(self, path):
+        self.path = Path(path)
         self.fd: Optional[int] = None
 
-    def acquire(self) -> "RunLock":
+    def refused(self, holder: str) -> Exception:
+        """The error raised when another live process (``holder``) holds the lock."""
+        return RuntimeError(f"{self.path} is held by another process ({holder})")
+
+    def acquire(self) -> "HolderLock":
         self.path.parent.mkdir(parents=True, exist_ok=True)
         for _ in range(5):
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -168,12 +172,11 @@ class RunLock:
             except BlockingIOError:
                 holder = os.read(fd, 200).decode(errors="replace").strip() or "unknown process"
                 os.close(fd)
-                raise RunLockedError(f"{self.path.parent} is being written by another process ({holder}); wait "
-                                     f"for it to finish or stop it, or use another --run-dir") from None
-            except OSError as exc:   # a file system without locks: train unprotected rather than not at all
+                raise self.refused(holder) from None
+            except OSError as exc:   # a file system without locks: go on unprotected rather than not at all
                 os.close(fd)
-                warnings.warn(f"{self.path}: cannot lock ({exc.strerror}); nothing stops a second process "
-                              f"from writing this run", stacklevel=2)
+                warnings.warn(f"{self.path}: cannot lock ({exc.strerror}); nothing stops a second process",
+                              stacklevel=2)
                 return self
             try:
                 same_file = os.fstat(fd).st_ino == os.stat(self.path).st_ino
@@ -186,7 +189,31 @@ class RunLock:
                 self.fd = fd
                 return self
             os.close(fd)
-        raise RunLockedError(f"{self.path}: could not take the lock (it keeps being replaced)")
+        raise self.refused("could not take the lock: it keeps being replaced")
+
+    def release(self) -> None:
+        if self.fd is not None:
+            self.path.unlink(missing_ok=True)
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+            self.fd = None
+
+    def __enter__(self) -> "HolderLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+class RunLock(HolderLock):
+    """The lock on ``<run_dir>/train.lock`` while a process writes the run."""
+
+    def __init__(self, run_dir):
+        super().__init__(Path(run_dir) / "train.lock")
+
+    def refused(self, holder: str) -> Exception:
+        return RunLockedError(f"{self.path.parent} is being written by another process ({holder}); wait for it to "
+                              f"finish or stop it, or use another --run-dir")
 
     @staticmethod
     def held_by(run_dir) -> Optional[str]:
@@ -207,19 +234,6 @@ class RunLock:
             return None
         finally:
             os.close(fd)
-
-    def release(self) -> None:
-        if self.fd is not None:
-            self.path.unlink(missing_ok=True)
-            fcntl.flock(self.fd, fcntl.LOCK_UN)
-            os.close(self.fd)
-            self.fd = None
-
-    def __enter__(self) -> "RunLock":
-        return self.acquire()
-
-    def __exit__(self, *exc) -> None:
-        self.release()
 
 
 def existing_run_files(run_dir) -> list:
