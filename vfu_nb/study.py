@@ -860,29 +860,28 @@ def report_preregistered(plan: Plan, log=print) -> dict:
 def where_attention_falls(runs: Mapping, labels: Mapping, cache: dict, alpha: float = 0.05) -> dict:
     """Per data tree and model: the mean attention and saliency lift (1 = no preference for the landmarks) and
     pointing rates, each lift with its interval and the outcome of "lift differs from 1" (one Holm family); and
-    mtl - mtl_no_landmarks in attention lift (does the landmark loss move the attention to the landmarks?)."""
+    mtl - mtl_no_landmarks in attention lift (does the landmark loss move the attention to the landmarks?).
+    Over the runs whose export holds the measure (runs reused from the first study do not)."""
     import dataclasses
 
     from vfu_nb import contrasts
 
     rows, estimates = [], []
-    for tag, by in runs.items():
-        for model in dict.fromkeys(m for m, _ in by):
-            for measure in ("attention_lift", "saliency_lift"):
-                if measure not in next(p for (m, _), p in by.items() if m == model):
-                    continue
+    for tag, every in runs.items():
+        for measure in ("attention_lift", "saliency_lift"):
+            by = {key: p for key, p in every.items() if measure in p}     # runs exported with the measure
+            pointing = measure.replace("lift", "pointing")
+            for model in dict.fromkeys(m for m, _ in by):
+                own = [p for (m, _), p in by.items() if m == model]
                 e = contrasts.estimate({model: 1}, by, measure, labels[tag], cache)
-                pointing = measure.replace("lift", "pointing")
                 rows.append({"data": tag, "model": model, "measure": measure, "mean": e.mean if e else None,
-                             "pointing": float(np.nanmean([np.nanmean(p[pointing]) for (m, _), p in by.items()
-                                                           if m == model])),
-                             "region_fraction": float(np.nanmean([np.nanmean(p["region_fraction"])
-                                                                  for (m, _), p in by.items() if m == model]))})
+                             "runs": len(own), "pointing": float(np.nanmean([np.nanmean(p[pointing]) for p in own])),
+                             "region_fraction": float(np.nanmean([np.nanmean(p["region_fraction"]) for p in own]))})
                 estimates.append(dataclasses.replace(e, mean=e.mean - 1) if e else None)   # test: lift = 1
-        if {"mtl", "mtl_no_landmarks"} <= {m for m, _ in by}:
-            rows.append({"data": tag, "model": "mtl - mtl_no_landmarks", "measure": "attention_lift"})
-            estimates.append(contrasts.estimate({"mtl": 1, "mtl_no_landmarks": -1}, by, "attention_lift",
-                                                labels[tag], cache))
+            if measure == "attention_lift" and {"mtl", "mtl_no_landmarks"} <= {m for m, _ in by}:
+                rows.append({"data": tag, "model": "mtl - mtl_no_landmarks", "measure": measure})
+                estimates.append(contrasts.estimate({"mtl": 1, "mtl_no_landmarks": -1}, by, measure, labels[tag],
+                                                    cache))
     decided = contrasts.decide(estimates, [None] * len(estimates), alpha)
     return {"radius": _attention_radius(), "rows": [{**r, "result": d} for r, d in zip(rows, decided)]}
 
@@ -1378,7 +1377,8 @@ def where_lines(study: dict) -> list:
             continue
         lift = (f"{_num(r['mean'])} [{_num(res['low'] + 1)}, {_num(res['high'] + 1)}]: differs from 1 "
                 f"{'(established)' if res['outcome'] == 'established' else '(inconclusive)'}") if res else "–"
-        lines.append(f"| {r['data']} | `{r['model']}` | {r['measure'].replace('_', ' ')} | {lift} | "
+        lines.append(f"| {r['data']} | `{r['model']}` ({_seeds(r['runs'])}) | {r['measure'].replace('_', ' ')} | "
+                     f"{lift} | "
                      f"{_num(r['pointing'])} (uniform {_num(r['region_fraction'])}) |")
     return lines
 
