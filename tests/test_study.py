@@ -699,3 +699,11 @@ def test_the_committed_readme_study2_block_matches_the_committed_study2_results(
     block = text.split(study.STUDY2_BEGIN, 1)[1].split(study.STUDY2_END, 1)[0].strip("\n")
     assert block == study.preregistered_block(result)
     assert "preregistration" in result and result["changelog"] == Plan.load(repo / "results/v2/plan.yaml").changelog
+
+
+def test_where_lines_of_a_model_with_one_seed_give_its_mean_and_no_interval():
+    """One seed has no standard error: study.json stores the interval as null, the row shows the mean alone."""
+    row = {"data": "default", "model": "mtl", "measure": "attention_lift", "mean": 1.2, "runs": 1, "pointing": 0.3,
+           "region_fraction": 0.2, "result": {"low": None, "high": None, "outcome": "inconclusive"}}
+    line = study.where_lines({"where": {"rows": [row]}})[0]
+    assert "1.200" in line and "0.300" in line and "no interval" in line

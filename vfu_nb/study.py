@@ -1375,8 +1375,13 @@ def where_lines(study: dict) -> list:
         if "pointing" not in r:                                        # the mtl - mtl_no_landmarks contrast
             lines.append(f"| {r['data']} | {r['model']} | attention lift, difference | {outcome_phrase(res)} | |")
             continue
-        lift = (f"{_num(r['mean'])} [{_num(res['low'] + 1)}, {_num(res['high'] + 1)}]: differs from 1 "
-                f"{'(established)' if res['outcome'] == 'established' else '(inconclusive)'}") if res else "–"
+        if not res:
+            lift = "–"
+        elif res["low"] is None:                                       # one seed: no interval yet
+            lift = f"{_num(r['mean'])} (one seed: no interval yet)"
+        else:
+            lift = (f"{_num(r['mean'])} [{_num(res['low'] + 1)}, {_num(res['high'] + 1)}]: differs from 1 "
+                    f"{'(established)' if res['outcome'] == 'established' else '(inconclusive)'}")
         lines.append(f"| {r['data']} | `{r['model']}` ({_seeds(r['runs'])}) | {r['measure'].replace('_', ' ')} | "
                      f"{lift} | "
                      f"{_num(r['pointing'])} (uniform {_num(r['region_fraction'])}) |")
