@@ -1380,8 +1380,8 @@ def where_lines(study: dict) -> list:
         elif res["low"] is None:                                       # one seed: no interval yet
             lift = f"{_num(r['mean'])} (one seed: no interval yet)"
         else:
-            lift = (f"{_num(r['mean'])} [{_num(res['low'] + 1)}, {_num(res['high'] + 1)}]: differs from 1 "
-                    f"{'(established)' if res['outcome'] == 'established' else '(inconclusive)'}")
+            lift = (f"{_num(r['mean'])} [{_num(res['low'] + 1)}, {_num(res['high'] + 1)}]; a difference from 1 "
+                    f"{'established' if res['outcome'] == 'established' else 'inconclusive'} (Holm-adjusted)")
         lines.append(f"| {r['data']} | `{r['model']}` ({_seeds(r['runs'])}) | {r['measure'].replace('_', ' ')} | "
                      f"{lift} | "
                      f"{_num(r['pointing'])} (uniform {_num(r['region_fraction'])}) |")
