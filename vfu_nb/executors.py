@@ -36,7 +36,7 @@ from typing import Optional
 
 from vfu_nb import slurm as sl
 from vfu_nb import study
-from vfu_nb.rundir import HolderLock
+from vfu_nb.training.rundir import HolderLock
 
 EXECUTORS = ("local", "slurm")
 STATES = ("pending", "queued", "running", "done", "failed")
@@ -293,7 +293,7 @@ class SlurmDriver:
         return [j.job_id for j in jobs]
 
     def _record(self, spec, job, now: float) -> None:
-        from vfu_nb.rundir import write_json
+        from vfu_nb.training.rundir import write_json
 
         d = run_dir(self.plan, spec.key)
         d.mkdir(parents=True, exist_ok=True)

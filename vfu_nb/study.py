@@ -53,8 +53,8 @@ from vfu_nb.conventions import metric_label as label
 from vfu_nb.diskspace import atomic_write
 from vfu_nb.metrics import jsonable
 from vfu_nb.paths import repo_root
-from vfu_nb.rundir import RunLockedError
-from vfu_nb.runs import converged
+from vfu_nb.training.rundir import RunDir, RunLockedError
+from vfu_nb.training.runs import converged
 from vfu_nb.threads import shared_cpu_env
 
 REPO = repo_root()
@@ -232,7 +232,7 @@ def drifted_runs(plan: Plan, chosen: Optional[dict] = None) -> list:
     """``"<key>: <field> <recorded> -> <planned>"`` for each exported run whose ``config.json`` differs from what
     the plan asks for now, in a setting the plan gives (a plan edited after its runs finished); settings a
     ``config.json`` lacks count as their defaults. The report warns; retraining such runs is the user's call."""
-    from vfu_nb.train_config import TrainConfig
+    from vfu_nb.training.config import TrainConfig
 
     defaults = TrainConfig().to_dict()
     if chosen is None:
@@ -352,11 +352,12 @@ def portable_config(config: dict) -> dict:
 def export_run(plan: Plan, spec: RunSpec) -> Path:
     """Copy a finished run's small files into ``results/runs/<key>/`` and write its test predictions, with where
     each test image's attention and saliency fall (:mod:`vfu_nb.attention_mass`)."""
-    from vfu_nb import attention_mass, runs
+    from vfu_nb import attention_mass
+    from vfu_nb.training import runs
 
     src, dest = plan.runs_dir / spec.key, plan.results_dir / "runs" / spec.key
     dest.mkdir(parents=True, exist_ok=True)
-    config = portable_config(json.loads((src / "config.json").read_text()))
+    config = portable_config(RunDir(src).read_config())
     write_atomic(dest / "config.json", json.dumps(config, indent=1) + "\n")
     history = json.loads((src / "history.json").read_text())
     write_atomic(dest / "history.json", json.dumps(jsonable(compact_history(history)), separators=(",", ":")) + "\n")
@@ -388,7 +389,7 @@ def write_npz(path: Path, **arrays) -> None:
 
 def _diverged(plan: Plan, spec: RunSpec, error: Exception) -> bool:
     """True when the run stopped on a non-finite loss (in this process, or in its child's log)."""
-    from vfu_nb.train import NonFiniteLossError
+    from vfu_nb.training.loop import NonFiniteLossError
 
     if isinstance(error, NonFiniteLossError):
         return True
@@ -410,7 +411,7 @@ def _write_labels(plan: Plan, tag: str, run_dir: Path) -> None:
     path = plan.results_dir / "labels" / f"{tag}.npz"
     if path.exists():
         return
-    from vfu_nb import runs
+    from vfu_nb.training import runs
 
     ds = runs.dataset_for(run_dir, "test")
     ann = ds.annotations
@@ -433,7 +434,7 @@ def _train(plan: Plan, spec: RunSpec, subprocess_: bool) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     config = {**spec.config, "run_dir": str(run_dir), "resume": True, "progress": False}
     if not subprocess_:
-        from vfu_nb.train import train
+        from vfu_nb.training.loop import train
 
         train(config)
         return
@@ -485,7 +486,7 @@ def pending(plan: Plan) -> list[RunSpec]:
 def _same_settings(config_path: Path, spec: RunSpec) -> bool:
     """True when the ``config.json`` at ``config_path`` records every setting ``spec`` plans (defaults for the
     settings it lacks), as :func:`drifted_runs` compares them."""
-    from vfu_nb.train_config import TrainConfig
+    from vfu_nb.training.config import TrainConfig
 
     recorded = portable_config({**TrainConfig().to_dict(),
                                 **json.loads(config_path.read_text())})
@@ -1474,7 +1475,7 @@ def main(argv=None):
     p_one.add_argument("request")
     args = parser.parse_args(argv)
     if args.command == "train-one":
-        from vfu_nb.train import train
+        from vfu_nb.training.loop import train
 
         return train(json.loads(Path(args.request).read_text()))
     if args.command == "export":

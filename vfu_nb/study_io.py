@@ -13,8 +13,8 @@
   stops the report before it writes anything (it never writes a README that lost numbers).
 * **Trainers**: :func:`trainer_command` starts ``study train-one`` so that it dies with the study
   (:mod:`vfu_nb.lifeline`); :func:`trainer_error` turns a failed trainer into one line (its last error line and
-  the log), and a run locked by another live process into :class:`vfu_nb.rundir.RunLockedError`, which the study
-  skips. :class:`BusyRuns` finds such runs before they are started: the study trains the others first, then
+  the log), and a run locked by another live process into :class:`vfu_nb.training.rundir.RunLockedError`, which the
+  study skips. :class:`BusyRuns` finds such runs before they are started: the study trains the others first, then
   waits for them, saying so in one line each.
 * :func:`one_line_errors`: the study's command line prints these errors as one line (exit 2; 75 for a run locked
   by another process) instead of a traceback.
@@ -35,7 +35,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from vfu_nb.diskspace import DiskFullError, atomic_write
-from vfu_nb.rundir import RunDirError, RunLock, RunLockedError
+from vfu_nb.training.rundir import RunDir, RunDirError, RunLock, RunLockedError
 
 #: Exit status of ``study train-one`` (and ``study run``) when a run is locked by another live process.
 LOCKED_EXIT = 75
@@ -414,10 +414,10 @@ def reexport(plan, key: str, log=print):
     from vfu_nb import study
 
     run_dir = plan.runs_dir / key
-    if not (run_dir / "metrics.json").exists() or not (run_dir / "config.json").exists():
+    if not RunDir(run_dir).is_finished() or not RunDir(run_dir).has_config():
         raise StudyInputError(f"{rel(run_dir)} holds no finished run to export {key} from; restore its files in "
                               f"results/runs/{key} with `git checkout -- {rel(plan.results_dir / 'runs' / key)}`")
-    config = json.loads((run_dir / "config.json").read_text())
+    config = RunDir(run_dir).read_config()
     spec = study.RunSpec(key, "export", key.split("/")[0], config)
     dest = study.export_run(plan, spec)
     log(f"[study] re-exported {key} to {rel(dest)}")
@@ -431,7 +431,7 @@ ONE_LINE = (RunDirError, DiskFullError, CorruptResultError, StudyInputError, Tra
 def one_line_errors(prog: str = "python -m vfu_nb.study"):
     """Print the study's expected failures as one line on stderr and exit (75 for a run locked by another process,
     2 otherwise); anything else keeps its traceback."""
-    from vfu_nb.train_config import ConfigError
+    from vfu_nb.training.config import ConfigError
     from vfu_nb.weights import WeightsUnavailableError
 
     try:

@@ -1,4 +1,4 @@
-"""The run directory of a training run: claimed by one process, never clobbered, checkpoints, logs.
+"""The run directory of a training run: :class:`RunDir`, the one reader and writer of every file in it.
 
     <run_dir>/config.json          settings + the ``resolved`` per-device values (rewritten at every start)
              history.json          per-step losses and per-epoch metrics (every epoch end)
@@ -9,32 +9,32 @@
              tensorboard/          optional TensorBoard events
              checkpoints/last.pt   latest state (epoch end, or every checkpoint_every steps)
              checkpoints/best.pt   state at the best val epoch
-             train.lock            held (flock) by the process that writes the run
+             train.lock            held (filelock) by the process that writes the run
 
-:func:`claim_run_dir` refuses a folder that holds a run unless ``resume`` is set, and a resume whose settings
-differ (:func:`vfu_nb.train_config.config_differences`); :class:`RunLock` keeps a second process out.
+:meth:`RunDir.check_claim` refuses a folder that holds a run unless ``resume`` is set, and a resume whose
+settings differ (:func:`vfu_nb.training.config.config_differences`); :class:`RunLock` keeps a second process out.
+:class:`RunLog` writes the logs (``train.log``, ``batches.csv``, ``metrics.csv``, TensorBoard).
 """
 
 from __future__ import annotations
 
 import contextlib
 import csv
-import fcntl
 import io
 import json
 import os
 import socket
 import time
-import warnings
 from pathlib import Path
-from typing import Optional
+from typing import Mapping, Optional
 
+import filelock
 import torch
 
 from vfu_nb.conventions import LOSS_TERMS
 from vfu_nb.diskspace import appending, atomic_save, atomic_write
 from vfu_nb.metrics import jsonable
-from vfu_nb.train_config import TrainConfig, config_differences
+from vfu_nb.training.config import TrainConfig, config_differences
 
 BATCH_COLUMNS = ("epoch", "batch", "step", *LOSS_TERMS)
 
@@ -60,18 +60,13 @@ class CorruptCheckpointError(RunDirError):
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Files
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Temp file + fsync + os.replace; no temp file survives a failure, a full disk is a DiskFullError."""
-    atomic_write(path, data)
+# File formats: strict JSON, CSV, checkpoints (atomic writes)
 
 
 def write_json(path, obj, indent: Optional[int] = 1) -> None:
     """Strict JSON (nan/inf -> null), written atomically (temp file + os.replace)."""
     text = json.dumps(jsonable(obj), indent=indent, separators=None if indent else (",", ":"))
-    _atomic_write_bytes(Path(path), (text + "\n").encode())
+    atomic_write(Path(path), (text + "\n").encode())
 
 
 def write_csv(path, rows: list, columns: Optional[list] = None) -> None:
@@ -81,7 +76,7 @@ def write_csv(path, rows: list, columns: Optional[list] = None) -> None:
     writer = csv.DictWriter(buf, columns, restval="", lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
-    _atomic_write_bytes(Path(path), buf.getvalue().encode())
+    atomic_write(Path(path), buf.getvalue().encode())
 
 
 def save_checkpoint(path, payload: dict) -> None:
@@ -130,34 +125,211 @@ def checkpoint_position(path) -> Optional[tuple]:
         return None
 
 
-def resume_advice(run_dir) -> str:
-    """What to do after a run stopped on a full disk: its last good checkpoint (and epoch) and ``--resume``."""
-    last = Path(run_dir) / "checkpoints" / "last.pt"
-    if not last.exists():
-        return "nothing was saved yet: free space, then start the run again"
-    position = checkpoint_position(last)
-    if position is None:
-        where = f"{last} (unreadable)"
-    else:
-        epoch, steps = position
-        where = f"{last} (epoch {epoch}" + (f" and {steps} steps of epoch {epoch + 1}" if steps else "") + ")"
-    return f"the last good checkpoint is {where}; free space, then continue with --resume (the same --run-dir)"
-
-
 # ----------------------------------------------------------------------------------------------------------
-# Claiming a run directory
+# The run directory
 
 
-class HolderLock:
-    """An exclusive ``flock`` on the file ``path`` while this process holds it; the file records the holder (pid,
-    host, start time) for the message of a refused second process (:meth:`refused`).
+def precision(config: Mapping) -> dict:
+    """``{"bf16": ..., "channels_last": ...}`` a run trained with, from its ``config.json`` mapping: its
+    ``resolved`` block, fp32 without one."""
+    resolved = config.get("resolved") or {}
+    return {"bf16": bool(resolved.get("bf16", False)), "channels_last": bool(resolved.get("channels_last", False))}
 
-    The kernel drops the lock when its process dies, so the lock file of a killed holder is simply taken over.
+
+class RunDir:
+    """One run directory (see the module doc): the path of every file in it, reading and writing them, claiming it.
+
+    ``RunDir(path)`` only names the folder; nothing is read or created until a method asks. ``os.fspath`` of a
+    ``RunDir`` is its folder, so it goes wherever a path does.
     """
 
     def __init__(self, path):
         self.path = Path(path)
-        self.fd: Optional[int] = None
+
+    def __fspath__(self) -> str:
+        return str(self.path)
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.path)!r})"
+
+    # --- paths
+    @property
+    def config_file(self) -> Path:
+        return self.path / "config.json"
+
+    @property
+    def history_file(self) -> Path:
+        return self.path / "history.json"
+
+    @property
+    def metrics_file(self) -> Path:
+        return self.path / "metrics.json"
+
+    @property
+    def metrics_csv(self) -> Path:
+        return self.path / "metrics.csv"
+
+    @property
+    def batches_csv(self) -> Path:
+        return self.path / "batches.csv"
+
+    @property
+    def log_file(self) -> Path:
+        return self.path / "train.log"
+
+    @property
+    def tensorboard_dir(self) -> Path:
+        return self.path / "tensorboard"
+
+    @property
+    def lock_file(self) -> Path:
+        return self.path / "train.lock"
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.path / "checkpoints"
+
+    def checkpoint(self, which: str = "last") -> Path:
+        """``checkpoints/<which>.pt`` (``last`` or ``best``)."""
+        return self.checkpoint_dir / f"{which}.pt"
+
+    # --- reading
+    def has_config(self) -> bool:
+        return self.config_file.exists()
+
+    def read_config(self) -> dict:
+        """``config.json`` as stored: the settings and the ``resolved`` block."""
+        return _read_json(self.config_file)
+
+    def train_config(self) -> tuple:
+        """``(TrainConfig, resolved)``: the run's settings, and the per-device values the trainer picked for them
+        (``bf16``, ``channels_last``, ``deterministic``, ``num_workers``, ``sync_every``, ``heatmap_sigma``,
+        ``eval_batch_size``, ...; ``{}`` when config.json has no ``resolved`` block)."""
+        stored = self.read_config()
+        return TrainConfig.from_dict(stored, source=str(self.config_file)), dict(stored.get("resolved") or {})
+
+    def precision(self) -> dict:
+        """:func:`precision` of the run's config.json."""
+        return precision(self.read_config())
+
+    def history(self) -> dict:
+        return _read_json(self.history_file)
+
+    def metrics(self) -> dict:
+        """``metrics.json``: the best val epoch and its val and test metrics."""
+        return _read_json(self.metrics_file)
+
+    def is_finished(self, epochs: Optional[int] = None) -> bool:
+        """True when the run has a metrics.json (and, if given, at least ``epochs`` epochs or an early stop)."""
+        if not self.metrics_file.exists():
+            return False
+        if epochs is None:
+            return True
+        m = self.metrics()
+        return bool(m.get("early_stopped")) or int(m.get("epochs_run") or 0) >= int(epochs)
+
+    def model_checkpoint(self, which: str = "best") -> Path:
+        """The checkpoint that holds the ``which`` model (``best`` falls back to ``last`` for a run without
+        ``best.pt``); FileNotFoundError naming the run when there is none."""
+        if not self.has_config():
+            raise FileNotFoundError(f"{self.path}: no config.json (not a training run directory)")
+        path = self.checkpoint(which)
+        if which == "best" and not path.exists():
+            path = self.checkpoint("last")
+        if not path.exists():
+            raise FileNotFoundError(f"{self.path}: no checkpoints/{which}.pt" + (" or last.pt" if which == "best"
+                                                                                  else ""))
+        return path
+
+    def resume_advice(self) -> str:
+        """What to do after a run stopped on a full disk: its last good checkpoint (and epoch) and ``--resume``."""
+        last = self.checkpoint("last")
+        if not last.exists():
+            return "nothing was saved yet: free space, then start the run again"
+        position = checkpoint_position(last)
+        if position is None:
+            where = f"{last} (unreadable)"
+        else:
+            epoch, steps = position
+            where = f"{last} (epoch {epoch}" + (f" and {steps} steps of epoch {epoch + 1}" if steps else "") + ")"
+        return f"the last good checkpoint is {where}; free space, then continue with --resume (the same --run-dir)"
+
+    # --- writing (the trainer's rank 0)
+    def write_config(self, config: TrainConfig, resolved: dict) -> None:
+        write_json(self.config_file, {**config.to_dict(), "resolved": resolved})
+
+    def write_history(self, history: dict) -> None:
+        write_json(self.history_file, history, indent=None)  # compact: per-batch lists
+
+    def write_metrics(self, metrics: dict) -> None:
+        write_json(self.metrics_file, metrics)
+
+    def save_checkpoint(self, payload: dict, which: str = "last") -> None:
+        self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        save_checkpoint(self.checkpoint(which), payload)
+
+    # --- claiming
+    def lock(self) -> "RunLock":
+        """The lock that one writing process holds (``with run_dir.lock(): ...``)."""
+        return RunLock(self.path)
+
+    def held_by(self) -> Optional[str]:
+        """Who writes the run now ("pid N on HOST since ..."), or None when no live process does."""
+        return RunLock.held_by(self.path)
+
+    def existing_files(self) -> list:
+        """The files that make the folder hold a run: ``config.json`` and checkpoints."""
+        found = [self.config_file] if self.has_config() else []
+        return found + sorted(self.checkpoint_dir.glob("*.pt"))
+
+    def check_resume(self, config: TrainConfig, ignore=()) -> None:
+        """Raise :class:`RunMismatchError` when the stored settings differ from ``config``.
+
+        The one rule for continuing a run (the trainer, :func:`vfu_nb.training.runs.ensure_run` and the study):
+        every setting but :data:`vfu_nb.training.config.RESUME_SAFE_FIELDS` (and ``ignore``) must be unchanged.
+        """
+        if not self.has_config():
+            return
+        diffs = config_differences(self.read_config(), config, ignore)
+        if diffs:
+            raise RunMismatchError(f"{self.path} holds a run with other settings ({'; '.join(diffs)}); resume it "
+                                   f"with its own settings, or start a new run with a new --run-dir")
+
+    def check_claim(self, config: TrainConfig) -> None:
+        """Refuse to overwrite a run: without ``resume`` an existing run is an error; with it, changed settings
+        are."""
+        found = self.existing_files()
+        if found and not config.resume:
+            names = ", ".join(str(p.relative_to(self.path)) for p in found)
+            raise RunExistsError(f"{self.path} already holds a run ({names}); continue it with --resume, or start "
+                                 f"a new run with a new --run-dir")
+        if found:
+            self.check_resume(config)
+
+
+def _read_json(path: Path) -> dict:
+    return json.loads(Path(path).read_text())
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Locks: one writing process
+
+
+class HolderLock:
+    """An exclusive lock (:class:`filelock.FileLock`, ``flock`` underneath) on the file ``path`` while this
+    process holds it; the file records the holder ("pid N on HOST since TIME") for the message of a refused
+    second process (:meth:`refused`).
+
+    The kernel drops the lock when its process dies, so the lock file of a killed holder is taken over (and its
+    record rewritten). Acquiring never waits; the file is removed when the lock is released.
+    """
+
+    def __init__(self, path):
+        self.path = Path(path)
+        self._lock = filelock.FileLock(self.path, timeout=0, on_acquired=_record_holder)
 
     def refused(self, holder: str) -> Exception:
         """The error raised when another live process (``holder``) holds the lock."""
@@ -165,44 +337,36 @@ class HolderLock:
 
     def acquire(self) -> "HolderLock":
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        for _ in range(5):
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                holder = os.read(fd, 200).decode(errors="replace").strip() or "unknown process"
-                os.close(fd)
-                raise self.refused(holder) from None
-            except OSError as exc:   # a file system without locks: go on unprotected rather than not at all
-                os.close(fd)
-                warnings.warn(f"{self.path}: cannot lock ({exc.strerror}); nothing stops a second process",
-                              stacklevel=2)
-                return self
-            try:
-                same_file = os.fstat(fd).st_ino == os.stat(self.path).st_ino
-            except FileNotFoundError:
-                same_file = False
-            if same_file:   # not a file that its previous holder unlinked meanwhile
-                os.ftruncate(fd, 0)
-                os.write(fd, f"pid {os.getpid()} on {socket.gethostname()} since "
-                             f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode())
-                self.fd = fd
-                return self
-            os.close(fd)
-        raise self.refused("could not take the lock: it keeps being replaced")
+        try:
+            self._lock.acquire()
+        except filelock.Timeout:
+            raise self.refused(_holder(self.path)) from None
+        return self
 
     def release(self) -> None:
-        if self.fd is not None:
+        if self._lock.is_locked:
             self.path.unlink(missing_ok=True)
-            fcntl.flock(self.fd, fcntl.LOCK_UN)
-            os.close(self.fd)
-            self.fd = None
+            self._lock.release()
 
     def __enter__(self) -> "HolderLock":
         return self.acquire()
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+def _record_holder(fd: int) -> None:
+    """filelock's ``on_acquired``: write who holds the lock into the lock file."""
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n"
+              .encode(), 0)
+
+
+def _holder(path: Path) -> str:
+    try:
+        return path.read_text(errors="replace")[:200].strip() or "unknown process"
+    except OSError:
+        return "unknown process"
 
 
 class RunLock(HolderLock):
@@ -219,64 +383,18 @@ class RunLock(HolderLock):
     def held_by(run_dir) -> Optional[str]:
         """Who holds ``run_dir``'s lock now ("pid N on HOST since ..."), or None when no live process does (a probe:
         the lock is taken and given back at once when it is free)."""
-        try:
-            fd = os.open(Path(run_dir) / "train.lock", os.O_RDWR)
-        except OSError:                     # no lock file: nobody trains it
+        path = Path(run_dir) / "train.lock"
+        if not path.exists():                 # no lock file: nobody trains it
             return None
+        probe = filelock.FileLock(path, timeout=0)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return os.read(fd, 200).decode(errors="replace").strip() or "unknown process"
+            probe.acquire()
+        except filelock.Timeout:
+            return _holder(path)
         except OSError:
             return None
-        else:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-            return None
-        finally:
-            os.close(fd)
-
-
-def existing_run_files(run_dir) -> list:
-    """The files that make ``run_dir`` hold a run: ``config.json`` and checkpoints."""
-    run_dir = Path(run_dir)
-    found = [run_dir / "config.json"] if (run_dir / "config.json").exists() else []
-    return found + sorted((run_dir / "checkpoints").glob("*.pt"))
-
-
-def check_resume(run_dir, config: TrainConfig, ignore=()) -> None:
-    """Raise :class:`RunMismatchError` when ``run_dir``'s stored settings differ from ``config``.
-
-    The one rule for continuing a run (used by the trainer, :func:`vfu_nb.runs.ensure_run` and the study):
-    every setting but :data:`vfu_nb.train_config.RESUME_SAFE_FIELDS` (and ``ignore``) must be unchanged.
-    """
-    cfile = Path(run_dir) / "config.json"
-    if not cfile.exists():
-        return
-    diffs = config_differences(json.loads(cfile.read_text()), config, ignore)
-    if diffs:
-        raise RunMismatchError(f"{run_dir} holds a run with other settings ({'; '.join(diffs)}); resume it with "
-                               f"its own settings, or start a new run with a new --run-dir")
-
-
-def read_run_config(run_dir) -> tuple:
-    """``(TrainConfig, resolved)`` of a run: its settings, and the per-device values the trainer picked for
-    them (``bf16``, ``channels_last``, ``deterministic``, ``num_workers``, ``sync_every``, ``heatmap_sigma``,
-    ``eval_batch_size``, ...; ``{}`` for runs written before config.json recorded them)."""
-    cfile = Path(run_dir) / "config.json"
-    stored = json.loads(cfile.read_text())
-    return TrainConfig.from_dict(stored, source=str(cfile)), dict(stored.get("resolved") or {})
-
-
-def check_run_dir(config: TrainConfig) -> None:
-    """Refuse to overwrite a run: without ``resume`` an existing run is an error; with it, changed settings are."""
-    run_dir = Path(config.run_dir)
-    found = existing_run_files(run_dir)
-    if found and not config.resume:
-        names = ", ".join(str(p.relative_to(run_dir)) for p in found)
-        raise RunExistsError(f"{run_dir} already holds a run ({names}); continue it with --resume, or start a "
-                             f"new run with a new --run-dir")
-    if found:
-        check_resume(run_dir, config)
+        probe.release()
+        return None
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -304,21 +422,21 @@ class RunLog:
 
     def __init__(self, run_dir, *, active: bool, show: bool, log_every: int, tensorboard: bool,
                  history: Optional[dict] = None, step: int = 0):
-        self.run_dir, self.active, self.show, self.log_every = Path(run_dir), active, show, log_every
+        self.run_dir, self.active, self.show, self.log_every = RunDir(run_dir), active, show, log_every
         self._log = self._batches = self._tb = None
         self._unflushed = 0
         if not active:
             return
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        self._log = open(self.run_dir / "train.log", "a", buffering=1)
+        self.run_dir.path.mkdir(parents=True, exist_ok=True)
+        self._log = open(self.run_dir.log_file, "a", buffering=1)
         steps = (history or {}).get("batches") or {}
         rows = [{c: steps[c][i] for c in BATCH_COLUMNS} for i in range(len(steps.get("step", [])))]
-        write_csv(self.run_dir / "batches.csv", rows, list(BATCH_COLUMNS))
-        self._batches = open(self.run_dir / "batches.csv", "a")
+        write_csv(self.run_dir.batches_csv, rows, list(BATCH_COLUMNS))
+        self._batches = open(self.run_dir.batches_csv, "a")
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._tb = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=step + 1 if step else None)
+            self._tb = SummaryWriter(str(self.run_dir.tensorboard_dir), purge_step=step + 1 if step else None)
 
     def info(self, line: str, echo: bool = True) -> None:
         """Print ``line`` (unless ``echo`` is False) and append it, time-stamped, to train.log."""
@@ -332,14 +450,14 @@ class RunLog:
             else:
                 print(line, flush=True)
         stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-        with appending(self.run_dir / "train.log"):
+        with appending(self.run_dir.log_file):
             self._log.write("".join(f"{stamp} {part}\n" for part in line.splitlines()))
 
     def batches(self, rows: list) -> None:
         """Rows ``(epoch, batch, step, category, attribute, landmark, total)`` of finished steps."""
         if not self.active:
             return
-        with appending(self.run_dir / "batches.csv"):
+        with appending(self.run_dir.batches_csv):
             self._batches.write("".join(",".join(repr(v) for v in row) + "\n" for row in rows))
         self._unflushed += len(rows)
         if self._unflushed >= self.log_every:
@@ -353,7 +471,7 @@ class RunLog:
         """Rewrite metrics.csv from the history's epoch records; TensorBoard scalars of the last one at ``step``."""
         if not self.active:
             return
-        write_csv(self.run_dir / "metrics.csv", [_epoch_row(rec) for rec in epochs])
+        write_csv(self.run_dir.metrics_csv, [_epoch_row(rec) for rec in epochs])
         if self._tb is not None:
             for key, value in _epoch_row(epochs[-1]).items():
                 if isinstance(value, (int, float)) and key != "epoch":
@@ -363,7 +481,7 @@ class RunLog:
 
     def flush(self) -> None:
         if self._batches is not None:
-            with appending(self.run_dir / "batches.csv"):
+            with appending(self.run_dir.batches_csv):
                 self._batches.flush()
             self._unflushed = 0
         if self._tb is not None:
