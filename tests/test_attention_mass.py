@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 
 from vfu_nb import attention_mass as am
-from vfu_nb import runs
+from vfu_nb.training import runs
 from vfu_nb.data import DeepFashionC, normalize_images
 from vfu_nb.models import build_model
 

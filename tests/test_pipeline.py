@@ -18,7 +18,7 @@ import nbformat
 import pytest
 
 from vfu_nb import pipeline, study
-from vfu_nb.runs import train_settings
+from vfu_nb.training.runs import train_settings
 
 REPO = Path(__file__).resolve().parents[1]
 SERIES = ["01_explore_data", "02_train_mtl", "02_train_cat", "03_compare_mtl_cat", "04_attention_maps"]

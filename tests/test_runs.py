@@ -1,4 +1,4 @@
-"""vfu_nb.runs: train-or-resume, refusing a different configuration, finding runs, predictions over a split that
+"""vfu_nb.training.runs: train-or-resume, refusing a different configuration, finding runs, predictions over a split that
 reproduce metrics.json, one-image predictions and the per-image landmark error."""
 
 from __future__ import annotations
@@ -11,11 +11,12 @@ import numpy as np
 import pytest
 import torch
 
-from vfu_nb import runs
 from vfu_nb.data import DeepFashionC
 from vfu_nb.metrics import landmark_normalized_error
 from vfu_nb.models import build_model
-from vfu_nb.train import TrainConfig, save_checkpoint
+from vfu_nb.training import runs
+from vfu_nb.training.config import TrainConfig
+from vfu_nb.training.rundir import RunDir, precision, save_checkpoint
 
 TINY = dict(batch_size=8, image_size=32, width=0.125, max_items=24, seed=0, num_workers=0)
 
@@ -50,7 +51,7 @@ def test_finished_run_is_read_back_and_more_epochs_resume(synth_root, tmp_path):
     assert more["epochs_run"] == 2
     history = json.loads((run_dir / "history.json").read_text())
     assert history["epochs"][0]["test"] == first["epochs"][0]["test"]          # epoch 1 kept, epoch 2 added
-    assert runs.is_finished(run_dir, 2) and not runs.is_finished(run_dir, 3)
+    assert RunDir(run_dir).is_finished(2) and not RunDir(run_dir).is_finished(3)
 
 
 def test_a_different_configuration_is_refused(tiny_run, synth_root):
@@ -148,9 +149,9 @@ def test_predictions_of_best_checkpoint_reproduce_the_stored_test_metrics_exactl
 
 
 def test_precision_comes_from_the_resolved_block(tiny_run, tmp_path):
-    assert runs.precision({}) == {"bf16": False, "channels_last": False}           # absent: fp32
+    assert precision({}) == {"bf16": False, "channels_last": False}           # absent: fp32
     resolved = {"resolved": {"bf16": True, "channels_last": True}}
-    assert runs.precision(resolved) == {"bf16": True, "channels_last": True}
+    assert precision(resolved) == {"bf16": True, "channels_last": True}
     run_dir = shutil.copytree(tiny_run, tmp_path / "bf16")
     config = json.loads((run_dir / "config.json").read_text())
     (run_dir / "config.json").write_text(json.dumps({**config, **resolved}))

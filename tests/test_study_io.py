@@ -14,7 +14,7 @@ import yaml
 
 from test_study import PLAN, export, seed_runs
 from vfu_nb import study, study_io
-from vfu_nb.rundir import RunLock, RunLockedError
+from vfu_nb.training.rundir import RunLock, RunLockedError
 from vfu_nb.study import Plan
 from vfu_nb.study_io import CorruptResultError, StudyInputError
 

@@ -10,12 +10,12 @@ Each module runs in its own copy of the repository, ``build/mutation/<module>/``
 that module's file and ``pytest_add_cli_args_test_selection`` its tests (:data:`MODULES`). mutmut then runs, for
 every mutant, only the tests that called the mutated function while it collected its statistics.
 
-A module's score counts the mutants of its counted functions (for ``train`` only :func:`vfu_nb.train.select_best`;
-``skip`` leaves out benchmark and printing code). Surviving mutants listed in ``mutation/equivalent.md`` (name and
-mutated line) leave the denominator, in three kinds: equivalent (no behaviour change), device-only (a device
-argument that matters only with a GPU, which a CPU-only machine lacks) and outside mutmut (a behaviour that a
-test checks in ``make test`` but cannot check under mutmut's wrappers):
-``score = killed / (counted - listed)``, a timeout counting as killed. A listed mutant whose
+A module's score counts the mutants of its counted functions (for ``training.loop`` only
+:func:`vfu_nb.training.loop.select_best`; ``skip`` leaves out benchmark and printing code). Surviving mutants
+listed in ``mutation/equivalent.md`` (name and mutated line) leave the denominator, in three kinds: equivalent
+(no behaviour change), device-only (a device argument that matters only with a GPU, which a CPU-only machine
+lacks) and outside mutmut (a behaviour that a test checks in ``make test`` but cannot check under mutmut's
+wrappers): ``score = killed / (counted - listed)``, a timeout counting as killed. A listed mutant whose
 line no longer matches, or that is now killed, is reported as stale and counts as a survivor.
 """
 
@@ -57,8 +57,8 @@ MODULES = {
     "data": Module(("tests/test_dataset.py", "tests/test_batch_loader.py")),
     "models": Module(("tests/test_models.py",),
                      skip=("x_describe",)),                     # printing of parameter counts
-    "train": Module(("tests/test_selection.py",),
-                    functions=("x_select_best",)),             # the selection / early-stopping rule only
+    "training.loop": Module(("tests/test_selection.py",),
+                            functions=("x_select_best",)),     # the selection / early-stopping rule only
 }
 
 STATUS = {1: "killed", 3: "killed", 0: "survived", 5: "no tests", 33: "no tests", 34: "skipped", 36: "timeout",
@@ -97,7 +97,7 @@ def module_pyproject(name: str) -> str:
     loading them costs every mutant), with tools/mutation_plugin.py instead."""
     config = base_config()
     mutmut = config["mutmut"]
-    config["mutmut"] = {**mutmut, "only_mutate": [f"vfu_nb/{name}.py"],
+    config["mutmut"] = {**mutmut, "only_mutate": [module_file(name)],
                         "pytest_add_cli_args_test_selection": list(MODULES[name].tests),
                         "pytest_add_cli_args": mutmut.get("pytest_add_cli_args", []) + ["-p", "mutation_plugin"],
                         "also_copy": mutmut.get("also_copy", []) + ["mutation_plugin.py"]}
@@ -105,6 +105,11 @@ def module_pyproject(name: str) -> str:
                                     "addopts": ["-p", "no:cacheprovider", "-p", "no:nbval", "-p", "no:playwright"]}
     return "".join(f"[tool.{section}]\n" + "".join(f"{k} = {_toml_value(v)}\n" for k, v in values.items()) + "\n"
                    for section, values in config.items())
+
+
+def module_file(name: str) -> str:
+    """The file of module ``name`` (``training.loop``: ``vfu_nb/training/loop.py``), relative to the root."""
+    return f"vfu_nb/{name.replace('.', '/')}.py"
 
 
 def mutant_globs(name: str) -> list[str]:
@@ -151,9 +156,9 @@ def run_module(name: str, max_children: int, rerun: bool) -> float:
     _copy_tree(ROOT / "tests", work / "tests")
     if rerun:
         (work / "mutants" / "mutmut-stats.json").unlink(missing_ok=True)    # new or changed tests: fresh stats
-        changed = (ROOT / "vfu_nb" / f"{name}.py").read_bytes() != (work / "vfu_nb" / f"{name}.py").read_bytes()
+        changed = (ROOT / module_file(name)).read_bytes() != (work / module_file(name)).read_bytes()
         if changed:
-            raise SystemExit(f"{name}: vfu_nb/{name}.py changed since the last run; run it without --rerun")
+            raise SystemExit(f"{name}: {module_file(name)} changed since the last run; run it without --rerun")
     else:
         _copy_tree(ROOT / "vfu_nb", work / "vfu_nb")
     (work / "pyproject.toml").write_text(module_pyproject(name))
@@ -198,7 +203,7 @@ def mutant_diff(name: str, mutant: str) -> str:
     cwd = os.getcwd()
     os.chdir(WORK / name)
     try:
-        return get_diff_for_mutant(mutant, path=f"vfu_nb/{name}.py")
+        return get_diff_for_mutant(mutant, path=module_file(name))
     finally:
         os.chdir(cwd)
 
