@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
+import signal
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -16,7 +20,7 @@ from vfu_nb.metrics import landmark_normalized_error
 from vfu_nb.models import build_model
 from vfu_nb.training import runs
 from vfu_nb.training.config import TrainConfig
-from vfu_nb.training.rundir import RunDir, precision, save_checkpoint
+from vfu_nb.training.rundir import RunDir, RunLock, RunLockedError, precision, save_checkpoint
 
 TINY = dict(batch_size=8, image_size=32, width=0.125, max_items=24, seed=0, num_workers=0)
 
@@ -66,6 +70,30 @@ def test_train_settings_are_the_trainconfig_fields_of_a_namespace():
                  "resume": False, "nb": object(), "progress": False}
     assert runs.train_settings(namespace) == {"model": "cat", "epochs": 3, "lr_schedule": "cosine",
                                               "progress": False}
+
+
+def test_the_lock_of_a_killed_writer_is_taken_over(tmp_path):
+    """A live holder is named in the refusal (pid, since when); once it is killed (SIGKILL: nothing cleans up) the
+    lock file it leaves is taken over, and releasing removes it."""
+    run = RunDir(tmp_path / "run")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import time; from vfu_nb.training.rundir import RunLock; "
+         f"lock = RunLock({str(run.path)!r}).acquire(); print('held', flush=True); time.sleep(600)"],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert run.held_by().startswith(f"pid {holder.pid} on ") and " since " in run.held_by()
+        with pytest.raises(RunLockedError, match=rf"being written by another process \(pid {holder.pid} on "):
+            run.lock().acquire()
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+        holder.stdout.close()
+    assert run.lock_file.exists() and run.held_by() is None                  # left behind, held by nobody
+    with run.lock():
+        assert run.lock_file.read_text().startswith(f"pid {os.getpid()} on ")
+        assert RunLock.held_by(run.path).startswith(f"pid {os.getpid()} on ")
+    assert not run.lock_file.exists()
 
 
 # ----------------------------------------------------------------------------------------------------------

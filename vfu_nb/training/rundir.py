@@ -324,7 +324,9 @@ class HolderLock:
     second process (:meth:`refused`).
 
     The kernel drops the lock when its process dies, so the lock file of a killed holder is taken over (and its
-    record rewritten). Acquiring never waits; the file is removed when the lock is released.
+    record rewritten). Acquiring never waits; the file is removed when the lock is released. The lock lasts as
+    long as this object: hold it in a ``with`` block or keep a reference (filelock releases it when the object
+    is garbage-collected).
     """
 
     def __init__(self, path):
