@@ -136,6 +136,11 @@ def precision(config: Mapping) -> dict:
     return {"bf16": bool(resolved.get("bf16", False)), "channels_last": bool(resolved.get("channels_last", False))}
 
 
+def _inside(name: str) -> property:
+    """A :class:`RunDir` property: the path of ``name`` in the run directory."""
+    return property(lambda self: self.path / name, doc=f"``<run_dir>/{name}``")
+
+
 class RunDir:
     """One run directory (see the module doc): the path of every file in it, reading and writing them, claiming it.
 
@@ -156,41 +161,15 @@ class RunDir:
         return f"RunDir({str(self.path)!r})"
 
     # --- paths
-    @property
-    def config_file(self) -> Path:
-        return self.path / "config.json"
-
-    @property
-    def history_file(self) -> Path:
-        return self.path / "history.json"
-
-    @property
-    def metrics_file(self) -> Path:
-        return self.path / "metrics.json"
-
-    @property
-    def metrics_csv(self) -> Path:
-        return self.path / "metrics.csv"
-
-    @property
-    def batches_csv(self) -> Path:
-        return self.path / "batches.csv"
-
-    @property
-    def log_file(self) -> Path:
-        return self.path / "train.log"
-
-    @property
-    def tensorboard_dir(self) -> Path:
-        return self.path / "tensorboard"
-
-    @property
-    def lock_file(self) -> Path:
-        return self.path / "train.lock"
-
-    @property
-    def checkpoint_dir(self) -> Path:
-        return self.path / "checkpoints"
+    config_file = _inside("config.json")
+    history_file = _inside("history.json")
+    metrics_file = _inside("metrics.json")
+    metrics_csv = _inside("metrics.csv")
+    batches_csv = _inside("batches.csv")
+    log_file = _inside("train.log")
+    tensorboard_dir = _inside("tensorboard")
+    lock_file = _inside("train.lock")
+    checkpoint_dir = _inside("checkpoints")
 
     def checkpoint(self, which: str = "last") -> Path:
         """``checkpoints/<which>.pt`` (``last`` or ``best``)."""
