@@ -38,4 +38,3 @@ def main(argv=None, on_step: Optional[Callable] = None) -> Optional[dict]:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
     return metrics
-

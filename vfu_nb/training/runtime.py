@@ -238,6 +238,8 @@ def process_settings():
          torch.backends.cuda.matmul.allow_tf32) = saved[3:]
 
 
+# ----------------------------------------------------------------------------------------------------------
+# Batches on the device
 
 
 def to_device(batch: dict, device: torch.device) -> dict:
@@ -252,5 +254,3 @@ def prepare_images(images: torch.Tensor, channels_last: bool) -> torch.Tensor:
 
     images = images.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     return normalize_images(images) if images.dtype == torch.uint8 else images.float()
-
-
