@@ -10,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -79,7 +80,7 @@ def test_the_lock_of_a_killed_writer_is_taken_over(tmp_path):
     holder = subprocess.Popen(
         [sys.executable, "-c", "import time; from vfu_nb.training.rundir import RunLock; "
          f"lock = RunLock({str(run.path)!r}).acquire(); print('held', flush=True); time.sleep(600)"],
-        stdout=subprocess.PIPE, text=True)
+        stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[1])
     try:
         assert holder.stdout.readline().strip() == "held"
         assert run.held_by().startswith(f"pid {holder.pid} on ") and " since " in run.held_by()
