@@ -1,5 +1,6 @@
-"""vfu_nb.training.runs: train-or-resume, refusing a different configuration, finding runs, predictions over a split that
-reproduce metrics.json, one-image predictions and the per-image landmark error."""
+"""vfu_nb.training.runs and .rundir: train-or-resume, refusing a different configuration, the lock of a killed
+writer, finding runs, predictions over a split that reproduce metrics.json, one-image predictions and the
+per-image landmark error."""
 
 from __future__ import annotations
 

@@ -5,9 +5,9 @@ docs/benchmarks.md).
 - ``data``: images/s of every input path side by side: JPEG decode per item, the uint8 cache per item through
   a DataLoader (0 and N workers, with and without the per-item torchvision augmentation), and
   :class:`vfu_nb.data.BatchLoader` with and without batch augmentation on each device; medians of repetitions.
-- ``train``: the trainer's own step (:func:`vfu_nb.training.loop.training_step`, with the model, loss and device settings
-  the trainer makes from the same :class:`~vfu_nb.training.config.TrainConfig`): images/s (median over timed windows; the
-  device is synchronised only at window boundaries), GFLOPs per image, achieved TFLOP/s and fraction of peak, for each ``--batch-size``; inputs
+- ``train``: the trainer's own step (:func:`vfu_nb.training.loop.training_step`, with the model, loss and device
+  settings the trainer makes from the same :class:`~vfu_nb.training.config.TrainConfig`): images/s (median over
+  timed windows; the device is synchronised only at window boundaries), GFLOPs per image, achieved TFLOP/s and fraction of peak, for each ``--batch-size``; inputs
   random on the device, gathered from a uint8 memmap, or (``--batch-loader``) from a real dataset's cache
   through the BatchLoader. ``--compile`` and ``--cuda-graphs`` (torch.compile mode "reduce-overhead").
 
@@ -468,7 +468,8 @@ def _input_only_rate(next_input, batch_size: int, steps: int, windows: int, devi
 
 
 def bench_config(args: argparse.Namespace):
-    """The :class:`vfu_nb.training.config.TrainConfig` of the benchmark's settings: what the trainer would run with them."""
+    """The :class:`vfu_nb.training.config.TrainConfig` of the benchmark's settings: what the trainer would run
+    with them."""
     from vfu_nb.training.config import TrainConfig
 
     choice = {"auto": None, "bf16": True, "on": True, "off": False}
