@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vfu_nb.annotations import SLOTS_BY_CLOTHES_TYPE, Annotations, load_annotations, write_annotations
+from vfu_nb.data.annotations import SLOTS_BY_CLOTHES_TYPE, Annotations, load_annotations, write_annotations
 
 FULL_ROWS = 289_222
 
@@ -196,7 +196,8 @@ def bench_data(root: str, split: str = "train", image_size: int = 224, batch_siz
     """Images/s of each input path, interleaved over ``repeats`` repetitions; medians and ratios to decode."""
     from torch.utils.data import DataLoader
 
-    from vfu_nb.data import BatchLoader, DeepFashionC
+    from vfu_nb.data.dataset import DeepFashionC
+    from vfu_nb.data.loader import BatchLoader
     from vfu_nb.train import seed_worker
 
     workers = min(8, os.cpu_count() or 1) if workers is None else workers
@@ -428,7 +429,7 @@ def batch_loader_rate(step, dataset, *, batch_size: int, device: torch.device, a
                       warmup: int, steps: int, windows: int, seed: int = 0) -> dict:
     """Training rate on batches of a cached DeepFashionC through :class:`vfu_nb.data.BatchLoader` (random
     batches, optional augmentation on the device), and the loader's own rate without a step."""
-    from vfu_nb.data import BatchLoader
+    from vfu_nb.data.loader import BatchLoader
 
     loader = BatchLoader(dataset, RandomBatches(len(dataset), batch_size, seed), device, augment=augment,
                          generator=torch.Generator().manual_seed(seed), prefetch=prefetch)
@@ -489,7 +490,7 @@ def bench_train(args: argparse.Namespace) -> dict:
     dataset = None
     num_classes, num_attributes = args.num_classes, args.num_attributes
     if args.batch_loader:
-        from vfu_nb.data import DeepFashionC
+        from vfu_nb.data.dataset import DeepFashionC
 
         dataset = DeepFashionC(args.root, args.split, args.image_size, cache=True, uint8=True,
                                cache_dir=args.cache_dir, progress=False)

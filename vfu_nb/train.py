@@ -55,7 +55,8 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, Sampler
 
 from vfu_nb.conventions import ATTRIBUTE_TYPES
-from vfu_nb.data import Augmentation, BatchLoader
+from vfu_nb.data.augment import Augmentation
+from vfu_nb.data.loader import BatchLoader
 from vfu_nb.losses import LossWeights, default_heatmap_sigma, multitask_loss  # noqa: F401 (LossWeights re-exported)
 from vfu_nb.metrics import EvalAccumulator, jsonable
 from vfu_nb.diskspace import DiskFullError  # noqa: F401 (re-exported)
@@ -395,7 +396,7 @@ def _to_device(batch: dict, device: torch.device) -> dict:
 def prepare_images(images: torch.Tensor, channels_last: bool) -> torch.Tensor:
     """Images in the model's memory layout (uint8 batches arrive NCHW or, from the batch loader, as an NHWC
     view), normalised to float; a batch already in that layout is not copied."""
-    from vfu_nb.data import normalize_images
+    from vfu_nb.data.crops import normalize_images
 
     images = images.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     return normalize_images(images) if images.dtype == torch.uint8 else images.float()
@@ -609,7 +610,7 @@ def make_dataset(config: TrainConfig, split: str, *, augment: bool = False, uint
 
     The one place that turns settings into a data set (the trainer, :func:`vfu_nb.runs.dataset_for`).
     """
-    from vfu_nb.data import DeepFashionC
+    from vfu_nb.data.dataset import DeepFashionC
 
     return DeepFashionC(config.data_root, split, config.image_size, augment=augment, cache=True, uint8=uint8,
                         cache_dir=config.cache_dir, pad_to_square=config.pad_to_square, max_items=config.max_items,

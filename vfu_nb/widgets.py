@@ -56,9 +56,8 @@ from vfu_nb.conventions import (
     ATTRIBUTE_TYPE_NAMES, CLOTHES_TYPE_NAMES, LANDMARK_COLORS, LANDMARK_NAMES, SPLITS, VISIBILITY_MARKERS,
     VISIBILITY_NAMES,
 )
-from vfu_nb.data import (
-    IMAGENET_MEAN, IMAGENET_STD, DeepFashionC, crop_and_resize, crop_window, normalize_images,
-)
+from vfu_nb.data.crops import IMAGENET_MEAN, IMAGENET_STD, crop_and_resize, crop_window, normalize_images
+from vfu_nb.data.dataset import DeepFashionC
 from vfu_nb.paths import resolve
 from vfu_nb.plots.explore import draw_sample
 from vfu_nb.runs import find_runs, landmark_errors, load_model, predict_one
