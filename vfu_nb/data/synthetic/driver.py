@@ -33,7 +33,6 @@ from vfu_nb.data.synthetic.specs import DEEPFASHION_CATEGORIES, MIN_IMAGES, REND
 # Annotations of the rendered images (written by vfu_nb.data.annotations.write_annotations)
 # --------------------------------------------------------------------------------------------------
 
-
 def build_annotations(out: Path, plans: list[ImagePlan], records: list[dict]) -> Annotations:
     """The labels of the rendered images as an :class:`Annotations` (rows in index order)."""
     n = len(plans)
@@ -66,7 +65,6 @@ def build_annotations(out: Path, plans: list[ImagePlan], records: list[dict]) ->
 # --------------------------------------------------------------------------------------------------
 # Generation driver
 # --------------------------------------------------------------------------------------------------
-
 
 def _render_chunk(args: tuple) -> list[dict]:
     """Worker: render and save the JPEGs of a chunk of plans; return their written records."""

@@ -23,7 +23,6 @@ _TABLES = yaml.safe_load(Path(__file__).with_name("tables.yaml").read_text())
 # Vocabularies
 # --------------------------------------------------------------------------------------------------
 
-
 #: The real DeepFashion-C category vocabulary (name, category_type), in file order (1-based ids).
 DEEPFASHION_CATEGORIES: list[tuple[str, int]] = [
     (name, t) for t, names in _TABLES["categories"].items() for name in names]
@@ -40,7 +39,6 @@ _ATTRIBUTE_INDEX = {name: i for i, (name, _) in enumerate(SYNTHETIC_ATTRIBUTES)}
 # --------------------------------------------------------------------------------------------------
 # Garment specs: slots, their labels, and per-category distributions
 # --------------------------------------------------------------------------------------------------
-
 
 #: Silhouette slots: they set the outline and the keypoints (drawn from a donor category, see G).
 SHAPE_SLOTS = ("sleeve", "drop", "length", "fit", "flare", "leg")
