@@ -38,9 +38,10 @@ class DeepFashionC(Dataset):
     outside the crop, -1 absent) and ``index`` (row in the annotations).
 
     ``augment=True`` adds a horizontal flip (x mirrored, left/right slots swapped) and a small scale and
-    shift jitter applied to image and landmarks together (:func:`augment_sample`, from torch's global RNG).
-    Cached datasets are best read through :class:`BatchLoader`. ``on_bad_image="skip"`` leaves out missing or
-    undecodable images (listed in ``self.skipped``) instead of raising.
+    shift jitter applied to image and landmarks together (:func:`vfu_nb.data.augment.augment_sample`, from
+    torch's global RNG). Cached datasets are best read through :class:`vfu_nb.data.loader.BatchLoader`.
+    ``on_bad_image="skip"`` leaves out missing or undecodable images (listed in ``self.skipped``) instead of
+    raising.
     """
 
     def __init__(self, root, split, image_size=224, augment=False, on_bad_image="raise", *,

@@ -25,8 +25,8 @@ class BatchLoader:
     augmentation: the rows are read from the uint8 memmap in file order and written straight to their
     places in the batch (pinned memory when ``pin_memory``, default on for CUDA), labels and landmarks are
     indexed from arrays built once. ``image`` is uint8 (B, 3, S, S) laid out channels-last (a view of the
-    NHWC rows); normalise it on the device with :func:`normalize_images`. A background thread prepares up to
-    ``prefetch`` batches ahead (0: none); the copy to ``device`` is ``non_blocking``.
+    NHWC rows); normalise it on the device with :func:`vfu_nb.data.crops.normalize_images`. A background
+    thread prepares up to ``prefetch`` batches ahead (0: none); the copy to ``device`` is ``non_blocking``.
 
     ``augment`` (default: the dataset's flag) applies :func:`augment_batch` on the device. Its parameters
     come from a private generator seeded, when iteration starts, by one draw from ``generator`` (torch's
