@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from vfu_nb.data import DeepFashionC
+from vfu_nb.data.dataset import DeepFashionC
 from vfu_nb.metrics import landmark_normalized_error
 from vfu_nb.models import build_model
 from vfu_nb.training import runs

@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vfu_nb import study, synthetic
+from vfu_nb import study
+from vfu_nb.data.synthetic.settings import DEFAULT_GEOMETRY_INFORMATIVENESS
 from vfu_nb.study import Plan
 
 PLAN = {
@@ -496,7 +497,7 @@ def test_dial_reading_names_each_benchmark_and_the_default_setting():
     rows = [{"settings": {"n": 100}, "pair": pair(0.01, "no difference established")},
             {"settings": {"n": 100, "geometry_informativeness": 1.0}, "pair": pair(0.04, "a better")}]
     lines = study.dial_reading({"dial": rows})
-    default = synthetic.DEFAULT_GEOMETRY_INFORMATIVENESS
+    default = DEFAULT_GEOMETRY_INFORMATIVENESS
     assert lines[0] == ("`mtl` − `cat`, attribute mAP: a gain established at geometry informativeness 1.0; no "
                         f"difference established at geometry informativeness {default} (default) (largest mean gain "
                         "at geometry informativeness 1.0: +0.040).")

@@ -455,7 +455,7 @@ _DATA_LOCK = threading.Lock()
 def ensure_data(plan: Plan, tags: Sequence[str]) -> None:
     """Generate the synthetic trees ``tags`` (the generator returns at once when a tree is up to date); one
     generation at a time, so that two runs on a new tree wait for the same one."""
-    from vfu_nb import synthetic
+    from vfu_nb.data.synthetic import driver as synthetic
 
     with _DATA_LOCK:
         for tag in tags:
@@ -1117,7 +1117,7 @@ def learning_curve_reading(study: dict) -> list:
 
 def dial_name(row: dict) -> str:
     """"geometry informativeness G" of a dial row, "(default)" added for the default tree's."""
-    from vfu_nb.synthetic import DEFAULT_GEOMETRY_INFORMATIVENESS
+    from vfu_nb.data.synthetic.settings import DEFAULT_GEOMETRY_INFORMATIVENESS
 
     g = row["settings"].get("geometry_informativeness")
     return (f"geometry informativeness {DEFAULT_GEOMETRY_INFORMATIVENESS} (default)" if g is None

@@ -18,7 +18,8 @@ from typing import Callable, Optional
 import torch
 from torch.utils.data import DataLoader, Sampler
 
-from vfu_nb.data import Augmentation, BatchLoader
+from vfu_nb.data.augment import Augmentation
+from vfu_nb.data.loader import BatchLoader
 from vfu_nb.losses import LossWeights, multitask_loss
 from vfu_nb.training.config import TrainConfig
 from vfu_nb.training.runtime import Runtime, derive_seed, seed_worker
@@ -93,7 +94,7 @@ class EpochBatchSampler(Sampler):
 
 
 class EpochBatchLoader(BatchLoader):
-    """A :class:`vfu_nb.data.BatchLoader` over an :class:`EpochBatchSampler` that resumes exactly inside an
+    """A :class:`vfu_nb.data.loader.BatchLoader` over an :class:`EpochBatchSampler` that resumes exactly inside an
     augmented epoch.
 
     The augmentations of an epoch come from one stream, drawn batch after batch. When the sampler skips its first
@@ -137,7 +138,7 @@ def make_dataset(config: TrainConfig, split: str, *, augment: bool = False, uint
 
     The one place that turns settings into a data set (the trainer, :func:`vfu_nb.training.runs.dataset_for`).
     """
-    from vfu_nb.data import DeepFashionC
+    from vfu_nb.data.dataset import DeepFashionC
 
     return DeepFashionC(config.data_root, split, config.image_size, augment=augment, cache=True, uint8=uint8,
                         cache_dir=config.cache_dir, pad_to_square=config.pad_to_square, max_items=config.max_items,

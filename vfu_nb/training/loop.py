@@ -18,7 +18,7 @@ Reading order (top to bottom, as the run goes): :func:`train` claims the run dir
   (``torch.load(path, weights_only=True)`` works) and resume on another device or memory layout.
 * Images come from the data layer's uint8 cache and are normalised on the device. Input path (``loader``):
   ``batch`` (default) reads each batch with one gather from the cache (``EpochBatchLoader``, a
-  :class:`vfu_nb.data.BatchLoader`: a prefetch thread, no worker processes, augmentation on the device);
+  :class:`vfu_nb.data.loader.BatchLoader`: a prefetch thread, no worker processes, augmentation on the device);
   ``items`` is the per-item DataLoader. Without augmentation both give bit-identical runs on the CPU.
   GPU path: bf16 autocast, channels_last, cudnn.benchmark, optional torch.compile / CUDA graphs, fused Adam,
   pinned memory, non_blocking copies, no host round trip in a step except the loss read-back every

@@ -250,7 +250,7 @@ def to_device(batch: dict, device: torch.device) -> dict:
 def prepare_images(images: torch.Tensor, channels_last: bool) -> torch.Tensor:
     """Images in the model's memory layout (uint8 batches arrive NCHW or, from the batch loader, as an NHWC
     view), normalised to float; a batch already in that layout is not copied."""
-    from vfu_nb.data import normalize_images
+    from vfu_nb.data.crops import normalize_images
 
     images = images.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     return normalize_images(images) if images.dtype == torch.uint8 else images.float()
