@@ -175,7 +175,7 @@ def test_report_of_a_study_in_progress_shows_the_tuned_models_and_names_the_rest
     assert result["runs"]["exported"] == 5 and result["runs"]["planned"] == 16     # 4 tuning + 12 later
     assert result["runs"]["train_hours"] == pytest.approx(5 * 360 / 3600)           # summed over epochs
     block = reports.readme_block(result)
-    assert "5 of 16 runs have finished" in block and "(`cat` still tuning)" in block
+    assert "5 of 16" in block and "(`cat` still tuning)" in block                  # the partial study, from study.json
 
 
 def test_image_metrics_of_the_bootstrap_equal_the_metrics_on_the_drawn_images():
@@ -239,7 +239,7 @@ def test_readme_block_renders_numbers_from_study_and_updates_between_markers(tmp
     assert "| `mtl` | lr 0.001 | 5 | 0.900 ± 0.010" in block
     assert "| baseline: class prior | | | 0.447 |" in block
     assert "+0.050 [+0.010, +0.090] / [+0.010, +0.090]: **established**" in block
-    assert "1.2 hours of training and evaluation" in block and "about 0.6 hours of wall time" in block
+    assert "1.2 hours" in block and "0.6 hours" in block                          # train_hours, and over 2 jobs
     readme = tmp_path / "README.md"
     readme.write_text(f"intro\n{reports.BLOCK_BEGIN}\nold\n{reports.BLOCK_END}\noutro\n")
     assert reports.update_readme(block, readme) is True
@@ -257,14 +257,16 @@ def test_readme_block_renders_numbers_from_study_and_updates_between_markers(tmp
 def test_pair_lines_give_both_intervals_and_cope_with_one_seed():
     pair = fake_study()["seeds"]["pairs"][0]
     lines = reports.pair_lines(pair)
-    assert lines[0] == ("mtl − cat, top-3 category accuracy: +0.0500 (t [+0.0100, +0.0900], bootstrap "
-                        "[+0.0100, +0.0900], 5 seeds): mtl is better")
-    assert lines[-1] == "  secondary, Holm-adjusted: no difference established"
+    assert len(lines) == 3                                              # two primary metrics, then the secondary
+    for needed in ("+0.0500", "t [+0.0100, +0.0900]", "bootstrap [+0.0100, +0.0900]", "5 seeds", "mtl is better"):
+        assert needed in lines[0]
+    assert "no difference established" in lines[-1]                   # no secondary metric established
     one = {"a": "mtl", "b": "cat", "seeds": [0], "primary": {"attr_map_all": {
         "t": {"mean": -0.01, "low": None, "high": None}, "bootstrap": {"mean": -0.01, "low": -0.03, "high": 0.01},
         "verdict": "no difference established"}}}
-    assert reports.pair_lines(one, digits=3) == [
-        "mtl − cat, attribute mAP: -0.010 (t [–, –], bootstrap [-0.030, +0.010], 1 seed): no difference established"]
+    (line,) = reports.pair_lines(one, digits=3)
+    for needed in ("-0.010", "t [–, –]", "bootstrap [-0.030, +0.010]", "1 seed", "no difference established"):
+        assert needed in line
     assert len(reports.pair_lines({**one, "secondary": {}})) == 1       # none tested (the dial): no Holm line
 
 
@@ -285,7 +287,7 @@ def test_readme_block_before_results_shows_the_setting_from_the_plan(plan):
     block = reports.readme_block(analysis.skeleton(plan))
     assert "| input | 224 px | 32 px crops of the box |" in block
     assert "patience 3, at most 20 epochs" in block and "3 for `mtl`" in block
-    assert "has not finished its tuning runs yet" in block
+    assert "(0 of 4)" in block and "| `mtl` |" not in block             # tuning runs exported of planned; no table
 
 
 def test_the_committed_readme_matches_the_committed_results():
@@ -397,19 +399,19 @@ def test_reading_states_established_gains_and_attributes_them_only_with_the_cont
 
     result = {"seeds": {"pairs": [pair("mtl", "cat", interval, null), pair("mtl", "mtl_no_landmarks", interval, null),
                                   pair("mtl_no_landmarks", "cat", null, null)]}}
+    assert analysis.landmark_supervision_gains(result) == ["category_top3"]
     lines = reports.reading(result)
-    assert lines[0] == ("`mtl` vs `cat` (3 seeds): `mtl` beats `cat` in top-3 category accuracy (+0.050); "
-                        "no difference established in attribute mAP.")
-    assert lines[2] == ("`mtl_no_landmarks` vs `cat` (3 seeds): no difference established in top-3 category "
-                        "accuracy and attribute mAP.")
-    assert len(lines) == 4 and lines[3].startswith("In top-3 category accuracy the gain goes with the landmark supervision")
+    assert len(lines) == 4                                             # one per pair, then the trio's reading
+    assert "+0.050" in lines[0] and "+0.010" not in lines[0]          # the established gain's mean only
     result["seeds"]["pairs"][2] = pair("mtl_no_landmarks", "cat", interval, null)    # the extra layers help too
-    assert len(reports.reading(result)) == 3
+    assert analysis.landmark_supervision_gains(result) == [] and len(reports.reading(result)) == 3
     worse = pair("mtl", "cat", null, null)
     worse["primary"]["category_top3"] = {"t": {"mean": -0.04, "low": -0.07, "high": -0.01},
                                          "bootstrap": {"mean": -0.04, "low": -0.06, "high": -0.02}, "verdict": "b better"}
-    assert reports.reading({"seeds": {"pairs": [worse]}})[0].startswith(
-        "`mtl` vs `cat` (3 seeds): `cat` beats `mtl` in top-3 category accuracy (+0.040); no difference")
+    assert analysis.by_verdict(worse["primary"].items()) == {
+        "a better": [], "b better": ["category_top3"], "no difference established": ["attr_map_all"]}
+    (line,) = reports.reading({"seeds": {"pairs": [worse]}})
+    assert "+0.040" in line and "-0.040" not in line                   # the winner's gain: cat − mtl
 
 
 def test_models_figure_draws_each_baseline_once_and_keeps_close_names_apart():
@@ -454,12 +456,13 @@ def test_learning_curve_figure_shows_models_gains_and_baselines():
 
 def test_grid_edges_names_models_whose_choice_is_at_the_end_of_the_grid():
     result = {"grid": {"lr": [1e-3, 3e-4]}, "chosen": {"mtl": {"lr": 1e-3}, "cat": {"lr": 1e-3}}}
-    assert reports.grid_edges(result) == (" `mtl`, `cat` chose the largest learning rate of the grid, so a wider grid "
-                                        "might find better settings for all of them.")
+    assert analysis.grid_edge_models(result) == {"largest": ["mtl", "cat"]}
+    assert "`mtl`, `cat`" in reports.grid_edges(result)
     result["grid"]["lr"] = [3e-4, 1e-3, 3e-3]
-    assert reports.grid_edges(result) == ""
+    assert analysis.grid_edge_models(result) == {} and reports.grid_edges(result) == ""
     result["chosen"]["cat"] = {"lr": 3e-4}
-    assert reports.grid_edges(result) == " `cat` chose the smallest learning rate of the grid, so a wider grid might find better settings."
+    assert analysis.grid_edge_models(result) == {"smallest": ["cat"]}
+    assert analysis.grid_edge_models({"grid": {"lr": [1e-3]}, "chosen": {"mtl": {"lr": 1e-3}}}) == {}   # no grid
 
 
 def test_readme_block_learning_curve_rows_give_seeds_and_bold_only_established_gains():
@@ -484,10 +487,12 @@ def test_learning_curve_reading_names_the_sizes_with_and_without_an_established_
                                          "primary": {"category_top3": result(gain, verdict)}}]}
               for f, gain, verdict in ((0.1, 0.02, "no difference established"), (0.5, 0.09, "a better"),
                                        (1.0, 0.05, "a better"))]
+    (row,) = analysis.gains_across([(f"{p['fraction']:.0%}", q) for p in points for q in p["pairs"]])
+    assert row["settings"] == {"a better": ["50%", "100%"], "b better": [], "no difference established": ["10%"]}
+    assert (row["a"], row["b"], row["metric"], row["largest"], row["largest_mean"]) == (
+        "mtl", "cat", "category_top3", "50%", 0.09)
     lines = reports.learning_curve_reading({"learning_curve": {"data": "default", "points": points}})
-    assert lines[0] == ("`mtl` − `cat`, top-3 category accuracy: a gain established at 50% and 100%; "
-                        "no difference established at 10% (largest mean gain at 50%: +0.090).")
-    assert "does not make" in lines[-1] and len(lines) == 2
+    assert len(lines) == 2 and all(x in lines[0] for x in ("50%", "100%", "10%", "+0.090"))   # then the caveat
     assert reports.learning_curve_reading({}) == []
 
 
@@ -498,12 +503,14 @@ def test_dial_reading_names_each_benchmark_and_the_default_setting():
 
     rows = [{"settings": {"n": 100}, "pair": pair(0.01, "no difference established")},
             {"settings": {"n": 100, "geometry_informativeness": 1.0}, "pair": pair(0.04, "a better")}]
-    lines = reports.dial_reading({"dial": rows})
     default = synthetic.DEFAULT_GEOMETRY_INFORMATIVENESS
-    assert lines[0] == ("`mtl` − `cat`, attribute mAP: a gain established at geometry informativeness 1.0; no "
-                        f"difference established at geometry informativeness {default} (default) (largest mean gain "
-                        "at geometry informativeness 1.0: +0.040).")
-    assert "does not make" in lines[1] and len(lines) == 2
+    names = [reports.dial_name(r) for r in rows]
+    assert names == [f"geometry informativeness {default} (default)", "geometry informativeness 1.0"]
+    (row,) = analysis.gains_across([(name, r["pair"]) for name, r in zip(names, rows)])
+    assert row["settings"] == {"a better": [names[1]], "b better": [], "no difference established": [names[0]]}
+    assert row["largest"] == names[1] and row["largest_mean"] == 0.04
+    lines = reports.dial_reading({"dial": rows})
+    assert len(lines) == 2 and all(x in lines[0] for x in (*names, "+0.040"))                  # then the caveat
     assert reports.dial_reading({}) == []
 
 
@@ -689,10 +696,13 @@ def test_the_preregistered_report_decides_every_contrast_and_writes_its_readme_b
     assert reports.update_readme(block, tmp_path / "README.md", reports.STUDY2_BEGIN, reports.STUDY2_END)
     text = (tmp_path / "README.md").read_text()
     assert text.startswith("intro\n") and text.endswith("rest\n") and "old" not in text
+    top3 = analysis.mechanism(result)[0]
+    assert top3["metric"] == "category_top3" and top3["results"]["mtl_vs_cat"] == rows[("mtl_vs_cat", "category_top3")]
+    assert (top3["reading"], top3["source"], top3["control"]) == ("gain", "both", "equivalent")
     sentences = reports.mechanism_reading(result)
     gain = rows[("mtl_vs_cat", "category_top3")]
-    assert f"established ({gain['mean']:+.3f} [{gain['low']:+.3f}, {gain['high']:+.3f}]" in sentences[0]
-    assert "equivalent within ±0.02" in sentences[0] and "not measured yet" not in block
+    assert all(f"{gain[k]:+.3f}" in sentences[0] for k in ("mean", "low", "high"))   # the numbers of study.json
+    assert "equivalent" in sentences[0] and "not measured yet" not in block
 
 
 def test_the_committed_readme_study2_block_matches_the_committed_study2_results():
@@ -709,4 +719,28 @@ def test_where_lines_of_a_model_with_one_seed_give_its_mean_and_no_interval():
     row = {"data": "default", "model": "mtl", "measure": "attention_lift", "mean": 1.2, "runs": 1, "pointing": 0.3,
            "region_fraction": 0.2, "result": {"low": None, "high": None, "outcome": "inconclusive"}}
     line = reports.where_lines({"where": {"rows": [row]}})[0]
-    assert "1.200" in line and "0.300" in line and "no interval" in line
+    assert "1.200" in line and "0.300" in line and "[" not in line
+
+
+def test_mechanism_reads_the_factorial_and_the_control_from_their_outcomes():
+    """analysis.mechanism: which factor carries an established gain of mtl over cat, and what the control shows."""
+    def study(**outcomes):
+        family = [{"contrast": c, "metric": "category_top3",
+                   "result": {"outcome": o, "direction": d, "mean": 0.05 * d, "low": 0.01, "high": 0.09,
+                              "margin": 0.02} if o else None}
+                  for c, (o, d) in outcomes.items()]
+        return {"preregistration": {"primary_metrics": ["category_top3"]}, "primary_family": family}
+
+    est, neg, inc, eq = ("established", 1), ("established", -1), ("inconclusive", 0), ("equivalent", 0)
+    (row,) = analysis.mechanism(study(mtl_vs_cat=est, landmark_loss=est, attention=inc, control_mtl_vs_cat=neg))
+    assert (row["reading"], row["source"], row["control"], row["control_direction"]) == (
+        "gain", "landmark_loss", "established", -1)
+    (row,) = analysis.mechanism(study(mtl_vs_cat=est, landmark_loss=inc, attention=inc, control_mtl_vs_cat=eq))
+    assert row["reading"] == "no_source"
+    (row,) = analysis.mechanism(study(mtl_vs_cat=neg, landmark_loss=est, attention=est, control_mtl_vs_cat=eq))
+    assert row["reading"] == "no_gain"                                 # a gain of cat is nothing to explain here
+    (row,) = analysis.mechanism(study(mtl_vs_cat=est, landmark_loss=est))
+    assert row["reading"] is None and row["results"]["attention"] is None   # not all measured: no reading yet
+    assert len(reports.mechanism_reading(study(mtl_vs_cat=est, landmark_loss=est))) == 1
+    assert len(reports.mechanism_reading(study(mtl_vs_cat=est, landmark_loss=est, attention=inc,
+                                               control_mtl_vs_cat=neg))) == 2

@@ -169,6 +169,41 @@ def verdict(metric: str, *intervals: stats.Interval) -> str:
 VERDICTS = ("a better", "b better", "no difference established")
 
 
+def by_verdict(rows) -> dict:
+    """``{verdict: [x, ...]}`` of ``[(x, result), ...]``, every verdict of :data:`VERDICTS` present (possibly
+    empty), in the order of ``rows``."""
+    return {v: [x for x, r in rows if r["verdict"] == v] for v in VERDICTS}
+
+
+def gains_across(named_pairs: list) -> list[dict]:
+    """Per pair and primary metric over ``[(setting name, pair), ...]`` (the learning curve's points, the dial's
+    trees): ``a``, ``b``, ``metric``, ``settings`` (:func:`by_verdict` of the setting names) and ``largest``, the
+    setting with the largest mean gain, with that gain as ``largest_mean``."""
+    rows_of = {}
+    for name, pair in named_pairs:
+        for metric, r in pair["primary"].items():
+            rows_of.setdefault((pair["a"], pair["b"], metric), []).append((name, r))
+    out = []
+    for (a, b, metric), rows in rows_of.items():
+        name, r = max(rows, key=lambda nr: -math.inf if nr[1]["t"]["mean"] is None else nr[1]["t"]["mean"])
+        out.append({"a": a, "b": b, "metric": metric, "settings": by_verdict(rows), "largest": name,
+                    "largest_mean": r["t"]["mean"]})
+    return out
+
+
+def grid_edge_models(study: dict) -> dict:
+    """``{"largest" | "smallest": [model, ...]}``: the models whose chosen learning rate is the largest or the
+    smallest of a grid of at least two (the best setting may lie outside it); {} when none is."""
+    values = sorted(study.get("grid", {}).get("lr", []))
+    ends = {}
+    if len(values) < 2:
+        return ends
+    for model, setting in study.get("chosen", {}).items():
+        if setting.get("lr") in (values[0], values[-1]):
+            ends.setdefault("largest" if setting["lr"] == values[-1] else "smallest", []).append(model)
+    return ends
+
+
 def skeleton(plan: Plan) -> dict:
     """What study.json says before any result: the plan's settings (the README block renders from it)."""
     return {"plan": str(plan.path.relative_to(REPO)) if plan.path and plan.path.is_relative_to(REPO) else None,

@@ -257,11 +257,6 @@ def _primary_cell(res: Optional[dict]) -> str:
     return f"{_num(res['t']['mean'], sign=True)} {_interval(res['t'])} / {_interval(res['bootstrap'])}: {who}"
 
 
-def _by_verdict(rows) -> dict:
-    """``{verdict: [x, ...]}`` of ``[(x, result), ...]``, every verdict present (possibly empty)."""
-    return {v: [x for x, r in rows if r["verdict"] == v] for v in analysis.VERDICTS}
-
-
 def _verdict_text(verdict: str, a: str, b: str) -> str:
     return {"a better": f"{a} is better", "b better": f"{b} is better"}.get(verdict, verdict)
 
@@ -283,17 +278,11 @@ def pair_lines(pair: dict, digits: int = 4) -> list:
 
 
 def grid_edges(study: dict) -> str:
-    """A sentence naming the models whose chosen learning rate is the smallest or largest of the grid (the best
-    setting may lie outside it); empty when none is."""
-    values = sorted(study.get("grid", {}).get("lr", []))
-    if len(values) < 2:
-        return ""
-    ends = {}
-    for model, setting in study.get("chosen", {}).items():
-        if setting.get("lr") in (values[0], values[-1]):
-            ends.setdefault("largest" if setting["lr"] == values[-1] else "smallest", []).append(f"`{model}`")
-    return "".join(f" {', '.join(ms)} chose the {end} learning rate of the grid, so a wider grid might find better "
-                   f"settings{' for all of them' if len(ms) > 1 else ''}." for end, ms in ends.items())
+    """A sentence naming the models whose chosen learning rate is the smallest or largest of the grid
+    (:func:`vfu_nb.study.analysis.grid_edge_models`); empty when none is."""
+    return "".join(f" {', '.join(f'`{m}`' for m in ms)} chose the {end} learning rate of the grid, so a wider grid "
+                   f"might find better settings{' for all of them' if len(ms) > 1 else ''}."
+                   for end, ms in analysis.grid_edge_models(study).items())
 
 
 def reading(study: dict) -> list:
@@ -303,7 +292,7 @@ def reading(study: dict) -> list:
     pairs = {(p["a"], p["b"]): p for p in study["seeds"]["pairs"] if p["seeds"]}
     out = []
     for (a, b), pair in pairs.items():
-        by = _by_verdict(pair["primary"].items())
+        by = analysis.by_verdict(pair["primary"].items())
         parts = [f"`{winner}` beats `{loser}` in " + " and ".join(          # by winner − loser
                      f"{label(m)} ({_num(sign * pair['primary'][m]['t']['mean'], sign=True)})" for m in by[v])
                  for v, winner, loser, sign in (("a better", a, b, 1), ("b better", b, a, -1)) if by[v]]
@@ -317,26 +306,20 @@ def reading(study: dict) -> list:
 
 
 def _gains_across(named_pairs: list, caveat: str) -> list:
-    """Per pair and primary metric over ``[(setting name, pair), ...]``: one sentence naming the settings where
-    the gain is established (both intervals off 0), where it is not, and where the mean gain is largest; then
-    ``caveat`` (what comparing the settings would need). Empty without pairs."""
-    by_pair = {}
-    for name, pair in named_pairs:
-        for metric, r in pair["primary"].items():
-            by_pair.setdefault((pair["a"], pair["b"], metric), []).append((name, r))
-
+    """Per pair and primary metric over ``[(setting name, pair), ...]`` (:func:`vfu_nb.study.analysis.gains_across`):
+    one sentence naming the settings where the gain is established (both intervals off 0), where it is not, and
+    where the mean gain is largest; then ``caveat`` (what comparing the settings would need). Empty without pairs."""
     def listed(names):
         return ", ".join(names[:-1]) + " and " + names[-1] if len(names) > 1 else names[0]
 
     out = []
-    for (a, b, metric), rows in by_pair.items():
-        found = _by_verdict(rows)
+    for row in analysis.gains_across(named_pairs):
+        found = row["settings"]
         parts = [f"{what} at {listed(found[v])}" for v, what in
-                 (("a better", "a gain established"), ("b better", f"`{b}` better"),
+                 (("a better", "a gain established"), ("b better", f"`{row['b']}` better"),
                   ("no difference established", "no difference established")) if found[v]]
-        name, r = max(rows, key=lambda nr: -math.inf if nr[1]["t"]["mean"] is None else nr[1]["t"]["mean"])
-        out.append(f"`{a}` − `{b}`, {label(metric)}: " + "; ".join(parts) + f" (largest mean gain at {name}: "
-                   f"{_num(r['t']['mean'], sign=True)}).")
+        out.append(f"`{row['a']}` − `{row['b']}`, {label(row['metric'])}: " + "; ".join(parts)
+                   + f" (largest mean gain at {row['largest']}: {_num(row['largest_mean'], sign=True)}).")
     return out + [caveat] if out else []
 
 
