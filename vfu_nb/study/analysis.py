@@ -33,8 +33,6 @@ from vfu_nb.study.plan import (REPO, Plan, RunSpec, choose_settings, drifted_run
 
 #: Metrics declared primary before the study ran; everything else in :data:`SECONDARY` is secondary.
 PRIMARY = ("category_top3", "attr_map_all")
-
-
 SECONDARY = ("category_top1", "attr_top3_all_grouped", "attr_map_texture", "attr_map_fabric", "attr_map_shape",
              "attr_map_part", "attr_map_style", "landmark_ne_mean")
 

@@ -33,8 +33,6 @@ from vfu_nb.runs import converged
 from vfu_nb.study import store
 
 REPO = repo_root()
-
-
 DEFAULT_PLAN = REPO / "results" / "plan.yaml"
 
 
@@ -79,7 +77,7 @@ class Plan:
     figures: str = "figures"
     bootstrap: int = 1000
     readme: bool = False           # the report rewrites the README's results block (the committed study only)
-    slurm: dict = field(default_factory=dict)   # --executor slurm: vfu_nb.slurm.SlurmSettings (partition, time ...)
+    slurm: dict = field(default_factory=dict)   # --executor slurm: vfu_nb.study.slurm.SlurmSettings (partition, ...)
     path: Optional[Path] = None
 
     @classmethod
