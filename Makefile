@@ -25,7 +25,7 @@ $(STAMP): requirements.lock pyproject.toml | $(BIN)/python
 
 # Always asks the generator: it returns at once when the tree is current (same size, seed and version).
 data: $(STAMP)
-	$(BIN)/python -m vfu_nb.synthetic --out $(DATA) --n $(SYNTHETIC_N) --seed 0
+	$(BIN)/python -m vfu_nb.data.synthetic --out $(DATA) --n $(SYNTHETIC_N) --seed 0
 
 run: $(STAMP) data
 	$(BIN)/python -m vfu_nb.pipeline --profile $(PROFILE) $(ARGS)

@@ -30,8 +30,8 @@ SYNTH_N, SYNTH_SEED = 200, 0
 
 @pytest.fixture(scope="session")
 def synth_root(tmp_path_factory) -> Path:
-    """The session's synthetic tree (vfu_nb.synthetic), generated once; tests must not modify it."""
-    from vfu_nb.synthetic import generate
+    """The session's synthetic tree (vfu_nb.data.synthetic), generated once; tests must not modify it."""
+    from vfu_nb.data.synthetic.driver import generate
 
     root = tmp_path_factory.mktemp("synthetic") / "df"
     generate(root, SYNTH_N, SYNTH_SEED, progress=False)

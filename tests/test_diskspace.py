@@ -129,7 +129,7 @@ def test_a_full_disk_stops_training_in_one_line_and_resume_finishes_the_run(synt
 
 
 def test_the_cache_build_compares_its_size_with_the_free_space_first(synth_root, small_disk):
-    from vfu_nb.data import DeepFashionC
+    from vfu_nb.data.dataset import DeepFashionC
 
     if not small_disk.mounted:
         pytest.skip("needs a real small file system (mount a tmpfs as root)")
@@ -152,7 +152,7 @@ def test_the_cache_build_compares_its_size_with_the_free_space_first(synth_root,
 def test_a_cache_that_cannot_be_allocated_is_refused_and_removed(synth_root, small_disk, monkeypatch):
     """Free space that the check saw but the allocation did not get (another writer): ENOSPC from the
     preallocation, one line, no partial file."""
-    from vfu_nb.data import DeepFashionC
+    from vfu_nb.data.dataset import DeepFashionC
 
     monkeypatch.setattr(diskspace, "check_room", lambda *a, **k: None)
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from vfu_nb.annotations import load_annotations
+from vfu_nb.data.annotations import load_annotations
 
 REPO = Path(__file__).resolve().parents[1]
 

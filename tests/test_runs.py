@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from vfu_nb import runs
-from vfu_nb.data import DeepFashionC
+from vfu_nb.data.dataset import DeepFashionC
 from vfu_nb.metrics import landmark_normalized_error
 from vfu_nb.models import build_model
 from vfu_nb.train import TrainConfig, save_checkpoint

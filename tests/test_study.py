@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vfu_nb import synthetic
+from vfu_nb.data.synthetic.settings import DEFAULT_GEOMETRY_INFORMATIVENESS
 from vfu_nb.study import analysis, cli, runner, store
 from vfu_nb.study import plan as plans
 from vfu_nb.study import report as reports
@@ -503,7 +503,7 @@ def test_dial_reading_names_each_benchmark_and_the_default_setting():
 
     rows = [{"settings": {"n": 100}, "pair": pair(0.01, "no difference established")},
             {"settings": {"n": 100, "geometry_informativeness": 1.0}, "pair": pair(0.04, "a better")}]
-    default = synthetic.DEFAULT_GEOMETRY_INFORMATIVENESS
+    default = DEFAULT_GEOMETRY_INFORMATIVENESS
     names = [reports.dial_name(r) for r in rows]
     assert names == [f"geometry informativeness {default} (default)", "geometry informativeness 1.0"]
     (row,) = analysis.gains_across([(name, r["pair"]) for name, r in zip(names, rows)])

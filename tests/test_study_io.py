@@ -67,7 +67,7 @@ def test_the_report_refuses_without_the_baselines_it_shows_and_writes_nothing(pl
     root = plan.data_root("default")
     assert str(err.value) == (
         f"the baselines of data tree default are neither in {path} nor computable (no tree at {root}); restore the "
-        f"committed file with `git checkout -- {path}`, or generate the tree (`python -m vfu_nb.synthetic --out "
+        f"committed file with `git checkout -- {path}`, or generate the tree (`python -m vfu_nb.data.synthetic --out "
         f"{root} --n 100 --seed 0`), and run the report again (nothing was written)")
     assert not (plan.results_dir / "study.json").exists() and not plan.resolve(plan.figures).exists()
     write_baselines(plan, "default", {"chance": {"category_top3": 0.06}})

@@ -334,7 +334,7 @@ def test_batch_loader_and_per_item_loader_give_bit_identical_runs(synth_root, tm
 
 
 def test_batch_loader_resumed_inside_an_augmented_epoch_repeats_its_batches(synth_root):
-    from vfu_nb.data import DeepFashionC
+    from vfu_nb.data.dataset import DeepFashionC
 
     ds = DeepFashionC(synth_root, "train", 32, augment=True, cache=True, uint8=True, max_items=40, progress=False)
     sampler = train_mod.EpochBatchSampler(len(ds), 8, seed=1, items=list(range(39, -1, -1)))

@@ -19,7 +19,8 @@ from matplotlib.patches import Rectangle
 from PIL import Image
 
 from vfu_nb.conventions import VISIBILITY_MARKERS
-from vfu_nb.data import BadImageError, DeepFashionC
+from vfu_nb.data.crops import BadImageError
+from vfu_nb.data.dataset import DeepFashionC
 from vfu_nb.models import build_model
 from vfu_nb.paths import repo_root
 from vfu_nb.runs import landmark_errors, predict_one

@@ -4,7 +4,7 @@ docs/benchmarks.md).
 - ``parse``: writes a full-size (289,222 rows x 1,000 attributes) annotation set and times load_annotations.
 - ``data``: images/s of every input path side by side: JPEG decode per item, the uint8 cache per item through
   a DataLoader (0 and N workers, with and without the per-item torchvision augmentation), and
-  :class:`vfu_nb.data.BatchLoader` with and without batch augmentation on each device; medians of repetitions.
+  :class:`vfu_nb.data.loader.BatchLoader` with and without batch augmentation on each device; medians of repetitions.
 - ``train``: the trainer's own step (:func:`vfu_nb.train.training_step`, with the model, loss and device settings
   the trainer makes from the same :class:`~vfu_nb.train.TrainConfig`): images/s (median over timed windows; the
   device is synchronised only at window boundaries), GFLOPs per image, achieved TFLOP/s and fraction of peak, for each ``--batch-size``; inputs
@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vfu_nb.annotations import SLOTS_BY_CLOTHES_TYPE, Annotations, load_annotations, write_annotations
+from vfu_nb.data.annotations import SLOTS_BY_CLOTHES_TYPE, Annotations, load_annotations, write_annotations
 
 FULL_ROWS = 289_222
 
@@ -196,7 +196,8 @@ def bench_data(root: str, split: str = "train", image_size: int = 224, batch_siz
     """Images/s of each input path, interleaved over ``repeats`` repetitions; medians and ratios to decode."""
     from torch.utils.data import DataLoader
 
-    from vfu_nb.data import BatchLoader, DeepFashionC
+    from vfu_nb.data.dataset import DeepFashionC
+    from vfu_nb.data.loader import BatchLoader
     from vfu_nb.train import seed_worker
 
     workers = min(8, os.cpu_count() or 1) if workers is None else workers
@@ -426,9 +427,9 @@ def cached_input_rate(step, label_batches: list[dict], *, batch_size: int, image
 
 def batch_loader_rate(step, dataset, *, batch_size: int, device: torch.device, augment: bool, prefetch: int,
                       warmup: int, steps: int, windows: int, seed: int = 0) -> dict:
-    """Training rate on batches of a cached DeepFashionC through :class:`vfu_nb.data.BatchLoader` (random
+    """Training rate on batches of a cached DeepFashionC through :class:`vfu_nb.data.loader.BatchLoader` (random
     batches, optional augmentation on the device), and the loader's own rate without a step."""
-    from vfu_nb.data import BatchLoader
+    from vfu_nb.data.loader import BatchLoader
 
     loader = BatchLoader(dataset, RandomBatches(len(dataset), batch_size, seed), device, augment=augment,
                          generator=torch.Generator().manual_seed(seed), prefetch=prefetch)
@@ -489,7 +490,7 @@ def bench_train(args: argparse.Namespace) -> dict:
     dataset = None
     num_classes, num_attributes = args.num_classes, args.num_attributes
     if args.batch_loader:
-        from vfu_nb.data import DeepFashionC
+        from vfu_nb.data.dataset import DeepFashionC
 
         dataset = DeepFashionC(args.root, args.split, args.image_size, cache=True, uint8=True,
                                cache_dir=args.cache_dir, progress=False)
@@ -670,7 +671,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--cache-images", type=int, default=None, help="images in the temporary memmap")
     t.add_argument("--memmap-dir", default=None, help="where the temporary memmap goes (default: system tmp)")
     t.add_argument("--batch-loader", action="store_true",
-                   help="also train on batches of --root's cache through vfu_nb.data.BatchLoader")
+                   help="also train on batches of --root's cache through vfu_nb.data.loader.BatchLoader")
     t.add_argument("--root", default=None, help="DeepFashion-C tree for --batch-loader (its class and "
                                                 "attribute counts then apply to every input)")
     t.add_argument("--split", default="train")

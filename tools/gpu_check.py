@@ -76,7 +76,7 @@ class Stage:
 
 STAGES = [
     Stage("1_environment", 45, False, False, "torch / torchvision / CUDA versions, device, memory, cores"),
-    Stage("2_synthetic_tree", 90, False, False, "python -m vfu_nb.synthetic --n 2000 --seed 0"),
+    Stage("2_synthetic_tree", 90, False, False, "python -m vfu_nb.data.synthetic --n 2000 --seed 0"),
     Stage("3_sync_audit", 90, True, True, "set_sync_debug_mode('error') around one training step, mtl and cat"),
     Stage("4a_bench_train_eager", 90, True, True, "bench train, eager, batch 8 and 64; memmap and batch loader "
                                                   "inputs"),
@@ -272,13 +272,13 @@ def run_environment(ctx: Context) -> None:
 def run_synthetic_tree(ctx: Context) -> None:
     if ctx.tree.exists():
         shutil.rmtree(ctx.tree)
-    r = run_command([sys.executable, "-m", "vfu_nb.synthetic", "--out", ctx.tree, "--n", ctx.profile.images,
+    r = run_command([sys.executable, "-m", "vfu_nb.data.synthetic", "--out", ctx.tree, "--n", ctx.profile.images,
                      "--seed", 0, "--quiet"], ctx.log, timeout=3600)
     summary = read_json(ctx.tree / "synthetic.json")
     ctx.save(command=r, images=summary.get("n"), splits=summary.get("splits"), bytes=summary.get("bytes"),
              categories=len(summary.get("categories", {})))
     if r["rc"] != 0 or not summary:
-        raise RuntimeError(f"vfu_nb.synthetic failed (rc {r['rc']}); see {ctx.log.name}")
+        raise RuntimeError(f"vfu_nb.data.synthetic failed (rc {r['rc']}); see {ctx.log.name}")
 
 
 def audit_model(ctx: Context, model_name: str, steps_warmup: int = 3) -> dict:
@@ -289,7 +289,7 @@ def audit_model(ctx: Context, model_name: str, steps_warmup: int = 3) -> dict:
     import torch
 
     from vfu_nb import train as T
-    from vfu_nb.data import DeepFashionC
+    from vfu_nb.data.dataset import DeepFashionC
 
     p = ctx.profile
     config = T.TrainConfig(model=model_name, data_root=str(ctx.tree), run_dir=str(ctx.work / "audit"),

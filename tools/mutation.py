@@ -2,7 +2,7 @@
 
     python tools/mutation.py                        # every module of MODULES, 2 workers
     python tools/mutation.py metrics losses -j 1    # some modules
-    python tools/mutation.py data --rerun           # only the last run's survivors again (after new tests)
+    python tools/mutation.py data.loader --rerun    # only the last run's survivors again (after new tests)
     python tools/mutation.py --report               # the score table of the last runs, nothing run
 
 Each module runs in its own copy of the repository, ``build/mutation/<module>/`` (git-ignored), whose
@@ -53,8 +53,12 @@ MODULES = {
     "metrics": Module(("tests/test_metrics.py",),
                       skip=("x_bench", "x_main")),              # the timing benchmark and its command line
     "losses": Module(("tests/test_losses.py",)),
-    "annotations": Module(("tests/test_annotations.py",)),
-    "data": Module(("tests/test_dataset.py", "tests/test_batch_loader.py")),
+    "data.annotations": Module(("tests/test_annotations.py",)),
+    "data.crops": Module(("tests/test_dataset.py", "tests/test_batch_loader.py")),
+    "data.cache": Module(("tests/test_dataset.py", "tests/test_batch_loader.py")),
+    "data.dataset": Module(("tests/test_dataset.py", "tests/test_batch_loader.py")),
+    "data.augment": Module(("tests/test_dataset.py", "tests/test_batch_loader.py")),
+    "data.loader": Module(("tests/test_dataset.py", "tests/test_batch_loader.py")),
     "models": Module(("tests/test_models.py",),
                      skip=("x_describe",)),                     # printing of parameter counts
     "train": Module(("tests/test_selection.py",),
@@ -68,6 +72,11 @@ CAUGHT = ("killed", "timeout")
 
 # ----------------------------------------------------------------------------------------------------------
 # Configuration
+
+
+def source(name: str) -> str:
+    """The file of a module of MODULES, relative to the repository: ``data.loader`` -> ``vfu_nb/data/loader.py``."""
+    return f"vfu_nb/{name.replace('.', '/')}.py"
 
 
 def base_config() -> dict:
@@ -97,7 +106,7 @@ def module_pyproject(name: str) -> str:
     loading them costs every mutant), with tools/mutation_plugin.py instead."""
     config = base_config()
     mutmut = config["mutmut"]
-    config["mutmut"] = {**mutmut, "only_mutate": [f"vfu_nb/{name}.py"],
+    config["mutmut"] = {**mutmut, "only_mutate": [source(name)],
                         "pytest_add_cli_args_test_selection": list(MODULES[name].tests),
                         "pytest_add_cli_args": mutmut.get("pytest_add_cli_args", []) + ["-p", "mutation_plugin"],
                         "also_copy": mutmut.get("also_copy", []) + ["mutation_plugin.py"]}
@@ -151,9 +160,9 @@ def run_module(name: str, max_children: int, rerun: bool) -> float:
     _copy_tree(ROOT / "tests", work / "tests")
     if rerun:
         (work / "mutants" / "mutmut-stats.json").unlink(missing_ok=True)    # new or changed tests: fresh stats
-        changed = (ROOT / "vfu_nb" / f"{name}.py").read_bytes() != (work / "vfu_nb" / f"{name}.py").read_bytes()
+        changed = (ROOT / source(name)).read_bytes() != (work / source(name)).read_bytes()
         if changed:
-            raise SystemExit(f"{name}: vfu_nb/{name}.py changed since the last run; run it without --rerun")
+            raise SystemExit(f"{name}: {source(name)} changed since the last run; run it without --rerun")
     else:
         _copy_tree(ROOT / "vfu_nb", work / "vfu_nb")
     (work / "pyproject.toml").write_text(module_pyproject(name))
@@ -184,7 +193,7 @@ def _children_cpu() -> float:
 
 def load_results(name: str) -> dict:
     """``{mutant name: status}`` of the last run of a module, counted mutants only ({} if never run)."""
-    meta = WORK / name / "mutants" / "vfu_nb" / f"{name}.py.meta"
+    meta = WORK / name / "mutants" / f"{source(name)}.meta"
     if not meta.exists():
         return {}
     codes = json.loads(meta.read_text())["exit_code_by_key"]
@@ -198,7 +207,7 @@ def mutant_diff(name: str, mutant: str) -> str:
     cwd = os.getcwd()
     os.chdir(WORK / name)
     try:
-        return get_diff_for_mutant(mutant, path=f"vfu_nb/{name}.py")
+        return get_diff_for_mutant(mutant, path=source(name))
     finally:
         os.chdir(cwd)
 

@@ -134,7 +134,7 @@ def measure(model: torch.nn.Module, dataset, radius: float = RADIUS, batch_size:
     (uint8 0..255 or already normalised float), ``category``, ``landmarks`` and ``landmark_visibility``.
     The model runs in eval mode on ``device``; its mode and device are restored afterwards.
     """
-    from vfu_nb.data import normalize_images
+    from vfu_nb.data.crops import normalize_images
 
     device = torch.device(device)
     first = next(model.parameters(), None)

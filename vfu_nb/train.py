@@ -20,7 +20,7 @@ scheduler, resume), and per epoch :func:`train_epoch` (steps of :func:`training_
   (``torch.load(path, weights_only=True)`` works) and resume on another device or memory layout.
 * Images come from the data layer's uint8 cache and are normalised on the device. Input path (``loader``):
   ``batch`` (default) reads each batch with one gather from the cache (:class:`EpochBatchLoader`, a
-  :class:`vfu_nb.data.BatchLoader`: a prefetch thread, no worker processes, augmentation on the device);
+  :class:`vfu_nb.data.loader.BatchLoader`: a prefetch thread, no worker processes, augmentation on the device);
   ``items`` is the per-item DataLoader. Without augmentation both give bit-identical runs on the CPU.
   GPU path: bf16 autocast, channels_last, cudnn.benchmark, optional torch.compile / CUDA graphs, fused Adam,
   pinned memory, non_blocking copies, no host round trip in a step except the loss read-back every
@@ -55,7 +55,8 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, Sampler
 
 from vfu_nb.conventions import ATTRIBUTE_TYPES
-from vfu_nb.data import Augmentation, BatchLoader
+from vfu_nb.data.augment import Augmentation
+from vfu_nb.data.loader import BatchLoader
 from vfu_nb.losses import LossWeights, default_heatmap_sigma, multitask_loss  # noqa: F401 (LossWeights re-exported)
 from vfu_nb.metrics import EvalAccumulator, jsonable
 from vfu_nb.diskspace import DiskFullError  # noqa: F401 (re-exported)
@@ -209,7 +210,7 @@ class EpochBatchSampler(Sampler):
 
 
 class EpochBatchLoader(BatchLoader):
-    """A :class:`vfu_nb.data.BatchLoader` over an :class:`EpochBatchSampler` that resumes exactly inside an
+    """A :class:`vfu_nb.data.loader.BatchLoader` over an :class:`EpochBatchSampler` that resumes exactly inside an
     augmented epoch.
 
     The augmentations of an epoch come from one stream, drawn batch after batch. When the sampler skips its first
@@ -395,7 +396,7 @@ def _to_device(batch: dict, device: torch.device) -> dict:
 def prepare_images(images: torch.Tensor, channels_last: bool) -> torch.Tensor:
     """Images in the model's memory layout (uint8 batches arrive NCHW or, from the batch loader, as an NHWC
     view), normalised to float; a batch already in that layout is not copied."""
-    from vfu_nb.data import normalize_images
+    from vfu_nb.data.crops import normalize_images
 
     images = images.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     return normalize_images(images) if images.dtype == torch.uint8 else images.float()
@@ -609,7 +610,7 @@ def make_dataset(config: TrainConfig, split: str, *, augment: bool = False, uint
 
     The one place that turns settings into a data set (the trainer, :func:`vfu_nb.runs.dataset_for`).
     """
-    from vfu_nb.data import DeepFashionC
+    from vfu_nb.data.dataset import DeepFashionC
 
     return DeepFashionC(config.data_root, split, config.image_size, augment=augment, cache=True, uint8=uint8,
                         cache_dir=config.cache_dir, pad_to_square=config.pad_to_square, max_items=config.max_items,

@@ -79,7 +79,7 @@ class TrainConfig:
     cache_dir: Optional[str] = None
     """folder of the uint8 image cache (default: <data_root>/.vfu_cache)"""
     loader: Literal[LOADERS] = "batch"
-    """input path: batch (vfu_nb.data.BatchLoader: one gather per batch from the uint8 cache, a prefetch thread,
+    """input path: batch (vfu_nb.data.loader.BatchLoader: one gather per batch from the uint8 cache, a prefetch thread,
     augmentation on the device) | items (per-item DataLoader)"""
     num_workers: Optional[int] = None
     """DataLoader worker processes of --loader items (default: 0 on CPU, up to 8 on CUDA); the batch loader uses

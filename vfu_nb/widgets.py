@@ -56,9 +56,8 @@ from vfu_nb.conventions import (
     ATTRIBUTE_TYPE_NAMES, CLOTHES_TYPE_NAMES, LANDMARK_COLORS, LANDMARK_NAMES, SPLITS, VISIBILITY_MARKERS,
     VISIBILITY_NAMES,
 )
-from vfu_nb.data import (
-    IMAGENET_MEAN, IMAGENET_STD, DeepFashionC, crop_and_resize, crop_window, normalize_images,
-)
+from vfu_nb.data.crops import IMAGENET_MEAN, IMAGENET_STD, crop_and_resize, crop_window, normalize_images
+from vfu_nb.data.dataset import DeepFashionC
 from vfu_nb.paths import resolve
 from vfu_nb.plots.explore import draw_sample
 from vfu_nb.runs import find_runs, landmark_errors, load_model, predict_one
@@ -607,7 +606,7 @@ def landmark_browser(dataset: DeepFashionC, model=None, **kwargs) -> LandmarkBro
     clothes type; with a ``model``, its predicted landmarks (white crosses joined to the ground truth), its top
     category and the image's landmark error (NE in crop units over the visible landmarks).
 
-    ``dataset`` is a :class:`vfu_nb.data.DeepFashionC`; the split filter switches between the splits of its
+    ``dataset`` is a :class:`vfu_nb.data.dataset.DeepFashionC`; the split filter switches between the splits of its
     annotations (other splits and other image sizes are read through twin datasets built on first use).
     Returns a VBox with ``.split``, ``.clothes_type``, ``.category``, ``.slider``, ``.prev``, ``.next``,
     ``.label``, ``.image`` (PNG), ``.message``, ``.figure``/``.axes`` and state ``.rows``, ``.row``,
@@ -762,7 +761,7 @@ def attention_explorer(models, dataset: DeepFashionC, **kwargs) -> AttentionExpl
     Args:
         models: one model, a list of models (named by ``model.name``) or a dict ``{label: model}``, e.g.
             ``{"MTL": mtl, "CAT": cat}``; each model is shown in its own row, side by side for comparison.
-        dataset: a :class:`vfu_nb.data.DeepFashionC` split; the slider walks its items. Models with another
+        dataset: a :class:`vfu_nb.data.dataset.DeepFashionC` split; the slider walks its items. Models with another
             ``image_size`` than the dataset get the same rows cropped at their size.
         landmark: heatmap shown at start: ``"all"`` (max over the 8 maps), a landmark name or a slot index.
         alpha: initial overlay opacity (0..1). top_k: categories listed (5). top_attr: attributes per type (3).

@@ -334,7 +334,7 @@ def learning_curve_reading(study: dict) -> list:
 
 def dial_name(row: dict) -> str:
     """"geometry informativeness G" of a dial row, "(default)" added for the default tree's."""
-    from vfu_nb.synthetic import DEFAULT_GEOMETRY_INFORMATIVENESS
+    from vfu_nb.data.synthetic.settings import DEFAULT_GEOMETRY_INFORMATIVENESS
 
     g = row["settings"].get("geometry_informativeness")
     return (f"geometry informativeness {DEFAULT_GEOMETRY_INFORMATIVENESS} (default)" if g is None

@@ -68,7 +68,7 @@ _DATA_LOCK = threading.Lock()
 def ensure_data(plan: Plan, tags: Sequence[str]) -> None:
     """Generate the synthetic trees ``tags`` (the generator returns at once when a tree is up to date); one
     generation at a time, so that two runs on a new tree wait for the same one."""
-    from vfu_nb import synthetic
+    from vfu_nb.data.synthetic import driver as synthetic
 
     with _DATA_LOCK:
         for tag in tags:

@@ -235,7 +235,7 @@ def read_study(path) -> Optional[dict]:
 
 def annotations_digest(root) -> str:
     """SHA-256 over the annotation files of a tree (what the baselines are computed from)."""
-    from vfu_nb.annotations import annotation_paths
+    from vfu_nb.data.annotations import annotation_paths
 
     h = hashlib.sha256()
     for name, path in sorted(annotation_paths(root).items()):
@@ -258,7 +258,7 @@ def _generate_hint(settings: dict) -> str:
         return f"put the tree at {root}"
     options = "".join(f" --{k.replace('_', '-')} {v}" for k, v in settings.items()
                       if k not in ("root", "n", "seed", "synthetic"))
-    return (f"generate the tree (`python -m vfu_nb.synthetic --out {root} --n {settings.get('n')} --seed "
+    return (f"generate the tree (`python -m vfu_nb.data.synthetic --out {root} --n {settings.get('n')} --seed "
             f"{settings.get('seed', 0)}{options}`)")
 
 
