@@ -168,13 +168,13 @@ def test_a_cache_that_cannot_be_allocated_is_refused_and_removed(synth_root, sma
 
 
 def test_an_export_on_a_full_disk_is_one_line_and_leaves_the_export_unfinished(small_disk, tmp_path):
-    from vfu_nb import study
+    from vfu_nb.study import store
 
     dest = small_disk.path / "runs" / "k"
     dest.mkdir(parents=True)
     small_disk.fill()
     with pytest.raises(DiskFullError) as err:
-        study.write_npz(dest / "predictions.npz", attribute_logits=torch.randn(3000, 51).numpy())
+        store.write_npz(dest / "predictions.npz", attribute_logits=torch.randn(3000, 51).numpy())
     assert str(err.value).startswith(f"{dest / 'predictions.npz'}: not written: no space left on the device (")
     assert str(err.value).endswith("; free space, then run the same command again (finished runs are only "
                                    "exported again)")
