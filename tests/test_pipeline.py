@@ -19,7 +19,7 @@ import pytest
 
 from vfu_nb import pipeline
 from vfu_nb.study import report as reports
-from vfu_nb.runs import train_settings
+from vfu_nb.training.runs import train_settings
 
 REPO = Path(__file__).resolve().parents[1]
 SERIES = ["01_explore_data", "02_train_mtl", "02_train_cat", "03_compare_mtl_cat", "04_attention_maps"]

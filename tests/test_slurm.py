@@ -414,7 +414,7 @@ def test_a_second_run_while_jobs_wait_submits_nothing_and_status_shows_the_queue
 @pytest.mark.slow
 def test_one_run_on_two_slurm_tasks_trains_with_ddp_like_one_process(cluster, synth_root, tmp_path):
     """2 tasks x batch 4 (gloo, torch.distributed from SLURM_PROCID/SLURM_NTASKS/SLURM_JOB_NODELIST) = the same
-    global batches as 1 process x batch 8 (vfu_nb.train's DDP sampler), so the losses agree to float precision.
+    global batches as 1 process x batch 8 (vfu_nb.training's DDP sampler), so the losses agree to float precision.
     Plain VGG-16: batch norm would normalise over each process's 4 images (no SyncBatchNorm), not over 8."""
     common = {"max_items": 40, "max_batches": 4, "backbone": "vgg16"}
     one = small_plan(tmp_path / "one", synth_root, models=("mtl",), batch_size=8, **common)

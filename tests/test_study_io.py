@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from test_study import PLAN, export, seed_runs
-from vfu_nb.rundir import RunLock, RunLockedError
+from vfu_nb.training.rundir import RunLock, RunLockedError
 from vfu_nb.study import analysis, runner, store
 from vfu_nb.study import plan as plans
 from vfu_nb.study import report as reports

@@ -5,9 +5,9 @@ docs/benchmarks.md).
 - ``data``: images/s of every input path side by side: JPEG decode per item, the uint8 cache per item through
   a DataLoader (0 and N workers, with and without the per-item torchvision augmentation), and
   :class:`vfu_nb.data.loader.BatchLoader` with and without batch augmentation on each device; medians of repetitions.
-- ``train``: the trainer's own step (:func:`vfu_nb.train.training_step`, with the model, loss and device settings
-  the trainer makes from the same :class:`~vfu_nb.train.TrainConfig`): images/s (median over timed windows; the
-  device is synchronised only at window boundaries), GFLOPs per image, achieved TFLOP/s and fraction of peak, for each ``--batch-size``; inputs
+- ``train``: the trainer's own step (:func:`vfu_nb.training.loop.training_step`, with the model, loss and device
+  settings the trainer makes from the same :class:`~vfu_nb.training.config.TrainConfig`): images/s (median over
+  timed windows; the device is synchronised only at window boundaries), GFLOPs per image, achieved TFLOP/s and fraction of peak, for each ``--batch-size``; inputs
   random on the device, gathered from a uint8 memmap, or (``--batch-loader``) from a real dataset's cache
   through the BatchLoader. ``--compile`` and ``--cuda-graphs`` (torch.compile mode "reduce-overhead").
 
@@ -198,7 +198,7 @@ def bench_data(root: str, split: str = "train", image_size: int = 224, batch_siz
 
     from vfu_nb.data.dataset import DeepFashionC
     from vfu_nb.data.loader import BatchLoader
-    from vfu_nb.train import seed_worker
+    from vfu_nb.training.runtime import seed_worker
 
     workers = min(8, os.cpu_count() or 1) if workers is None else workers
     devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
@@ -311,9 +311,10 @@ def random_batches(n: int, batch_size: int, image_size: int, num_categories: int
 
 
 def trainer_step(model, optimizer, loss_fn, rt, cuda_graphs: bool = False):
-    """One step of the trainer (:func:`vfu_nb.train.training_step`) on a batch whose ``image`` is uint8; returns
+    """One step of the trainer (:func:`vfu_nb.training.loop.training_step`) on a batch whose ``image`` is uint8; returns
     the detached total loss, still on the device."""
-    from vfu_nb.train import LOSS_TERMS, training_step
+    from vfu_nb.conventions import LOSS_TERMS
+    from vfu_nb.training.loop import training_step
 
     total = LOSS_TERMS.index("total")
 
@@ -367,7 +368,7 @@ def count_train_flops(model, batch: dict, loss_fn, rt) -> float:
     """FLOPs of one forward + backward per image (FlopCounterMode: convs and matmuls; 1 MAC = 2 FLOP)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from vfu_nb.train import prepare_images
+    from vfu_nb.training.runtime import prepare_images
 
     images = prepare_images(batch["image"], rt.channels_last)
     counter = FlopCounterMode(display=False)
@@ -468,8 +469,9 @@ def _input_only_rate(next_input, batch_size: int, steps: int, windows: int, devi
 
 
 def bench_config(args: argparse.Namespace):
-    """The :class:`vfu_nb.train.TrainConfig` of the benchmark's settings: what the trainer would run with them."""
-    from vfu_nb.train import TrainConfig
+    """The :class:`vfu_nb.training.config.TrainConfig` of the benchmark's settings: what the trainer would run
+    with them."""
+    from vfu_nb.training.config import TrainConfig
 
     choice = {"auto": None, "bf16": True, "on": True, "off": False}
     return TrainConfig(model=args.model, image_size=args.image_size, width=args.width, backbone=args.backbone,
@@ -481,7 +483,8 @@ def bench_config(args: argparse.Namespace):
 def bench_train(args: argparse.Namespace) -> dict:
     """Run the training benchmark described by ``args`` for each batch size; returns the numbers as a dict."""
     from vfu_nb.models import count_parameters
-    from vfu_nb.train import make_loss, make_model, setup_runtime
+    from vfu_nb.training.builders import make_loss, make_model
+    from vfu_nb.training.runtime import setup_runtime
 
     config = bench_config(args)
     rt = setup_runtime(config, 1, 0, 0)      # device, threads, seeds, cudnn and TF32 flags as the trainer sets them

@@ -10,12 +10,12 @@ Each module runs in its own copy of the repository, ``build/mutation/<module>/``
 that module's file and ``pytest_add_cli_args_test_selection`` its tests (:data:`MODULES`). mutmut then runs, for
 every mutant, only the tests that called the mutated function while it collected its statistics.
 
-A module's score counts the mutants of its counted functions (for ``train`` only :func:`vfu_nb.train.select_best`;
-``skip`` leaves out benchmark and printing code). Surviving mutants listed in ``mutation/equivalent.md`` (name and
-mutated line) leave the denominator, in three kinds: equivalent (no behaviour change), device-only (a device
-argument that matters only with a GPU, which a CPU-only machine lacks) and outside mutmut (a behaviour that a
-test checks in ``make test`` but cannot check under mutmut's wrappers):
-``score = killed / (counted - listed)``, a timeout counting as killed. A listed mutant whose
+A module's score counts the mutants of its counted functions (for ``training.loop`` only
+:func:`vfu_nb.training.loop.select_best`; ``skip`` leaves out benchmark and printing code). Surviving mutants
+listed in ``mutation/equivalent.md`` (name and mutated line) leave the denominator, in three kinds: equivalent
+(no behaviour change), device-only (a device argument that matters only with a GPU, which a CPU-only machine
+lacks) and outside mutmut (a behaviour that a test checks in ``make test`` but cannot check under mutmut's
+wrappers): ``score = killed / (counted - listed)``, a timeout counting as killed. A listed mutant whose
 line no longer matches, or that is now killed, is reported as stale and counts as a survivor.
 """
 
@@ -61,8 +61,8 @@ MODULES = {
     "data.loader": Module(("tests/test_dataset.py", "tests/test_batch_loader.py")),
     "models": Module(("tests/test_models.py",),
                      skip=("x_describe",)),                     # printing of parameter counts
-    "train": Module(("tests/test_selection.py",),
-                    functions=("x_select_best",)),             # the selection / early-stopping rule only
+    "training.loop": Module(("tests/test_selection.py",),
+                            functions=("x_select_best",)),     # the selection / early-stopping rule only
 }
 
 STATUS = {1: "killed", 3: "killed", 0: "survived", 5: "no tests", 33: "no tests", 34: "skipped", 36: "timeout",

@@ -5,7 +5,7 @@
     attention_explorer({"MTL": mtl, "CAT": cat}, DeepFashionC(data_root, "test", image_size=224))
     predict_image(mtl, dataset.annotations)          # names taken from the annotations
 
-Models come from run directories: ``vfu_nb.runs.load_model(run_dir)``. Design:
+Models come from run directories: ``vfu_nb.training.runs.load_model(run_dir)``. Design:
 
 * Each widget owns ONE matplotlib :class:`~matplotlib.figure.Figure`, created once outside pyplot (so it is never
   auto-displayed or leaked), drawn into by plain functions that take an Axes, and shown as PNG bytes in an
@@ -16,8 +16,9 @@ Models come from run directories: ``vfu_nb.runs.load_model(run_dir)``. Design:
 * Every widget is a ``VBox`` subclass exposing its controls and state as attributes (``w.slider``, ``w.image``,
   ``w.message``, ``w.label``, ...). Errors inside callbacks never surface as tracebacks: they are shown in
   ``w.message`` and logged at ERROR level to the ``vfu_nb.widgets`` logger (tests assert nothing is logged).
-* Models run under ``torch.no_grad()`` in eval mode, fp32, on their own device (:func:`vfu_nb.runs.predict_one`).
-  Maps are drawn with viridis (perceptually uniform), scaled to their own range.
+* Models run under ``torch.no_grad()`` in eval mode, fp32, on their own device
+  (:func:`vfu_nb.training.runs.predict_one`). Maps are drawn with viridis (perceptually uniform), scaled to their
+  own range.
 
 Uploaded images (:func:`read_upload`): JPEG or PNG up to :data:`MAX_UPLOAD_BYTES` (8 MiB) and 40 megapixels. The
 file travels from the browser to the kernel in one websocket message, and the Jupyter server drops the connection
@@ -39,7 +40,6 @@ from __future__ import annotations
 
 import html
 import io
-import json
 import logging
 import warnings
 from collections import OrderedDict
@@ -60,7 +60,8 @@ from vfu_nb.data.crops import IMAGENET_MEAN, IMAGENET_STD, crop_and_resize, crop
 from vfu_nb.data.dataset import DeepFashionC
 from vfu_nb.paths import resolve
 from vfu_nb.plots.explore import draw_sample
-from vfu_nb.runs import find_runs, landmark_errors, load_model, predict_one
+from vfu_nb.training.rundir import RunDir
+from vfu_nb.training.runs import find_runs, landmark_errors, load_model, predict_one
 
 log = logging.getLogger(__name__)
 
@@ -493,7 +494,7 @@ class LandmarkBrowser(_FigureWidget):
         self.label = W.HTML()
         self.rows = np.zeros(0, dtype=np.int64)   # annotation rows passing the filters
         self.row: int | None = None               # the row on screen
-        self.prediction = None                    # vfu_nb.runs.Prediction of that row (with a model)
+        self.prediction = None                    # vfu_nb.training.runs.Prediction of that row (with a model)
         self.error: float | None = None           # its landmark NE (crop units, visible landmarks)
         landmark_legend(self.figure, has_model)
         self.figure.subplots_adjust(left=0.02, right=0.98, top=0.9, bottom=0.17, wspace=0.08)
@@ -774,7 +775,7 @@ def attention_explorer(models, dataset: DeepFashionC, **kwargs) -> AttentionExpl
 
     Returns a VBox with ``.slider``, ``.prev``, ``.next``, ``.landmark``, ``.opacity``, ``.label``, ``.image``
     (PNG), ``.predictions`` (HTML), ``.message``, ``.figure``/``.axes`` and state ``.row`` and ``.outputs``
-    ({label: (dataset item, vfu_nb.runs.Prediction)}).
+    ({label: (dataset item, vfu_nb.training.runs.Prediction)}).
     """
     return AttentionExplorer(models, dataset, **kwargs)
 
@@ -909,7 +910,7 @@ def predict_image(model, category_names, attribute_names=None, attribute_types=N
     """Upload a JPEG or PNG of your own and see the model's categories, attributes, landmarks and attention.
 
     Args:
-        model: a trained network (e.g. :func:`vfu_nb.runs.load_model`); CAT shows feature energy instead
+        model: a trained network (e.g. :func:`vfu_nb.training.runs.load_model`); CAT shows feature energy instead
             of attention and no landmarks.
         category_names: the 50 names, or an ``Annotations``/``DeepFashionC`` to take names and attribute
             names/types from.
@@ -935,8 +936,9 @@ def explorer_from_runs(runs=None, data_root=None, split: str = "test", index: in
     """The attention explorer for the MTL and CAT runs under ``runs`` (or untrained models with ``untrained``).
 
     Trained: every run directory below ``runs`` with ``config.json`` and a checkpoint (first run per model name,
-    MTL and CAT first, :func:`vfu_nb.runs.find_runs`), images at the runs' size from ``data_root`` (default: the
-    first run's ``data_root``). Untrained: ``build_model("mtl"/"cat", ..., image_size, width)`` seeded with ``seed``.
+    MTL and CAT first, :func:`vfu_nb.training.runs.find_runs`), images at the runs' size from ``data_root``
+    (default: the first run's ``data_root``). Untrained: ``build_model("mtl"/"cat", ..., image_size, width)``
+    seeded with ``seed``.
     """
     from vfu_nb.models import build_model
 
@@ -957,7 +959,7 @@ def explorer_from_runs(runs=None, data_root=None, split: str = "test", index: in
             raise FileNotFoundError(f"no run directories with config.json and checkpoints under {runs}")
         for name in order:
             models[name.upper()] = load_model(found[name])
-        first = json.loads((found[order[0]] / "config.json").read_text())
+        first = RunDir(found[order[0]]).read_config()
         root = resolve(data_root if data_root is not None else first.get("data_root", ""))
         if not root.is_dir():
             raise FileNotFoundError(f"data_root {root} of {found[order[0]]} not found; pass data_root")

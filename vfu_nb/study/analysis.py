@@ -26,7 +26,7 @@ import numpy as np
 
 from vfu_nb import stats
 from vfu_nb.conventions import LOWER_IS_BETTER
-from vfu_nb.runs import converged
+from vfu_nb.training.runs import converged
 from vfu_nb.study import contrasts, store
 from vfu_nb.study.plan import (REPO, Plan, RunSpec, choose_settings, drifted_runs, exported, planned_runs,
                                tuning_lrs)

@@ -68,7 +68,7 @@ def main(argv=None):
     p_one.add_argument("request")
     args = parser.parse_args(argv)
     if args.command == "train-one":
-        from vfu_nb.train import train
+        from vfu_nb.training.loop import train
 
         return train(json.loads(Path(args.request).read_text()))
     if args.command == "export":

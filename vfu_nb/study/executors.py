@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from vfu_nb.rundir import HolderLock
+from vfu_nb.training.rundir import HolderLock
 from vfu_nb.study import runner
 from vfu_nb.study import slurm as sl
 from vfu_nb.study.plan import (REPO, Plan, RunSpec, choose_settings, exported, pending, planned_runs,
@@ -295,7 +295,7 @@ class SlurmDriver:
         return [j.job_id for j in jobs]
 
     def _record(self, spec, job, now: float) -> None:
-        from vfu_nb.rundir import write_json
+        from vfu_nb.training.rundir import write_json
 
         d = run_dir(self.plan, spec.key)
         d.mkdir(parents=True, exist_ok=True)

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from vfu_nb.paths import repo_root
-from vfu_nb.runs import converged
+from vfu_nb.training.runs import converged
 from vfu_nb.study import store
 
 REPO = repo_root()
@@ -288,8 +288,8 @@ def planned_runs(plan: Plan) -> int:
 def config_differences(recorded: dict, spec: RunSpec) -> list[tuple]:
     """``(setting, recorded value, planned value)`` for each setting ``spec`` plans that the run config
     ``recorded`` (a ``config.json``) holds otherwise. Settings ``recorded`` lacks count as their
-    :class:`~vfu_nb.train_config.TrainConfig` defaults; paths inside the repository compare relative to it."""
-    from vfu_nb.train_config import TrainConfig
+    :class:`~vfu_nb.training.config.TrainConfig` defaults; paths inside the repository compare relative to it."""
+    from vfu_nb.training.config import TrainConfig
 
     full = portable_config({**TrainConfig().to_dict(), **recorded})
     return [(k, full.get(k), v) for k, v in portable_config(spec.config).items() if full.get(k) != v]

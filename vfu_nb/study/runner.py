@@ -31,7 +31,7 @@ from typing import Sequence
 import numpy as np
 
 from vfu_nb.metrics import jsonable
-from vfu_nb.rundir import RunLockedError
+from vfu_nb.training.rundir import RunDir, RunLockedError
 from vfu_nb.study import store
 from vfu_nb.study.plan import (REPO, Plan, RunSpec, choose_settings, config_differences, exported, pending,
                                portable_config, tuning_lrs)
@@ -47,7 +47,7 @@ def _train(plan: Plan, spec: RunSpec, subprocess_: bool) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     config = {**spec.config, "run_dir": str(run_dir), "resume": True, "progress": False}
     if not subprocess_:
-        from vfu_nb.train import train
+        from vfu_nb.training.loop import train
 
         train(config)
         return
@@ -81,7 +81,7 @@ def ensure_data(plan: Plan, tags: Sequence[str]) -> None:
 
 def _diverged(plan: Plan, spec: RunSpec, error: Exception) -> bool:
     """True when the run stopped on a non-finite loss (in this process, or in its child's log)."""
-    from vfu_nb.train import NonFiniteLossError
+    from vfu_nb.training.loop import NonFiniteLossError
 
     if isinstance(error, NonFiniteLossError):
         return True
@@ -220,11 +220,12 @@ def compact_history(history: dict, max_points: int = 200, digits: int = 6) -> di
 def export_run(plan: Plan, spec: RunSpec) -> Path:
     """Copy a finished run's small files into ``results/runs/<key>/`` and write its test predictions, with where
     each test image's attention and saliency fall (:mod:`vfu_nb.attention_mass`)."""
-    from vfu_nb import attention_mass, runs
+    from vfu_nb import attention_mass
+    from vfu_nb.training import runs
 
     src, dest = plan.runs_dir / spec.key, plan.results_dir / "runs" / spec.key
     dest.mkdir(parents=True, exist_ok=True)
-    config = portable_config(json.loads((src / "config.json").read_text()))
+    config = portable_config(RunDir(src).read_config())
     write_atomic(dest / "config.json", json.dumps(config, indent=1) + "\n")
     history = json.loads((src / "history.json").read_text())
     write_atomic(dest / "history.json", json.dumps(jsonable(compact_history(history)), separators=(",", ":")) + "\n")
@@ -253,7 +254,7 @@ def _write_labels(plan: Plan, tag: str, run_dir: Path) -> None:
     path = plan.results_dir / "labels" / f"{tag}.npz"
     if path.exists():
         return
-    from vfu_nb import runs
+    from vfu_nb.training import runs
 
     ds = runs.dataset_for(run_dir, "test")
     ann = ds.annotations
@@ -267,11 +268,11 @@ def _write_labels(plan: Plan, tag: str, run_dir: Path) -> None:
 def reexport(plan: Plan, key: str, log=print) -> Path:
     """Export run ``key`` again from ``<plan.runs>/<key>`` (a damaged or edited export); returns its folder."""
     run_dir = plan.runs_dir / key
-    if not (run_dir / "metrics.json").exists() or not (run_dir / "config.json").exists():
+    if not RunDir(run_dir).is_finished() or not RunDir(run_dir).has_config():
         raise store.StudyInputError(
             f"{store.rel(run_dir)} holds no finished run to export {key} from; restore its files in results/runs/"
             f"{key} with `git checkout -- {store.rel(plan.results_dir / 'runs' / key)}`")
-    config = json.loads((run_dir / "config.json").read_text())
+    config = RunDir(run_dir).read_config()
     dest = export_run(plan, RunSpec(key, "export", key.split("/")[0], config))
     log(f"[study] re-exported {key} to {store.rel(dest)}")
     return dest

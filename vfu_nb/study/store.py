@@ -14,8 +14,8 @@
   stops the report before it writes anything (it never writes a README that lost numbers).
 * **Trainers**: :func:`trainer_command` starts ``study train-one`` so that it dies with the study
   (:mod:`vfu_nb.lifeline`); :func:`trainer_error` turns a failed trainer into one line (its last error line and
-  the log), and a run locked by another live process into :class:`vfu_nb.rundir.RunLockedError`, which the study
-  skips. :class:`BusyRuns` finds such runs before they are started: the study trains the others first, then
+  the log), and a run locked by another live process into :class:`vfu_nb.training.rundir.RunLockedError`, which the
+  study skips. :class:`BusyRuns` finds such runs before they are started: the study trains the others first, then
   waits for them, saying so in one line each.
 * **Writes** (:func:`write_atomic`, :func:`write_npz`): readers see the old file or the whole new one, and a full
   disk is one line.
@@ -38,7 +38,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from vfu_nb.diskspace import DiskFullError, atomic_write
-from vfu_nb.rundir import RunDirError, RunLock, RunLockedError
+from vfu_nb.training.rundir import RunDirError, RunLock, RunLockedError
 
 #: Exit status of ``study train-one`` (and ``study run``) when a run is locked by another live process.
 LOCKED_EXIT = 75
@@ -434,7 +434,7 @@ ONE_LINE = (RunDirError, DiskFullError, CorruptResultError, StudyInputError, Tra
 def one_line_errors(prog: str = "python -m vfu_nb.study"):
     """Print the study's expected failures as one line on stderr and exit (75 for a run locked by another process,
     2 otherwise); anything else keeps its traceback."""
-    from vfu_nb.train_config import ConfigError
+    from vfu_nb.training.config import ConfigError
     from vfu_nb.weights import WeightsUnavailableError
 
     try:

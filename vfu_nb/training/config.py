@@ -45,7 +45,7 @@ class TrainConfig:
 
     Defaults follow the thesis (Adam, batch 8, 10 epochs, lr 1e-4, 224 px, full-width VGG-16). ``None`` for a
     device-dependent setting means "pick per device"; the values picked are stored in the ``resolved`` block
-    of ``config.json`` (see :func:`vfu_nb.train.resolve_runtime`).
+    of ``config.json`` (see :func:`vfu_nb.training.runtime.resolve_runtime`).
     """
 
     # --- run
@@ -167,7 +167,7 @@ class TrainConfig:
     def from_dict(cls, d: Mapping, source: str = "") -> "TrainConfig":
         """Build from a mapping (e.g. ``config.json``), type-checked by the command line's parser.
 
-        Settings it lacks take their defaults; a ``resolved`` block (what :func:`vfu_nb.train.train` adds to
+        Settings it lacks take their defaults; a ``resolved`` block (what :func:`vfu_nb.training.loop.train` adds to
         ``config.json``) is ignored; an unknown key or a value of the wrong type raises :class:`ConfigError`
         naming the key and ``source``.
         """
@@ -186,7 +186,7 @@ class TrainConfig:
 
 def training_setting_names() -> set:
     """The :class:`TrainConfig` fields a notebook or profile may set (``run_dir`` and ``resume`` are
-    :func:`vfu_nb.runs.ensure_run`'s)."""
+    :func:`vfu_nb.training.runs.ensure_run`'s)."""
     return {f.name for f in dataclasses.fields(TrainConfig)} - {"run_dir", "resume"}
 
 
@@ -224,8 +224,8 @@ def check_ranges(c: TrainConfig) -> None:
 ALIASES = {"workers": "num_workers",
            **{f"w_{f.name}": f"loss_weights.{f.name}" for f in dataclasses.fields(LossWeights)}}
 
-EPILOG = ("Every option is a TrainConfig field (vfu_nb/train_config.py; docs/training.md). Dashes work as well as "
-          "underscores (--image-size), booleans also as --x / --no-x, optional values also as none; "
+EPILOG = ("Every option is a TrainConfig field (vfu_nb/training/config.py; docs/training.md). Dashes work as well "
+          "as underscores (--image-size), booleans also as --x / --no-x, optional values also as none; "
           "--w-category, --w-attribute, --w-landmark set --loss_weights.*; --workers is --num_workers.")
 
 
@@ -270,7 +270,7 @@ def jsonargparse_argv(argv: list) -> list:
     return out
 
 
-def cli_parser(prog: str = "python -m vfu_nb.train", description: Optional[str] = None) -> ArgumentParser:
+def cli_parser(prog: str = "python -m vfu_nb.training", description: Optional[str] = None) -> ArgumentParser:
     """The parser of every :class:`TrainConfig` field, ``--config FILE`` and ``--print_config``."""
     parser = ArgumentParser(prog=prog, description=description, epilog=EPILOG, exit_on_error=False,
                             print_config="--print_config")
