@@ -47,14 +47,39 @@ def test_every_profile_file_loads_and_the_default_is_make_run():
 def test_default_profile_trains_both_models_with_the_make_run_settings(tmp_path):
     for model in ("mtl", "cat"):
         p = pipeline.parameters("default", f"02_train_{model}", run_dir=tmp_path)
-        assert p == {"out_dir": str(tmp_path / f"02_train_{model}"), "figures_dir": "figures", "progress": False,
-                     "backbone": "vgg16_bn", "lr": 1e-3, "lr_schedule": "exp", "lr_gamma": 0.9, "epochs": 20,
-                     "patience": 4, "min_epochs": 10, "batch_size": 8, "image_size": 64, "width": 0.25, "threads": 1,
-                     "max_items": None, "model": model}
+        assert (p["out_dir"], p["figures_dir"], p["progress"]) == (str(tmp_path / f"02_train_{model}"), "figures",
+                                                                   False)
+        assert train_settings(p) == {
+            "progress": False, "backbone": "vgg16_bn", "lr": 1e-3, "lr_schedule": "exp", "lr_gamma": 0.9,
+            "epochs": 20, "patience": 4, "min_epochs": 10, "batch_size": 8, "image_size": 64, "width": 0.25,
+            "threads": 1, "max_items": None, "model": model}
     assert pipeline.load_profile("default")["together"] == [["02_train_mtl", "02_train_cat"]]
     p = pipeline.parameters("default", "03_compare_mtl_cat", run_dir=tmp_path)
     assert p == {"out_dir": str(tmp_path / "03_compare_mtl_cat"), "figures_dir": "figures",
                  "mtl_run": str(tmp_path / "02_train_mtl" / "run"), "cat_run": str(tmp_path / "02_train_cat" / "run")}
+
+
+@pytest.mark.parametrize("profile", ["default", "smoke", "full", "study"])
+def test_papermill_is_passed_only_names_the_notebooks_declare(profile, tmp_path, caplog):
+    """What makes papermill warn "Passed unknown parameter": a name its own parser does not find in the cell."""
+    import papermill as pm
+
+    given = overrides(lr_schedule="cosine", weight_decay=1e-5) if profile != "study" else []
+    prof = pipeline.load_profile(profile)
+    for step in prof["steps"]:
+        notebook = pipeline.STEPS[step][0]
+        declared = set(pm.inspect_notebook(str(REPO / "notebooks" / f"{notebook}.ipynb")))
+        passed = pipeline.parameters(prof, step, given, tmp_path)
+        assert set(passed) <= declared, f"{profile}/{step}: {sorted(set(passed) - declared)} undeclared"
+        if notebook == pipeline.TRAINING_NOTEBOOK and given:
+            assert passed["settings"]["lr_schedule"] == "cosine" and passed["settings"]["weight_decay"] == 1e-5
+    assert "Unable to parse" not in caplog.text
+
+
+def test_settings_win_over_the_cells_names_and_must_be_trainconfig_fields():
+    assert train_settings({"lr": 1e-3, "settings": {"lr": 0.01, "patience": 2}}) == {"lr": 0.01, "patience": 2}
+    with pytest.raises(ValueError, match=r"settings: \['lr_shedule'\] are not TrainConfig fields"):
+        train_settings({"settings": {"lr_shedule": "cosine"}})
 
 
 def test_smoke_training_settings_are_the_notebook_defaults():
@@ -82,10 +107,11 @@ def test_values_are_yaml_and_later_overrides_win(tmp_path):
     settings.write_text("epochs: 4\n02_train_cat:\n  lr: 1e-3\n  lr_schedule: cosine\nmax_items: null\n")
     given = pipeline.parse_assignments([("epochs", "5"), ("02_train_cat.weight_decay", "1e-5"),
                                         ("figures_dir", "elsewhere")], [settings])
-    p = pipeline.parameters("smoke", "02_train_cat", given, tmp_path)
+    p = train_settings(pipeline.parameters("smoke", "02_train_cat", given, tmp_path))
     assert p["epochs"] == 5 and p["lr"] == 0.001 and isinstance(p["lr"], float) and p["lr_schedule"] == "cosine"
-    assert p["max_items"] is None and p["weight_decay"] == 1e-5 and p["figures_dir"] == "elsewhere"
-    assert "lr_schedule" not in pipeline.parameters("smoke", "02_train_mtl", given, tmp_path)
+    assert p["max_items"] is None and p["weight_decay"] == 1e-5
+    assert pipeline.parameters("smoke", "02_train_cat", given, tmp_path)["figures_dir"] == "elsewhere"
+    assert "lr_schedule" not in train_settings(pipeline.parameters("smoke", "02_train_mtl", given, tmp_path))
 
 
 @pytest.mark.parametrize("assignment,message", [
@@ -106,14 +132,15 @@ def test_a_step_keeps_its_model(tmp_path):
 
 def test_pretrained_torchvision_is_used_only_when_its_file_is_present(monkeypatch, tmp_path):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))                    # an empty hub cache
-    p = pipeline.parameters("full", "02_train_mtl", overrides(pretrained="torchvision"), run_dir=tmp_path)
+    p = train_settings(pipeline.parameters("full", "02_train_mtl", overrides(pretrained="torchvision"),
+                                           run_dir=tmp_path))
     assert p["pretrained"] is None and p["image_size"] == 224 and p["width"] == 1.0 and p["device"] == "auto"
     assert pipeline.parameters("full", "04_attention_maps", run_dir=tmp_path)["device"] == "auto"
     weights = tmp_path / "hub" / "checkpoints" / "vgg16-397923af.pth"
     weights.parent.mkdir(parents=True)
     weights.write_bytes(b"")
-    assert pipeline.parameters("full", "02_train_mtl", overrides(pretrained="torchvision"),
-                               run_dir=tmp_path)["pretrained"] == "torchvision"
+    assert train_settings(pipeline.parameters("full", "02_train_mtl", overrides(pretrained="torchvision"),
+                                              run_dir=tmp_path))["pretrained"] == "torchvision"
 
 
 def test_dry_run_prints_the_parameters_and_runs_nothing(tmp_path, capsys):

@@ -22,7 +22,9 @@ file); ``-f FILE.yaml`` files in order; ``-p NAME VALUE`` in order (VALUE is par
 ``null``, ``true``, ``[1, 2]``). ``NAME`` goes to every notebook that declares it, ``STEP.NAME`` to one step
 (``02_train_cat.lr``) and ``NOTEBOOK.NAME`` to every execution of one notebook (``02_train.epochs``); in YAML a
 step or notebook name may also head a mapping of its parameters. The training notebook takes every
-:class:`vfu_nb.training.config.TrainConfig` field. A name no notebook declares is refused before anything runs.
+:class:`vfu_nb.training.config.TrainConfig` field: those its parameters cell does not name reach it in its
+``settings`` mapping, so papermill never warns of an unknown parameter. A name no notebook declares is refused
+before anything runs.
 
 Each step writes ``runs/<profile>/<step>/``: the executed notebook ``<step>.ipynb``, its ``metrics.json`` and, for
 02, the run directory ``run/``; ``runs/<profile>/summary.json`` collects every step's parameters, metrics and wall
@@ -35,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import functools
 import json
 import logging
 import os
@@ -102,14 +105,20 @@ def _file(path) -> Path:
 
 
 def notebook_parameters(notebook: str) -> dict:
-    """The ``parameters`` cell of ``notebooks/<notebook>.ipynb`` as ``{name: default}``."""
+    """The ``parameters`` cell of ``notebooks/<notebook>.ipynb`` as ``{name: default}``, read by papermill itself
+    (``inspect_notebook``), so the names are exactly those papermill accepts without an unknown-parameter warning."""
     path = NOTEBOOKS / f"{notebook}.ipynb"
-    cells = json.loads(path.read_text())["cells"]
-    cell = next((c for c in cells if "parameters" in c.get("metadata", {}).get("tags", [])), None)
-    if cell is None:
-        raise PipelineError(f"{path}: no cell tagged 'parameters'")
-    tree = ast.parse("".join(cell["source"]))
-    return {node.targets[0].id: ast.literal_eval(node.value) for node in tree.body if isinstance(node, ast.Assign)}
+    return dict(_inspect(path, path.stat().st_mtime_ns))
+
+
+@functools.lru_cache(maxsize=None)
+def _inspect(path: Path, mtime_ns: int) -> dict:
+    import papermill as pm
+
+    found = pm.inspect_notebook(str(path))
+    if not found:
+        raise PipelineError(f"{path}: no cell tagged 'parameters', or papermill could not read one")
+    return {name: ast.literal_eval(p["default"]) for name, p in found.items()}
 
 
 def accepts(notebook: str, name: str) -> bool:
@@ -256,7 +265,20 @@ def parameters(profile, step: str, overrides=(), run_dir=None, defaults: bool = 
     params.update(fixed)
     if "pretrained" in params:
         params["pretrained"] = _resolve_pretrained(params["pretrained"])
+    if notebook == TRAINING_NOTEBOOK:
+        params = _settings_in_one_parameter(notebook, params)
     return params
+
+
+def _settings_in_one_parameter(notebook: str, params: dict) -> dict:
+    """The TrainConfig fields that ``notebook``'s parameters cell does not name go into its ``settings`` mapping,
+    so that papermill is passed only names the cell declares."""
+    declared = notebook_parameters(notebook)
+    out = {name: value for name, value in params.items() if name in declared}
+    extra = {name: value for name, value in params.items() if name not in declared}
+    if extra:
+        out["settings"] = {**(out.get("settings") or {}), **extra}
+    return out
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -43,14 +43,23 @@ PIPELINE_RUN = "runs/{profile}/02_train_{model}/run"
 
 
 def train_settings(namespace: Mapping) -> dict:
-    """The training settings among the names of ``namespace`` (a notebook's ``globals()``).
+    """The training settings among the names of ``namespace`` (a notebook's ``globals()``), then those of its
+    ``settings`` mapping (which win).
 
     The training notebook passes its parameters through this, so a new TrainConfig field needs no notebook edit:
-    ``-p NAME VALUE`` (pipeline or papermill) defines it and it reaches the trainer.
+    ``-p NAME VALUE`` (the pipeline puts it in ``settings``) or ``-y 'settings: {NAME: VALUE}'`` (papermill)
+    reaches the trainer. A name in ``settings`` that is not a TrainConfig field is refused.
     """
     from vfu_nb.training.config import training_setting_names
 
-    return {name: namespace[name] for name in sorted(training_setting_names()) if name in namespace}
+    names = training_setting_names()
+    extra = dict(namespace.get("settings") or {})
+    unknown = sorted(set(extra) - set(names))
+    if unknown:
+        raise ValueError(f"settings: {unknown} are not TrainConfig fields (vfu_nb.training.config; "
+                         f"python -m vfu_nb.training --help lists them)")
+    found = {name: namespace[name] for name in sorted(names) if name in namespace}
+    return {**found, **extra}
 
 
 def ensure_run(run_dir, model: str = "mtl", *, data_root="data/synthetic", progress: bool = False, **config) -> dict:
