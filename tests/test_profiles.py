@@ -60,3 +60,40 @@ def test_the_default_row_restates_the_whole_recipe():
     settings = training_settings("default")
     said = {key for key, (pattern, _) in PHRASES.items() if re.search(pattern, profile_rows()["default"])}
     assert said == set(PHRASES) & set(settings)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# One recipe file for make run's profile and the studies
+
+
+def test_make_run_and_both_studies_read_one_recipe_file():
+    import yaml
+
+    from vfu_nb.study.plan import Plan
+
+    recipe = yaml.safe_load((REPO / "profiles" / "recipes" / "cpu.yaml").read_text())
+    for plan in ("results/plan.yaml", "results/v2/plan.yaml"):
+        assert "recipe: profiles/recipes/cpu.yaml" in (REPO / plan).read_text()
+        assert list(Plan.load(REPO / plan).base.items()) == list(recipe.items()), plan   # same values, same order
+    settings = training_settings("default")
+    assert {k: settings[k] for k in recipe if k != "epochs"} == {k: v for k, v in recipe.items() if k != "epochs"}
+    assert settings["epochs"] == 20 < recipe["epochs"]                 # make run's cap replaces the recipe's
+
+
+def test_a_recipe_is_expanded_in_place_and_checked(tmp_path):
+    from vfu_nb.training.config import ConfigError, with_recipe
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("image_size: 64\nlr: 0.001\npatience: 4\n")
+    assert list(with_recipe({"recipe": str(recipe), "lr": 0.01, "seed": 3}).items()) == [
+        ("image_size", 64), ("lr", 0.01), ("patience", 4), ("seed", 3)]
+    assert with_recipe({"lr": 0.01}) == {"lr": 0.01}
+    with pytest.raises(ConfigError, match=r"plan\.yaml: base: recipe .*missing\.yaml does not exist"):
+        with_recipe({"recipe": str(tmp_path / "missing.yaml")}, "plan.yaml: base")
+    recipe.write_text("image_size: 64\nimgae_size: 32\n")
+    with pytest.raises(ConfigError, match=r"r\.yaml: \['imgae_size'\] are not TrainConfig fields"):
+        with_recipe({"recipe": str(recipe)})
+    profile = tmp_path / "p.yaml"
+    profile.write_text(f"02_train:\n  recipe: {recipe}\n")
+    with pytest.raises(pipeline.PipelineError, match=r"\['imgae_size'\] are not TrainConfig fields"):
+        pipeline.load_profile(str(profile))

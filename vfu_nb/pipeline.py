@@ -144,7 +144,7 @@ def overrides_from(mapping: dict, origin: str) -> list:
     for key, value in mapping.items():
         key = str(key)
         if key in _targets() and isinstance(value, dict):
-            out += [(key, str(name), v, origin) for name, v in value.items()]
+            out += [(key, str(name), v, origin) for name, v in _with_recipe(value, f"{origin}: {key}").items()]
         elif "." in key:
             target, name = key.split(".", 1)
             if target not in _targets():
@@ -162,6 +162,18 @@ def overrides_from(mapping: dict, origin: str) -> list:
             extra = f" (and {TRAINING_NOTEBOOK}.ipynb any TrainConfig field)" if TRAINING_NOTEBOOK in notebooks else ""
             raise PipelineError(f"{where}: unknown parameter {name!r} for {what}; declared: {known}{extra}")
     return out
+
+
+def _with_recipe(mapping: dict, origin: str) -> dict:
+    """A step's or notebook's mapping with its ``recipe: FILE`` line expanded (vfu_nb.training.config.with_recipe)."""
+    if "recipe" not in mapping:
+        return mapping
+    from vfu_nb.training.config import ConfigError, with_recipe
+
+    try:
+        return with_recipe(mapping, origin)
+    except ConfigError as err:
+        raise PipelineError(str(err)) from None
 
 
 def load_profile(profile: str) -> dict:

@@ -63,7 +63,7 @@ class Plan:
     """The parsed plan file (YAML); paths are relative to the repository root unless absolute."""
 
     data: dict                      # tag -> {"root", "n", "seed", generator options...}
-    base: dict                      # TrainConfig fields shared by every run
+    base: dict                      # TrainConfig fields shared by every run (``recipe: FILE`` expanded)
     tuning: dict                    # {"data", "models", "grid": {"lr": [...], "backbone": [...]}, "seed"}
     seeds: dict                     # {"data", "models": {model: n_seeds}, "pairs": [[a, b], ...]}
     learning_curve: dict = field(default_factory=dict)   # {"data", "models", "fractions", "seeds"}
@@ -95,6 +95,10 @@ class Plan:
         unknown = set(source) - known
         if unknown:
             raise ValueError(f"{path or 'plan'}: unknown keys {sorted(unknown)}; allowed: {sorted(known)}")
+        if "recipe" in (source.get("base") or {}):
+            from vfu_nb.training.config import with_recipe
+
+            source = {**source, "base": with_recipe(source["base"], f"{path or 'plan'}: base")}
         return cls(**source, path=path)
 
     def resolve(self, p) -> Path:

@@ -190,6 +190,31 @@ def training_setting_names() -> set:
     return {f.name for f in dataclasses.fields(TrainConfig)} - {"run_dir", "resume"}
 
 
+def with_recipe(mapping: Mapping, origin: str = "") -> dict:
+    """``mapping`` with its ``recipe: FILE`` entry replaced by that file's TrainConfig fields (a YAML file; a relative
+    path is taken from the repository root, e.g. ``profiles/recipes/cpu.yaml``). The mapping's own values replace
+    the recipe's in place, so the result keeps the recipe's order; a mapping without ``recipe`` comes back as it is.
+    """
+    import yaml
+
+    from vfu_nb.paths import resolve
+
+    mapping = dict(mapping)
+    if "recipe" not in mapping:
+        return mapping
+    path = resolve(mapping.pop("recipe"))
+    where = f"{origin}: " if origin else ""
+    if not path.is_file():
+        raise ConfigError(f"{where}recipe {path} does not exist")
+    recipe = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(recipe, dict):
+        raise ConfigError(f"{path}: a recipe is a mapping of TrainConfig fields")
+    unknown = sorted(set(recipe) - training_setting_names())
+    if unknown:
+        raise ConfigError(f"{path}: {unknown} are not TrainConfig fields")
+    return {**recipe, **mapping}
+
+
 def check_ranges(c: TrainConfig) -> None:
     """Raise :class:`ConfigError` for a value outside its allowed range (naming the option)."""
     def bad(name, allowed):
