@@ -744,3 +744,20 @@ def test_mechanism_reads_the_factorial_and_the_control_from_their_outcomes():
     assert len(reports.mechanism_reading(study(mtl_vs_cat=est, landmark_loss=est))) == 1
     assert len(reports.mechanism_reading(study(mtl_vs_cat=est, landmark_loss=est, attention=inc,
                                                control_mtl_vs_cat=neg))) == 2
+
+
+def test_interim_outcomes_say_so_until_the_planned_seeds_have_finished():
+    repo = Path(__file__).resolve().parents[1]
+    plan = Plan.load(repo / "results" / "v2" / "plan.yaml")
+    assert analysis.planned_seeds(plan, "default", ["mtl", "cat"]) == 10
+    assert analysis.planned_seeds(plan, "default", ["mtl_pool", "cat"]) == 5
+    assert analysis.planned_seeds(plan, "displaced", ["mtl", "cat"]) == 10
+    assert analysis.planned_seeds(plan, "displaced", ["mtl_no_attention", "cat"]) == 0
+    study = json.loads((repo / "results" / "v2" / "study.json").read_text())
+    for row in study["primary_family"] + study["secondary_family"]:
+        assert row["planned"] == analysis.planned_seeds(plan, row["data"], row["weights"])
+        if row["result"]:
+            assert row["result"]["interim"] == (row["n"] < row["planned"])
+    result = {"outcome": "established", "mean": 0.05, "low": 0.01, "high": 0.09, "margin": 0.02, "n": 4}
+    assert reports.outcome_phrase({**result, "interim": True}).startswith("interim, established (+0.050")
+    assert reports.outcome_phrase({**result, "interim": False}).startswith("established (+0.050")

@@ -317,7 +317,12 @@ def preregistered_results(plan: Plan, log=print) -> dict:
                 rows.append({"contrast": name, "data": c["data"], "weights": c["weights"], "metric": metric})
                 estimates.append(e)
         decided = contrasts.decide(estimates, [margins.get(r["metric"]) for r in rows], float(pre.get("alpha", 0.05)))
-        return [{**row, "n": (d or {}).get("n", 0), "result": d} for row, d in zip(rows, decided)]
+        out = []
+        for row, d in zip(rows, decided):
+            n, planned = (d or {}).get("n", 0), planned_seeds(plan, row["data"], row["weights"])
+            out.append({**row, "n": n, "planned": planned,
+                        "result": d and {**d, "interim": n < planned}})
+        return out
 
     primary = pre["primary_metrics"]
     study["primary_family"] = family(pre["primary_family"], primary, pre.get("margins", {}))
@@ -331,6 +336,20 @@ def preregistered_results(plan: Plan, log=print) -> dict:
                      "reused": sum((plan.results_dir / "runs" / s.key / "origin.json").exists() for s in unique),
                      "train_hours": sum(run_seconds(r) for r in every) / 3600}
     return study
+
+
+def planned_seeds(plan: Plan, data: str, models) -> int:
+    """How many paired seeds the plan gives a contrast of ``models`` on tree ``data``: the fewest of its models'
+    seed counts there (0 for a model the plan does not train there)."""
+    counts = []
+    for m in models:
+        n = 0
+        if data == plan.seeds.get("data"):
+            n = int(plan.seeds["models"].get(m, 0))
+        if plan.control and data == plan.control.get("data") and m in plan.control.get("models", ()):
+            n = max(n, int(plan.control["seeds"]))
+        counts.append(n)
+    return min(counts, default=0)
 
 
 def where_attention_falls(runs: Mapping, labels: Mapping, cache: dict, alpha: float = 0.05) -> dict:

@@ -352,9 +352,12 @@ def dial_reading(study: dict) -> list:
 
 def outcome_phrase(result: Optional[dict]) -> str:
     """"established (+0.061 [+0.030, +0.092])", "equivalent within ±0.02 (...)" or "inconclusive (...)"; "not
-    measured yet" without a result. Inconclusive says what it cannot rule out, never "no effect"."""
+    measured yet" without a result; "interim, ..." before the planned seeds have finished. Inconclusive says what
+    it cannot rule out, never "no effect"."""
     if not result:
         return "not measured yet"
+    if result.get("interim"):
+        return "interim, " + outcome_phrase({**result, "interim": False})
     interval = f"{_num(result['mean'], sign=True)} [{_num(result['low'], sign=True)}, {_num(result['high'], sign=True)}]"
     if result["outcome"] == "established":
         margin = f", smaller than the margin ±{result['margin']:g}" if result.get("within_margin") else ""
