@@ -1,6 +1,9 @@
 """Fast CPU tests for vfu_nb.models (whole file well under a minute on 2 cores)."""
 
+import functools
+import io
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -145,16 +148,26 @@ def test_decode_landmarks_convention():
     assert torch.allclose(decode_landmarks(target[None, None].bfloat16())[0, 0], u)
 
 
-def _fake_vgg_checkpoint(path, batch_norm):
-    """torchvision's own VGG-16 feature layers (no classifier), random values, saved as features.* keys."""
+@functools.lru_cache(maxsize=None)
+def _fake_vgg_bytes(batch_norm) -> bytes:
+    """torchvision's own VGG-16 feature layers (no classifier), random values, as features.* keys: the bytes of
+    the saved file, made once per session (a full-size network: 0.3 s each time)."""
     torch.manual_seed(3)
     feats = torchvision.models.vgg.make_layers(torchvision.models.vgg.cfgs["D"], batch_norm=batch_norm)
     state = {f"features.{k}": v.clone() for k, v in feats.state_dict().items()}
     for k, v in state.items():
         if v.is_floating_point():
             v.normal_()
-    torch.save(state, path)
-    return state
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    return buffer.getvalue()
+
+
+def _fake_vgg_checkpoint(path, batch_norm):
+    """Write the fake VGG-16 checkpoint (:func:`_fake_vgg_bytes`) to ``path``; returns its state dict."""
+    data = _fake_vgg_bytes(batch_norm)
+    Path(path).write_bytes(data)
+    return torch.load(io.BytesIO(data), weights_only=True)
 
 
 @pytest.mark.parametrize("backbone", ["vgg16", "vgg16_bn"])

@@ -20,6 +20,9 @@ from vfu_nb.plots.draw import figure_png
 
 log = logging.getLogger("vfu_nb.widgets")
 
+#: Resolution of a widget's figure when its ``dpi`` argument is left out (the tests lower it: fewer pixels to draw).
+DPI = 80
+
 
 def predictions_html(title: str, probs, category_names, attribute_scores=None, attribute_names=None,
                      attribute_types=None, top_k: int = 5, top_attr: int = 3, truth: str | None = None) -> str:
@@ -172,9 +175,9 @@ def as_model_dict(models) -> "OrderedDict[str, torch.nn.Module]":
 class FigureWidget(W.VBox):
     """A VBox holding one Figure rendered to ``self.image`` (PNG) and an HTML ``self.message``."""
 
-    def __init__(self, nrows: int, ncols: int, figsize, dpi: int, **kwargs):
+    def __init__(self, nrows: int, ncols: int, figsize, dpi: int | None, **kwargs):
         super().__init__(**kwargs)
-        self.figure = Figure(figsize=figsize, dpi=dpi)
+        self.figure = Figure(figsize=figsize, dpi=DPI if dpi is None else dpi)
         self.axes = self.figure.subplots(nrows, ncols, squeeze=False)
         self.image = W.Image(format="png", layout=W.Layout(max_width="100%", height="auto"))
         self.message = W.HTML()

@@ -20,7 +20,7 @@ from vfu_nb.widgets.base import DatasetPool, FigureWidget, model_size, to_plain_
 class LandmarkBrowser(FigureWidget):
     """See :func:`landmark_browser`."""
 
-    def __init__(self, dataset: DeepFashionC, model=None, *, dpi: int = 80, cache_size: int = 64):
+    def __init__(self, dataset: DeepFashionC, model=None, *, dpi: int | None = None, cache_size: int = 64):
         has_model = model is not None
         super().__init__(1, 2, (8.5, 4.6), dpi)
         self.dataset, self.model, self.annotations = dataset, model, dataset.annotations
@@ -159,6 +159,6 @@ def landmark_browser(dataset: DeepFashionC, model=None, **kwargs) -> LandmarkBro
     annotations (other splits and other image sizes are read through twin datasets built on first use).
     Returns a VBox with ``.split``, ``.clothes_type``, ``.category``, ``.slider``, ``.prev``, ``.next``,
     ``.label``, ``.image`` (PNG), ``.message``, ``.figure``/``.axes`` and state ``.rows``, ``.row``,
-    ``.prediction``, ``.error``. Keyword arguments: ``dpi`` (80), ``cache_size`` (64 predictions).
+    ``.prediction``, ``.error``. Keyword arguments: ``dpi`` (:data:`vfu_nb.widgets.base.DPI`), ``cache_size`` (64 predictions).
     """
     return LandmarkBrowser(dataset, model, **kwargs)

@@ -26,7 +26,7 @@ class AttentionExplorer(FigureWidget):
     """See :func:`attention_explorer`."""
 
     def __init__(self, models, dataset: DeepFashionC, *, landmark: str | int = "all", alpha: float = 0.5,
-                 top_k: int = 5, top_attr: int = 3, dpi: int = 80, cache_size: int = 32):
+                 top_k: int = 5, top_attr: int = 3, dpi: int | None = None, cache_size: int = 32):
         self.models = as_model_dict(models)
         n = len(self.models)
         height = 3.1 * n + 0.7

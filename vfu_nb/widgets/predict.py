@@ -27,7 +27,7 @@ class PredictImage(FigureWidget):
 
     def __init__(self, model, category_names, attribute_names=None, attribute_types=None, *,
                  max_bytes: int = MAX_UPLOAD_BYTES, pad_to_square: bool = False, alpha: float = 0.5,
-                 top_k: int = 5, top_attr: int = 3, dpi: int = 80):
+                 top_k: int = 5, top_attr: int = 3, dpi: int | None = None):
         if hasattr(category_names, "category_names"):      # Annotations or DeepFashionC
             source = getattr(category_names, "annotations", category_names)
             category_names = source.category_names
