@@ -35,6 +35,7 @@ def test_metrics_benchmark_times_compute_with_and_without_map(tmp_path, capsys):
     assert "200 images x 1000 attributes" in capsys.readouterr().out
 
 
+@pytest.mark.slow                 # timing loops of a tool
 def test_data_benchmark_reports_every_path_side_by_side(tree, tmp_path, capsys):
     result = bench.main(["data", "--root", str(tree), "--image-size", "16", "--batch-size", "4", "--workers", "1",
                          "--repeats", "2", "--seconds", "0", "--min-batches", "1", "--cache-dir", str(tmp_path)])
@@ -56,6 +57,7 @@ def test_data_benchmark_reports_every_path_side_by_side(tree, tmp_path, capsys):
     assert "median img/s of 2 repetitions" in out and "batch loader + augmentation (cpu)" in out
 
 
+@pytest.mark.slow                 # timing loops of a tool
 def test_train_benchmark_runs_each_batch_size_and_the_batch_loader(tree, tmp_path, capsys):
     result = bench.main(["train", "--model", "mtl", "--image-size", "32", "--width", "0.125",
                          "--batch-size", "2", "3", "--steps", "1", "--warmup", "1", "--windows", "2",
