@@ -1,5 +1,5 @@
-"""Shared test setup: tests/ on sys.path (dftree, browser, train_helpers), one synthetic tree per session, and the
-notebooks (nbval) marked slow."""
+"""Shared test setup: tests/ on sys.path (dftree, browser, train_helpers) and one synthetic tree per session. The
+notebooks' cells are marked slow by the repository's conftest.py (it applies to any path pytest is given)."""
 
 import sys
 from pathlib import Path
@@ -36,11 +36,3 @@ def synth_root(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("synthetic") / "df"
     generate(root, SYNTH_N, SYNTH_SEED, progress=False)
     return root
-
-
-def pytest_collection_modifyitems(config, items):
-    """The notebooks' cells (nbval, collected from notebooks/) run the whole series: slow, so `make test` runs
-    them and ``-m "not slow"`` leaves them out (no kernel is started then)."""
-    for item in items:
-        if item.path.suffix == ".ipynb":
-            item.add_marker(pytest.mark.slow)
