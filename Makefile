@@ -25,7 +25,7 @@ $(STAMP): requirements.lock pyproject.toml | $(BIN)/python
 
 # Always asks the generator: it returns at once when the tree is current (same size, seed and version).
 data: $(STAMP)
-	$(BIN)/python -m vfu_nb.synthetic --out $(DATA) --n $(SYNTHETIC_N) --seed 0
+	$(BIN)/python -m vfu_nb.data.synthetic --out $(DATA) --n $(SYNTHETIC_N) --seed 0
 
 run: $(STAMP) data
 	$(BIN)/python -m vfu_nb.pipeline --profile $(PROFILE) $(ARGS)
@@ -56,7 +56,7 @@ clean-runs:
 
 # Mutation testing of the core modules (mutmut; not part of `make test`): each module in its own copy under
 # build/mutation/ with only its own tests; prints the score per module. Scores and how to read them: docs/testing.md.
-# `make mutation MODULES="losses train" JOBS=1` for some modules or fewer workers.
+# `make mutation MODULES="losses training.loop" JOBS=1` for some modules or fewer workers.
 MODULES ?=
 JOBS    ?= 2
 .PHONY: mutation

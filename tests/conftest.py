@@ -47,13 +47,13 @@ def code_version() -> str:
 
 @pytest.fixture(scope="session")
 def synth_root(tmp_path_factory) -> Path:
-    """The session's synthetic tree (vfu_nb.synthetic); tests must not modify it.
+    """The session's synthetic tree (vfu_nb.data.synthetic); tests must not modify it.
 
     Generating it takes about 5 s of CPU, so it is generated once per version of the package's code
     (:func:`code_version`) into ``build/test-trees/`` and copied from there into the session's own folder: each
     session starts from a fresh tree without caches, and any change to the package generates it again.
     """
-    from vfu_nb.synthetic import generate
+    from vfu_nb.data.synthetic.driver import generate
 
     stored = STORED_TREES / code_version()
     if not (stored / "df").is_dir():

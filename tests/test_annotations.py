@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from dftree import FILES, NAMES, pad, with_line, write_tree
-from vfu_nb.data import (
+from vfu_nb.data.annotations import (
     AnnotationError, annotation_paths, load_annotations, read_partition, read_records, read_vocabulary,
 )
 
@@ -198,7 +198,7 @@ def test_real_sample_rows():
 
 def test_write_annotations_is_the_inverse_of_load(tmp_path):
     a = load_annotations(write_tree(tmp_path / "a", images=False))
-    from vfu_nb.annotations import write_annotations
+    from vfu_nb.data.annotations import write_annotations
     write_annotations(tmp_path / "b", a)
     b = load_annotations(tmp_path / "b")
     for field in ("image_names", "split", "clothes_type", "category", "category_types", "attributes",
@@ -217,7 +217,7 @@ def test_write_annotations_is_the_inverse_of_load(tmp_path):
 
 @pytest.mark.skipif(not META.is_dir(), reason="../shared/deepfashion_meta is absent")
 def test_written_category_vocabulary_is_byte_identical_to_the_real_file(tmp_path):
-    from vfu_nb.annotations import write_annotations
+    from vfu_nb.data.annotations import write_annotations
     a = load_annotations(write_tree(tmp_path / "a", images=False))
     a.category_names, a.category_types = read_vocabulary(META / "list_category_cloth.txt")
     write_annotations(tmp_path / "b", a)
@@ -225,7 +225,7 @@ def test_written_category_vocabulary_is_byte_identical_to_the_real_file(tmp_path
 
 
 def test_pad_name_puts_the_next_field_at_column_71():
-    from vfu_nb.annotations import pad_name
+    from vfu_nb.data.annotations import pad_name
     assert pad_name("img/a/img_00000001.jpg") == "img/a/img_00000001.jpg".ljust(71)
     long = "img/" + "x" * 70 + "/img_00000001.jpg"
     assert pad_name(long) == long + " "
@@ -293,7 +293,7 @@ def _label_lines(rng, n, a, layout):
     values = rng.choice(np.array([-1, 0, 1]), (n, a))
     names = [f"img/Look_{i % 7}/img_{i:08d}.jpg" for i in range(n)]
     if layout == "aligned":
-        from vfu_nb.annotations import _label_bytes, pad_name
+        from vfu_nb.data.annotations import _label_bytes, pad_name
         rows = [pad_name(name) + _label_bytes(values[i:i + 1].astype(np.int8))[0].tobytes().decode()
                 for i, name in enumerate(names)]
     elif layout == "single spaces":
@@ -320,7 +320,7 @@ def _read_both(path):
 @pytest.mark.parametrize("newline", ["\n", "\r\n"])
 @pytest.mark.parametrize("n", [11, 12])
 def test_label_rows_read_the_same_in_every_layout(tmp_path, monkeypatch, layout, newline, n):
-    import vfu_nb.annotations as annotations
+    from vfu_nb.data import annotations
 
     monkeypatch.setattr(annotations, "_CHUNK_LINES", 4)            # several chunks, the last one short or full
     rng = np.random.default_rng(len(layout) + len(newline))
@@ -358,7 +358,7 @@ def test_label_rows_with_a_name_only_or_spaces_in_odd_places(tmp_path):
 def test_the_real_label_layout_takes_the_fast_paths():
     """The whole-matrix path must take files in the real layout (the slow paths would take minutes on
     289,222 x 1,000 labels) and hand anything else on."""
-    from vfu_nb.annotations import _parse_aligned_labels, _parse_label_chunk
+    from vfu_nb.data.annotations import _parse_aligned_labels, _parse_label_chunk
 
     rng = np.random.default_rng(3)
     for n in (1, 5):
@@ -451,7 +451,7 @@ def test_bytes_that_are_not_utf8_are_shown_not_fatal(tmp_path):
     path.write_bytes(b"2\nheader\n" + name + b" 1 -1\n" + name + b" 1 0\n")
     for labels in (False, True):
         assert read_records(path, labels=labels).names.tolist() == ["img/Caf\ufffd/img_00000001.jpg"] * 2
-    from vfu_nb.annotations import _label_bytes, pad_name
+    from vfu_nb.data.annotations import _label_bytes, pad_name
     aligned = pad_name("x").encode().replace(b"x", b"\xe9") + _label_bytes(np.array([[1, -1]], np.int8))[0].tobytes()
     path.write_bytes(b"1\nheader\n" + aligned + b"\n")
     assert read_records(path, labels=True).names.tolist() == ["\ufffd"]
@@ -491,7 +491,7 @@ def test_a_line_shown_in_an_error_keeps_its_spaces(tmp_path):
 
 
 def test_an_empty_line_at_a_chunk_boundary(tmp_path, monkeypatch):
-    import vfu_nb.annotations as annotations
+    from vfu_nb.data import annotations
 
     monkeypatch.setattr(annotations, "_CHUNK_LINES", 2)
     path = tmp_path / "list_x.txt"
@@ -552,7 +552,7 @@ def test_anno_wins_over_anno_coarse_and_image_folders(tmp_path):
     (tmp_path / "Anno_coarse").mkdir()
     assert annotation_paths(tmp_path)["bbox"] == tmp_path / "Anno/list_bbox.txt"
     assert annotation_paths(tmp_path / "nothing")["bbox"] == tmp_path / "nothing/Anno/list_bbox.txt"
-    from vfu_nb.annotations import image_root
+    from vfu_nb.data.annotations import image_root
     assert image_root(tmp_path) == tmp_path                                  # img/ at the root
     (tmp_path / "Img").mkdir()
     (tmp_path / "img").rename(tmp_path / "Img" / "img")
@@ -568,13 +568,13 @@ def test_anno_wins_over_anno_coarse_and_image_folders(tmp_path):
 
 
 def test_pad_name_at_exactly_the_column():
-    from vfu_nb.annotations import pad_name
+    from vfu_nb.data.annotations import pad_name
     name = "x" * 71
     assert pad_name(name) == name + " " and pad_name(name[:70]) == name[:70] + " "
 
 
 def test_written_files_have_the_real_headers_and_columns(tmp_path):
-    from vfu_nb.annotations import HEADERS, write_annotations
+    from vfu_nb.data.annotations import HEADERS, write_annotations
     a = load_annotations(write_tree(tmp_path / "a", images=False))
     write_annotations(tmp_path / "b", a)
     for key, rel in annotation_paths(tmp_path / "b").items():
@@ -584,7 +584,7 @@ def test_written_files_have_the_real_headers_and_columns(tmp_path):
 
 
 def test_label_fast_path_parses_any_printable_name_and_refuses_odd_lines():
-    from vfu_nb.annotations import _parse_label_chunk
+    from vfu_nb.data.annotations import _parse_label_chunk
 
     def chunk(text):
         return np.frombuffer(text.encode(), dtype=np.uint8)
@@ -607,7 +607,7 @@ def test_a_last_label_row_without_labels_reads_as_the_general_tokeniser_does(tmp
 
 
 def test_the_first_repeated_name_is_found_however_many_repeat():
-    from vfu_nb.annotations import _duplicates
+    from vfu_nb.data.annotations import _duplicates
     assert _duplicates(np.array(["a", "b", "c"])) is None
     assert _duplicates(np.array(["a", "b", "a", "b"])) == 2                  # every name twice
     assert _duplicates(np.array(["a", "a", "a"])) == 1
@@ -615,7 +615,7 @@ def test_the_first_repeated_name_is_found_however_many_repeat():
 
 
 def test_the_attribute_matrix_is_read_through_the_label_fast_path(tmp_path, monkeypatch):
-    import vfu_nb.annotations as annotations
+    from vfu_nb.data import annotations
     parsed = []
     fast = annotations._parse_aligned_labels
     monkeypatch.setattr(annotations, "_parse_aligned_labels", lambda buf: parsed.append(buf.size) or fast(buf))
@@ -624,7 +624,7 @@ def test_the_attribute_matrix_is_read_through_the_label_fast_path(tmp_path, monk
 
 
 def test_aligned_label_fast_path_reads_one_label_and_names_up_to_the_column():
-    from vfu_nb.annotations import _parse_aligned_labels
+    from vfu_nb.data.annotations import _parse_aligned_labels
 
     def chunk(*lines):
         return np.frombuffer("\n".join(lines).encode(), dtype=np.uint8)

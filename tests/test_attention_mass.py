@@ -11,8 +11,9 @@ import torch
 import torch.nn as nn
 
 from vfu_nb import attention_mass as am
-from vfu_nb import runs
-from vfu_nb.data import DeepFashionC, normalize_images
+from vfu_nb.data.crops import normalize_images
+from vfu_nb.data.dataset import DeepFashionC
+from vfu_nb.training import runs
 from vfu_nb.models import build_model
 
 TINY = dict(batch_size=8, image_size=32, width=0.125, max_items=24, seed=0, num_workers=0)

@@ -11,8 +11,8 @@ from sklearn.metrics import average_precision_score
 
 from dftree import IMAGE_SIZES, write_tree
 from vfu_nb import baselines as B
-from vfu_nb.annotations import Annotations, load_annotations
-from vfu_nb.data import crop_window, landmarks_in_window
+from vfu_nb.data.annotations import Annotations, load_annotations
+from vfu_nb.data.crops import crop_window, landmarks_in_window
 from vfu_nb.metrics import metric_keys
 
 

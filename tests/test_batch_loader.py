@@ -9,10 +9,10 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from dftree import write_tree
-from vfu_nb.data import (
-    MAX_SHIFT, SCALE_RANGE, Augmentation, BatchLoader, DeepFashionC, augment_batch, augment_sample, invert_affine,
-    normalize_images,
-)
+from vfu_nb.data.augment import MAX_SHIFT, SCALE_RANGE, Augmentation, augment_batch, augment_sample, invert_affine
+from vfu_nb.data.crops import normalize_images
+from vfu_nb.data.dataset import DeepFashionC
+from vfu_nb.data.loader import BatchLoader
 
 SIZE = 16
 
@@ -327,7 +327,7 @@ def test_invert_affine_inverts_any_affine_map():
 
 
 def test_affine_grid_equals_torch_in_the_matrices_dtype():
-    from vfu_nb.data import affine_grid
+    from vfu_nb.data.augment import affine_grid
     theta = Augmentation.draw(3, torch.Generator().manual_seed(1)).matrices().double()
     for h, w in ((5, 7), (8, 8)):
         want = F.affine_grid(theta, (3, 1, h, w), align_corners=False)
@@ -399,7 +399,7 @@ def test_prefetch_thread_passes_every_item_and_stops_when_closed():
     import itertools
     import threading
 
-    from vfu_nb.data import _in_background
+    from vfu_nb.data.loader import _in_background
     assert list(_in_background(iter([1, None, 0, "", 2]), 2)) == [1, None, 0, "", 2]
 
     stopped = threading.Event()

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from vfu_nb.data import DeepFashionC, load_annotations
+from vfu_nb.data.annotations import load_annotations
+from vfu_nb.data.dataset import DeepFashionC
 
 _spec = importlib.util.spec_from_file_location("vfu_bench", Path(__file__).resolve().parents[1] / "tools" / "bench.py")
 bench = importlib.util.module_from_spec(_spec)

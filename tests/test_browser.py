@@ -47,7 +47,7 @@ def test_widgets_in_jupyterlab(page, synth_root, tmp_path):
     root = tmp_path / "lab"
     root.mkdir()
     B.write_notebook(root / "browser.ipynb", [
-        "from vfu_nb.data import DeepFashionC\n"
+        "from vfu_nb.data.dataset import DeepFashionC\n"
         "from vfu_nb.widgets import landmark_browser\n"
         f"browser = landmark_browser(DeepFashionC({str(synth_root)!r}, 'train', image_size=32))\n"
         "browser",

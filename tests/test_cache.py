@@ -9,11 +9,11 @@ import pytest
 def _open(root, cache_dir, queue):
     import time
 
-    from vfu_nb import data
+    from vfu_nb.data import dataset
 
-    scan = data.scan_images
-    data.scan_images = lambda *a, **k: (time.sleep(2), scan(*a, **k))[1]   # a slow build: the openers overlap
-    ds = data.DeepFashionC(root, "train", 32, cache=True, uint8=True, cache_dir=cache_dir, progress=False)
+    scan = dataset.scan_images
+    dataset.scan_images = lambda *a, **k: (time.sleep(2), scan(*a, **k))[1]   # a slow build: the openers overlap
+    ds = dataset.DeepFashionC(root, "train", 32, cache=True, uint8=True, cache_dir=cache_dir, progress=False)
     queue.put(np.asarray(ds._cache[:4]).sum())
 
 

@@ -1,4 +1,4 @@
-"""vfu_nb.contrasts: per-image contributions, contrast estimates and the preregistered three-outcome rule."""
+"""vfu_nb.study.contrasts: per-image contributions, contrast estimates and the preregistered three-outcome rule."""
 
 import math
 
@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from scipy import stats as scipy_stats
 
-from vfu_nb import contrasts, stats
+from vfu_nb import stats
+from vfu_nb.study import contrasts
 from vfu_nb.metrics import average_precision
 
 N, K = 60, 4

@@ -9,16 +9,19 @@ import pytest
 import torch
 from PIL import Image
 
+import vfu_nb.data.dataset
 from dftree import FILES, NAMES, pad, write_tree
-from vfu_nb import data
-from vfu_nb.data import (
-    IMAGENET_MEAN, IMAGENET_STD, Augmentation, BadImageError, DeepFashionC, augment_sample, crop_window,
-    crop_windows, landmarks_in_window, normalize_images, read_records,
+from vfu_nb.data.annotations import AnnotationError, read_records
+from vfu_nb.data.augment import Augmentation, augment_sample
+from vfu_nb.data.cache import CACHE_VERSION
+from vfu_nb.data.crops import (
+    IMAGENET_MEAN, IMAGENET_STD, BadImageError, crop_window, crop_windows, landmarks_in_window, normalize_images,
 )
+from vfu_nb.data.dataset import DeepFashionC
 
-#: In a mutation run (make mutation) every function of vfu_nb.data is called through mutmut's wrapper, which adds
-#: stack frames: a warning's stacklevel then points into the wrapper, so its location is checked only outside.
-UNDER_MUTMUT = hasattr(data, "_mutmut_mutated")
+#: In a mutation run (make mutation) every function of vfu_nb.data.dataset is called through mutmut's wrapper, which
+#: adds stack frames: a warning's stacklevel then points into the wrapper, so its location is checked only outside.
+UNDER_MUTMUT = hasattr(vfu_nb.data.dataset, "_mutmut_mutated")
 
 SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "deepfashion_sample"
 
@@ -90,7 +93,7 @@ def test_normalisation_builds_its_constants_once_per_device(monkeypatch):
     images = torch.randint(0, 256, (2, 3, 4, 4), dtype=torch.uint8)
     first = normalize_images(images)
     calls = []
-    monkeypatch.setattr(data.torch, "tensor", lambda *a, **k: calls.append(a))
+    monkeypatch.setattr(torch, "tensor", lambda *a, **k: calls.append(a))
     torch.testing.assert_close(normalize_images(images), first)
     assert calls == []                     # nothing built (on CUDA: nothing copied to the device) per call
 
@@ -198,7 +201,7 @@ def test_cache_is_rebuilt_when_annotations_change(tree):
     lines = list(FILES["Anno/list_bbox.txt"])
     lines[2] = pad(NAMES[0]) + "001 001 050 050"
     write_tree(tree, {"Anno/list_bbox.txt": lines}, images=False)
-    from vfu_nb.data import load_annotations
+    from vfu_nb.data.annotations import load_annotations
     second = DeepFashionC(tree, "train", image_size=16, cache=True, progress=False,
                           annotations=load_annotations(tree))
     assert second.cache_key() != key
@@ -269,7 +272,7 @@ def test_every_cached_item_equals_its_decoded_item(synth, tmp_path, pad):
 
 
 def test_scan_images_reports_sizes_and_failures(tree):
-    from vfu_nb.data import _Window, scan_images
+    from vfu_nb.data.cache import _Window, scan_images
     paths = [str(tree / NAMES[0]), str(tree / "img/missing.jpg"), str(tree / NAMES[2])]
     windows = [_Window((0, 0, 10, 10), False)] * 3
     sizes, failures = scan_images(paths, windows, 8, progress=False)
@@ -305,7 +308,7 @@ def _grid_image(w=20, h=16):
     ((0, 4, 16, 20), slice(0, 12), slice(None)),         # past the bottom
 ])
 def test_a_window_past_one_edge_is_filled_with_the_mean(window, rows, cols):
-    from vfu_nb.data import PAD_FILL, crop_and_resize
+    from vfu_nb.data.crops import PAD_FILL, crop_and_resize
     image = _grid_image(16, 16)
     out = crop_and_resize(image, window, 16)             # 16 px window to 16 px: a plain copy
     pixels = np.asarray(image)
@@ -320,7 +323,7 @@ def test_a_window_past_one_edge_is_filled_with_the_mean(window, rows, cols):
 @pytest.mark.parametrize("window", [(0, 2.5, 12, 14.5), (3.5, 0, 15.5, 12), (8, 1.5, 20, 13.5), (4.5, 4, 16.5, 16),
                                     (0.5, 1.25, 12.5, 13.25)])
 def test_a_window_touching_the_image_border_is_cut_without_padding(window):
-    from vfu_nb.data import crop_and_resize
+    from vfu_nb.data.crops import crop_and_resize
     image = _grid_image()
     want = np.asarray(image.resize((6, 6), Image.BILINEAR, box=window))
     np.testing.assert_array_equal(crop_and_resize(image, window, 6), want)
@@ -336,7 +339,7 @@ def test_landmarks_on_the_window_border_stay_visible():
 
 
 def test_images_of_any_mode_become_rgb(tree):
-    from vfu_nb.data import load_rgb
+    from vfu_nb.data.crops import load_rgb
     for mode in ("L", "RGBA", "P"):
         path = tree / f"img/{mode}.png"
         _grid_image().convert(mode).save(path)
@@ -355,7 +358,7 @@ def test_item_arrays_need_the_cache(tree):
 def test_defaults_and_given_annotations(tree):
     ds = DeepFashionC(tree, "train")
     assert ds.image_size == 224 and ds[0]["image"].shape == (3, 224, 224) and ds.skipped == []
-    from vfu_nb.data import load_annotations
+    from vfu_nb.data.annotations import load_annotations
     ann = load_annotations(tree)
     ann.category[:] = 3                                      # the given table, not the files, is used
     assert DeepFashionC(tree, "train", image_size=16, annotations=ann)[0]["category"].item() == 3
@@ -371,7 +374,7 @@ def test_the_default_subset_seed_is_zero(synth):
 
 
 def test_annotations_are_memoised_until_a_file_changes(tree):
-    from vfu_nb.data import cached_annotations
+    from vfu_nb.data.cache import cached_annotations
     first = cached_annotations(tree)
     assert cached_annotations(str(tree)) is first
     lines = list(FILES["Anno/list_bbox.txt"])
@@ -379,7 +382,7 @@ def test_annotations_are_memoised_until_a_file_changes(tree):
     write_tree(tree, {"Anno/list_bbox.txt": lines}, images=False)
     assert cached_annotations(tree).bbox[0].tolist() == [0, 0, 50, 50] and first.bbox[0].tolist() == [10, 20, 90, 100]
     os.remove(tree / "Anno/list_bbox.txt")
-    with pytest.raises(data.AnnotationError, match=r"list_bbox\.txt: annotation file not found$"):
+    with pytest.raises(AnnotationError, match=r"list_bbox\.txt: annotation file not found$"):
         DeepFashionC(tree, "train")
 
 
@@ -428,7 +431,7 @@ def test_a_failed_cache_build_leaves_nothing_behind(tree, tmp_path):
 def test_several_bad_images_are_counted(tree):
     for name in NAMES[1:]:
         os.remove(tree / name)
-    from vfu_nb.annotations import load_annotations
+    from vfu_nb.data.annotations import load_annotations
     ann = load_annotations(tree)
     ann.split[:] = "train"
     with pytest.raises(BadImageError, match=r"img_00000001\.jpg: image file not found \(and 1 more bad images\)$"):
@@ -438,7 +441,7 @@ def test_several_bad_images_are_counted(tree):
 
 
 def test_scan_images_over_many_jobs(tree):
-    from vfu_nb.data import _Window, scan_images
+    from vfu_nb.data.cache import _Window, scan_images
     paths = [str(tree / NAMES[k % 3]) for k in range(150)]
     paths[3] = paths[140] = str(tree / "img/missing.jpg")
     sizes, failures = scan_images(paths, [_Window((0, 0, 10, 10), False)] * 150, 8, workers=2, progress=False)
@@ -448,7 +451,7 @@ def test_scan_images_over_many_jobs(tree):
 
 
 def test_a_scan_window_pads_to_square_when_asked():
-    from vfu_nb.data import _Window
+    from vfu_nb.data.cache import _Window
     box, size = (10, 20, 50, 40), (100, 80)                  # 40 x 20: its enclosing square is 40 x 40
     assert _Window(box, True)(size) == crop_window(box, size, True) == (10.0, 10.0, 50.0, 50.0)
     assert _Window(box, False)(size) == (10.0, 20.0, 50.0, 40.0)
@@ -481,7 +484,7 @@ def test_the_cache_metadata_file_names_key_shape_failures_and_version(tree, tmp_
     ds = DeepFashionC(tree, "val", image_size=16, cache=True, cache_dir=tmp_path, progress=False)
     meta = json.loads(ds.cache_file.with_suffix(".json").read_text())
     assert meta == {"key": ds.cache_key(), "shape": [len(ds), 16, 16, 3], "failures": [],
-                    "version": data.CACHE_VERSION}
+                    "version": CACHE_VERSION}
 
 
 def test_checking_images_shows_a_progress_bar_unless_told(tree, tmp_path, capsys, monkeypatch):

@@ -86,7 +86,7 @@ def test_a_full_disk_keeps_the_old_file_and_leaves_no_tmp(small_disk):
     assert path.read_text() == '{"old": 1}' and leftovers(small_disk.path) == []
     with pytest.raises(DiskFullError, match=r"last\.pt: not written: no space left on the device \(.* free, about "
                                             r"4\.0 MB needed\)$"):
-        from vfu_nb.rundir import save_checkpoint
+        from vfu_nb.training.rundir import save_checkpoint
         save_checkpoint(small_disk.path / "last.pt", {"model": {"w": torch.zeros(1_000_000)}, "epoch": 1})
     assert leftovers(small_disk.path) == []
 
@@ -101,7 +101,8 @@ def test_a_full_disk_stops_training_in_one_line_and_resume_finishes_the_run(synt
     """The disk fills during epoch 2: the checkpoint of epoch 2 is refused in one line naming the file, the free
     bytes, the last good checkpoint (epoch 1) and --resume; nothing half-written stays; once there is room,
     --resume finishes the run."""
-    from vfu_nb import train
+    from vfu_nb.training.cli import main
+    from vfu_nb.training.rundir import load_checkpoint
 
     run_dir = small_disk.path / "run"
     args = ["--model", "cat", "--data-root", str(synth_root), "--run-dir", str(run_dir), "--epochs", "2",
@@ -113,23 +114,23 @@ def test_a_full_disk_stops_training_in_one_line_and_resume_finishes_the_run(synt
             small_disk.fill()
 
     with pytest.raises(SystemExit) as stop:
-        train.main(args, on_step=on_step)
+        main(args, on_step=on_step)
     err = capsys.readouterr().err
     print(err)
     assert stop.value.code == 2 and err.count("\n") == 1
     last = run_dir / "checkpoints" / "last.pt"
-    head = f"python -m vfu_nb.train: error: {last}: not written: no space left on the device ("
+    head = f"python -m vfu_nb.training: error: {last}: not written: no space left on the device ("
     assert err.startswith(head), err
     assert err.endswith(f" needed); the last good checkpoint is {last} (epoch 1); free space, then continue with "
                         f"--resume (the same --run-dir)\n"), err
-    assert leftovers(run_dir) == [] and train.load_checkpoint(last)["epoch"] == 1
+    assert leftovers(run_dir) == [] and load_checkpoint(last)["epoch"] == 1
     small_disk.release()
-    metrics = train.main([*args, "--resume"])
+    metrics = main([*args, "--resume"])
     assert metrics["epochs_run"] == 2 and json.loads((run_dir / "metrics.json").read_text())["epochs_run"] == 2
 
 
 def test_the_cache_build_compares_its_size_with_the_free_space_first(synth_root, small_disk):
-    from vfu_nb.data import DeepFashionC
+    from vfu_nb.data.dataset import DeepFashionC
 
     if not small_disk.mounted:
         pytest.skip("needs a real small file system (mount a tmpfs as root)")
@@ -152,7 +153,7 @@ def test_the_cache_build_compares_its_size_with_the_free_space_first(synth_root,
 def test_a_cache_that_cannot_be_allocated_is_refused_and_removed(synth_root, small_disk, monkeypatch):
     """Free space that the check saw but the allocation did not get (another writer): ENOSPC from the
     preallocation, one line, no partial file."""
-    from vfu_nb.data import DeepFashionC
+    from vfu_nb.data.dataset import DeepFashionC
 
     monkeypatch.setattr(diskspace, "check_room", lambda *a, **k: None)
 
@@ -167,13 +168,13 @@ def test_a_cache_that_cannot_be_allocated_is_refused_and_removed(synth_root, sma
 
 
 def test_an_export_on_a_full_disk_is_one_line_and_leaves_the_export_unfinished(small_disk, tmp_path):
-    from vfu_nb import study
+    from vfu_nb.study import store
 
     dest = small_disk.path / "runs" / "k"
     dest.mkdir(parents=True)
     small_disk.fill()
     with pytest.raises(DiskFullError) as err:
-        study.write_npz(dest / "predictions.npz", attribute_logits=torch.randn(3000, 51).numpy())
+        store.write_npz(dest / "predictions.npz", attribute_logits=torch.randn(3000, 51).numpy())
     assert str(err.value).startswith(f"{dest / 'predictions.npz'}: not written: no space left on the device (")
     assert str(err.value).endswith("; free space, then run the same command again (finished runs are only "
                                    "exported again)")

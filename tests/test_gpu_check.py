@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from vfu_nb.annotations import load_annotations
+from vfu_nb.data.annotations import load_annotations
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -111,7 +111,7 @@ def test_the_guard_kills_the_whole_process_group(tmp_path):
 
 def test_the_cuda_stage_commands_parse_with_the_current_clis(tmp_path):
     """The bench, train and torchrun command lines of the stages the dry run skips are valid options today."""
-    from vfu_nb import train as T
+    from vfu_nb.training.config import parse_config
 
     bench = gc.load_bench()
 
@@ -125,7 +125,7 @@ def test_the_cuda_stage_commands_parse_with_the_current_clis(tmp_path):
                                                                                            [8, 64], "bf16")
             assert args.batch_loader == (inputs == "loader") and args.no_cache == (inputs != "memmap")
             assert args.compile == (mode == "compile") and args.cuda_graphs == (mode == "cuda-graphs")
-    config = T.parse_config(ctx.train_args(tmp_path / "r", **{"--epochs": 3}) + ["--compile"])
+    config = parse_config(ctx.train_args(tmp_path / "r", **{"--epochs": 3}) + ["--compile"])
     assert (config.image_size, config.width, config.batch_size, config.epochs, config.loader) == (224, 1.0, 48, 3,
                                                                                                   "batch")
     assert config.bf16 is True and config.channels_last is True and config.compile is True

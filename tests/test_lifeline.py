@@ -103,23 +103,23 @@ def test_die_with_parent_arms_the_signal_and_ends_a_child_whose_parent_is_alread
 @pytest.mark.slow
 def test_cache_build_workers_die_with_their_parent(synth_root, tmp_path):
     code = ("import sys, time\n"
-            "from vfu_nb import data\n"
-            "load = data.load_rgb\n"
-            "data.load_rgb = lambda path: (time.sleep(0.2), load(path))[1]    # a slow build: killed half-way\n"
-            "data.DeepFashionC(sys.argv[1], 'train', 32, cache=True, cache_dir=sys.argv[2], workers=2, "
+            "from vfu_nb.data import cache, dataset\n"
+            "load = cache.load_rgb\n"
+            "cache.load_rgb = lambda path: (time.sleep(0.2), load(path))[1]    # a slow build: killed half-way\n"
+            "dataset.DeepFashionC(sys.argv[1], 'train', 32, cache=True, cache_dir=sys.argv[2], workers=2, "
             "progress=False)\n")
     cache = tmp_path / "cache"
     lived = kill_parent(start(["-c", code, str(synth_root), str(cache)]), children=2)
     print(f"cache-build workers outlived their SIGKILLed parent by {lived:.3f} s")
     assert list(cache.glob("*.u8.partial*"))                      # the killed build left its partial file ...
-    from vfu_nb.data import DeepFashionC
+    from vfu_nb.data.dataset import DeepFashionC
     DeepFashionC(synth_root, "train", 32, cache=True, cache_dir=cache, workers=1, progress=False)
     assert not list(cache.glob("*partial*")) and len(list(cache.glob("*.u8"))) == 1   # ... which the next removed
 
 
 @pytest.mark.slow
 def test_synthetic_generator_workers_die_with_their_parent(tmp_path):
-    parent = start(["-m", "vfu_nb.synthetic", "--out", str(tmp_path / "tree"), "--n", "3000", "--seed", "0",
+    parent = start(["-m", "vfu_nb.data.synthetic", "--out", str(tmp_path / "tree"), "--n", "3000", "--seed", "0",
                     "--workers", "2", "--quiet"])
     lived = kill_parent(parent, children=2)
     print(f"generator workers outlived their SIGKILLed parent by {lived:.3f} s")

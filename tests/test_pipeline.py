@@ -17,8 +17,9 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from vfu_nb import pipeline, study
-from vfu_nb.runs import train_settings
+from vfu_nb import pipeline
+from vfu_nb.study import report as reports
+from vfu_nb.training.runs import train_settings
 
 REPO = Path(__file__).resolve().parents[1]
 SERIES = ["01_explore_data", "02_train_mtl", "02_train_cat", "03_compare_mtl_cat", "04_attention_maps"]
@@ -271,7 +272,7 @@ def test_study_step(tmp_path):
     m = results["05_controls_and_seeds"]
     assert 0 < m["runs"]["exported"] <= m["runs"]["planned"]        # the committed study, possibly still running
     assert set(m["chosen"]) >= {"mtl", "cat"}
-    shown = study.load_study(study.REPO / "results" / "plan.yaml")   # the notebook reports the committed study
+    shown = reports.load_study(REPO / "results" / "plan.yaml")   # the notebook reports the committed study
     assert m["verdicts"] == {f"{p['a']} − {p['b']} | {k}": r["verdict"]
                              for p in shown["seeds"]["pairs"] for k, r in p["primary"].items()}
     assert set(m["verdicts"].values()) <= {"a better", "b better", "no difference established"}

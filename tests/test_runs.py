@@ -1,21 +1,28 @@
-"""vfu_nb.runs: train-or-resume, refusing a different configuration, finding runs, predictions over a split that
-reproduce metrics.json, one-image predictions and the per-image landmark error."""
+"""vfu_nb.training.runs and .rundir: train-or-resume, refusing a different configuration, the lock of a killed
+writer, finding runs, predictions over a split that reproduce metrics.json, one-image predictions and the
+per-image landmark error."""
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from vfu_nb import runs
-from vfu_nb.data import DeepFashionC
+from vfu_nb.data.dataset import DeepFashionC
 from vfu_nb.metrics import landmark_normalized_error
 from vfu_nb.models import build_model
-from vfu_nb.train import TrainConfig, save_checkpoint
+from vfu_nb.training import runs
+from vfu_nb.training.config import TrainConfig
+from vfu_nb.training.rundir import RunDir, RunLock, RunLockedError, precision, save_checkpoint
 
 TINY = dict(batch_size=8, image_size=32, width=0.125, max_items=24, seed=0, num_workers=0)
 
@@ -50,7 +57,7 @@ def test_finished_run_is_read_back_and_more_epochs_resume(synth_root, tmp_path):
     assert more["epochs_run"] == 2
     history = json.loads((run_dir / "history.json").read_text())
     assert history["epochs"][0]["test"] == first["epochs"][0]["test"]          # epoch 1 kept, epoch 2 added
-    assert runs.is_finished(run_dir, 2) and not runs.is_finished(run_dir, 3)
+    assert RunDir(run_dir).is_finished(2) and not RunDir(run_dir).is_finished(3)
 
 
 def test_a_different_configuration_is_refused(tiny_run, synth_root):
@@ -65,6 +72,30 @@ def test_train_settings_are_the_trainconfig_fields_of_a_namespace():
                  "resume": False, "nb": object(), "progress": False}
     assert runs.train_settings(namespace) == {"model": "cat", "epochs": 3, "lr_schedule": "cosine",
                                               "progress": False}
+
+
+def test_the_lock_of_a_killed_writer_is_taken_over(tmp_path):
+    """A live holder is named in the refusal (pid, since when); once it is killed (SIGKILL: nothing cleans up) the
+    lock file it leaves is taken over, and releasing removes it."""
+    run = RunDir(tmp_path / "run")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import time; from vfu_nb.training.rundir import RunLock; "
+         f"lock = RunLock({str(run.path)!r}).acquire(); print('held', flush=True); time.sleep(600)"],
+        stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[1])
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert run.held_by().startswith(f"pid {holder.pid} on ") and " since " in run.held_by()
+        with pytest.raises(RunLockedError, match=rf"being written by another process \(pid {holder.pid} on "):
+            run.lock().acquire()
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+        holder.stdout.close()
+    assert run.lock_file.exists() and run.held_by() is None                  # left behind, held by nobody
+    with run.lock():
+        assert run.lock_file.read_text().startswith(f"pid {os.getpid()} on ")
+        assert RunLock.held_by(run.path).startswith(f"pid {os.getpid()} on ")
+    assert not run.lock_file.exists()
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -148,9 +179,9 @@ def test_predictions_of_best_checkpoint_reproduce_the_stored_test_metrics_exactl
 
 
 def test_precision_comes_from_the_resolved_block(tiny_run, tmp_path):
-    assert runs.precision({}) == {"bf16": False, "channels_last": False}           # absent: fp32
+    assert precision({}) == {"bf16": False, "channels_last": False}           # absent: fp32
     resolved = {"resolved": {"bf16": True, "channels_last": True}}
-    assert runs.precision(resolved) == {"bf16": True, "channels_last": True}
+    assert precision(resolved) == {"bf16": True, "channels_last": True}
     run_dir = shutil.copytree(tiny_run, tmp_path / "bf16")
     config = json.loads((run_dir / "config.json").read_text())
     (run_dir / "config.json").write_text(json.dumps({**config, **resolved}))

@@ -1,4 +1,4 @@
-"""The trainer's model selection and early stopping (vfu_nb.train.select_best) on scripted val sequences."""
+"""The trainer's model selection and early stopping (vfu_nb.training.loop.select_best) on scripted val sequences."""
 
 import json
 import math
@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from vfu_nb.train import select_best
+from vfu_nb.training.loop import select_best
 
 NAN = float("nan")
 

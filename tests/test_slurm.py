@@ -25,8 +25,9 @@ import pytest
 import yaml
 
 from slurm_helpers import cluster, slurm_cluster, wait_for  # noqa: F401 (fixtures)
-from vfu_nb import executors, study
-from vfu_nb import slurm as sl
+from vfu_nb.study import cli, executors, runner
+from vfu_nb.study import plan as plans
+from vfu_nb.study import slurm as sl
 
 REPO = Path(__file__).resolve().parents[1]
 TIMING = {"timing", "wall_seconds", "train_seconds", "eval_seconds", "seconds", "images_per_s"}
@@ -89,9 +90,9 @@ def test_settings_refuse_unknown_keys_and_bad_values():
 
 
 def test_a_plan_carries_its_slurm_block(tmp_path):
-    plan = study.Plan.load({**study.smoke_plan(tmp_path), "slurm": {"partition": "gpu", "time": "4:00:00"}})
+    plan = plans.Plan.load({**plans.smoke_plan(tmp_path), "slurm": {"partition": "gpu", "time": "4:00:00"}})
     assert plan.slurm == {"partition": "gpu", "time": "4:00:00"}
-    assert study.Plan.load(study.smoke_plan(tmp_path)).slurm == {}
+    assert plans.Plan.load(plans.smoke_plan(tmp_path)).slurm == {}
 
 
 @pytest.mark.parametrize("nodelist,host", [("vm", "vm"), ("gpu[07-09,12],cpu3", "gpu07"), ("a1,b2", "a1"),
@@ -133,7 +134,7 @@ def small_plan(root: Path, data_root, models=("mtl", "cat"), seeds=1, backbone="
 
 
 def test_run_states_from_exports_records_queue_and_results(tmp_path):
-    plan = study.Plan.load(small_plan(tmp_path, tmp_path / "df",
+    plan = plans.Plan.load(small_plan(tmp_path, tmp_path / "df",
                                       models=("mtl", "cat", "mtl_bi", "mtl_pool", "mtl_no_landmarks")))
     mtl, cat, bi, pool, nolm = plan.tuning_specs()
     folder = plan.runs_dir / sl.SUBMITIT_DIR
@@ -171,7 +172,7 @@ def test_run_states_from_exports_records_queue_and_results(tmp_path):
     d.mkdir(parents=True)
     (d / "metrics.json").write_text(json.dumps({"best_epoch": 3, "epochs_run": 7, "val": {"category_top3": 0.5},
                                                 "test": {}}))
-    fresh = study.Plan.load(small_plan(tmp_path / "other", tmp_path / "df"))
+    fresh = plans.Plan.load(small_plan(tmp_path / "other", tmp_path / "df"))
     result = executors.status(plan, queue=queue)
     assert result["runs"][0].state == "done" and result["runs"][0].detail == "best epoch 3 of 7"
     assert [r.state for r in executors.status(fresh, queue={})["runs"]] == ["pending", "pending"]
@@ -186,7 +187,7 @@ def test_run_states_from_exports_records_queue_and_results(tmp_path):
 
 def test_the_local_executor_is_the_default_and_refuses_slurm_settings(tmp_path, monkeypatch):
     calls = []
-    monkeypatch.setattr(study, "train_pending", lambda plan, jobs, log: calls.append(jobs))
+    monkeypatch.setattr(runner, "train_pending", lambda plan, jobs, log: calls.append(jobs))
     assert executors.train(small_plan(tmp_path, tmp_path), jobs=2) is True and calls == [2]
     with pytest.raises(ValueError, match=r"Slurm settings \['partition'\] need the slurm executor"):
         executors.train(small_plan(tmp_path, tmp_path), slurm={"partition": "gpu"})
@@ -195,7 +196,7 @@ def test_the_local_executor_is_the_default_and_refuses_slurm_settings(tmp_path, 
 
 
 def test_one_driver_per_plan(tmp_path):
-    plan = study.Plan.load(small_plan(tmp_path, tmp_path / "df"))
+    plan = plans.Plan.load(small_plan(tmp_path, tmp_path / "df"))
     driver = executors.SlurmDriver(plan, sl.SlurmSettings.from_dict(plan.slurm))
     with executors._DriverLock(driver.folder / "driver.lock"):
         with pytest.raises(executors.DriverLockedError, match=rf"another study run drives {tmp_path}/runs \(pid "
@@ -253,15 +254,15 @@ def exports(plan: dict) -> dict:
 def test_a_study_on_slurm_gives_the_local_executors_results(cluster, synth_root, tmp_path):
     """The smoke plan without its learning curve (4 runs in two waves: tuning, then the seed runs it unlocks)."""
     def plan(where):
-        p = study.smoke_plan(tmp_path / where, data_root=synth_root)
+        p = plans.smoke_plan(tmp_path / where, data_root=synth_root)
         p["base"]["threads"] = 1
         p.pop("learning_curve")
         return {**p, "slurm": {"time": 30, "cpus": 1, "poll_s": 1}}
 
     local, on_slurm = plan("local"), plan("slurm")
-    a = study.run(local, log=lambda line: None)
+    a = cli.run(local, log=lambda line: None)
     log = []
-    b = study.run(on_slurm, executor="slurm", log=log.append)
+    b = cli.run(on_slurm, executor="slurm", log=log.append)
     waves = [int(m.group(1)) for m in map(re.compile(r"\[study\] slurm: submitted (\d+) runs? ").match, log) if m]
     assert waves[0] == 2 and sum(waves) == 4 and len(waves) >= 2, log   # the tuning, then the seed runs it unlocks
     assert exports(local) == exports(on_slurm) and len(exports(local)) == 4
@@ -292,7 +293,7 @@ def uninterrupted(synth_root, tmp_path_factory):
     """The long run trained locally, uninterrupted: (plan, run key)."""
     plan = long_plan(tmp_path_factory.mktemp("uninterrupted"), synth_root)
     assert executors.train(plan, "local", log=lambda line: None)
-    (spec,) = study.Plan.load(plan).tuning_specs()
+    (spec,) = plans.Plan.load(plan).tuning_specs()
     return plan, spec.key
 
 
@@ -360,7 +361,7 @@ def test_a_failing_run_is_reported_failed_with_its_log(cluster, tmp_path):
     log = []
     with pytest.raises(RuntimeError, match=r"1 run\(s\) failed on Slurm.*default/mtl/vgg16_bn_lr0.001_f1/seed0: "
                                            r"[\w.]+Error: .*no_such_tree.*\(log /\S+_0_log.out\)"):
-        study.run(plan, executor="slurm", log=log.append)
+        cli.run(plan, executor="slurm", log=log.append)
     assert any(line.startswith("[study] FAILED default/mtl/") for line in log), log
     (row,) = executors.status(plan)["runs"]
     assert row.state == "failed" and "no_such_tree" in row.detail
@@ -386,7 +387,7 @@ def test_a_second_run_while_jobs_wait_submits_nothing_and_status_shows_the_queue
     first = subprocess.run([sys.executable, "-m", "vfu_nb.study", "run", path, "--executor", "slurm", "--no-wait",
                             "--sbatch", "hold=true"], capture_output=True, text=True, cwd=REPO, timeout=300)
     assert first.returncode == 0 and "submitted 2 runs as job array" in first.stdout, first.stdout + first.stderr
-    keys = [s.key for s in study.Plan.load(plan).tuning_specs()]
+    keys = [s.key for s in plans.Plan.load(plan).tuning_specs()]
     jobs = [read_json(Path(plan["runs"]) / k / sl.RECORD)["job_id"] for k in keys]
     assert set(jobs) <= cluster.live_jobs()
     again = subprocess.run([sys.executable, "-m", "vfu_nb.study", "run", path, "--executor", "slurm", "--no-wait"],
@@ -400,7 +401,7 @@ def test_a_second_run_while_jobs_wait_submits_nothing_and_status_shows_the_queue
         assert re.search(rf"^queued +{job} +{re.escape(key)} +\S+/{job}/{job}_0_log.out +pending \(JobHeldUser\)$",
                          shown.stdout, re.M), shown.stdout
     subprocess.run(["scontrol", "release", jobs[0].split("_")[0]], check=True, capture_output=True)
-    result = study.run(plan, executor="slurm", log=lambda line: None)
+    result = cli.run(plan, executor="slurm", log=lambda line: None)
     assert result["runs"]["exported"] == 2
     for key in keys:                                                             # each trained once
         assert len(sl.read_starts(Path(plan["runs"]) / key)) == 1
@@ -413,7 +414,7 @@ def test_a_second_run_while_jobs_wait_submits_nothing_and_status_shows_the_queue
 @pytest.mark.slow
 def test_one_run_on_two_slurm_tasks_trains_with_ddp_like_one_process(cluster, synth_root, tmp_path):
     """2 tasks x batch 4 (gloo, torch.distributed from SLURM_PROCID/SLURM_NTASKS/SLURM_JOB_NODELIST) = the same
-    global batches as 1 process x batch 8 (vfu_nb.train's DDP sampler), so the losses agree to float precision.
+    global batches as 1 process x batch 8 (vfu_nb.training's DDP sampler), so the losses agree to float precision.
     Plain VGG-16: batch norm would normalise over each process's 4 images (no SyncBatchNorm), not over 8."""
     common = {"max_items": 40, "max_batches": 4, "backbone": "vgg16"}
     one = small_plan(tmp_path / "one", synth_root, models=("mtl",), batch_size=8, **common)

@@ -8,8 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vfu_nb import study, synthetic
-from vfu_nb.study import Plan
+from vfu_nb.data.synthetic.settings import DEFAULT_GEOMETRY_INFORMATIVENESS
+from vfu_nb.study import analysis, cli, runner, store
+from vfu_nb.study import plan as plans
+from vfu_nb.study import report as reports
+from vfu_nb.study.plan import Plan
 
 PLAN = {
     "data": {"default": {"root": "data/x", "n": 100, "seed": 0},
@@ -40,7 +43,7 @@ def export(plan, spec, val=0.5, test=None, best=5, run=9, stopped=True, preds=No
     if preds is not None:
         np.savez_compressed(d / "predictions.npz", **preds)
     (d / "history.json").write_text(json.dumps({"epochs": [{"epoch": 1, "seconds": 200.0}, {"epoch": 2, "seconds": 160.0}]}))
-    study.write_atomic(d / "metrics.json", json.dumps(metrics))
+    store.write_atomic(d / "metrics.json", json.dumps(metrics))
 
 
 def test_plan_refuses_unknown_keys(tmp_path):
@@ -69,10 +72,10 @@ def test_keys_and_reuse(plan):
 def test_choose_settings_by_val_and_refuses_unfinished(plan):
     specs = plan.tuning_specs()
     with pytest.raises(RuntimeError, match="has not finished"):
-        study.choose_settings(plan)
+        plans.choose_settings(plan)
     for spec, val in zip(specs, [0.70, 0.80, 0.60, 0.60]):
         export(plan, spec, val=val, best=9 if val == 0.8 else 4, run=9, stopped=False)
-    chosen, rows = study.choose_settings(plan)
+    chosen, rows = plans.choose_settings(plan)
     assert chosen == {"mtl": {"backbone": "vgg16_bn", "lr": 3e-4}, "cat": {"backbone": "vgg16_bn", "lr": 1e-3}}
     assert [r["val_score"] for r in rows] == [0.70, 0.80, 0.60, 0.60]      # tie: the first setting wins
     assert [r["converged"] for r in rows] == [True, False, True, True]     # best epoch 9 of 9: not converged
@@ -80,10 +83,10 @@ def test_choose_settings_by_val_and_refuses_unfinished(plan):
 
 def test_pending_trains_seed_runs_of_tuned_models_before_the_remaining_tuning(plan):
     tuning = plan.tuning_specs()
-    assert [s.key for s in study.pending(plan)] == [s.key for s in tuning]      # nothing chosen yet
+    assert [s.key for s in plans.pending(plan)] == [s.key for s in tuning]      # nothing chosen yet
     for spec, val in zip(tuning[:2], [0.6, 0.7]):                               # mtl's tuning is complete
         export(plan, spec, val=val)
-    keys = [s.key for s in study.pending(plan)]
+    keys = [s.key for s in plans.pending(plan)]
     assert keys[:2] == ["default/mtl/vgg16_bn_lr0.0003_f1/seed1", "default/mtl/vgg16_bn_lr0.0003_f1/seed2"]
     assert keys[2:4] == [s.key for s in tuning[2:]]                            # then cat's tuning
     assert [k.split("/")[0] for k in keys[4:]] == ["default", "default", "g1", "g1"]   # curve, then dial
@@ -94,12 +97,12 @@ def test_train_pending_runs_what_finished_tuning_unlocks(plan, monkeypatch):
     def fake_train(plan_, spec, subprocess_):
         export(plan_, spec, val=0.8 if spec.config["lr"] == 3e-4 else 0.5)
 
-    monkeypatch.setattr(study, "_train", fake_train)
-    monkeypatch.setattr(study, "export_run", lambda plan_, spec: None)
+    monkeypatch.setattr(runner, "_train", fake_train)
+    monkeypatch.setattr(runner, "export_run", lambda plan_, spec: None)
     log = []
-    study.train_pending(plan, jobs=2, log=log.append)
-    assert study.pending(plan) == []
-    chosen, _ = study.choose_settings(plan)
+    runner.train_pending(plan, jobs=2, log=log.append)
+    assert plans.pending(plan) == []
+    chosen, _ = plans.choose_settings(plan)
     assert chosen == {"mtl": {"backbone": "vgg16_bn", "lr": 3e-4}, "cat": {"backbone": "vgg16_bn", "lr": 3e-4}}
     assert sum(line.startswith("[study] done") for line in log) == 4 + len(plan.later_specs(chosen)) - 2
 
@@ -108,10 +111,10 @@ def test_train_pending_stops_on_an_error_after_the_runs_in_progress(plan, monkey
     def broken(plan_, spec, subprocess_):
         raise RuntimeError(f"training {spec.key} failed (exit 1)")
 
-    monkeypatch.setattr(study, "_train", broken)
+    monkeypatch.setattr(runner, "_train", broken)
     with pytest.raises(RuntimeError, match="failed .exit 1"):
-        study.train_pending(plan, jobs=2, log=lambda line: None)
-    assert len(study.pending(plan)) == 4                                       # nothing was exported
+        runner.train_pending(plan, jobs=2, log=lambda line: None)
+    assert len(plans.pending(plan)) == 4                                       # nothing was exported
 
 
 def test_compact_history_keeps_epochs_and_averages_batches():
@@ -119,7 +122,7 @@ def test_compact_history_keeps_epochs_and_averages_batches():
     history = {"batches": {"epoch": [1] * n, "batch": list(range(1, n + 1)), "step": list(range(1, n + 1)),
                            "total": [float(i) for i in range(n)]},
                "epochs": [{"epoch": 1, "val": {"category_top3": 0.123456789}}]}
-    c = study.compact_history(history, max_points=100)
+    c = runner.compact_history(history, max_points=100)
     assert c["batch_window"] == 10 and len(c["batches"]["total"]) == 100
     assert c["batches"]["total"][0] == pytest.approx(4.5) and c["batches"]["step"][0] == 10
     assert c["epochs"][0]["val"]["category_top3"] == 0.123457
@@ -140,7 +143,7 @@ def seed_runs(plan, gain=0.1):
         rank = np.where(right, 0, 5).astype(np.int16)
         export(plan, spec, test={"category_top3": float(right.mean()), "category_top1": float(right.mean())},
                preds={"category_rank": rank, "attribute_logits": np.zeros((n, 2), np.float32)})
-    return study.load_runs(plan, specs)
+    return analysis.load_runs(plan, specs)
 
 
 def store_baselines(plan, values=None):
@@ -157,22 +160,22 @@ def test_report_of_a_study_in_progress_shows_the_tuned_models_and_names_the_rest
     tuning = plan.tuning_specs()
     for spec, val in zip(tuning[:3], [0.8, 0.7, 0.6]):                 # mtl tuned; cat has 1 of 2 runs
         export(plan, spec, val=val, test={"category_top3": val - 0.1, "attr_map_all": 0.3})
-    result = study.report(plan, log=lambda line: None)
+    result = reports.report(plan, log=lambda line: None)
     assert result["chosen"] == {"mtl": {"backbone": "vgg16_bn", "lr": 1e-3}} and result["tuning_unfinished"] == ["cat"]
     top3 = next(r for r in result["seeds"]["summary"] if r["metric"] == "category_top3")
     assert top3["model"] == "mtl" and top3["n"] == 1 and top3["mean"] == pytest.approx(0.7)
     assert top3["std"] is None                                           # one seed: no sd (and the figures cope)
-    assert (plan.resolve(plan.figures) / study.FIGURES["models"]).exists()
-    for spec in [s for s in study.pending(plan) if s.part == "seeds"]:
+    assert (plan.resolve(plan.figures) / reports.FIGURES["models"]).exists()
+    for spec in [s for s in plans.pending(plan) if s.part == "seeds"]:
         export(plan, spec, test={"category_top3": 0.72, "attr_map_all": 0.32})
-    result = study.report(plan, log=lambda line: None)
+    result = reports.report(plan, log=lambda line: None)
     top3 = next(r for r in result["seeds"]["summary"] if r["metric"] == "category_top3")
     assert top3["n"] == 3 and top3["mean"] == pytest.approx((0.7 + 2 * 0.72) / 3)
     assert result["seeds"]["pairs"] == [] and "learning_curve" not in result and "dial" not in result
     assert result["runs"]["exported"] == 5 and result["runs"]["planned"] == 16     # 4 tuning + 12 later
     assert result["runs"]["train_hours"] == pytest.approx(5 * 360 / 3600)           # summed over epochs
-    block = study.readme_block(result)
-    assert "5 of 16 runs have finished" in block and "(`cat` still tuning)" in block
+    block = reports.readme_block(result)
+    assert "5 of 16" in block and "(`cat` still tuning)" in block                  # the partial study, from study.json
 
 
 def test_image_metrics_of_the_bootstrap_equal_the_metrics_on_the_drawn_images():
@@ -183,25 +186,25 @@ def test_image_metrics_of_the_bootstrap_equal_the_metrics_on_the_drawn_images():
     p = {"category_rank": rng.integers(0, 6, 200).astype(np.int16),
          "attribute_logits": np.round(rng.normal(size=(200, 6)), 1).astype(np.float32)}      # with ties
     labels = {"category": np.zeros(200, np.int16), "attributes": attrs}
-    top3, mean_ap = study.image_metric("category_top3", labels), study.image_metric("attr_map_all", labels)
+    top3, mean_ap = analysis.image_metric("category_top3", labels), analysis.image_metric("attr_map_all", labels)
     for idx in (np.arange(200), rng.integers(0, 200, 200)):
         assert top3(p, idx) == pytest.approx(np.mean(p["category_rank"][idx] < 3))
         want = np.nanmean(average_precision(p["attribute_logits"][idx], attrs[idx] > 0, attrs[idx] != 0))
         assert mean_ap(p, idx) == pytest.approx(want, abs=1e-9)
     with pytest.raises(ValueError, match="no image-level form"):
-        study.image_metric("landmark_ne_mean", labels)
+        analysis.image_metric("landmark_ne_mean", labels)
 
 
 def test_compare_establishes_a_clear_gain_and_not_a_null_one(plan):
     results = seed_runs(plan, gain=0.3)
-    out = study.compare(plan, results, "mtl", "cat", metrics_primary=("category_top3",),
+    out = analysis.compare(plan, results, "mtl", "cat", metrics_primary=("category_top3",),
                         metrics_secondary=("category_top1", "landmark_ne_mean"))
     assert out["seeds"] == [0, 1, 2]
     res = out["primary"]["category_top3"]
     assert res["verdict"] == "a better" and res["t"]["low"] > 0 and res["bootstrap"]["low"] > 0
     assert out["secondary"]["category_top1"]["verdict"] == "a better"
     assert out["secondary"]["landmark_ne_mean"]["verdict"] == "no difference established"   # no values
-    null = study.compare(plan, results, "cat", "cat", metrics_primary=("category_top3",), metrics_secondary=())
+    null = analysis.compare(plan, results, "cat", "cat", metrics_primary=("category_top3",), metrics_secondary=())
     assert null["primary"]["category_top3"]["verdict"] == "no difference established"
 
 
@@ -209,85 +212,87 @@ def test_verdict_needs_every_interval_on_one_side():
     from vfu_nb.stats import Interval
 
     pos, neg, wide = Interval(0.1, 0.05, 0.15, 3), Interval(-0.1, -0.15, -0.05, 3), Interval(0.1, -0.05, 0.2, 3)
-    assert study.verdict("category_top3", pos, pos) == "a better"
-    assert study.verdict("category_top3", pos, wide) == "no difference established"
-    assert study.verdict("category_top3", neg) == "b better"
-    assert study.verdict("landmark_ne_mean", neg) == "a better"                        # lower NE is better
-    assert study.verdict("category_top3", pos, neg) == "no difference established"
+    assert analysis.verdict("category_top3", pos, pos) == "a better"
+    assert analysis.verdict("category_top3", pos, wide) == "no difference established"
+    assert analysis.verdict("category_top3", neg) == "b better"
+    assert analysis.verdict("landmark_ne_mean", neg) == "a better"                        # lower NE is better
+    assert analysis.verdict("category_top3", pos, neg) == "no difference established"
 
 
 def fake_study():
     interval = {"mean": 0.05, "low": 0.01, "high": 0.09, "n": 5, "p": 0.02}
     summary = [{"model": m, "metric": k, "n": 5, "values": [v] * 5, "mean": v, "std": 0.01, "not_converged": 0}
-               for m, v in (("mtl", 0.9), ("cat", 0.85)) for k in study.TABLE_METRICS]
+               for m, v in (("mtl", 0.9), ("cat", 0.85)) for k in reports.TABLE_METRICS]
     return {"base": PLAN["base"], "data": PLAN["data"], "grid": PLAN["tuning"]["grid"],
-            "seed_counts": PLAN["seeds"]["models"], "primary": list(study.PRIMARY),
-            "secondary": list(study.SECONDARY), "chosen": {"mtl": {"lr": 0.001}, "cat": {"lr": 0.0003}},
+            "seed_counts": PLAN["seeds"]["models"], "primary": list(analysis.PRIMARY),
+            "secondary": list(analysis.SECONDARY), "chosen": {"mtl": {"lr": 0.001}, "cat": {"lr": 0.0003}},
             "seeds": {"data": "default", "summary": summary, "pairs": [
                 {"a": "mtl", "b": "cat", "seeds": [0, 1, 2, 3, 4],
-                 "primary": {m: {"t": interval, "bootstrap": interval, "verdict": "a better"} for m in study.PRIMARY},
+                 "primary": {m: {"t": interval, "bootstrap": interval, "verdict": "a better"} for m in analysis.PRIMARY},
                  "secondary": {"category_top1": {"t": interval, "p_holm": 0.3, "verdict": "no difference established"}}}]},
             "baselines": {"default": {"class_prior": {"category_top3": 0.447}}},
             "runs": {"exported": 10, "planned": 10, "train_hours": 1.25}}
 
 
 def test_readme_block_renders_numbers_from_study_and_updates_between_markers(tmp_path):
-    block = study.readme_block(fake_study())
+    block = reports.readme_block(fake_study())
     assert "| `mtl` | lr 0.001 | 5 | 0.900 ± 0.010" in block
     assert "| baseline: class prior | | | 0.447 |" in block
     assert "+0.050 [+0.010, +0.090] / [+0.010, +0.090]: **established**" in block
-    assert "1.2 hours of training and evaluation" in block and "about 0.6 hours of wall time" in block
+    assert "1.2 hours" in block and "0.6 hours" in block                          # train_hours, and over 2 jobs
     readme = tmp_path / "README.md"
-    readme.write_text(f"intro\n{study.BLOCK_BEGIN}\nold\n{study.BLOCK_END}\noutro\n")
-    assert study.update_readme(block, readme) is True
-    assert study.update_readme(block, readme) is False
+    readme.write_text(f"intro\n{reports.BLOCK_BEGIN}\nold\n{reports.BLOCK_END}\noutro\n")
+    assert reports.update_readme(block, readme) is True
+    assert reports.update_readme(block, readme) is False
     text = readme.read_text()
     assert text.startswith("intro\n") and text.endswith("outro\n") and "old" not in text
     (tmp_path / "study.json").write_text(json.dumps(fake_study()))
-    assert study.readme_matches(tmp_path / "study.json", readme)
+    assert reports.readme_matches(tmp_path / "study.json", readme)
     readme.write_text(text.replace("0.900", "0.901"))
-    assert not study.readme_matches(tmp_path / "study.json", readme)
+    assert not reports.readme_matches(tmp_path / "study.json", readme)
     with pytest.raises(ValueError, match="markers"):
-        study.update_readme(block, tmp_path / "study.json")
+        reports.update_readme(block, tmp_path / "study.json")
 
 
 def test_pair_lines_give_both_intervals_and_cope_with_one_seed():
     pair = fake_study()["seeds"]["pairs"][0]
-    lines = study.pair_lines(pair)
-    assert lines[0] == ("mtl − cat, top-3 category accuracy: +0.0500 (t [+0.0100, +0.0900], bootstrap "
-                        "[+0.0100, +0.0900], 5 seeds): mtl is better")
-    assert lines[-1] == "  secondary, Holm-adjusted: no difference established"
+    lines = reports.pair_lines(pair)
+    assert len(lines) == 3                                              # two primary metrics, then the secondary
+    for needed in ("+0.0500", "t [+0.0100, +0.0900]", "bootstrap [+0.0100, +0.0900]", "5 seeds", "mtl is better"):
+        assert needed in lines[0]
+    assert "no difference established" in lines[-1]                   # no secondary metric established
     one = {"a": "mtl", "b": "cat", "seeds": [0], "primary": {"attr_map_all": {
         "t": {"mean": -0.01, "low": None, "high": None}, "bootstrap": {"mean": -0.01, "low": -0.03, "high": 0.01},
         "verdict": "no difference established"}}}
-    assert study.pair_lines(one, digits=3) == [
-        "mtl − cat, attribute mAP: -0.010 (t [–, –], bootstrap [-0.030, +0.010], 1 seed): no difference established"]
-    assert len(study.pair_lines({**one, "secondary": {}})) == 1       # none tested (the dial): no Holm line
+    (line,) = reports.pair_lines(one, digits=3)
+    for needed in ("-0.010", "t [–, –]", "bootstrap [-0.030, +0.010]", "1 seed", "no difference established"):
+        assert needed in line
+    assert len(reports.pair_lines({**one, "secondary": {}})) == 1       # none tested (the dial): no Holm line
 
 
 def test_a_diverged_tuning_run_is_recorded_and_loses(plan):
     specs = plan.tuning_specs()
-    study.export_failure(plan, specs[0], "diverged: non-finite total loss at epoch 2, batch 7")
+    runner.export_failure(plan, specs[0], "diverged: non-finite total loss at epoch 2, batch 7")
     recorded = json.loads((plan.results_dir / "runs" / specs[0].key / "config.json").read_text())
     assert recorded["data_root"] == "data/x" and recorded["lr"] == specs[0].config["lr"]   # portable, like export_run
     for spec in specs[1:]:
         export(plan, spec, val=0.5)
-    chosen, rows = study.choose_settings(plan)
+    chosen, rows = plans.choose_settings(plan)
     assert chosen["mtl"] == {"backbone": "vgg16_bn", "lr": 3e-4}
     assert rows[0]["failed"].startswith("diverged") and math.isnan(rows[0]["val_score"])
-    assert study.load_runs(plan, specs[:1]) == []                       # left out of every summary
+    assert analysis.load_runs(plan, specs[:1]) == []                       # left out of every summary
 
 
 def test_readme_block_before_results_shows_the_setting_from_the_plan(plan):
-    block = study.readme_block(study.skeleton(plan))
+    block = reports.readme_block(analysis.skeleton(plan))
     assert "| input | 224 px | 32 px crops of the box |" in block
     assert "patience 3, at most 20 epochs" in block and "3 for `mtl`" in block
-    assert "has not finished its tuning runs yet" in block
+    assert "(0 of 4)" in block and "| `mtl` |" not in block             # tuning runs exported of planned; no table
 
 
 def test_the_committed_readme_matches_the_committed_results():
     """README's results section is what results/study.json (or results/plan.yaml before it) renders to."""
-    assert study.readme_matches(), "run: python -m vfu_nb.study readme"
+    assert reports.readme_matches(), "run: python -m vfu_nb.study readme"
 
 
 def test_exported_results_are_not_git_ignored():
@@ -324,21 +329,21 @@ def test_make_run_trains_with_the_studys_recipe_and_chosen_settings():
 
 
 def test_exported_configs_hold_paths_relative_to_the_repository():
-    inside = str(study.REPO / "data" / "synthetic")
-    config = {"model": "mtl", "run_dir": str(study.REPO / "runs/study/x"), "data_root": inside,
+    inside = str(plans.REPO / "data" / "synthetic")
+    config = {"model": "mtl", "run_dir": str(plans.REPO / "runs/study/x"), "data_root": inside,
               "cache_dir": "/elsewhere/cache", "lr": 0.001}
-    assert study.portable_config(config) == {"model": "mtl", "run_dir": "runs/study/x", "data_root": "data/synthetic",
+    assert plans.portable_config(config) == {"model": "mtl", "run_dir": "runs/study/x", "data_root": "data/synthetic",
                                              "cache_dir": "/elsewhere/cache", "lr": 0.001}
-    for path in (study.REPO / "results" / "runs").glob("**/config.json"):        # the committed exports
-        assert study.portable_config(json.loads(path.read_text())) == json.loads(path.read_text()), path
+    for path in (plans.REPO / "results" / "runs").glob("**/config.json"):        # the committed exports
+        assert plans.portable_config(json.loads(path.read_text())) == json.loads(path.read_text()), path
 
 
 @pytest.mark.slow
 def test_the_smoke_study_trains_every_part_once_and_reports(synth_root, tmp_path):
     """The real path end to end (seconds per run): training, export, report; a second run trains nothing."""
-    plan = study.smoke_plan(tmp_path / "smoke", data_root=synth_root)
+    plan = plans.smoke_plan(tmp_path / "smoke", data_root=synth_root)
     log = []
-    result = study.run(plan, log=log.append)
+    result = cli.run(plan, log=log.append)
     assert result["chosen"] == {"mtl": {"lr": 1e-3, "backbone": "vgg16_bn"}, "cat": {"lr": 1e-3, "backbone": "vgg16_bn"}}
     assert result["tuning_unfinished"] == [] and result["runs"]["exported"] == result["runs"]["planned"] == 8
     top3 = [r for r in result["seeds"]["summary"] if r["metric"] == "category_top3"]
@@ -347,9 +352,9 @@ def test_the_smoke_study_trains_every_part_once_and_reports(synth_root, tmp_path
     assert [p["fraction"] for p in result["learning_curve"]["points"]] == [0.5, 1.0]
     exported = Path(plan["results"]) / "runs"
     assert len(list(exported.glob("*/*/*/*/metrics.json"))) == 8
-    assert sorted(p.name for p in Path(plan["figures"]).glob("*.png")) == sorted(study.FIGURES.values())
+    assert sorted(p.name for p in Path(plan["figures"]).glob("*.png")) == sorted(reports.FIGURES.values())
     log.clear()
-    study.run(plan, log=log.append)
+    cli.run(plan, log=log.append)
     assert not any(line.startswith("[study] start") for line in log) and "0 runs to train" in log[0]
 
 
@@ -394,19 +399,19 @@ def test_reading_states_established_gains_and_attributes_them_only_with_the_cont
 
     result = {"seeds": {"pairs": [pair("mtl", "cat", interval, null), pair("mtl", "mtl_no_landmarks", interval, null),
                                   pair("mtl_no_landmarks", "cat", null, null)]}}
-    lines = study.reading(result)
-    assert lines[0] == ("`mtl` vs `cat` (3 seeds): `mtl` beats `cat` in top-3 category accuracy (+0.050); "
-                        "no difference established in attribute mAP.")
-    assert lines[2] == ("`mtl_no_landmarks` vs `cat` (3 seeds): no difference established in top-3 category "
-                        "accuracy and attribute mAP.")
-    assert len(lines) == 4 and lines[3].startswith("In top-3 category accuracy the gain goes with the landmark supervision")
+    assert analysis.landmark_supervision_gains(result) == ["category_top3"]
+    lines = reports.reading(result)
+    assert len(lines) == 4                                             # one per pair, then the trio's reading
+    assert "+0.050" in lines[0] and "+0.010" not in lines[0]          # the established gain's mean only
     result["seeds"]["pairs"][2] = pair("mtl_no_landmarks", "cat", interval, null)    # the extra layers help too
-    assert len(study.reading(result)) == 3
+    assert analysis.landmark_supervision_gains(result) == [] and len(reports.reading(result)) == 3
     worse = pair("mtl", "cat", null, null)
     worse["primary"]["category_top3"] = {"t": {"mean": -0.04, "low": -0.07, "high": -0.01},
                                          "bootstrap": {"mean": -0.04, "low": -0.06, "high": -0.02}, "verdict": "b better"}
-    assert study.reading({"seeds": {"pairs": [worse]}})[0].startswith(
-        "`mtl` vs `cat` (3 seeds): `cat` beats `mtl` in top-3 category accuracy (+0.040); no difference")
+    assert analysis.by_verdict(worse["primary"].items()) == {
+        "a better": [], "b better": ["category_top3"], "no difference established": ["attr_map_all"]}
+    (line,) = reports.reading({"seeds": {"pairs": [worse]}})
+    assert "+0.040" in line and "-0.040" not in line                   # the winner's gain: cat − mtl
 
 
 def test_models_figure_draws_each_baseline_once_and_keeps_close_names_apart():
@@ -435,8 +440,8 @@ def test_learning_curve_figure_shows_models_gains_and_baselines():
     gain = {"t": {"mean": 0.05, "low": 0.01, "high": 0.09}, "bootstrap": {"mean": 0.05, "low": 0.02, "high": 0.08},
             "verdict": "a better"}
     points = [{"fraction": f, "summary": [{"model": m, "metric": k, "n": 3, "mean": v + f / 10, "std": 0.01}
-                                          for m, v in (("mtl", 0.6), ("cat", 0.5)) for k in study.PRIMARY],
-               "pairs": [{"a": "mtl", "b": "cat", "seeds": [0, 1, 2], "primary": {k: gain for k in study.PRIMARY}}]}
+                                          for m, v in (("mtl", 0.6), ("cat", 0.5)) for k in analysis.PRIMARY],
+               "pairs": [{"a": "mtl", "b": "cat", "seeds": [0, 1, 2], "primary": {k: gain for k in analysis.PRIMARY}}]}
               for f in (0.1, 0.5, 1.0)]
     result = {"learning_curve": {"data": "default", "points": points},
               "baselines": {"default": {"class_prior": {"category_top3": 0.3}, "chance": {"category_top3": 0.06}}}}
@@ -451,12 +456,13 @@ def test_learning_curve_figure_shows_models_gains_and_baselines():
 
 def test_grid_edges_names_models_whose_choice_is_at_the_end_of_the_grid():
     result = {"grid": {"lr": [1e-3, 3e-4]}, "chosen": {"mtl": {"lr": 1e-3}, "cat": {"lr": 1e-3}}}
-    assert study.grid_edges(result) == (" `mtl`, `cat` chose the largest learning rate of the grid, so a wider grid "
-                                        "might find better settings for all of them.")
+    assert analysis.grid_edge_models(result) == {"largest": ["mtl", "cat"]}
+    assert "`mtl`, `cat`" in reports.grid_edges(result)
     result["grid"]["lr"] = [3e-4, 1e-3, 3e-3]
-    assert study.grid_edges(result) == ""
+    assert analysis.grid_edge_models(result) == {} and reports.grid_edges(result) == ""
     result["chosen"]["cat"] = {"lr": 3e-4}
-    assert study.grid_edges(result) == " `cat` chose the smallest learning rate of the grid, so a wider grid might find better settings."
+    assert analysis.grid_edge_models(result) == {"smallest": ["cat"]}
+    assert analysis.grid_edge_models({"grid": {"lr": [1e-3]}, "chosen": {"mtl": {"lr": 1e-3}}}) == {}   # no grid
 
 
 def test_readme_block_learning_curve_rows_give_seeds_and_bold_only_established_gains():
@@ -468,7 +474,7 @@ def test_readme_block_learning_curve_rows_give_seeds_and_bold_only_established_g
         {"fraction": 0.1, "summary": [], "pairs": [{**pair, "seeds": [0, 1, 2], "primary": {
             "category_top3": pair["primary"]["category_top3"], "attr_map_all": null}}]},
         {"fraction": 0.5, "summary": [], "pairs": []}]}
-    block = study.readme_block(result)
+    block = reports.readme_block(result)
     assert "| 10% | 3 | **+0.050 [+0.010, +0.090]** | +0.010 [-0.020, +0.040] |" in block
     assert "| 50% | 0 | – | – |" in block
 
@@ -481,11 +487,13 @@ def test_learning_curve_reading_names_the_sizes_with_and_without_an_established_
                                          "primary": {"category_top3": result(gain, verdict)}}]}
               for f, gain, verdict in ((0.1, 0.02, "no difference established"), (0.5, 0.09, "a better"),
                                        (1.0, 0.05, "a better"))]
-    lines = study.learning_curve_reading({"learning_curve": {"data": "default", "points": points}})
-    assert lines[0] == ("`mtl` − `cat`, top-3 category accuracy: a gain established at 50% and 100%; "
-                        "no difference established at 10% (largest mean gain at 50%: +0.090).")
-    assert "does not make" in lines[-1] and len(lines) == 2
-    assert study.learning_curve_reading({}) == []
+    (row,) = analysis.gains_across([(f"{p['fraction']:.0%}", q) for p in points for q in p["pairs"]])
+    assert row["settings"] == {"a better": ["50%", "100%"], "b better": [], "no difference established": ["10%"]}
+    assert (row["a"], row["b"], row["metric"], row["largest"], row["largest_mean"]) == (
+        "mtl", "cat", "category_top3", "50%", 0.09)
+    lines = reports.learning_curve_reading({"learning_curve": {"data": "default", "points": points}})
+    assert len(lines) == 2 and all(x in lines[0] for x in ("50%", "100%", "10%", "+0.090"))   # then the caveat
+    assert reports.learning_curve_reading({}) == []
 
 
 def test_dial_reading_names_each_benchmark_and_the_default_setting():
@@ -495,13 +503,15 @@ def test_dial_reading_names_each_benchmark_and_the_default_setting():
 
     rows = [{"settings": {"n": 100}, "pair": pair(0.01, "no difference established")},
             {"settings": {"n": 100, "geometry_informativeness": 1.0}, "pair": pair(0.04, "a better")}]
-    lines = study.dial_reading({"dial": rows})
-    default = synthetic.DEFAULT_GEOMETRY_INFORMATIVENESS
-    assert lines[0] == ("`mtl` − `cat`, attribute mAP: a gain established at geometry informativeness 1.0; no "
-                        f"difference established at geometry informativeness {default} (default) (largest mean gain "
-                        "at geometry informativeness 1.0: +0.040).")
-    assert "does not make" in lines[1] and len(lines) == 2
-    assert study.dial_reading({}) == []
+    default = DEFAULT_GEOMETRY_INFORMATIVENESS
+    names = [reports.dial_name(r) for r in rows]
+    assert names == [f"geometry informativeness {default} (default)", "geometry informativeness 1.0"]
+    (row,) = analysis.gains_across([(name, r["pair"]) for name, r in zip(names, rows)])
+    assert row["settings"] == {"a better": [names[1]], "b better": [], "no difference established": [names[0]]}
+    assert row["largest"] == names[1] and row["largest_mean"] == 0.04
+    lines = reports.dial_reading({"dial": rows})
+    assert len(lines) == 2 and all(x in lines[0] for x in (*names, "+0.040"))                  # then the caveat
+    assert reports.dial_reading({}) == []
 
 
 def test_readme_dial_rows_give_the_gain_and_the_means_beside_each_trees_geometry_baseline():
@@ -509,10 +519,10 @@ def test_readme_dial_rows_give_the_gain_and_the_means_beside_each_trees_geometry
     pair = result["seeds"]["pairs"][0]
     result["dial"] = [{"data": tag, "settings": settings, "pair": pair,
                        "summary": [{"model": m, "metric": k, "n": 2, "mean": v + shift, "std": 0.01}
-                                   for m, v in (("mtl", 0.8), ("cat", 0.7)) for k in study.PRIMARY]}
+                                   for m, v in (("mtl", 0.8), ("cat", 0.7)) for k in analysis.PRIMARY]}
                       for tag, settings, shift in (("default", {}, 0.0), ("g1", {"geometry_informativeness": 1.0}, 0.1))]
     result["baselines"]["g1"] = {"geometry_knn": {"category_top3": 0.69, "attr_map_all": 0.28}}
-    block = study.readme_block(result)
+    block = reports.readme_block(result)
     g1 = next(line for line in block.splitlines() if line.startswith("| geometry informativeness 1.0 |"))
     assert g1.endswith("| 0.900 / 0.800 / 0.690 | 0.900 / 0.800 / 0.280 |")
     assert "+0.050 [+0.010, +0.090] / [+0.010, +0.090]: **established**" in g1
@@ -525,16 +535,16 @@ def test_drifted_runs_names_exported_runs_whose_settings_the_plan_no_longer_give
     spec = plan.tuning_specs()[0]
     dest = plan.results_dir / "runs" / spec.key
     dest.mkdir(parents=True)
-    (dest / "config.json").write_text(json.dumps({k: v for k, v in study.portable_config(spec.config).items()
+    (dest / "config.json").write_text(json.dumps({k: v for k, v in plans.portable_config(spec.config).items()
                                                   if k != "min_epochs"}))
-    assert study.drifted_runs(plan) == []                       # min_epochs absent = its default, as planned
+    assert plans.drifted_runs(plan) == []                       # min_epochs absent = its default, as planned
     edited = Plan.load({**PLAN, "base": {**PLAN["base"], "patience": 5, "min_epochs": 10},
                         "results": str(tmp_path / "results"), "runs": str(tmp_path / "runs")})
-    assert study.drifted_runs(edited) == [f"{spec.key}: patience 3 -> 5", f"{spec.key}: min_epochs 0 -> 10"]
+    assert plans.drifted_runs(edited) == [f"{spec.key}: patience 3 -> 5", f"{spec.key}: min_epochs 0 -> 10"]
 
 
 def test_the_committed_results_were_trained_with_the_committed_plan():
-    assert study.drifted_runs(Plan.load(study.REPO / "results" / "plan.yaml")) == []
+    assert plans.drifted_runs(Plan.load(plans.REPO / "results" / "plan.yaml")) == []
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -560,14 +570,14 @@ def export2(plan, spec, top3, mAP):
     path = plan.results_dir / "runs" / spec.key / "metrics.json"
     metrics = json.loads(path.read_text())
     metrics["val"]["attr_map_all"] = mAP
-    study.write_atomic(path, json.dumps(metrics))
+    store.write_atomic(path, json.dumps(metrics))
 
 
 def test_selection_score_is_the_mean_of_the_declared_metrics():
     m = {"select_metric": "category_top3", "val": {"category_top3": 0.8, "attr_map_all": 0.4}}
-    assert study.selection_score(m) == 0.8
-    assert study.selection_score(m, ["category_top3", "attr_map_all"]) == pytest.approx(0.6)
-    assert math.isnan(study.selection_score({"val": {"category_top3": 0.8}}, ["category_top3", "attr_map_all"]))
+    assert plans.selection_score(m) == 0.8
+    assert plans.selection_score(m, ["category_top3", "attr_map_all"]) == pytest.approx(0.6)
+    assert math.isnan(plans.selection_score({"val": {"category_top3": 0.8}}, ["category_top3", "attr_map_all"]))
 
 
 def test_final_and_control_seeds_start_after_the_tuning_seed_and_go_seed_by_seed(plan2):
@@ -587,20 +597,20 @@ def test_the_grid_extends_while_an_edge_wins_and_the_choice_waits_for_it(plan2):
         top3, mAP = {("mtl", 5e-4): (0.80, 0.30), ("mtl", 1e-3): (0.78, 0.40),
                      ("cat", 5e-4): (0.70, 0.40), ("cat", 1e-3): (0.60, 0.40)}[(spec.model, spec.config["lr"])]
         export2(plan2, spec, top3, mAP)
-    assert study.tuning_lrs(plan2) == {"mtl": [5e-4, 1e-3, 2e-3], "cat": [2.5e-4, 5e-4, 1e-3]}
-    chosen, _ = study.choose_settings(plan2, partial=True)
+    assert plans.tuning_lrs(plan2) == {"mtl": [5e-4, 1e-3, 2e-3], "cat": [2.5e-4, 5e-4, 1e-3]}
+    chosen, _ = plans.choose_settings(plan2, partial=True)
     assert chosen == {}                                                  # both wait for their new rate
-    assert {s.key for s in study.pending(plan2)} == {"default/mtl/vgg16_bn_lr0.002_f1/seed0",
+    assert {s.key for s in plans.pending(plan2)} == {"default/mtl/vgg16_bn_lr0.002_f1/seed0",
                                                      "default/cat/vgg16_bn_lr0.00025_f1/seed0"}
-    by_key = {s.key: s for s in plan2.tuning_specs(study.tuning_lrs(plan2))}
+    by_key = {s.key: s for s in plan2.tuning_specs(plans.tuning_lrs(plan2))}
     export2(plan2, by_key["default/mtl/vgg16_bn_lr0.002_f1/seed0"], 0.5, 0.3)       # interior now: stops
     export2(plan2, by_key["default/cat/vgg16_bn_lr0.00025_f1/seed0"], 0.9, 0.5)     # edge again: once more
-    assert study.tuning_lrs(plan2) == {"mtl": [5e-4, 1e-3, 2e-3], "cat": [1.25e-4, 2.5e-4, 5e-4, 1e-3]}
-    assert list(study.choose_settings(plan2, partial=True)[0]) == ["mtl"]
-    by_key = {s.key: s for s in plan2.tuning_specs(study.tuning_lrs(plan2))}
+    assert plans.tuning_lrs(plan2) == {"mtl": [5e-4, 1e-3, 2e-3], "cat": [1.25e-4, 2.5e-4, 5e-4, 1e-3]}
+    assert list(plans.choose_settings(plan2, partial=True)[0]) == ["mtl"]
+    by_key = {s.key: s for s in plan2.tuning_specs(plans.tuning_lrs(plan2))}
     export2(plan2, by_key["default/cat/vgg16_bn_lr0.000125_f1/seed0"], 0.95, 0.5)   # edge wins, max 2 reached
-    assert study.tuning_lrs(plan2)["cat"] == [1.25e-4, 2.5e-4, 5e-4, 1e-3]
-    chosen, rows = study.choose_settings(plan2)
+    assert plans.tuning_lrs(plan2)["cat"] == [1.25e-4, 2.5e-4, 5e-4, 1e-3]
+    chosen, rows = plans.choose_settings(plan2)
     assert chosen == {"mtl": {"backbone": "vgg16_bn", "lr": 1e-3}, "cat": {"backbone": "vgg16_bn", "lr": 1.25e-4}}
     assert len(rows) == 7
 
@@ -615,12 +625,12 @@ def test_import_reused_copies_only_runs_with_the_same_key_and_settings(plan2, tm
                           ).tuning_specs()[2], val=0.7)                      # cat at lr 1e-3, other patience
     plan2.reuse = [str(tmp_path / "old")]
     log = []
-    assert study.import_reused(plan2, log.append) == [same.key]
+    assert runner.import_reused(plan2, log.append) == [same.key]
     copied = plan2.results_dir / "runs" / same.key
     assert json.loads((copied / "origin.json").read_text())["reused_from"].endswith(f"old/runs/{same.key}")
     assert (copied / "metrics.json").read_text() == (old.results_dir / "runs" / same.key / "metrics.json").read_text()
-    assert study.exported(plan2, other.key) is None and "reused 1 finished runs" in log[0]
-    assert study.import_reused(plan2, log.append) == []                  # nothing twice
+    assert plans.exported(plan2, other.key) is None and "reused 1 finished runs" in log[0]
+    assert runner.import_reused(plan2, log.append) == []                  # nothing twice
 
 
 PRE = {"primary_metrics": ["category_top3", "attr_map_all"], "alpha": 0.05,
@@ -647,7 +657,7 @@ def test_the_preregistered_report_decides_every_contrast_and_writes_its_readme_b
                  attributes=attributes, attribute_types=np.ones(6, int))
     for spec in plan2.tuning_specs():
         export2(plan2, spec, 0.7 if spec.config["lr"] == 1e-3 else 0.6, 0.4)
-    chosen, _ = study.choose_settings(plan2, partial=True)
+    chosen, _ = plans.choose_settings(plan2, partial=True)
     assert set(chosen) == {"mtl", "cat"}
     control_preds = {}
     for spec in plan2.later_specs(chosen):
@@ -668,8 +678,8 @@ def test_the_preregistered_report_decides_every_contrast_and_writes_its_readme_b
         if spec.model == "cat" and spec.seed == 1 and spec.part == "seeds":     # as a reused first-study run
             preds = {k: v for k, v in preds.items() if k in ("category_rank", "attribute_logits")}
         export(plan2, spec, preds=preds, test={"category_top3": float(np.mean(preds["category_rank"] < 3))})
-    (tmp_path / "README.md").write_text(f"intro\n{study.STUDY2_BEGIN}\nold\n{study.STUDY2_END}\nrest\n")
-    result = study.report(plan2, log=lambda line: None)
+    (tmp_path / "README.md").write_text(f"intro\n{reports.STUDY2_BEGIN}\nold\n{reports.STUDY2_END}\nrest\n")
+    result = reports.report(plan2, log=lambda line: None)
     rows = {(r["contrast"], r["metric"]): r["result"] for r in result["primary_family"]}
     assert rows[("mtl_vs_cat", "category_top3")]["outcome"] == "established"
     assert rows[("mtl_vs_cat", "category_top3")]["direction"] == 1 and rows[("mtl_vs_cat", "category_top3")]["n"] == 5
@@ -681,23 +691,26 @@ def test_the_preregistered_report_decides_every_contrast_and_writes_its_readme_b
     assert ("default", "cat", "attention_lift") not in where
     assert where[("default", "cat", "saliency_lift")]["runs"] == 4                # seed 1 has no measure
     assert where[("default", "mtl", "saliency_lift")]["runs"] == 5
-    assert (plan2.resolve(plan2.figures) / study.STUDY2_FIGURE).exists()
-    block = study.preregistered_block(result)
-    assert study.update_readme(block, tmp_path / "README.md", study.STUDY2_BEGIN, study.STUDY2_END)
+    assert (plan2.resolve(plan2.figures) / reports.STUDY2_FIGURE).exists()
+    block = reports.preregistered_block(result)
+    assert reports.update_readme(block, tmp_path / "README.md", reports.STUDY2_BEGIN, reports.STUDY2_END)
     text = (tmp_path / "README.md").read_text()
     assert text.startswith("intro\n") and text.endswith("rest\n") and "old" not in text
-    sentences = study.mechanism_reading(result)
+    top3 = analysis.mechanism(result)[0]
+    assert top3["metric"] == "category_top3" and top3["results"]["mtl_vs_cat"] == rows[("mtl_vs_cat", "category_top3")]
+    assert (top3["reading"], top3["source"], top3["control"]) == ("gain", "both", "equivalent")
+    sentences = reports.mechanism_reading(result)
     gain = rows[("mtl_vs_cat", "category_top3")]
-    assert f"established ({gain['mean']:+.3f} [{gain['low']:+.3f}, {gain['high']:+.3f}]" in sentences[0]
-    assert "equivalent within ±0.02" in sentences[0] and "not measured yet" not in block
+    assert all(f"{gain[k]:+.3f}" in sentences[0] for k in ("mean", "low", "high"))   # the numbers of study.json
+    assert "equivalent" in sentences[0] and "not measured yet" not in block
 
 
 def test_the_committed_readme_study2_block_matches_the_committed_study2_results():
     repo = Path(__file__).resolve().parents[1]
     result = json.loads((repo / "results" / "v2" / "study.json").read_text())
     text = (repo / "README.md").read_text()
-    block = text.split(study.STUDY2_BEGIN, 1)[1].split(study.STUDY2_END, 1)[0].strip("\n")
-    assert block == study.preregistered_block(result)
+    block = text.split(reports.STUDY2_BEGIN, 1)[1].split(reports.STUDY2_END, 1)[0].strip("\n")
+    assert block == reports.preregistered_block(result)
     assert "preregistration" in result and result["changelog"] == Plan.load(repo / "results/v2/plan.yaml").changelog
 
 
@@ -705,5 +718,29 @@ def test_where_lines_of_a_model_with_one_seed_give_its_mean_and_no_interval():
     """One seed has no standard error: study.json stores the interval as null, the row shows the mean alone."""
     row = {"data": "default", "model": "mtl", "measure": "attention_lift", "mean": 1.2, "runs": 1, "pointing": 0.3,
            "region_fraction": 0.2, "result": {"low": None, "high": None, "outcome": "inconclusive"}}
-    line = study.where_lines({"where": {"rows": [row]}})[0]
-    assert "1.200" in line and "0.300" in line and "no interval" in line
+    line = reports.where_lines({"where": {"rows": [row]}})[0]
+    assert "1.200" in line and "0.300" in line and "[" not in line
+
+
+def test_mechanism_reads_the_factorial_and_the_control_from_their_outcomes():
+    """analysis.mechanism: which factor carries an established gain of mtl over cat, and what the control shows."""
+    def study(**outcomes):
+        family = [{"contrast": c, "metric": "category_top3",
+                   "result": {"outcome": o, "direction": d, "mean": 0.05 * d, "low": 0.01, "high": 0.09,
+                              "margin": 0.02} if o else None}
+                  for c, (o, d) in outcomes.items()]
+        return {"preregistration": {"primary_metrics": ["category_top3"]}, "primary_family": family}
+
+    est, neg, inc, eq = ("established", 1), ("established", -1), ("inconclusive", 0), ("equivalent", 0)
+    (row,) = analysis.mechanism(study(mtl_vs_cat=est, landmark_loss=est, attention=inc, control_mtl_vs_cat=neg))
+    assert (row["reading"], row["source"], row["control"], row["control_direction"]) == (
+        "gain", "landmark_loss", "established", -1)
+    (row,) = analysis.mechanism(study(mtl_vs_cat=est, landmark_loss=inc, attention=inc, control_mtl_vs_cat=eq))
+    assert row["reading"] == "no_source"
+    (row,) = analysis.mechanism(study(mtl_vs_cat=neg, landmark_loss=est, attention=est, control_mtl_vs_cat=eq))
+    assert row["reading"] == "no_gain"                                 # a gain of cat is nothing to explain here
+    (row,) = analysis.mechanism(study(mtl_vs_cat=est, landmark_loss=est))
+    assert row["reading"] is None and row["results"]["attention"] is None   # not all measured: no reading yet
+    assert len(reports.mechanism_reading(study(mtl_vs_cat=est, landmark_loss=est))) == 1
+    assert len(reports.mechanism_reading(study(mtl_vs_cat=est, landmark_loss=est, attention=inc,
+                                               control_mtl_vs_cat=neg))) == 2

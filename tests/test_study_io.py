@@ -1,4 +1,4 @@
-"""The study at its edges (vfu_nb.study_io): results that stand alone, damaged result files named with the way
+"""The study at its edges (vfu_nb.study.store): results that stand alone, damaged result files named with the way
 out, trainers that fail in one line, runs locked by another live process skipped and then waited for."""
 
 import json
@@ -13,10 +13,12 @@ import pytest
 import yaml
 
 from test_study import PLAN, export, seed_runs
-from vfu_nb import study, study_io
-from vfu_nb.rundir import RunLock, RunLockedError
-from vfu_nb.study import Plan
-from vfu_nb.study_io import CorruptResultError, StudyInputError
+from vfu_nb.training.rundir import RunLock, RunLockedError
+from vfu_nb.study import analysis, runner, store
+from vfu_nb.study import plan as plans
+from vfu_nb.study import report as reports
+from vfu_nb.study.plan import Plan
+from vfu_nb.study.store import CorruptResultError, StudyInputError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -38,7 +40,7 @@ def tuned_with_seeds(plan):
 
 
 def write_baselines(plan, tag, baselines):
-    path = study_io.baselines_path(plan.results_dir, tag)
+    path = store.baselines_path(plan.results_dir, tag)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"data": tag, "settings": plan.data[tag], "split": "test", "baselines": baselines}))
     return path
@@ -52,20 +54,20 @@ def test_the_report_takes_the_baselines_from_results_when_the_tree_is_absent(pla
     tuned_with_seeds(plan)
     baselines = {"class_prior": {"category_top3": 0.297, "category_top1": 0.14}, "chance": {"category_top3": 0.06}}
     write_baselines(plan, "default", baselines)
-    result = study.report(plan, log=lambda line: None)
+    result = reports.report(plan, log=lambda line: None)
     assert result["baselines"] == {"default": baselines, "g1": {}}          # g1 (the dial) has no runs: not needed
-    assert "| baseline: class prior | | | 0.297 |" in study.readme_block(result)
+    assert "| baseline: class prior | | | 0.297 |" in reports.readme_block(result)
 
 
 def test_the_report_refuses_without_the_baselines_it_shows_and_writes_nothing(plan):
     tuned_with_seeds(plan)
     with pytest.raises(StudyInputError) as err:
-        study.report(plan, log=lambda line: None)
+        reports.report(plan, log=lambda line: None)
     path = plan.results_dir / "baselines" / "default.json"
     root = plan.data_root("default")
     assert str(err.value) == (
         f"the baselines of data tree default are neither in {path} nor computable (no tree at {root}); restore the "
-        f"committed file with `git checkout -- {path}`, or generate the tree (`python -m vfu_nb.synthetic --out "
+        f"committed file with `git checkout -- {path}`, or generate the tree (`python -m vfu_nb.data.synthetic --out "
         f"{root} --n 100 --seed 0`), and run the report again (nothing was written)")
     assert not (plan.results_dir / "study.json").exists() and not plan.resolve(plan.figures).exists()
     write_baselines(plan, "default", {"chance": {"category_top3": 0.06}})
@@ -73,7 +75,7 @@ def test_the_report_refuses_without_the_baselines_it_shows_and_writes_nothing(pl
     path.write_text(json.dumps(stale))                                      # computed for another tree
     with pytest.raises(StudyInputError, match=r"holds the baselines of tree default with settings .*'n': 50.*but "
                                               r"the plan now gives .*'n': 100"):
-        study.report(plan, log=lambda line: None)
+        reports.report(plan, log=lambda line: None)
 
 
 def test_baselines_are_stored_when_the_tree_is_present_and_recomputed_only_when_it_changes(synth_root, tmp_path,
@@ -81,22 +83,22 @@ def test_baselines_are_stored_when_the_tree_is_present_and_recomputed_only_when_
     from vfu_nb import baselines as B
 
     results, settings = tmp_path / "results", {"root": str(synth_root), "n": 200, "seed": 0}
-    first = study_io.tree_baselines(results, "t", settings, synth_root, True)
+    first = store.tree_baselines(results, "t", settings, synth_root, True)
     stored = json.loads((results / "baselines" / "t.json").read_text())
     assert stored["settings"] == settings and stored["baselines"] == first and stored["split"] == "test"
-    assert stored["annotations_sha256"] == study_io.annotations_digest(synth_root)
+    assert stored["annotations_sha256"] == store.annotations_digest(synth_root)
     assert first["class_prior"]["category_top3"] == B.compute_baselines(synth_root)["class_prior"]["category_top3"]
 
     def no_compute(*a, **k):
         raise AssertionError("recomputed")
 
     monkeypatch.setattr(B, "compute_baselines", no_compute)
-    assert study_io.tree_baselines(results, "t", settings, synth_root, True) == first      # read back
-    assert study_io.tree_baselines(results, "t", settings, tmp_path / "gone", True) == first   # tree absent
+    assert store.tree_baselines(results, "t", settings, synth_root, True) == first      # read back
+    assert store.tree_baselines(results, "t", settings, tmp_path / "gone", True) == first   # tree absent
     monkeypatch.undo()
     log = []
     other = {**settings, "n": 201}
-    assert study_io.tree_baselines(results, "t", other, synth_root, True, log.append) == first
+    assert store.tree_baselines(results, "t", other, synth_root, True, log.append) == first
     assert log == [f"[study] {results / 'baselines' / 't.json'} was computed for another tree than {synth_root} "
                    f"now holds: recomputed"]
     assert json.loads((results / "baselines" / "t.json").read_text())["settings"] == other
@@ -107,7 +109,7 @@ def test_the_committed_baselines_are_those_of_the_committed_study():
     plan = Plan.load(REPO / "results" / "plan.yaml")
     committed = json.loads((REPO / "results" / "study.json").read_text())["baselines"]
     for tag, settings in plan.data.items():
-        stored = json.loads(study_io.baselines_path(plan.results_dir, tag).read_text())
+        stored = json.loads(store.baselines_path(plan.results_dir, tag).read_text())
         assert stored["settings"] == settings and stored["baselines"] == committed[tag], tag
 
 
@@ -121,14 +123,14 @@ def test_a_truncated_metrics_json_is_named_with_the_way_out(plan):
     path = plan.results_dir / "runs" / spec.key / "metrics.json"
     path.write_text(path.read_text()[:40])
     with pytest.raises(CorruptResultError) as err:
-        study.report(plan, log=lambda line: None)
+        reports.report(plan, log=lambda line: None)
     assert str(err.value).startswith(f"{path} is damaged or truncated (JSONDecodeError: ")
     assert str(err.value).endswith(f"; restore the committed file with `git checkout -- {path}`, or re-export the "
                                    f"run from its run directory with `python -m vfu_nb.study export PLAN {spec.key}`")
     path.write_text(json.dumps({"val": {"category_top3": "0.8"}, "test": {}}))          # hand-edited: a string
     with pytest.raises(CorruptResultError, match=r"metrics.json does not hold what it should \(val.category_top3 is "
                                                  r"'0.8', not a number\); restore"):
-        study.exported(plan, spec.key)
+        plans.exported(plan, spec.key)
 
 
 def test_truncated_predictions_and_edited_metrics_are_caught_by_the_report(plan):
@@ -139,7 +141,7 @@ def test_truncated_predictions_and_edited_metrics_are_caught_by_the_report(plan)
     good = preds.read_bytes()
     preds.write_bytes(good[: len(good) // 2])
     with pytest.raises(CorruptResultError) as err:
-        study.report(plan, log=lambda line: None)
+        reports.report(plan, log=lambda line: None)
     assert str(err.value).startswith(f"{preds} is damaged or truncated (BadZipFile: ")
     assert f"`python -m vfu_nb.study export PLAN {run.spec.key}`" in str(err.value)
     preds.write_bytes(good)
@@ -149,14 +151,14 @@ def test_truncated_predictions_and_edited_metrics_are_caught_by_the_report(plan)
     m["test"]["category_top3"] = true_top3 + 0.05                       # a number edited by hand
     metrics.write_text(json.dumps(m))
     with pytest.raises(CorruptResultError) as err:
-        study.report(plan, log=lambda line: None)
+        reports.report(plan, log=lambda line: None)
     assert str(err.value).startswith(f"{metrics} gives test category_top3 {true_top3 + 0.05:.4f} but its "
                                      f"predictions.npz gives {true_top3:.4f} (an edited file?); restore")
     m["test"]["category_top3"] = true_top3
     metrics.write_text(json.dumps(m))
     np.savez(preds, category_rank=np.zeros(10, np.int16), attribute_logits=np.zeros((10, 2), np.float32))
     with pytest.raises(CorruptResultError, match=r"predictions.npz has 10 test images, the labels of its tree 400"):
-        study.report(plan, log=lambda line: None)
+        reports.report(plan, log=lambda line: None)
 
 
 def test_a_damaged_study_json_or_baselines_file_is_named(plan):
@@ -164,11 +166,11 @@ def test_a_damaged_study_json_or_baselines_file_is_named(plan):
     (plan.results_dir / "study.json").write_text('{"runs": ')
     with pytest.raises(CorruptResultError, match=r"study.json is damaged or truncated .*; restore the committed "
                                                  r"file .*, or write it again with `python -m vfu_nb.study report"):
-        study.load_study(plan)
+        reports.load_study(plan)
     path = write_baselines(plan, "default", {"chance": {"category_top3": "high"}})
     with pytest.raises(CorruptResultError, match=r"default.json does not hold what it should \(baseline 'chance' is "
                                                  r"not an object of numbers\)"):
-        study.baselines_for(plan)
+        analysis.baselines_for(plan)
     assert path.exists()
 
 
@@ -192,19 +194,19 @@ def test_the_study_command_line_names_a_damaged_file_in_one_line(plan, tmp_path)
 def test_a_damaged_export_is_written_again_from_its_run_directory(synth_root, tmp_path):
     """python -m vfu_nb.study export PLAN KEY: a real (tiny) run trained and exported, its export damaged, then
     re-exported byte for byte."""
-    plan = Plan.load(study.smoke_plan(tmp_path / "s", data_root=synth_root))
+    plan = Plan.load(plans.smoke_plan(tmp_path / "s", data_root=synth_root))
     spec = plan.tuning_specs()[0]
-    study.train_and_export(plan, spec, False, log=lambda line: None)
+    runner.train_and_export(plan, spec, False, log=lambda line: None)
     dest = plan.results_dir / "runs" / spec.key
     good = {p.name: p.read_bytes() for p in dest.iterdir()}
     (dest / "predictions.npz").write_bytes(good["predictions.npz"][:100])
     (dest / "metrics.json").write_text("{")
     log = []
-    assert study_io.reexport(plan, spec.key, log.append) == dest
+    assert runner.reexport(plan, spec.key, log.append) == dest
     assert {p.name: p.read_bytes() for p in dest.iterdir()} == good and log == [f"[study] re-exported {spec.key} to "
                                                                                  f"{dest}"]
     with pytest.raises(StudyInputError, match=r"holds no finished run to export default/cat/"):
-        study_io.reexport(plan, spec.key.replace("/mtl/", "/cat/"))
+        runner.reexport(plan, spec.key.replace("/mtl/", "/cat/"))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -215,15 +217,15 @@ def test_a_failed_trainer_is_one_line_with_its_last_error(tmp_path):
     log = tmp_path / "stdout.log"
     log.write_text("epoch 1/2 loss 3.1\nTraceback (most recent call last):\n  File \"x.py\", line 1\n"
                    "ValueError: something broke\n")
-    error = study_io.trainer_error("k/m/s/seed0", 1, log)
-    assert type(error) is study_io.TrainingFailed
+    error = store.trainer_error("k/m/s/seed0", 1, log)
+    assert type(error) is store.TrainingFailed
     assert str(error) == f"training k/m/s/seed0 failed (exit 1): ValueError: something broke; the whole log: {log}"
     log.write_text("python -m vfu_nb.study: error: runs/x/checkpoints/last.pt: not written: no space left on the "
                    "device (0 bytes free)\n")
     assert "failed (exit 2): runs/x/checkpoints/last.pt: not written: no space left" in str(
-        study_io.trainer_error("k", 2, log))
+        store.trainer_error("k", 2, log))
     log.write_text("python -m vfu_nb.study: runs/x is being written by another process (pid 7 on h since t)\n")
-    locked = study_io.trainer_error("k", study_io.LOCKED_EXIT, log)
+    locked = store.trainer_error("k", store.LOCKED_EXIT, log)
     assert isinstance(locked, RunLockedError) and str(locked).startswith("runs/x is being written by another")
 
 
@@ -236,9 +238,9 @@ def test_a_run_locked_by_another_process_is_skipped_then_waited_for(plan, monkey
         trained.append(spec.key)
         export(plan_, spec, val=0.8 if spec.config["lr"] == 1e-3 else 0.5)
 
-    monkeypatch.setattr(study, "_train", fake_train)
-    monkeypatch.setattr(study, "export_run", lambda plan_, spec: None)
-    monkeypatch.setattr(study_io.BusyRuns, "poll_s", 0.05)
+    monkeypatch.setattr(runner, "_train", fake_train)
+    monkeypatch.setattr(runner, "export_run", lambda plan_, spec: None)
+    monkeypatch.setattr(store.BusyRuns, "poll_s", 0.05)
     locked = plan.tuning_specs()[0]
     lock = RunLock(plan.runs_dir / locked.key).acquire()          # held as another process would hold it
     holder = RunLock.held_by(plan.runs_dir / locked.key)
@@ -247,7 +249,7 @@ def test_a_run_locked_by_another_process_is_skipped_then_waited_for(plan, monkey
 
     def run():
         try:
-            study.train_pending(plan, jobs=2, log=log.append)
+            runner.train_pending(plan, jobs=2, log=log.append)
         except BaseException as exc:  # noqa: BLE001
             errors.append(exc)
 
@@ -262,7 +264,7 @@ def test_a_run_locked_by_another_process_is_skipped_then_waited_for(plan, monkey
     assert sorted(k for k in before if "/cat/" in k) == sorted(cat)
     lock.release()
     thread.join(30)
-    assert not thread.is_alive() and errors == [] and study.pending(plan) == []
+    assert not thread.is_alive() and errors == [] and plans.pending(plan) == []
     assert trained[len(before)] == locked.key
     notes = [line for line in log if line.startswith((f"[study] {locked.key}", "[study] waiting"))]
     assert notes[0] == (f"[study] {locked.key} is being trained by another process ({holder}): skipped for now, the "
@@ -282,9 +284,9 @@ def test_a_run_that_another_process_locks_at_the_last_moment_is_skipped_not_an_e
             raise RunLockedError(f"{spec.key} is being written by another process (pid 1)")
         export(plan_, spec, val=0.5)
 
-    monkeypatch.setattr(study, "_train", racing)
-    monkeypatch.setattr(study, "export_run", lambda plan_, spec: None)
+    monkeypatch.setattr(runner, "_train", racing)
+    monkeypatch.setattr(runner, "export_run", lambda plan_, spec: None)
     log = []
-    study.train_and_export(plan, plan.tuning_specs()[0], True, log.append)
+    runner.train_and_export(plan, plan.tuning_specs()[0], True, log.append)
     assert log[-1] == (f"[study] skip  {calls[0]}: {calls[0]} is being written by another process (pid 1)")
-    assert study.exported(plan, calls[0]) is None
+    assert plans.exported(plan, calls[0]) is None

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vfu_nb import synthetic as S
+from vfu_nb.data import annotations
+from vfu_nb.data.synthetic import displaced, driver, evidence, garment, planning, scene, settings, specs
 
 N = 100
 SHARED = Path(__file__).resolve().parents[2] / "shared"
@@ -32,7 +33,7 @@ TRIPLES = {1: 6, 2: 4, 3: 8}
 def tree(tmp_path_factory):
     """A 100-image tree generated with 2 worker processes (default settings)."""
     out = tmp_path_factory.mktemp("synth") / "seed0"
-    summary = S.generate(out, N, seed=0, workers=2, progress=False)
+    summary = driver.generate(out, N, seed=0, workers=2, progress=False)
     return out, summary
 
 
@@ -40,8 +41,8 @@ def tree(tmp_path_factory):
 def clean_tree(tmp_path_factory):
     """The first MIN_IMAGES images of `tree` without annotation noise, written through the CLI."""
     out = tmp_path_factory.mktemp("synth") / "clean"
-    summary = S.main(["--out", str(out), "--n", str(S.MIN_IMAGES), "--seed", "0", "--workers", "1", "--quiet",
-                      "--landmark-noise", "0", "--visibility-flip", "0"])
+    summary = driver.main(["--out", str(out), "--n", str(specs.MIN_IMAGES), "--seed", "0", "--workers", "1",
+                           "--quiet", "--landmark-noise", "0", "--visibility-flip", "0"])
     return out, summary
 
 
@@ -49,8 +50,8 @@ def clean_tree(tmp_path_factory):
 def displaced_tree(tmp_path_factory):
     """`tree` with its local parts displaced (the negative control), written through the CLI."""
     out = tmp_path_factory.mktemp("synth") / "displaced"
-    summary = S.main(["--out", str(out), "--n", str(N), "--seed", "0", "--workers", "1", "--quiet",
-                      "--evidence-placement", "displaced"])
+    summary = driver.main(["--out", str(out), "--n", str(N), "--seed", "0", "--workers", "1", "--quiet",
+                           "--evidence-placement", "displaced"])
     return out, summary
 
 
@@ -80,10 +81,10 @@ def images(tree):
 
 def test_tree_is_complete(tree):
     out, summary = tree
-    assert (out / S.MARKER_DONE).exists() and not (out / S.MARKER_BUSY).exists()
-    assert summary["n"] == N and summary["cached"] is False and summary["version"] == S.VERSION == 2
-    assert summary["settings"] == S.default_settings()
-    assert json.loads((out / S.MARKER_DONE).read_text())["settings"] == S.default_settings()
+    assert (out / settings.MARKER_DONE).exists() and not (out / settings.MARKER_BUSY).exists()
+    assert summary["n"] == N and summary["cached"] is False and summary["version"] == settings.VERSION == 2
+    assert summary["settings"] == settings.default_settings()
+    assert json.loads((out / settings.MARKER_DONE).read_text())["settings"] == settings.default_settings()
     assert sum(summary["splits"].values()) == N and sum(summary["categories"].values()) == N
     for rel in list(PER_IMAGE_FILES) + ["Anno/list_category_cloth.txt", "Anno/list_attr_cloth.txt"]:
         assert (out / rel).is_file(), rel
@@ -103,11 +104,12 @@ def test_per_image_files_share_names_headers_and_column_71(tree, rel):
     assert len(rows) == N and len(set(names)) == N
     for name, row in zip(names, rows):
         assert NAME_RE.match(name), name
-        assert len(name) < S.NAME_COLUMN and row[:S.NAME_COLUMN] == name.ljust(S.NAME_COLUMN)
+        column = annotations.NAME_COLUMN
+        assert len(name) < column and row[:column] == name.ljust(column)
         if rel in ("Anno/list_attr_img.txt", "Anno/list_landmarks.txt"):
-            assert row[S.NAME_COLUMN:S.NAME_COLUMN + 2] in (" 1", " 2", " 3", "-1"), row[:80]
+            assert row[annotations.NAME_COLUMN:annotations.NAME_COLUMN + 2] in (" 1", " 2", " 3", "-1"), row[:80]
         else:
-            assert row[S.NAME_COLUMN] != " ", row[:80]
+            assert row[annotations.NAME_COLUMN] != " ", row[:80]
 
 
 def test_folder_numbering_restarts_per_folder(tree):
@@ -120,29 +122,29 @@ def test_folder_numbering_restarts_per_folder(tree):
         assert got == list(range(1, len(got) + 1)), folder
         assert len(got) <= 50
     assert len(numbers) >= 2
-    assert all(folder.endswith(tuple(S.RENDERED_CATEGORIES)) for folder in numbers)
+    assert all(folder.endswith(tuple(specs.RENDERED_CATEGORIES)) for folder in numbers)
 
 
 def test_images_are_jpegs_up_to_300px(images):
     assert len(images) == N
-    assert all(fmt == "JPEG" and max(w, h) <= S.MAX_SIDE for w, h, fmt in images.values())
-    assert sum(max(w, h) == S.MAX_SIDE for w, h, _ in images.values()) >= 0.75 * N
+    assert all(fmt == "JPEG" and max(w, h) <= settings.MAX_SIDE for w, h, fmt in images.values())
+    assert sum(max(w, h) == settings.MAX_SIDE for w, h, _ in images.values()) >= 0.75 * N
     assert len({(w, h) for w, h, _ in images.values()}) > 5  # varied aspect ratios
 
 
 def test_category_labels_are_1_based_rendered_categories(tree):
     out, _ = tree
     for name, row in rows_by_name(out, "Anno/list_category_img.txt").items():
-        label = int(row[S.NAME_COLUMN:])
+        label = int(row[annotations.NAME_COLUMN:])
         assert 1 <= label <= 50
-        assert S.DEEPFASHION_CATEGORIES[label - 1][0] in S.RENDERED_CATEGORIES
-        assert name.split("/")[1].endswith(S.DEEPFASHION_CATEGORIES[label - 1][0])
+        assert specs.DEEPFASHION_CATEGORIES[label - 1][0] in specs.RENDERED_CATEGORIES
+        assert name.split("/")[1].endswith(specs.DEEPFASHION_CATEGORIES[label - 1][0])
 
 
 def test_bboxes_are_1_based_inclusive_inside_the_image(tree, images):
     out, _ = tree
     for name, row in rows_by_name(out, "Anno/list_bbox.txt").items():
-        m = re.fullmatch(r"(\d{3}) (\d{3}) (\d{3}) (\d{3})", row[S.NAME_COLUMN:])
+        m = re.fullmatch(r"(\d{3}) (\d{3}) (\d{3}) (\d{3})", row[annotations.NAME_COLUMN:])
         assert m, row
         x1, y1, x2, y2 = map(int, m.groups())
         w, h, _ = images[name]
@@ -154,10 +156,10 @@ def test_landmark_rows(tree, images):
     labels = rows_by_name(out, "Anno/list_category_img.txt")
     boxes = rows_by_name(out, "Anno/list_bbox.txt")
     for name, row in rows_by_name(out, "Anno/list_landmarks.txt").items():
-        tail = row[S.NAME_COLUMN:]
+        tail = row[annotations.NAME_COLUMN:]
         assert re.fullmatch(r" [123](  [012] \d{3} \d{3})+ ", tail), row
         clothes_type = int(tail[:2])
-        category = S.DEEPFASHION_CATEGORIES[int(labels[name][S.NAME_COLUMN:]) - 1]
+        category = specs.DEEPFASHION_CATEGORIES[int(labels[name][annotations.NAME_COLUMN:]) - 1]
         assert clothes_type == category[1]
         tokens = [int(t) for t in tail.split()[1:]]
         assert len(tokens) == 3 * TRIPLES[clothes_type]
@@ -181,31 +183,31 @@ def test_occluded_and_truncated_landmarks_occur(tree):
 def test_attribute_rows(tree):
     out, _ = tree
     for row in rows_by_name(out, "Anno/list_attr_img.txt").values():
-        tail = row[S.NAME_COLUMN:]
+        tail = row[annotations.NAME_COLUMN:]
         assert re.fullmatch(r"(-1| 1)( (-1| 1))*", tail), row[:90]
         values = [int(t) for t in tail.split()]
-        assert len(values) == len(S.SYNTHETIC_ATTRIBUTES)
-        assert S._MIN_POSITIVES <= values.count(1) <= S._MAX_POSITIVES + 2
+        assert len(values) == len(specs.SYNTHETIC_ATTRIBUTES)
+        assert specs._MIN_POSITIVES <= values.count(1) <= specs._MAX_POSITIVES + 2
 
 
 def test_partition_matches_plan(tree):
     out, _ = tree
-    plans = S.plan_images(N, 0)
+    plans = planning.plan_images(N, 0)
     rows = rows_by_name(out, "Eval/list_eval_partition.txt")
     assert [row.split()[1] for row in rows.values()] == [p.split for p in plans]
     assert list(rows) == [p.name for p in plans]
 
 
 def test_split_proportions_and_long_tail():
-    plans = S.plan_images(3000, seed=3)
+    plans = planning.plan_images(3000, seed=3)
     counts = collections.Counter(p.split for p in plans)
     assert counts == {"train": 2100, "val": 450, "test": 450}
-    prefix = collections.Counter(S.plan_split(333, seed=3))
+    prefix = collections.Counter(planning.plan_split(333, seed=3))
     assert abs(prefix["train"] / 333 - .7) < .03 and abs(prefix["val"] / 333 - .15) < .03
     per_category = collections.Counter(p.category for p in plans)
-    assert set(per_category) == set(S.RENDERED_CATEGORIES)
+    assert set(per_category) == set(specs.RENDERED_CATEGORIES)
     assert max(per_category.values()) > 6 * min(per_category.values())
-    types = {S.DEEPFASHION_CATEGORIES[p.label - 1][1] for p in plans}
+    types = {specs.DEEPFASHION_CATEGORIES[p.label - 1][1] for p in plans}
     assert types == {1, 2, 3}
 
 
@@ -227,19 +229,19 @@ def test_attribute_vocabulary_parses_like_the_real_file(tree):
     header, rows = read_listing(out / "Anno/list_attr_cloth.txt")
     assert header == "attribute_name  attribute_type"
     parsed = [tuple(row.rstrip().rsplit(None, 1)) for row in rows]
-    assert [(n, int(t)) for n, t in parsed] == S.SYNTHETIC_ATTRIBUTES
+    assert [(n, int(t)) for n, t in parsed] == specs.SYNTHETIC_ATTRIBUTES
     assert all(row[:29].rstrip() == n and row[29] == t for row, (n, t) in zip(rows, parsed))
     assert any(" " in n for n, _ in parsed)
-    assert {t for _, t in S.SYNTHETIC_ATTRIBUTES} == {1, 2, 3, 4, 5}
-    assert 40 <= len(S.SYNTHETIC_ATTRIBUTES) <= 60
-    assert [n for n, _ in S.SYNTHETIC_ATTRIBUTES] == sorted(n for n, _ in S.SYNTHETIC_ATTRIBUTES)
+    assert {t for _, t in specs.SYNTHETIC_ATTRIBUTES} == {1, 2, 3, 4, 5}
+    assert 40 <= len(specs.SYNTHETIC_ATTRIBUTES) <= 60
+    assert [n for n, _ in specs.SYNTHETIC_ATTRIBUTES] == sorted(n for n, _ in specs.SYNTHETIC_ATTRIBUTES)
 
 
 @pytest.mark.slow
 def test_same_seed_is_byte_identical_for_any_worker_count(tree, tmp_path):
     out, _ = tree
     again = tmp_path / "again"
-    S.generate(again, N, seed=0, workers=1, progress=False)
+    driver.generate(again, N, seed=0, workers=1, progress=False)
     files = sorted(p.relative_to(out) for p in out.rglob("*") if p.is_file())
     assert files == sorted(p.relative_to(again) for p in again.rglob("*") if p.is_file())
     for rel in files:
@@ -251,45 +253,45 @@ def test_prefix_stability_and_noise_touches_only_the_written_landmarks(tree, cle
     """The CLI's noise-free 81-image tree has the first 81 images of the 100-image tree, byte for byte,
     and the same rows in every file except the landmarks."""
     (out, _), (clean, summary) = tree, clean_tree
-    assert summary["n"] == S.MIN_IMAGES and summary["settings"]["landmark_noise"] == 0
-    for plan in S.plan_images(S.MIN_IMAGES, 0):
+    assert summary["n"] == specs.MIN_IMAGES and summary["settings"]["landmark_noise"] == 0
+    for plan in planning.plan_images(specs.MIN_IMAGES, 0):
         assert (clean / plan.name).read_bytes() == (out / plan.name).read_bytes()
     for rel in PER_IMAGE_FILES:
-        noisy, exact = read_listing(out / rel)[1][:S.MIN_IMAGES], read_listing(clean / rel)[1]
+        noisy, exact = read_listing(out / rel)[1][:specs.MIN_IMAGES], read_listing(clean / rel)[1]
         assert (noisy == exact) == (rel != "Anno/list_landmarks.txt"), rel
 
 
 def test_other_seed_draws_other_images():
-    plans0, plans1 = S.plan_images(S.MIN_IMAGES, 0), S.plan_images(S.MIN_IMAGES, 1)
+    plans0, plans1 = planning.plan_images(specs.MIN_IMAGES, 0), planning.plan_images(specs.MIN_IMAGES, 1)
     assert [p.name for p in plans0] != [p.name for p in plans1]
-    img0, rec0 = S.render_image(plans0[0], 0)
-    img1, rec1 = S.render_image(plans0[0], 1)
+    img0, rec0 = scene.render_image(plans0[0], 0)
+    img1, rec1 = scene.render_image(plans0[0], 1)
     assert img0.tobytes() != img1.tobytes() and rec0["bbox"] != rec1["bbox"]
 
 
 @pytest.mark.slow
 def test_rerun_is_cached_and_other_settings_or_versions_are_regenerated(tree, clean_tree, tmp_path):
     (out, _), (clean, _) = tree, clean_tree
-    assert S.generate(out, N, seed=0, progress=False)["cached"] is True
-    same = S.main(["--out", str(clean), "--n", str(S.MIN_IMAGES), "--quiet", "--landmark-noise", "0",
-                   "--visibility-flip", "0"])
+    assert driver.generate(out, N, seed=0, progress=False)["cached"] is True
+    same = driver.main(["--out", str(clean), "--n", str(specs.MIN_IMAGES), "--quiet", "--landmark-noise", "0",
+                        "--visibility-flip", "0"])
     assert same["cached"] is True
-    meta = json.loads((out / S.MARKER_DONE).read_text())
-    settings = S.default_settings()
-    assert S._cached_summary(out, N, 0, settings) == meta
+    meta = json.loads((out / settings.MARKER_DONE).read_text())
+    defaults = settings.default_settings()
+    assert driver._cached_summary(out, N, 0, defaults) == meta
     for n, seed, changed in [(N + 1, 0, {}), (N, 1, {}), (N, 0, {"geometry_informativeness": 1.0}),
                              (N, 0, {"landmark_noise": 0.0}), (N, 0, {"visibility_flip": 0.1})]:
-        assert S._cached_summary(out, n, seed, {**settings, **changed}) is None
+        assert driver._cached_summary(out, n, seed, {**defaults, **changed}) is None
     old = tmp_path / "old"
     old.mkdir()
-    (old / S.MARKER_DONE).write_text(json.dumps(dict(meta, version=1)))
+    (old / settings.MARKER_DONE).write_text(json.dumps(dict(meta, version=1)))
     (old / "img").mkdir()
     (old / "img" / "stale.jpg").write_bytes(b"x")
-    assert S._cached_summary(old, N, 0, settings) is None
-    summary = S.generate(old, S.MIN_IMAGES, seed=0, workers=1, progress=False, landmark_noise=0.0,
-                         visibility_flip=0.0)
-    assert summary["cached"] is False and summary["version"] == S.VERSION
-    assert not (old / "img" / "stale.jpg").exists() and not (old / S.MARKER_BUSY).exists()
+    assert driver._cached_summary(old, N, 0, defaults) is None
+    summary = driver.generate(old, specs.MIN_IMAGES, seed=0, workers=1, progress=False, landmark_noise=0.0,
+                              visibility_flip=0.0)
+    assert summary["cached"] is False and summary["version"] == settings.VERSION
+    assert not (old / "img" / "stale.jpg").exists() and not (old / settings.MARKER_BUSY).exists()
     for rel in list(PER_IMAGE_FILES) + ["Anno/list_attr_cloth.txt"]:
         assert (old / rel).read_bytes() == (clean / rel).read_bytes(), rel
 
@@ -297,19 +299,19 @@ def test_rerun_is_cached_and_other_settings_or_versions_are_regenerated(tree, cl
 def test_interrupted_and_foreign_directories(tmp_path):
     partial = tmp_path / "partial"
     partial.mkdir()
-    (partial / S.MARKER_BUSY).write_text("")
-    (partial / S.MARKER_DONE).write_text(json.dumps({"version": S.VERSION, "n": S.MIN_IMAGES, "seed": 0,
-                                                     "settings": S.default_settings()}))
-    assert S._cached_summary(partial, S.MIN_IMAGES, 0, S.default_settings()) is None  # busy marker wins
+    (partial / settings.MARKER_BUSY).write_text("")
+    (partial / settings.MARKER_DONE).write_text(json.dumps({"version": settings.VERSION, "n": specs.MIN_IMAGES,
+                                                            "seed": 0, "settings": settings.default_settings()}))
+    assert driver._cached_summary(partial, specs.MIN_IMAGES, 0, settings.default_settings()) is None  # busy marker wins
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     (foreign / "notes.txt").write_text("not a synthetic tree")
     with pytest.raises(FileExistsError):
-        S.generate(foreign, S.MIN_IMAGES, seed=0, workers=1, progress=False)
+        driver.generate(foreign, specs.MIN_IMAGES, seed=0, workers=1, progress=False)
 
 
 @pytest.mark.parametrize("kwargs, option, allowed", [
-    (dict(n=S.MIN_IMAGES - 1), "n", f">= {S.MIN_IMAGES}"),
+    (dict(n=specs.MIN_IMAGES - 1), "n", f">= {specs.MIN_IMAGES}"),
     (dict(n=100.0), "n", "integer"),
     (dict(seed=-1), "seed", ">= 0"),
     (dict(workers=0), "workers", ">= 1"),
@@ -322,9 +324,9 @@ def test_interrupted_and_foreign_directories(tmp_path):
     (dict(evidence_placement=None), "evidence_placement", "functional, displaced"),
 ])
 def test_bad_options_are_refused_with_their_range(tmp_path, kwargs, option, allowed):
-    args = {**dict(n=S.MIN_IMAGES, seed=0, workers=1, progress=False), **kwargs}
+    args = {**dict(n=specs.MIN_IMAGES, seed=0, workers=1, progress=False), **kwargs}
     with pytest.raises(ValueError) as err:
-        S.generate(tmp_path / "never", **args)
+        driver.generate(tmp_path / "never", **args)
     assert str(err.value).startswith(option + ":") and allowed in str(err.value)
     assert not (tmp_path / "never").exists()
 
@@ -333,7 +335,7 @@ def test_bad_options_are_refused_with_their_range(tmp_path, kwargs, option, allo
     (["--geometry-informativeness", "1.5"], "argument --geometry-informativeness: must be a number in [0, 1]"),
     (["--landmark-noise", "-0.1"], "argument --landmark-noise: must be a number in [0, 0.2]"),
     (["--visibility-flip", "2"], "argument --visibility-flip: must be a number in [0, 0.5]"),
-    (["--n", "10"], f"argument --n: must be an integer >= {S.MIN_IMAGES}"),
+    (["--n", "10"], f"argument --n: must be an integer >= {specs.MIN_IMAGES}"),
     (["--geometry-informativeness", "high"], "argument --geometry-informativeness: invalid float value"),
     (["--jitter", "0.1"], "unrecognized arguments: --jitter"),
     (["--evidence-placement", "moved"], "argument --evidence-placement: invalid choice: 'moved'"),
@@ -343,7 +345,7 @@ def test_cli_refuses_bad_options(tmp_path, capsys, argv, message):
     for flag, value in zip(argv[::2], argv[1::2]):
         base[flag] = value
     with pytest.raises(SystemExit) as exit_info:
-        S.main([t for kv in base.items() for t in kv] + ["--quiet"])
+        driver.main([t for kv in base.items() for t in kv] + ["--quiet"])
     assert exit_info.value.code == 2 and message in capsys.readouterr().err
     assert not (tmp_path / "never").exists()
 
@@ -353,16 +355,16 @@ def test_cli_refuses_bad_options(tmp_path, capsys, argv, message):
 # --------------------------------------------------------------------------------------------------
 
 def test_at_least_24_categories_of_every_clothes_type_are_rendered():
-    plans = S.plan_images(4000, seed=0)
+    plans = planning.plan_images(4000, seed=0)
     present = collections.Counter(p.category for p in plans)
-    assert len(present) == len(S.RENDERED_CATEGORIES) >= 24
-    per_type = collections.Counter(S._CATEGORY_TYPE[c] for c in present)
+    assert len(present) == len(specs.RENDERED_CATEGORIES) >= 24
+    per_type = collections.Counter(specs._CATEGORY_TYPE[c] for c in present)
     assert min(per_type.values()) >= 6 and set(per_type) == {1, 2, 3}
-    assert min(present.values()) >= 30 and S.MIN_IMAGES == 3 * len(S.RENDERED_CATEGORIES)
+    assert min(present.values()) >= 30 and specs.MIN_IMAGES == 3 * len(specs.RENDERED_CATEGORIES)
 
 
 def _silhouette(spec: dict) -> tuple:
-    return (spec["lower"],) + tuple(spec[s] for s in S.SHAPE_SLOTS)
+    return (spec["lower"],) + tuple(spec[s] for s in specs.SHAPE_SLOTS)
 
 
 def _total_variation(a: collections.Counter, b: collections.Counter) -> float:
@@ -376,7 +378,7 @@ def test_geometry_dial_sets_how_much_the_silhouette_depends_on_the_category(firs
     """G = 0: two categories of one clothes type draw the very same silhouette from the same random
     stream (so their silhouette distributions are equal); G = 1: each has its own distribution."""
     def silhouettes(category, g, n=600):
-        return [_silhouette(S.sample_spec(category, np.random.default_rng(k), None, g)) for k in range(n)]
+        return [_silhouette(specs.sample_spec(category, np.random.default_rng(k), None, g)) for k in range(n)]
 
     assert silhouettes(first, 0.0) == silhouettes(second, 0.0)
     at_one = _total_variation(*(collections.Counter(silhouettes(c, 1.0)) for c in (first, second)))
@@ -387,24 +389,24 @@ def test_geometry_dial_sets_how_much_the_silhouette_depends_on_the_category(firs
 
 def test_shape_source_is_the_category_with_probability_g():
     rng = np.random.default_rng(3)
-    own = [S.shape_source("Henley", rng, 0.35) == "Henley" for _ in range(4000)]
-    pooled = S._TYPE_WEIGHTS[1]["Henley"] / sum(S._TYPE_WEIGHTS[1].values())
+    own = [specs.shape_source("Henley", rng, 0.35) == "Henley" for _ in range(4000)]
+    pooled = specs._TYPE_WEIGHTS[1]["Henley"] / sum(specs._TYPE_WEIGHTS[1].values())
     assert abs(np.mean(own) - (0.35 + 0.65 * pooled)) < 0.025
-    assert {S.shape_source("Henley", rng, 0.0) for _ in range(300)} <= set(S._TYPE_WEIGHTS[1])
-    assert {S.shape_source("Henley", rng, 1.0) for _ in range(50)} == {"Henley"}
+    assert {specs.shape_source("Henley", rng, 0.0) for _ in range(300)} <= set(specs._TYPE_WEIGHTS[1])
+    assert {specs.shape_source("Henley", rng, 1.0) for _ in range(50)} == {"Henley"}
 
 
 def test_keypoints_and_outline_depend_only_on_the_silhouette_slots():
     """Swapping every local part (neckline, front, cuffs, waist, hem, pockets, fabric...) keeps the
     silhouette polygons and keypoints identical."""
     rng = np.random.default_rng(11)
-    for category in S.RENDERED_CATEGORIES:
+    for category in specs.RENDERED_CATEGORIES:
         for _ in range(5):
-            spec = S.sample_spec(category, rng, None, 1.0)
-            other_parts = S.sample_spec(category, rng, None, 1.0)
-            swapped = dict(spec, **{s: other_parts[s] for s in S.PART_SLOTS})
-            a = S.build_garment(spec, np.random.default_rng(5))
-            b = S.build_garment(swapped, np.random.default_rng(5))
+            spec = specs.sample_spec(category, rng, None, 1.0)
+            other_parts = specs.sample_spec(category, rng, None, 1.0)
+            swapped = dict(spec, **{s: other_parts[s] for s in specs.PART_SLOTS})
+            a = garment.build_garment(spec, np.random.default_rng(5))
+            b = garment.build_garment(swapped, np.random.default_rng(5))
             np.testing.assert_array_equal(a.keypoints, b.keypoints)
             assert all(np.array_equal(x, y) for x, y in zip(a.shapes, b.shapes)) and len(a.shapes) == len(b.shapes)
 
@@ -423,16 +425,16 @@ def test_local_parts_are_drawn_at_their_functional_points():
     every cuff touches a sleeve landmark (trouser-leg cuffs of lower-body garments: a hem landmark)."""
     rng = np.random.default_rng(4)
     checked = collections.Counter()
-    for category in S.RENDERED_CATEGORIES:
+    for category in specs.RENDERED_CATEGORIES:
         for _ in range(20):
-            spec = S.sample_spec(category, rng, None, 1.0)
-            bare = dict(spec, **{s: S._empty(s) for s in S.PART_SLOTS})
-            base = {d.pts.tobytes() for d in S.build_garment(bare, np.random.default_rng(0)).details}
+            spec = specs.sample_spec(category, rng, None, 1.0)
+            bare = dict(spec, **{s: specs._empty(s) for s in specs.PART_SLOTS})
+            base = {d.pts.tobytes() for d in garment.build_garment(bare, np.random.default_rng(0)).details}
             for slot, kps in _PART_KEYPOINTS.items():
                 if spec[slot] is None or spec[slot] == "band":  # a kimono band runs down the whole front
                     continue
-                g = S.build_garment(dict(bare, **{slot: spec[slot]}), np.random.default_rng(0))
-                if slot == "cuff" and S._CATEGORY_TYPE[category] == 2:
+                g = garment.build_garment(dict(bare, **{slot: spec[slot]}), np.random.default_rng(0))
+                if slot == "cuff" and specs._CATEGORY_TYPE[category] == 2:
                     kps = [6, 7]
                 a, b = g.keypoints[kps]
                 added = [d for d in g.details if d.pts.tobytes() not in base]
@@ -450,17 +452,17 @@ def test_annotation_noise_jitters_written_landmarks_by_the_configured_amount():
     box = (101, 51, 300, 450)  # 200 x 400 px
     keypoints = np.column_stack([rng.uniform(150, 250, n), rng.uniform(150, 350, n)])
     truth = [(int(v), math.floor(x) + 1, math.floor(y) + 1) for v, (x, y) in zip(rng.integers(0, 2, n), keypoints)]
-    written = S.annotate_landmarks(keypoints, truth, box, 0.03, 0.1, np.random.default_rng(1))
+    written = scene.annotate_landmarks(keypoints, truth, box, 0.03, 0.1, np.random.default_rng(1))
     dx = np.array([w[1] - t[1] for w, t in zip(written, truth)]) / 200
     dy = np.array([w[2] - t[2] for w, t in zip(written, truth)]) / 400
     assert abs(dx.std() - .03) < .002 and abs(dy.std() - .03) < .002 and abs(dx.mean()) < .002
     flipped = np.mean([w[0] != t[0] for w, t in zip(written, truth)])
     assert abs(flipped - 0.1) < 0.01
-    exact = S.annotate_landmarks(keypoints, truth, box, 0.0, 0.0, np.random.default_rng(1))
+    exact = scene.annotate_landmarks(keypoints, truth, box, 0.0, 0.0, np.random.default_rng(1))
     assert exact == truth
     truncated = [(2, 1, 200)] * 500
-    kept = S.annotate_landmarks(np.full((500, 2), -30.), truncated, (1, 1, 300, 300), .02, .5,
-                                np.random.default_rng(2))
+    kept = scene.annotate_landmarks(np.full((500, 2), -30.), truncated, (1, 1, 300, 300), .02, .5,
+                                    np.random.default_rng(2))
     assert all(v == 2 and 1 <= x <= 300 and 1 <= y <= 300 for v, x, y in kept)  # never flipped, in the box
 
 
@@ -485,13 +487,13 @@ def test_written_landmarks_of_a_tree_carry_the_default_noise(tree, clean_tree):
 @pytest.mark.slow                 # 8,100 sampled garment specs
 def test_attributes_correlate_with_the_category_but_are_not_a_function_of_it():
     rng = np.random.default_rng(2)
-    vectors = {c: [tuple(S.attribute_vector(S.sample_spec(c, rng))) for _ in range(300)]
-               for c in S.RENDERED_CATEGORIES}
+    vectors = {c: [tuple(specs.attribute_vector(specs.sample_spec(c, rng))) for _ in range(300)]
+               for c in specs.RENDERED_CATEGORIES}
     for category, vs in vectors.items():
         counts = collections.Counter(vs)
         assert len(counts) >= 15 and counts.most_common(1)[0][1] < 0.35 * len(vs), category
     rate = {c: np.mean(np.array(vs) > 0, axis=0) for c, vs in vectors.items()}
-    idx = S._ATTRIBUTE_INDEX
+    idx = specs._ATTRIBUTE_INDEX
     assert rate["Hoodie"][idx["hooded"]] > .8 and 0 < rate["Jacket"][idx["hooded"]] < .3
     assert rate["Jeans"][idx["denim"]] > .6 and rate["Sweater"][idx["denim"]] < .1
     overall = np.mean([np.mean(np.array(vs) > 0, axis=0) for vs in vectors.values()], axis=0)
@@ -503,15 +505,15 @@ def test_attributes_correlate_with_the_category_but_are_not_a_function_of_it():
 def test_specs_only_label_what_can_be_drawn():
     rng = np.random.default_rng(0)
     sizes = []
-    for category in S.RENDERED_CATEGORIES:
-        ctype = S._CATEGORY_TYPE[category]
+    for category in specs.RENDERED_CATEGORIES:
+        ctype = specs._CATEGORY_TYPE[category]
         for g in (0.0, 1.0):
             for _ in range(40):
-                spec = S.sample_spec(category, rng, None, g)
-                labels = set(S.spec_labels(spec))
+                spec = specs.sample_spec(category, rng, None, g)
+                labels = set(specs.spec_labels(spec))
                 sizes.append(len(labels))
-                assert S._MIN_POSITIVES <= len(labels) <= S._MAX_POSITIVES + 2
-                assert sum(n in labels for n in S._ATTRIBUTE_GROUPS[1]) == 1  # exactly one texture
+                assert specs._MIN_POSITIVES <= len(labels) <= specs._MAX_POSITIVES + 2
+                assert sum(n in labels for n in specs._ATTRIBUTE_GROUPS[1]) == 1  # exactly one texture
                 sleeves = {"sleeveless", "short sleeve", "long sleeve"} & labels
                 assert len(sleeves) == (1 if ctype != 2 else 0)
                 if spec["cuff"] is not None:
@@ -523,16 +525,17 @@ def test_specs_only_label_what_can_be_drawn():
                 assert ("hooded" in labels) == (spec["neck"] == "hood")
                 assert spec["cords"] is None or spec["neck"] == "hood"
                 assert spec["palette"] == "default" or spec["fabric"] != "denim"
-                assert S.attribute_vector(spec).count(1) == len(labels)
+                assert specs.attribute_vector(spec).count(1) == len(labels)
     assert 4 <= np.mean(sizes) <= 7
 
 
 def test_round_trip_through_the_reader(tree):
     """The reader parses the synthetic tree, and its labels agree with what the generator planned."""
-    from vfu_nb.data import DeepFashionC, load_annotations
+    from vfu_nb.data.annotations import load_annotations
+    from vfu_nb.data.dataset import DeepFashionC
     out, summary = tree
     ann = load_annotations(out)
-    plans = S.plan_images(len(ann), 0)
+    plans = planning.plan_images(len(ann), 0)
     assert list(ann.image_names) == [p.name for p in plans]
     assert [ann.category_names[c] for c in ann.category] == [p.category for p in plans]
     assert {s: int((ann.split == s).sum()) for s in ("train", "val", "test")} == summary["splits"]
@@ -557,16 +560,16 @@ def test_default_output_is_pinned(tree):
     """The default tree is what it was before the evidence_placement option (digests taken with the code
     before it, on the locked library stack): its annotation files, JPEGs and rendered pixels."""
     out, _ = tree
-    plans = S.plan_images(N, 0)[:4]
+    plans = planning.plan_images(N, 0)[:4]
     digests = [hashlib.sha256(b"".join(parts)).hexdigest() for parts in (
         [(out / rel).read_bytes() for rel in PER_IMAGE_FILES],
         [(out / p.name).read_bytes() for p in plans],
-        [S.render_image(p, 0)[0].tobytes() for p in plans])]
+        [scene.render_image(p, 0)[0].tobytes() for p in plans])]
     assert digests == ["6d2d00606473c51c4060ff8ece49fad5461291de872051241c56f3dddf025fdc",
                        "d7467c7390f9763738e0082d274af008a8dabda10edb9119ee7fe90be145bfc9",
                        "0e21fec4f9cfb9d0cbdaa847442d8445526bff84f0c5d9f3905cf115d41d8b40"]
-    explicit, _ = S.render_image(plans[0], 0, {"evidence_placement": "functional"})
-    assert explicit.tobytes() == S.render_image(plans[0], 0)[0].tobytes()
+    explicit, _ = scene.render_image(plans[0], 0, {"evidence_placement": "functional"})
+    assert explicit.tobytes() == scene.render_image(plans[0], 0)[0].tobytes()
 
 
 @pytest.mark.slow
@@ -576,12 +579,12 @@ def test_displaced_tree_has_the_functional_annotations_byte_for_byte(tree, displ
         assert (moved / rel).read_bytes() == (out / rel).read_bytes(), rel
     names = list(rows_by_name(out, "Anno/list_category_img.txt"))
     assert all((moved / name).read_bytes() != (out / name).read_bytes() for name in names)
-    assert moved_summary["settings"] == {**S.default_settings(), "evidence_placement": "displaced"}
+    assert moved_summary["settings"] == {**settings.default_settings(), "evidence_placement": "displaced"}
     assert {k: v for k, v in moved_summary.items() if k not in ("settings", "bytes", "seconds", "out")} == \
         {k: v for k, v in summary.items() if k not in ("settings", "bytes", "seconds", "out")}
-    assert S._cached_summary(moved, N, 0, S.default_settings()) is None
-    assert S._cached_summary(out, N, 0, moved_summary["settings"]) is None
-    again = S.generate(moved, N, seed=0, progress=False, evidence_placement="displaced")
+    assert driver._cached_summary(moved, N, 0, settings.default_settings()) is None
+    assert driver._cached_summary(out, N, 0, moved_summary["settings"]) is None
+    again = driver.generate(moved, N, seed=0, progress=False, evidence_placement="displaced")
     assert again["cached"] is True
 
 
@@ -589,8 +592,9 @@ def test_displacement_changes_only_the_garment_pixels():
     """Same spec, labels, box and landmarks; the pixels change inside the box (the parts moved) and, up to
     the rounding of the global contrast step, nowhere beyond a margin of 10 % of the box side (details
     such as belts and collars overhang the silhouette a little)."""
-    for plan in S.plan_images(N, 0)[::12]:
-        (a, ra), (b, rb) = (S.render_image(plan, 0, {"evidence_placement": p}) for p in S.EVIDENCE_PLACEMENTS)
+    for plan in planning.plan_images(N, 0)[::12]:
+        (a, ra), (b, rb) = (scene.render_image(plan, 0, {"evidence_placement": p})
+                            for p in settings.EVIDENCE_PLACEMENTS)
         np.testing.assert_array_equal(ra.pop("keypoints"), rb.pop("keypoints"))
         assert ra == rb
         diff = np.abs(np.asarray(a, np.int16) - np.asarray(b, np.int16)).max(-1)
@@ -606,35 +610,35 @@ def test_displaced_parts_are_rigidly_moved_into_the_body():
     body, away from the keypoints where the body allows; silhouette and keypoints are untouched."""
     rng = np.random.default_rng(6)
     clearances = []
-    for category in S.RENDERED_CATEGORIES:
+    for category in specs.RENDERED_CATEGORIES:
         for k in range(4):
-            g = S.build_garment(S.sample_spec(category, rng, None, 1.0), np.random.default_rng(k))
-            moved = S.displace_parts(g, np.random.default_rng(100 + k))
+            g = garment.build_garment(specs.sample_spec(category, rng, None, 1.0), np.random.default_rng(k))
+            moved = displaced.displace_parts(g, np.random.default_rng(100 + k))
             assert moved.shapes is g.shapes and moved.keypoints is g.keypoints
             assert (len(moved.extras), len(moved.strands), len(moved.details)) == \
                 (len(g.extras), len(g.strands), len(g.details))
-            halves = [h for part in g.parts for h in S._halves(part)]
+            halves = [h for part in g.parts for h in displaced._halves(part)]
             assert [h.name for h in halves] == [m.name for m in moved.parts] and halves
             for before, after in zip(halves, moved.parts):
                 shifts = after.points() - before.points()
                 np.testing.assert_allclose(shifts, np.broadcast_to(shifts[0], shifts.shape), atol=1e-9)
                 pts = after.points()
                 centre = (pts.min(0) + pts.max(0)) / 2
-                assert S._inside(g.shapes[0], centre[None])[0], (category, after.name)
+                assert displaced._inside(g.shapes[0], centre[None])[0], (category, after.name)
                 keypoints = g.keypoints[~np.isnan(g.keypoints[:, 0])]
                 clearances.append(np.linalg.norm(keypoints - centre, axis=1).min())
-    assert np.mean(np.array(clearances) >= S._DISPLACE_CLEARANCE) > .8
+    assert np.mean(np.array(clearances) >= displaced._DISPLACE_CLEARANCE) > .8
 
 
 @pytest.mark.slow
 def test_displaced_evidence_lies_away_from_the_landmarks():
     """The measure of docs/synthetic.md on 60 images: functional parts lie at the landmarks, displaced
     ones away from them (this fails if the option moves nothing)."""
-    report = S.placement_report(60, 0)
+    report = evidence.placement_report(60, 0)
     parts = report["parts"]
-    functional, displaced = parts["all"]["functional"], parts["all"]["displaced"]
-    assert functional["near_mean"] > .45 and displaced["near_mean"] < .08
-    assert displaced["centre_median"] > 2 * functional["centre_median"]
+    functional, moved = parts["all"]["functional"], parts["all"]["displaced"]
+    assert functional["near_mean"] > .45 and moved["near_mean"] < .08
+    assert moved["centre_median"] > 2 * functional["centre_median"]
     for name in ("neck", "cuff", "waist", "hem"):
         assert parts[name]["functional"]["near_mean"] > .4, name
         assert parts[name]["displaced"]["near_mean"] < .5 * parts[name]["functional"]["near_mean"], name

@@ -1,4 +1,4 @@
-"""vfu_nb.train: config and CLI, run-directory safety, logs, exact resume, DDP, and the CUDA path on the CPU."""
+"""vfu_nb.training: config and CLI, run-directory safety, logs, exact resume, DDP, and the CUDA path on the CPU."""
 
 from __future__ import annotations
 
@@ -15,13 +15,15 @@ import pytest
 import torch
 
 from train_helpers import read_json, run_cli, strip_timing, tiny_args
-from vfu_nb import train as train_mod
 from vfu_nb.losses import LossWeights, multitask_loss
-from vfu_nb.train import (
-    RESUME_SAFE_FIELDS, ConfigError, CorruptCheckpointError, EpochBatchSampler, NonFiniteLossError, RunExistsError,
-    RunLock, RunLockedError, RunMismatchError, TrainConfig, config_differences, fit_optimizer_state, get_rng_state, load_checkpoint, resolve_runtime, select_best, set_rng_state, train,
-    train_subset, training_step,
+from vfu_nb.training import builders, cli, loop
+from vfu_nb.training.builders import EpochBatchSampler, train_subset
+from vfu_nb.training.config import RESUME_SAFE_FIELDS, ConfigError, TrainConfig, config_differences, parse_config
+from vfu_nb.training.loop import NonFiniteLossError, fit_optimizer_state, select_best, train, training_step
+from vfu_nb.training.rundir import (
+    CorruptCheckpointError, RunDir, RunExistsError, RunLock, RunLockedError, RunMismatchError, load_checkpoint,
 )
+from vfu_nb.training.runtime import get_rng_state, resolve_runtime, set_rng_state
 
 
 def tiny_config(root, run_dir, **over) -> TrainConfig:
@@ -32,7 +34,7 @@ def tiny_config(root, run_dir, **over) -> TrainConfig:
 
 
 def parse(argv) -> TrainConfig:
-    return train_mod.parse_config(argv)
+    return parse_config(argv)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -143,14 +145,14 @@ def test_jsonargparse_spellings_work_too():
 def test_every_field_is_an_option_with_its_help_and_default():
     import dataclasses
 
-    text = train_mod.build_parser().format_help()
+    text = cli.build_parser().format_help()
     for f in dataclasses.fields(TrainConfig):
         assert f"--{f.name}" in text, f.name
     for name in ("category", "attribute", "landmark"):
         assert f"--loss_weights.{name}" in text
     assert "--config" in text and "--print_config" in text and "default: 0.0001" in text
     # every field has its help text: a docstring under it
-    helps = [a for a in train_mod.build_parser()._actions if a.dest in {f.name for f in dataclasses.fields(TrainConfig)}]
+    helps = [a for a in cli.build_parser()._actions if a.dest in {f.name for f in dataclasses.fields(TrainConfig)}]
     assert helps and all(a.help and not a.help.startswith("(type") for a in helps), [a.dest for a in helps
                                                                                       if not a.help]
 
@@ -201,7 +203,7 @@ def test_from_dict_checks_like_the_command_line():
 
 def test_print_config_is_yaml_that_loads_back(tmp_path, capsys):
     with pytest.raises(SystemExit) as done:
-        train_mod.main(["--print-config", "--model", "cat", "--lr", "0.001", "--w-attribute", "5",
+        cli.main(["--print-config", "--model", "cat", "--lr", "0.001", "--w-attribute", "5",
                         "--train-fraction", "0.5", "--device", "cpu"])
     assert done.value.code == 0
     text = capsys.readouterr().out
@@ -226,7 +228,7 @@ def test_bad_values_name_the_option(tmp_path, capsys):
     for argv, name in [(["--train-fraction", "2"], "--train-fraction"), (["--epochs", "x"], "epochs"),
                        (["--loader", "rows"], "loader"), (["--modle", "cat"], "--modle")]:
         with pytest.raises(SystemExit) as err:
-            train_mod.main(argv + ["--run-dir", str(tmp_path / "never")])
+            cli.main(argv + ["--run-dir", str(tmp_path / "never")])
         assert err.value.code == 2 and name in capsys.readouterr().err
     assert not (tmp_path / "never").exists()
 
@@ -295,7 +297,7 @@ def test_tiny_training_run_learns_and_writes_files(synth_root, tmp_path):
     model = build_model("mtl", ck["num_categories"], ck["num_attributes"], 8, 32, 0.125)
     model.load_state_dict(ck["model"])
     # config.json: the settings plus what was resolved for this machine
-    stored, resolved = train_mod.read_run_config(run_dir)
+    stored, resolved = RunDir(run_dir).train_config()
     assert stored == cfg
     assert resolved == {**resolved, "device": "cpu", "bf16": False, "channels_last": False,
                                   "deterministic": True, "num_workers": 0, "sync_every": 1, "heatmap_sigma": 4.0,
@@ -334,11 +336,11 @@ def test_batch_loader_and_per_item_loader_give_bit_identical_runs(synth_root, tm
 
 
 def test_batch_loader_resumed_inside_an_augmented_epoch_repeats_its_batches(synth_root):
-    from vfu_nb.data import DeepFashionC
+    from vfu_nb.data.dataset import DeepFashionC
 
     ds = DeepFashionC(synth_root, "train", 32, augment=True, cache=True, uint8=True, max_items=40, progress=False)
-    sampler = train_mod.EpochBatchSampler(len(ds), 8, seed=1, items=list(range(39, -1, -1)))
-    loader = train_mod.EpochBatchLoader(ds, sampler, "cpu", augment=True, generator=torch.Generator())
+    sampler = builders.EpochBatchSampler(len(ds), 8, seed=1, items=list(range(39, -1, -1)))
+    loader = builders.EpochBatchLoader(ds, sampler, "cpu", augment=True, generator=torch.Generator())
 
     def epoch(start_batch):
         sampler.set_epoch(2, start_batch=start_batch)
@@ -389,7 +391,7 @@ def test_batch_losses_reach_disk_during_the_epoch_and_tensorboard(synth_root, tm
 
 
 def test_nan_loss_names_epoch_batch_and_term(synth_root, tmp_path, monkeypatch):
-    real = train_mod.multitask_loss
+    real = builders.multitask_loss
     calls = {"n": 0}
 
     def poisoned(*args, **kwargs):
@@ -403,7 +405,7 @@ def test_nan_loss_names_epoch_batch_and_term(synth_root, tmp_path, monkeypatch):
             out["total"] = out["total"] + out["attribute"]
         return out
 
-    monkeypatch.setattr(train_mod, "multitask_loss", poisoned)
+    monkeypatch.setattr(builders, "multitask_loss", poisoned)
     with pytest.raises(NonFiniteLossError) as err:
         train(tiny_config(synth_root, tmp_path / "nan", epochs=3, max_batches=3))
     e = err.value
@@ -486,7 +488,7 @@ def test_corrupt_checkpoint_gives_one_line_saying_what_to_do(synth_root, tmp_pat
             "--image-size", "32", "--width", "0.125", "--max-items", "40", "--threads", "1", "--resume",
             "--no-progress"]
     with pytest.raises(SystemExit) as exit_:
-        train_mod.main(argv)
+        cli.main(argv)
     err_text = capsys.readouterr().err
     assert exit_.value.code == 2 and str(last) in err_text and "Traceback" not in err_text
     assert len(err_text.strip().splitlines()) == 1
@@ -557,9 +559,9 @@ def test_evaluate_keeps_labels_on_the_host(monkeypatch):
             return {"category_top3": 0.5}
 
     batches = [_tiny_batch(seed=s) for s in range(2)]
-    monkeypatch.setattr(train_mod, "EvalAccumulator", Recorder)
+    monkeypatch.setattr(loop, "EvalAccumulator", Recorder)
     model = build_model("mtl", 5, 7, 8, 32, 0.125)
-    out = train_mod.evaluate(model, batches, "cpu", np.ones(7, dtype=int), loss_weights=LossWeights(),
+    out = loop.evaluate(model, batches, "cpu", np.ones(7, dtype=int), loss_weights=LossWeights(),
                              heatmap_sigma=4.0)
     assert out["category_top3"] == 0.5 and math.isfinite(out["loss_total"])
     for kw, batch in zip(seen, batches):

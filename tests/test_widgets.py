@@ -19,11 +19,13 @@ from matplotlib.patches import Rectangle
 from PIL import Image
 
 from vfu_nb.conventions import VISIBILITY_MARKERS
-from vfu_nb.data import BadImageError, DeepFashionC
+from vfu_nb.data.crops import BadImageError
+from vfu_nb.data.dataset import DeepFashionC
 from vfu_nb.models import build_model
 from vfu_nb.paths import repo_root
-from vfu_nb.runs import landmark_errors, predict_one
-from vfu_nb.train import TrainConfig, save_checkpoint
+from vfu_nb.training.config import TrainConfig
+from vfu_nb.training.rundir import save_checkpoint
+from vfu_nb.training.runs import landmark_errors, predict_one
 from vfu_nb.widgets import base as widgets_base
 from vfu_nb.widgets import (
     MAX_UPLOAD_BYTES, UploadError, attention_explorer, explorer_from_runs, landmark_browser, predict_image,
@@ -452,7 +454,7 @@ def test_explorer_from_runs_trained_and_untrained(tmp_path, tree, ann):
 
 
 def test_explorer_on_a_cached_uint8_dataset(tmp_path, tree, mtl):
-    # what notebook 05 passes (vfu_nb.runs.dataset_for): memory-mapped uint8 crops, normalised by the widget
+    # what notebook 05 passes (vfu_nb.training.runs.dataset_for): memory-mapped uint8 crops, normalised by the widget
     cached = DeepFashionC(tree, "test", image_size=32, cache=True, uint8=True, cache_dir=tmp_path, progress=False)
     plain = DeepFashionC(tree, "test", image_size=32, progress=False)
     w = attention_explorer({"mtl": mtl}, cached)

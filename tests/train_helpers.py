@@ -37,7 +37,7 @@ def tiny_args(data_root, run_dir, **over) -> list:
     return [x for kv in opts.items() for x in kv] + flags + ["--no-progress"]
 
 
-def run_cli(args, env_extra=None, module="vfu_nb.train", launcher=None, timeout=240) -> subprocess.CompletedProcess:
+def run_cli(args, env_extra=None, module="vfu_nb.training", launcher=None, timeout=240) -> subprocess.CompletedProcess:
     """Run ``python -m module args`` (or a launcher such as torchrun) in a fresh process."""
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", "1")
@@ -77,7 +77,7 @@ def kill_at(spec: str):
 
 
 if __name__ == "__main__":
-    from vfu_nb.train import main
+    from vfu_nb.training.cli import main
 
     argv = sys.argv[1:]
     at = argv.index("--kill-at")

@@ -6,10 +6,10 @@
   with and without mAP (the times include joining the batches).
 - ``data``: images/s of every input path side by side: JPEG decode per item, the uint8 cache per item through
   a DataLoader (0 and N workers, with and without the per-item torchvision augmentation), and
-  :class:`vfu_nb.data.BatchLoader` with and without batch augmentation on each device; medians of repetitions.
-- ``train``: the trainer's own step (:func:`vfu_nb.train.training_step`, with the model, loss and device settings
-  the trainer makes from the same :class:`~vfu_nb.train.TrainConfig`): images/s (median over timed windows; the
-  device is synchronised only at window boundaries), GFLOPs per image, achieved TFLOP/s and fraction of peak, for each ``--batch-size``; inputs
+  :class:`vfu_nb.data.loader.BatchLoader` with and without batch augmentation on each device; medians of repetitions.
+- ``train``: the trainer's own step (:func:`vfu_nb.training.loop.training_step`, with the model, loss and device
+  settings the trainer makes from the same :class:`~vfu_nb.training.config.TrainConfig`): images/s (median over
+  timed windows; the device is synchronised only at window boundaries), GFLOPs per image, achieved TFLOP/s and fraction of peak, for each ``--batch-size``; inputs
   random on the device, gathered from a uint8 memmap, or (``--batch-loader``) from a real dataset's cache
   through the BatchLoader. ``--compile`` and ``--cuda-graphs`` (torch.compile mode "reduce-overhead").
 
@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vfu_nb.annotations import SLOTS_BY_CLOTHES_TYPE, Annotations, load_annotations, write_annotations
+from vfu_nb.data.annotations import SLOTS_BY_CLOTHES_TYPE, Annotations, load_annotations, write_annotations
 
 FULL_ROWS = 289_222
 
@@ -224,8 +224,9 @@ def bench_data(root: str, split: str = "train", image_size: int = 224, batch_siz
     """Images/s of each input path, interleaved over ``repeats`` repetitions; medians and ratios to decode."""
     from torch.utils.data import DataLoader
 
-    from vfu_nb.data import BatchLoader, DeepFashionC
-    from vfu_nb.train import seed_worker
+    from vfu_nb.data.dataset import DeepFashionC
+    from vfu_nb.data.loader import BatchLoader
+    from vfu_nb.training.runtime import seed_worker
 
     workers = min(8, os.cpu_count() or 1) if workers is None else workers
     devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
@@ -338,9 +339,10 @@ def random_batches(n: int, batch_size: int, image_size: int, num_categories: int
 
 
 def trainer_step(model, optimizer, loss_fn, rt, cuda_graphs: bool = False):
-    """One step of the trainer (:func:`vfu_nb.train.training_step`) on a batch whose ``image`` is uint8; returns
+    """One step of the trainer (:func:`vfu_nb.training.loop.training_step`) on a batch whose ``image`` is uint8; returns
     the detached total loss, still on the device."""
-    from vfu_nb.train import LOSS_TERMS, training_step
+    from vfu_nb.conventions import LOSS_TERMS
+    from vfu_nb.training.loop import training_step
 
     total = LOSS_TERMS.index("total")
 
@@ -394,7 +396,7 @@ def count_train_flops(model, batch: dict, loss_fn, rt) -> float:
     """FLOPs of one forward + backward per image (FlopCounterMode: convs and matmuls; 1 MAC = 2 FLOP)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from vfu_nb.train import prepare_images
+    from vfu_nb.training.runtime import prepare_images
 
     images = prepare_images(batch["image"], rt.channels_last)
     counter = FlopCounterMode(display=False)
@@ -454,9 +456,9 @@ def cached_input_rate(step, label_batches: list[dict], *, batch_size: int, image
 
 def batch_loader_rate(step, dataset, *, batch_size: int, device: torch.device, augment: bool, prefetch: int,
                       warmup: int, steps: int, windows: int, seed: int = 0) -> dict:
-    """Training rate on batches of a cached DeepFashionC through :class:`vfu_nb.data.BatchLoader` (random
+    """Training rate on batches of a cached DeepFashionC through :class:`vfu_nb.data.loader.BatchLoader` (random
     batches, optional augmentation on the device), and the loader's own rate without a step."""
-    from vfu_nb.data import BatchLoader
+    from vfu_nb.data.loader import BatchLoader
 
     loader = BatchLoader(dataset, RandomBatches(len(dataset), batch_size, seed), device, augment=augment,
                          generator=torch.Generator().manual_seed(seed), prefetch=prefetch)
@@ -495,8 +497,9 @@ def _input_only_rate(next_input, batch_size: int, steps: int, windows: int, devi
 
 
 def bench_config(args: argparse.Namespace):
-    """The :class:`vfu_nb.train.TrainConfig` of the benchmark's settings: what the trainer would run with them."""
-    from vfu_nb.train import TrainConfig
+    """The :class:`vfu_nb.training.config.TrainConfig` of the benchmark's settings: what the trainer would run
+    with them."""
+    from vfu_nb.training.config import TrainConfig
 
     choice = {"auto": None, "bf16": True, "on": True, "off": False}
     return TrainConfig(model=args.model, image_size=args.image_size, width=args.width, backbone=args.backbone,
@@ -508,7 +511,8 @@ def bench_config(args: argparse.Namespace):
 def bench_train(args: argparse.Namespace) -> dict:
     """Run the training benchmark described by ``args`` for each batch size; returns the numbers as a dict."""
     from vfu_nb.models import count_parameters
-    from vfu_nb.train import make_loss, make_model, setup_runtime
+    from vfu_nb.training.builders import make_loss, make_model
+    from vfu_nb.training.runtime import setup_runtime
 
     config = bench_config(args)
     rt = setup_runtime(config, 1, 0, 0)      # device, threads, seeds, cudnn and TF32 flags as the trainer sets them
@@ -517,7 +521,7 @@ def bench_train(args: argparse.Namespace) -> dict:
     dataset = None
     num_classes, num_attributes = args.num_classes, args.num_attributes
     if args.batch_loader:
-        from vfu_nb.data import DeepFashionC
+        from vfu_nb.data.dataset import DeepFashionC
 
         dataset = DeepFashionC(args.root, args.split, args.image_size, cache=True, uint8=True,
                                cache_dir=args.cache_dir, progress=False)
@@ -703,7 +707,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--cache-images", type=int, default=None, help="images in the temporary memmap")
     t.add_argument("--memmap-dir", default=None, help="where the temporary memmap goes (default: system tmp)")
     t.add_argument("--batch-loader", action="store_true",
-                   help="also train on batches of --root's cache through vfu_nb.data.BatchLoader")
+                   help="also train on batches of --root's cache through vfu_nb.data.loader.BatchLoader")
     t.add_argument("--root", default=None, help="DeepFashion-C tree for --batch-loader (its class and "
                                                 "attribute counts then apply to every input)")
     t.add_argument("--split", default="train")

@@ -76,7 +76,7 @@ class Stage:
 
 STAGES = [
     Stage("1_environment", 45, False, False, "torch / torchvision / CUDA versions, device, memory, cores"),
-    Stage("2_synthetic_tree", 90, False, False, "python -m vfu_nb.synthetic --n 2000 --seed 0"),
+    Stage("2_synthetic_tree", 90, False, False, "python -m vfu_nb.data.synthetic --n 2000 --seed 0"),
     Stage("3_sync_audit", 90, True, True, "set_sync_debug_mode('error') around one training step, mtl and cat"),
     Stage("4a_bench_train_eager", 90, True, True, "bench train, eager, batch 8 and 64; memmap and batch loader "
                                                   "inputs"),
@@ -272,13 +272,13 @@ def run_environment(ctx: Context) -> None:
 def run_synthetic_tree(ctx: Context) -> None:
     if ctx.tree.exists():
         shutil.rmtree(ctx.tree)
-    r = run_command([sys.executable, "-m", "vfu_nb.synthetic", "--out", ctx.tree, "--n", ctx.profile.images,
+    r = run_command([sys.executable, "-m", "vfu_nb.data.synthetic", "--out", ctx.tree, "--n", ctx.profile.images,
                      "--seed", 0, "--quiet"], ctx.log, timeout=3600)
     summary = read_json(ctx.tree / "synthetic.json")
     ctx.save(command=r, images=summary.get("n"), splits=summary.get("splits"), bytes=summary.get("bytes"),
              categories=len(summary.get("categories", {})))
     if r["rc"] != 0 or not summary:
-        raise RuntimeError(f"vfu_nb.synthetic failed (rc {r['rc']}); see {ctx.log.name}")
+        raise RuntimeError(f"vfu_nb.data.synthetic failed (rc {r['rc']}); see {ctx.log.name}")
 
 
 def audit_model(ctx: Context, model_name: str, steps_warmup: int = 3) -> dict:
@@ -288,28 +288,31 @@ def audit_model(ctx: Context, model_name: str, steps_warmup: int = 3) -> dict:
 
     import torch
 
-    from vfu_nb import train as T
-    from vfu_nb.data import DeepFashionC
+    from vfu_nb.data.dataset import DeepFashionC
+    from vfu_nb.training.builders import EpochBatchLoader, EpochBatchSampler, build_model_and_loss
+    from vfu_nb.training.config import TrainConfig
+    from vfu_nb.training.loop import training_step
+    from vfu_nb.training.runtime import process_settings, setup_runtime
 
     p = ctx.profile
-    config = T.TrainConfig(model=model_name, data_root=str(ctx.tree), run_dir=str(ctx.work / "audit"),
-                           image_size=p.image_size, width=p.width, batch_size=p.audit_batch, device=ctx.device,
-                           bf16=True, channels_last=True, progress=False, threads=p.threads)
-    with T._process_settings():
-        rt = T.setup_runtime(config, 1, 0, 0)
+    config = TrainConfig(model=model_name, data_root=str(ctx.tree), run_dir=str(ctx.work / "audit"),
+                         image_size=p.image_size, width=p.width, batch_size=p.audit_batch, device=ctx.device,
+                         bf16=True, channels_last=True, progress=False, threads=p.threads)
+    with process_settings():
+        rt = setup_runtime(config, 1, 0, 0)
         ds = DeepFashionC(config.data_root, "train", p.image_size, augment=True, cache=True, uint8=True,
                           cache_dir=str(ctx.cache), progress=False)
-        model, _, _, loss_fn = T._build_model(config, rt, ds.annotations)
+        model, _, _, loss_fn = build_model_and_loss(config, rt, ds.annotations)
         optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, **({"fused": True} if rt.fused_adam else {}))
         # no prefetch thread: nothing but the audited call runs while sync debug mode is on
-        loader = T.EpochBatchLoader(ds, T.EpochBatchSampler(len(ds), p.audit_batch, seed=0), rt.device,
-                                    augment=True, generator=torch.Generator().manual_seed(0), prefetch=0)
+        loader = EpochBatchLoader(ds, EpochBatchSampler(len(ds), p.audit_batch, seed=0), rt.device,
+                                  augment=True, generator=torch.Generator().manual_seed(0), prefetch=0)
         it = iter(loader)
         cuda = rt.is_cuda
         sync = torch.cuda.synchronize if cuda else (lambda: None)
 
         def step(batch):
-            return T.training_step(model, optimizer, batch, loss_fn, rt)
+            return training_step(model, optimizer, batch, loss_fn, rt)
 
         def calls_that_sync(fn) -> tuple:
             """(result, [call sites that synchronised]) with sync debug mode "warn" (CUDA only)."""
@@ -492,15 +495,16 @@ def copy_run_files(run_dir: Path, dest: Path) -> None:
 def run_train_resume_predict(ctx: Context) -> None:
     import torch
 
-    from vfu_nb import runs
+    from vfu_nb.training import runs
+    from vfu_nb.training.rundir import RunDir
 
     run_dir = ctx.work / "runs" / "mtl"
     if run_dir.exists():
         shutil.rmtree(run_dir)
     checks = {}
-    first = run_command([sys.executable, "-m", "vfu_nb.train", *ctx.train_args(run_dir)], ctx.log, timeout=3600)
+    first = run_command([sys.executable, "-m", "vfu_nb.training", *ctx.train_args(run_dir)], ctx.log, timeout=3600)
     hist = read_json(run_dir / "history.json")
-    config = read_json(run_dir / "config.json")
+    config = RunDir(run_dir).read_config()
     resolved = config.get("resolved", {})
     epochs = hist.get("epochs", [])
     steps1 = len(hist.get("batches", {}).get("step", []))
@@ -515,7 +519,7 @@ def run_train_resume_predict(ctx: Context) -> None:
              epoch_seconds=[e.get("train_seconds") for e in epochs],
              images_per_s=[e.get("images_per_s") for e in epochs], checks=checks)
 
-    again = run_command([sys.executable, "-m", "vfu_nb.train", *ctx.train_args(run_dir, **{"--epochs": 3}),
+    again = run_command([sys.executable, "-m", "vfu_nb.training", *ctx.train_args(run_dir, **{"--epochs": 3}),
                          "--resume"], ctx.log, timeout=3600)
     hist3 = read_json(run_dir / "history.json")
     batches3 = hist3.get("batches", {})
@@ -533,7 +537,7 @@ def run_train_resume_predict(ctx: Context) -> None:
     reference = metrics.get("test") or {}
     tolerance = runs.metrics_tolerance(run_dir, ctx.device)
     agree = {"predict": compare_metrics(reference, predicted, {"rate": tolerance, "ne": tolerance}),
-             "precision": runs.precision(read_json(run_dir / "config.json"))}
+             "precision": RunDir(run_dir).precision()}
     checks["predict_agrees"] = agree["predict"]["agrees"]
     ctx.save(predict=agree, checks=checks, passed=all(checks.values()))
     failed = [k for k, v in checks.items() if not v]
@@ -546,19 +550,19 @@ def run_train_compile(ctx: Context) -> None:
     import torch
     from torch._dynamo.utils import counters
 
-    from vfu_nb import train as T
+    from vfu_nb.training.cli import main
 
     run_dir = ctx.work / "runs" / "mtl_compile"
     if run_dir.exists():
         shutil.rmtree(run_dir)
     argv = ctx.train_args(run_dir, **{"--epochs": 1}) + ["--compile"]
     with open(ctx.log, "a") as log:
-        log.write(f"\n$ python -m vfu_nb.train {' '.join(argv)}  (in-process)\n")
+        log.write(f"\n$ python -m vfu_nb.training {' '.join(argv)}  (in-process)\n")
     torch._dynamo.reset()
     counters.clear()
     step_times = []
     t0 = time.perf_counter()
-    T.main(argv, on_step=lambda epoch, batch, step: step_times.append(time.perf_counter()))
+    main(argv, on_step=lambda epoch, batch, step: step_times.append(time.perf_counter()))
     total = time.perf_counter() - t0
     gaps = [b - a for a, b in zip(step_times, step_times[1:])]
     typical = sorted(gaps)[len(gaps) // 2] if gaps else 0.0
@@ -587,7 +591,7 @@ def run_ddp(ctx: Context) -> None:
     run_dir = ctx.work / "runs" / "mtl_ddp"
     args = ctx.train_args(run_dir, **{"--epochs": 1, "--batch-size": ctx.profile.train_batch // 2})
     r = run_command([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", 2,
-                     "-m", "vfu_nb.train", *args], ctx.log, timeout=3600)
+                     "-m", "vfu_nb.training", *args], ctx.log, timeout=3600)
     copy_run_files(run_dir, ctx.out / "runs" / "mtl_ddp")
     metrics = read_json(run_dir / "metrics.json")
     ctx.save(command=r, devices=torch.cuda.device_count(), world_size=metrics.get("timing", {}).get("world_size"),

@@ -2,7 +2,7 @@
 
     python tools/mutation.py                        # every module of MODULES, 2 workers
     python tools/mutation.py metrics losses -j 1    # some modules
-    python tools/mutation.py data --rerun           # only the last run's survivors again (after new tests)
+    python tools/mutation.py data.loader --rerun    # only the last run's survivors again (after new tests)
     python tools/mutation.py --report               # the score table of the last runs, nothing run
 
 Each module runs in its own copy of the repository, ``build/mutation/<module>/`` (git-ignored), whose
@@ -10,12 +10,12 @@ Each module runs in its own copy of the repository, ``build/mutation/<module>/``
 that module's file and ``pytest_add_cli_args_test_selection`` its tests (:data:`MODULES`). mutmut then runs, for
 every mutant, only the tests that called the mutated function while it collected its statistics.
 
-A module's score counts the mutants of its counted functions (for ``train`` only :func:`vfu_nb.train.select_best`;
-``skip`` leaves out benchmark and printing code). Surviving mutants listed in ``mutation/equivalent.md`` (name and
-mutated line) leave the denominator, in three kinds: equivalent (no behaviour change), device-only (a device
-argument that matters only with a GPU, which a CPU-only machine lacks) and outside mutmut (a behaviour that a
-test checks in ``make test`` but cannot check under mutmut's wrappers):
-``score = killed / (counted - listed)``, a timeout counting as killed. A listed mutant whose
+A module's score counts the mutants of its counted functions (for ``training.loop`` only
+:func:`vfu_nb.training.loop.select_best`; ``skip`` leaves out benchmark and printing code). Surviving mutants
+listed in ``mutation/equivalent.md`` (name and mutated line) leave the denominator, in three kinds: equivalent
+(no behaviour change), device-only (a device argument that matters only with a GPU, which a CPU-only machine
+lacks) and outside mutmut (a behaviour that a test checks in ``make test`` but cannot check under mutmut's
+wrappers): ``score = killed / (counted - listed)``, a timeout counting as killed. A listed mutant whose
 line no longer matches, or that is now killed, is reported as stale and counts as a survivor.
 """
 
@@ -54,12 +54,16 @@ class Module:
 MODULES = {
     "metrics": Module(("tests/test_metrics.py",)),
     "losses": Module(("tests/test_losses.py",)),
-    "annotations": Module(("tests/test_annotations.py",)),
-    "data": Module(("tests/test_dataset.py", "tests/test_batch_loader.py")),
+    "data.annotations": Module(("tests/test_annotations.py",)),
+    "data.crops": Module(("tests/test_dataset.py", "tests/test_batch_loader.py")),
+    "data.cache": Module(("tests/test_dataset.py", "tests/test_batch_loader.py")),
+    "data.dataset": Module(("tests/test_dataset.py", "tests/test_batch_loader.py")),
+    "data.augment": Module(("tests/test_dataset.py", "tests/test_batch_loader.py")),
+    "data.loader": Module(("tests/test_dataset.py", "tests/test_batch_loader.py")),
     "models": Module(("tests/test_models.py",),
                      skip=("x_describe",)),                     # printing of parameter counts
-    "train": Module(("tests/test_selection.py",),
-                    functions=("x_select_best",)),             # the selection / early-stopping rule only
+    "training.loop": Module(("tests/test_selection.py",),
+                            functions=("x_select_best",)),     # the selection / early-stopping rule only
 }
 
 STATUS = {1: "killed", 3: "killed", 0: "survived", 5: "no tests", 33: "no tests", 34: "skipped", 36: "timeout",
@@ -69,6 +73,11 @@ CAUGHT = ("killed", "timeout")
 
 # ----------------------------------------------------------------------------------------------------------
 # Configuration
+
+
+def source(name: str) -> str:
+    """The file of a module of MODULES, relative to the repository: ``data.loader`` -> ``vfu_nb/data/loader.py``."""
+    return f"vfu_nb/{name.replace('.', '/')}.py"
 
 
 def base_config() -> dict:
@@ -98,7 +107,7 @@ def module_pyproject(name: str) -> str:
     loading them costs every mutant), with tools/mutation_plugin.py instead."""
     config = base_config()
     mutmut = config["mutmut"]
-    config["mutmut"] = {**mutmut, "only_mutate": [f"vfu_nb/{name}.py"],
+    config["mutmut"] = {**mutmut, "only_mutate": [source(name)],
                         "pytest_add_cli_args_test_selection": list(MODULES[name].tests),
                         "pytest_add_cli_args": mutmut.get("pytest_add_cli_args", []) + ["-p", "mutation_plugin"],
                         "also_copy": mutmut.get("also_copy", []) + ["mutation_plugin.py"]}
@@ -152,9 +161,9 @@ def run_module(name: str, max_children: int, rerun: bool) -> float:
     _copy_tree(ROOT / "tests", work / "tests")
     if rerun:
         (work / "mutants" / "mutmut-stats.json").unlink(missing_ok=True)    # new or changed tests: fresh stats
-        changed = (ROOT / "vfu_nb" / f"{name}.py").read_bytes() != (work / "vfu_nb" / f"{name}.py").read_bytes()
+        changed = (ROOT / source(name)).read_bytes() != (work / source(name)).read_bytes()
         if changed:
-            raise SystemExit(f"{name}: vfu_nb/{name}.py changed since the last run; run it without --rerun")
+            raise SystemExit(f"{name}: {source(name)} changed since the last run; run it without --rerun")
     else:
         _copy_tree(ROOT / "vfu_nb", work / "vfu_nb")
     (work / "pyproject.toml").write_text(module_pyproject(name))
@@ -185,7 +194,7 @@ def _children_cpu() -> float:
 
 def load_results(name: str) -> dict:
     """``{mutant name: status}`` of the last run of a module, counted mutants only ({} if never run)."""
-    meta = WORK / name / "mutants" / "vfu_nb" / f"{name}.py.meta"
+    meta = WORK / name / "mutants" / f"{source(name)}.meta"
     if not meta.exists():
         return {}
     codes = json.loads(meta.read_text())["exit_code_by_key"]
@@ -199,7 +208,7 @@ def mutant_diff(name: str, mutant: str) -> str:
     cwd = os.getcwd()
     os.chdir(WORK / name)
     try:
-        return get_diff_for_mutant(mutant, path=f"vfu_nb/{name}.py")
+        return get_diff_for_mutant(mutant, path=source(name))
     finally:
         os.chdir(cwd)
 

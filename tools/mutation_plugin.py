@@ -8,9 +8,9 @@ Speed-ups, none of which changes what a test checks:
 * Each mutant's pytest session starts with ``gc.freeze()``: the objects it inherits from the fork server (torch,
   the collected tests) leave the garbage collector's view. pytest calls ``gc.collect()`` several times when a
   session ends (to report unraisable exceptions), which otherwise walks that whole heap, about 0.6 s per mutant.
-* Synthetic trees that tests generate (``vfu_nb.synthetic.generate`` into a new folder) are generated once per
-  work copy, under ``synthetic-trees/``, and copied for every later mutant: generation is deterministic in its
-  arguments, and 81 images take about 2 s. Not while mutating a module the generator itself uses (annotations).
+* Synthetic trees that tests generate (``vfu_nb.data.synthetic.driver.generate`` into a new folder) are generated
+  once per work copy, under ``synthetic-trees/``, and copied for every later mutant: generation is deterministic in
+  its arguments, and 81 images take about 2 s. Not while mutating a module the generator itself uses (annotations).
 * While a mutant runs, the tests of each file run fastest first (durations from mutmut's statistics), so a
   killed mutant fails early (pytest stops at the first failure). Files keep their order, so module-scoped
   fixtures are built once.
@@ -31,7 +31,8 @@ import pytest
 import torch._dynamo  # noqa: F401
 
 
-GENERATOR_MODULES = ("vfu_nb.annotations.", "vfu_nb.synthetic.")    # modules whose mutants change generated trees
+#: Modules whose mutants change generated trees.
+GENERATOR_MODULES = ("vfu_nb.data.annotations.", "vfu_nb.data.synthetic.")
 TREES = Path("synthetic-trees")
 
 
@@ -63,9 +64,9 @@ def pytest_configure(config):
         return
     gc.freeze()
     if not mutant.startswith(GENERATOR_MODULES):
-        import vfu_nb.synthetic
+        from vfu_nb.data.synthetic import driver
 
-        vfu_nb.synthetic.generate = _stored_generate(vfu_nb.synthetic.generate)
+        driver.generate = _stored_generate(driver.generate)
 
 
 def _durations() -> dict:

@@ -134,7 +134,7 @@ def measure(model: torch.nn.Module, dataset, radius: float = RADIUS, batch_size:
     (uint8 0..255 or already normalised float), ``category``, ``landmarks`` and ``landmark_visibility``.
     The model runs in eval mode on ``device``; its mode and device are restored afterwards.
     """
-    from vfu_nb.data import normalize_images
+    from vfu_nb.data.crops import normalize_images
 
     device = torch.device(device)
     first = next(model.parameters(), None)
@@ -167,8 +167,9 @@ def measure(model: torch.nn.Module, dataset, radius: float = RADIUS, batch_size:
 
 def measure_run(run_dir, split: str = "test", which: str = "best", radius: float = RADIUS, batch_size: int = 32,
                 device="cpu") -> dict:
-    """:func:`measure` for the ``which`` checkpoint of a run over its ``split`` (:func:`vfu_nb.runs.dataset_for`)."""
-    from vfu_nb import runs
+    """:func:`measure` for the ``which`` checkpoint of a run over its ``split``
+    (:func:`vfu_nb.training.runs.dataset_for`)."""
+    from vfu_nb.training import runs
 
     model = runs.load_model(run_dir, which, device)
     dataset = runs.dataset_for(run_dir, split)

@@ -29,7 +29,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from vfu_nb.annotations import SLOTS_BY_CLOTHES_TYPE, Annotations
+from vfu_nb.data.annotations import SLOTS_BY_CLOTHES_TYPE, Annotations
 from vfu_nb.metrics import (
     ATTRIBUTE_TYPE_NAMES, MAP_GROUPS, attribute_recalls, average_precision, category_metrics, jsonable,
     landmark_metrics, map_by_type,
@@ -315,7 +315,7 @@ def baselines(ann: Annotations, split: str = "test", image_sizes: Optional[np.nd
 
 def compute_baselines(root, split: str = "test") -> dict:
     """:func:`baselines` of the DeepFashion-C tree at ``root`` (annotations memoised per root)."""
-    from vfu_nb.data import cached_annotations
+    from vfu_nb.data.cache import cached_annotations
 
     return baselines(cached_annotations(root), split)
 

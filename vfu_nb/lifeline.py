@@ -5,11 +5,11 @@ SIGHUP to the parent only) is not told: Linux reparents it and it goes on, holdi
 trainer, the lock on its run directory. :func:`die_with_parent` asks the kernel (``prctl(PR_SET_PDEATHSIG)``)
 to send the child a signal the moment its parent ends. Every process the project starts calls it first:
 
-* the image-cache build's pool (:func:`vfu_nb.data.scan_images`) and the synthetic generator's pool
-  (:mod:`vfu_nb.synthetic`), as the pool's ``initializer``;
+* the image-cache build's pool (:func:`vfu_nb.data.cache.scan_images`) and the synthetic generator's pool
+  (:mod:`vfu_nb.data.synthetic`), as the pool's ``initializer``;
 * the study's trainers (``study run --jobs N`` starts ``python -m vfu_nb.lifeline PID vfu_nb.study train-one ...``,
   which arms the signal before the trainer's imports take their seconds, then runs the module);
-* DataLoader workers of ``--loader items`` (:func:`vfu_nb.train.seed_worker`, their ``worker_init_fn``).
+* DataLoader workers of ``--loader items`` (:func:`vfu_nb.training.runtime.seed_worker`, their ``worker_init_fn``).
 
 Two details make it exact. The kernel sends the signal when the *thread* that started the child ends, which for
 every caller here is the thread that also waits for the child. And a parent that died before the child armed the

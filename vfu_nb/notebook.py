@@ -5,7 +5,7 @@
     data_root = nb.path(data_root)             # any other path parameter
     nb.save(fig, "confusion_mtl")              # <figures_dir>/03_confusion_mtl.png, listed in nb.figures
     nb.write_metrics({...})                    # <out_dir>/metrics.json, what the pipeline collects
-    nb.markdown(study.reading(result))         # generated prose rendered as Markdown (`code`, **bold**)
+    nb.markdown(report.reading(result))        # generated prose rendered as Markdown (`code`, **bold**)
 
 Importing this module applies :func:`vfu_nb.threads.shared_cpu_env` (OpenMP threads that sleep soon instead of
 spinning, for a small shared CPU); it takes effect only if torch is not imported yet.

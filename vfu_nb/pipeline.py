@@ -22,7 +22,7 @@ file); ``-f FILE.yaml`` files in order; ``-p NAME VALUE`` in order (VALUE is par
 ``null``, ``true``, ``[1, 2]``). ``NAME`` goes to every notebook that declares it, ``STEP.NAME`` to one step
 (``02_train_cat.lr``) and ``NOTEBOOK.NAME`` to every execution of one notebook (``02_train.epochs``); in YAML a
 step or notebook name may also head a mapping of its parameters. The training notebook takes every
-:class:`vfu_nb.train.TrainConfig` field. A name no notebook declares is refused before anything runs.
+:class:`vfu_nb.training.config.TrainConfig` field. A name no notebook declares is refused before anything runs.
 
 Each step writes ``runs/<profile>/<step>/``: the executed notebook ``<step>.ipynb``, its ``metrics.json`` and, for
 02, the run directory ``run/``; ``runs/<profile>/summary.json`` collects every step's parameters, metrics and wall
@@ -62,7 +62,7 @@ STEPS = {
     "04_attention_maps": ("04_attention_maps", {}),
     "05_controls_and_seeds": ("05_controls_and_seeds", {}),
 }
-#: The notebook that passes every TrainConfig field to the trainer (vfu_nb.runs.train_settings).
+#: The notebook that passes every TrainConfig field to the trainer (vfu_nb.training.runs.train_settings).
 TRAINING_NOTEBOOK = "02_train"
 #: Profile keys that are not notebook parameters.
 PROFILE_KEYS = ("description", "steps", "together")
@@ -117,7 +117,7 @@ def accepts(notebook: str, name: str) -> bool:
     if name in notebook_parameters(notebook):
         return True
     if notebook == TRAINING_NOTEBOOK:
-        from vfu_nb.train_config import training_setting_names
+        from vfu_nb.training.config import training_setting_names
 
         return name in training_setting_names()
     return False

@@ -29,7 +29,7 @@ import numpy as np
 
 from vfu_nb.conventions import LANDMARK_COLORS
 from vfu_nb.plots.draw import draw_overlay
-from vfu_nb.runs import landmark_errors
+from vfu_nb.training.runs import landmark_errors
 
 HEATMAP_CMAP, FEATURE_CMAP, ATTENTION_CMAP = "magma", "viridis", "coolwarm"
 
@@ -38,7 +38,7 @@ def select_cases(predictions, by: str = "category_confidence", n: int = 4) -> di
     """Dataset positions of the ``n`` best and ``n`` worst images.
 
     ``by="category_confidence"``: softmax probability of the true category (best = highest).
-    ``by="landmark_error"``: :func:`vfu_nb.runs.landmark_errors` (best = lowest; images without visible
+    ``by="landmark_error"``: :func:`vfu_nb.training.runs.landmark_errors` (best = lowest; images without visible
     landmarks are left out). Ties keep data-set order. Returns ``{"best": [...], "worst": [...], "values": array}``.
     """
     if by == "category_confidence":
@@ -94,8 +94,8 @@ def plot_cases(predictions, images: np.ndarray, positions: Sequence[int], catego
                title: str = "", row_labels: Optional[Sequence[str]] = None):
     """One row per image: crop with landmarks, heat maps, attention (or feature energy) -- all from ``maps``.
 
-    ``images``: uint8 (n, S, S, 3) crops of ``positions`` (:func:`vfu_nb.runs.images_of`); ``predictions.maps``
-    must hold these positions (``vfu_nb.runs.predict(..., keep_maps=positions)``).
+    ``images``: uint8 (n, S, S, 3) crops of ``positions`` (:func:`vfu_nb.training.runs.images_of`); ``predictions.maps``
+    must hold these positions (``vfu_nb.training.runs.predict(..., keep_maps=positions)``).
     """
     positions = [int(p) for p in positions]
     has_heat = any("heatmaps" in predictions.maps.get(p, {}) for p in positions)

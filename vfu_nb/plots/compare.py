@@ -11,7 +11,7 @@
   baselines of the same data and the published numbers (:data:`vfu_nb.conventions.PUBLISHED_CATEGORY_TOP3`, each
   with its paper); top-3 recall and mAP per attribute type likewise.
 * :func:`plot_confusion`, :func:`per_attribute_recall`, :func:`per_attribute_ap` -- need predictions of the best
-  checkpoint on the test split (:func:`vfu_nb.runs.predict`).
+  checkpoint on the test split (:func:`vfu_nb.training.runs.predict`).
 
 Baselines (``{name: flat metrics}`` of :func:`vfu_nb.baselines.compute_baselines`) are an optional argument of the
 curves, the tables and :func:`baseline_sentence`; curves draw them as in :mod:`vfu_nb.plots.curves`.
@@ -179,7 +179,7 @@ def _get(m: Optional[Mapping], key: str) -> float:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Per-class views (need predictions: vfu_nb.runs.predict)
+# Per-class views (need predictions: vfu_nb.training.runs.predict)
 
 
 def confusion_matrix(true, pred, num_classes: int) -> np.ndarray:

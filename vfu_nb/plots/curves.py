@@ -2,7 +2,7 @@
 
 Every function takes a run's history (the dict in ``<run_dir>/history.json``, or the run directory itself),
 so the figures can be redrawn at any time without retraining. The layout of ``history.json``
-(:func:`vfu_nb.train.train`): ``batches`` holds one entry per optimiser step (``epoch``, ``batch``, ``step``
+(:func:`vfu_nb.training.loop.train`): ``batches`` holds one entry per optimiser step (``epoch``, ``batch``, ``step``
 and the *unweighted* loss terms ``category``, ``attribute``, ``landmark`` and the weighted ``total``);
 ``epochs`` holds one record per epoch with the ``val`` and ``test`` metrics (:mod:`vfu_nb.metrics`).
 

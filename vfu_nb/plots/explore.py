@@ -11,7 +11,8 @@ from vfu_nb.conventions import (
     ATTRIBUTE_TYPE_COLORS, ATTRIBUTE_TYPE_NAMES, CLOTHES_TYPE_NAMES, LANDMARK_COLORS, LANDMARK_NAMES, SPLITS,
     VISIBILITY_MARKERS, VISIBILITY_NAMES,
 )
-from vfu_nb.data import Annotations, crop_window, load_rgb
+from vfu_nb.data.annotations import Annotations
+from vfu_nb.data.crops import crop_window, load_rgb
 from vfu_nb.plots.draw import box_patch, landmark_handles
 
 

@@ -17,7 +17,7 @@ from typing import Mapping, Sequence
 import matplotlib.pyplot as plt
 import numpy as np
 
-from vfu_nb.contrasts import contrast_name
+from vfu_nb.study.contrasts import contrast_name
 from vfu_nb.conventions import model_color
 from vfu_nb.conventions import metric_label as label
 from vfu_nb.plots.curves import BASELINE_STYLES, baseline_label

@@ -5,7 +5,7 @@
     attention_explorer({"MTL": mtl, "CAT": cat}, DeepFashionC(data_root, "test", image_size=224))
     predict_image(mtl, dataset.annotations)          # names taken from the annotations
 
-Models come from run directories: ``vfu_nb.runs.load_model(run_dir)``. Design:
+Models come from run directories: ``vfu_nb.training.runs.load_model(run_dir)``. Design:
 
 * Each widget owns ONE matplotlib :class:`~matplotlib.figure.Figure`, created once outside pyplot (so it is never
   auto-displayed or leaked), drawn into by plain functions that take an Axes, and shown as PNG bytes in an
@@ -16,8 +16,9 @@ Models come from run directories: ``vfu_nb.runs.load_model(run_dir)``. Design:
 * Every widget is a ``VBox`` subclass exposing its controls and state as attributes (``w.slider``, ``w.image``,
   ``w.message``, ``w.label``, ...). Errors inside callbacks never surface as tracebacks: they are shown in
   ``w.message`` and logged at ERROR level to the ``vfu_nb.widgets`` logger (tests assert nothing is logged).
-* Models run under ``torch.no_grad()`` in eval mode, fp32, on their own device (:func:`vfu_nb.runs.predict_one`).
-  Maps are drawn with viridis (perceptually uniform), scaled to their own range.
+* Models run under ``torch.no_grad()`` in eval mode, fp32, on their own device
+  (:func:`vfu_nb.training.runs.predict_one`). Maps are drawn with viridis (perceptually uniform), scaled to their
+  own range.
 
 Modules: :mod:`~vfu_nb.widgets.base` (the figure widget, predictions as HTML, dataset items at any split and
 size), :mod:`~vfu_nb.widgets.browser`, :mod:`~vfu_nb.widgets.explorer`, :mod:`~vfu_nb.widgets.predict` (one

@@ -15,7 +15,8 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 from vfu_nb.conventions import ATTRIBUTE_TYPE_NAMES
-from vfu_nb.data import IMAGENET_MEAN, IMAGENET_STD, DeepFashionC, crop_window, normalize_images
+from vfu_nb.data.crops import IMAGENET_MEAN, IMAGENET_STD, crop_window, normalize_images
+from vfu_nb.data.dataset import DeepFashionC
 from vfu_nb.plots.draw import figure_png
 
 log = logging.getLogger("vfu_nb.widgets")

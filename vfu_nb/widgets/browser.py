@@ -10,10 +10,10 @@ import ipywidgets as W
 import numpy as np
 
 from vfu_nb.conventions import CLOTHES_TYPE_NAMES, SPLITS
-from vfu_nb.data import DeepFashionC
+from vfu_nb.data.dataset import DeepFashionC
 from vfu_nb.plots.draw import draw_message, landmark_legend
 from vfu_nb.plots.explore import draw_sample
-from vfu_nb.runs import landmark_errors, predict_one
+from vfu_nb.training.runs import landmark_errors, predict_one
 from vfu_nb.widgets.base import DatasetPool, FigureWidget, model_size, to_plain_units, top_categories, windows
 
 
@@ -42,7 +42,7 @@ class LandmarkBrowser(FigureWidget):
         self.label = W.HTML()
         self.rows = np.zeros(0, dtype=np.int64)   # annotation rows passing the filters
         self.row: int | None = None               # the row on screen
-        self.prediction = None                    # vfu_nb.runs.Prediction of that row (with a model)
+        self.prediction = None                    # vfu_nb.training.runs.Prediction of that row (with a model)
         self.error: float | None = None           # its landmark NE (crop units, visible landmarks)
         landmark_legend(self.figure, has_model)
         self.figure.subplots_adjust(left=0.02, right=0.98, top=0.9, bottom=0.17, wspace=0.08)
@@ -155,10 +155,11 @@ def landmark_browser(dataset: DeepFashionC, model=None, **kwargs) -> LandmarkBro
     clothes type; with a ``model``, its predicted landmarks (white crosses joined to the ground truth), its top
     category and the image's landmark error (NE in crop units over the visible landmarks).
 
-    ``dataset`` is a :class:`vfu_nb.data.DeepFashionC`; the split filter switches between the splits of its
+    ``dataset`` is a :class:`vfu_nb.data.dataset.DeepFashionC`; the split filter switches between the splits of its
     annotations (other splits and other image sizes are read through twin datasets built on first use).
     Returns a VBox with ``.split``, ``.clothes_type``, ``.category``, ``.slider``, ``.prev``, ``.next``,
     ``.label``, ``.image`` (PNG), ``.message``, ``.figure``/``.axes`` and state ``.rows``, ``.row``,
-    ``.prediction``, ``.error``. Keyword arguments: ``dpi`` (:data:`vfu_nb.widgets.base.DPI`), ``cache_size`` (64 predictions).
+    ``.prediction``, ``.error``. Keyword arguments: ``dpi`` (:data:`vfu_nb.widgets.base.DPI`), ``cache_size``
+    (64 predictions).
     """
     return LandmarkBrowser(dataset, model, **kwargs)

@@ -4,18 +4,18 @@ energy) over the crop; and :func:`explorer_from_runs`, the explorer of trained r
 from __future__ import annotations
 
 import html
-import json
 from collections import OrderedDict
 
 import ipywidgets as W
 import torch
 
 from vfu_nb.conventions import CLOTHES_TYPE_NAMES, LANDMARK_NAMES
-from vfu_nb.data import DeepFashionC
+from vfu_nb.data.dataset import DeepFashionC
 from vfu_nb.paths import resolve
 from vfu_nb.plots.draw import draw_map_overlay, draw_message, landmark_legend, scale_map
 from vfu_nb.plots.explore import draw_sample
-from vfu_nb.runs import find_runs, load_model, predict_one
+from vfu_nb.training.rundir import RunDir
+from vfu_nb.training.runs import find_runs, load_model, predict_one
 from vfu_nb.widgets.base import (
     DatasetPool, FigureWidget, as_model_dict, model_size, predictions_html, to_plain_units, top_categories,
     unnormalize, windows,
@@ -164,7 +164,7 @@ def attention_explorer(models, dataset: DeepFashionC, **kwargs) -> AttentionExpl
     Args:
         models: one model, a list of models (named by ``model.name``) or a dict ``{label: model}``, e.g.
             ``{"MTL": mtl, "CAT": cat}``; each model is shown in its own row, side by side for comparison.
-        dataset: a :class:`vfu_nb.data.DeepFashionC` split; the slider walks its items. Models with another
+        dataset: a :class:`vfu_nb.data.dataset.DeepFashionC` split; the slider walks its items. Models with another
             ``image_size`` than the dataset get the same rows cropped at their size.
         landmark: heatmap shown at start: ``"all"`` (max over the 8 maps), a landmark name or a slot index.
         alpha: initial overlay opacity (0..1). top_k: categories listed (5). top_attr: attributes per type (3).
@@ -177,7 +177,7 @@ def attention_explorer(models, dataset: DeepFashionC, **kwargs) -> AttentionExpl
 
     Returns a VBox with ``.slider``, ``.prev``, ``.next``, ``.landmark``, ``.opacity``, ``.label``, ``.image``
     (PNG), ``.predictions`` (HTML), ``.message``, ``.figure``/``.axes`` and state ``.row`` and ``.outputs``
-    ({label: (dataset item, vfu_nb.runs.Prediction)}).
+    ({label: (dataset item, vfu_nb.training.runs.Prediction)}).
     """
     return AttentionExplorer(models, dataset, **kwargs)
 
@@ -190,8 +190,9 @@ def explorer_from_runs(runs=None, data_root=None, split: str = "test", index: in
     """The attention explorer for the MTL and CAT runs under ``runs`` (or untrained models with ``untrained``).
 
     Trained: every run directory below ``runs`` with ``config.json`` and a checkpoint (first run per model name,
-    MTL and CAT first, :func:`vfu_nb.runs.find_runs`), images at the runs' size from ``data_root`` (default: the
-    first run's ``data_root``). Untrained: ``build_model("mtl"/"cat", ..., image_size, width)`` seeded with ``seed``.
+    MTL and CAT first, :func:`vfu_nb.training.runs.find_runs`), images at the runs' size from ``data_root``
+    (default: the first run's ``data_root``). Untrained: ``build_model("mtl"/"cat", ..., image_size, width)``
+    seeded with ``seed``.
     """
     from vfu_nb.models import build_model
 
@@ -212,7 +213,7 @@ def explorer_from_runs(runs=None, data_root=None, split: str = "test", index: in
             raise FileNotFoundError(f"no run directories with config.json and checkpoints under {runs}")
         for name in order:
             models[name.upper()] = load_model(found[name])
-        first = json.loads((found[order[0]] / "config.json").read_text())
+        first = RunDir(found[order[0]]).read_config()
         root = resolve(data_root if data_root is not None else first.get("data_root", ""))
         if not root.is_dir():
             raise FileNotFoundError(f"data_root {root} of {found[order[0]]} not found; pass data_root")

@@ -8,7 +8,7 @@ import ipywidgets as W
 from PIL import Image
 
 from vfu_nb.plots.draw import draw_map_overlay, draw_message, draw_predicted_landmarks, draw_prediction_on_image
-from vfu_nb.runs import predict_one
+from vfu_nb.training.runs import predict_one
 from vfu_nb.widgets.base import (
     FigureWidget, error_html, log, model_size, note_html, predictions_html, top_categories, unnormalize,
 )
@@ -140,7 +140,7 @@ def predict_image(model, category_names, attribute_names=None, attribute_types=N
     """Upload a JPEG or PNG of your own and see the model's categories, attributes, landmarks and attention.
 
     Args:
-        model: a trained network (e.g. :func:`vfu_nb.runs.load_model`); CAT shows feature energy instead
+        model: a trained network (e.g. :func:`vfu_nb.training.runs.load_model`); CAT shows feature energy instead
             of attention and no landmarks.
         category_names: the 50 names, or an ``Annotations``/``DeepFashionC`` to take names and attribute
             names/types from.

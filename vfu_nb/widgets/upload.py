@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from vfu_nb.data import crop_and_resize, crop_window, normalize_images
+from vfu_nb.data.crops import crop_and_resize, crop_window, normalize_images
 
 #: Largest upload: one websocket message must carry it (tornado's default limit is 10 MiB; see the docstring).
 MAX_UPLOAD_BYTES = 8 * 2**20

@@ -1,7 +1,8 @@
-"""Run directories, the one place that trains, finds, loads and predicts with them.
+"""Using run directories: train or resume them, find them, load their models and predict with them.
 
-A run directory is what :func:`vfu_nb.train.train` writes: ``config.json``, ``history.json``, ``metrics.json``
-and ``checkpoints/{last,best}.pt``. Notebooks, widgets and the study use only this module:
+A run directory is what :func:`vfu_nb.training.loop.train` writes; :class:`vfu_nb.training.rundir.RunDir` names
+and reads its files (``config.json``, ``history.json``, ``metrics.json``, ``checkpoints/{last,best}.pt``).
+Notebooks, widgets and the study use this module:
 
 * :func:`ensure_run` -- train a run, resume it from ``checkpoints/last.pt`` (a killed kernel or a restarted
   pipeline continues where it stopped; a finished run is read back in seconds), refuse a folder that holds a run
@@ -31,15 +32,10 @@ import torch
 import torch.nn.functional as F
 
 from vfu_nb.paths import resolve
-
-from vfu_nb.rundir import RunMismatchError, check_resume, read_run_config  # noqa: F401 (RunMismatchError re-exported)
+from vfu_nb.training.rundir import RunDir, RunMismatchError, load_checkpoint, precision
 
 #: Where the pipeline's training notebook puts the run of ``model`` (relative to the repository root).
 PIPELINE_RUN = "runs/{profile}/02_train_{model}/run"
-
-
-def _read_json(path) -> dict:
-    return json.loads(Path(path).read_text())
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -52,43 +48,33 @@ def train_settings(namespace: Mapping) -> dict:
     The training notebook passes its parameters through this, so a new TrainConfig field needs no notebook edit:
     ``-p NAME VALUE`` (pipeline or papermill) defines it and it reaches the trainer.
     """
-    from vfu_nb.train_config import training_setting_names
+    from vfu_nb.training.config import training_setting_names
 
     return {name: namespace[name] for name in sorted(training_setting_names()) if name in namespace}
-
-
-def is_finished(run_dir, epochs: Optional[int] = None) -> bool:
-    """True when ``run_dir`` has a metrics.json (and, if given, at least ``epochs`` epochs or an early stop)."""
-    mfile = resolve(run_dir) / "metrics.json"
-    if not mfile.exists():
-        return False
-    if epochs is None:
-        return True
-    m = _read_json(mfile)
-    return bool(m.get("early_stopped")) or int(m.get("epochs_run") or 0) >= int(epochs)
 
 
 def ensure_run(run_dir, model: str = "mtl", *, data_root="data/synthetic", progress: bool = False, **config) -> dict:
     """Train ``model`` into ``run_dir``, resuming a partial run; return its metrics.json content.
 
-    ``config`` holds any :class:`vfu_nb.train.TrainConfig` field (``epochs``, ``batch_size``, ``lr``,
+    ``config`` holds any :class:`vfu_nb.training.config.TrainConfig` field (``epochs``, ``batch_size``, ``lr``,
     ``image_size``, ``width``, ``max_items``, ``seed``, ``device`` ...). ``data_root`` is stored as an absolute
     path so the run can be reloaded from anywhere. A run directory whose ``config.json`` differs in anything but
-    :data:`vfu_nb.train_config.RESUME_SAFE_FIELDS` raises :class:`RunMismatchError` (the trainer's own rule,
-    :func:`vfu_nb.rundir.check_resume`); raising ``epochs`` continues a finished run.
+    :data:`vfu_nb.training.config.RESUME_SAFE_FIELDS` raises :class:`RunMismatchError` (the trainer's own rule,
+    :meth:`RunDir.check_resume`); raising ``epochs`` continues a finished run.
     """
-    from vfu_nb.train import TrainConfig, train
+    from vfu_nb.training.config import TrainConfig
+    from vfu_nb.training.loop import train
 
-    run_dir = resolve(run_dir)
+    run = RunDir(resolve(run_dir))
     cfg = TrainConfig.from_dict({**config, "model": model, "data_root": str(resolve(data_root)),
-                                 "run_dir": str(run_dir), "resume": True, "progress": progress})
-    if (run_dir / "config.json").exists():
-        check_resume(run_dir, cfg)
-        check_compatible(run_dir)
-        if is_finished(run_dir, cfg.epochs) and (run_dir / "checkpoints" / "best.pt").exists():
-            print(f"{run_dir}: finished run found ({_read_json(run_dir / 'metrics.json')['epochs_run']} epochs), "
-                  f"not retrained", flush=True)
-            return _read_json(run_dir / "metrics.json")
+                                 "run_dir": str(run.path), "resume": True, "progress": progress})
+    if run.has_config():
+        run.check_resume(cfg)
+        check_compatible(run.path)
+        if run.is_finished(cfg.epochs) and run.checkpoint("best").exists():
+            metrics = run.metrics()
+            print(f"{run}: finished run found ({metrics['epochs_run']} epochs), not retrained", flush=True)
+            return metrics
     return train(cfg)
 
 
@@ -96,10 +82,8 @@ def check_compatible(run_dir) -> None:
     """Raise :class:`RunMismatchError` when the run's checkpoint does not fit the current model code (its tensors'
     names or shapes differ from what :mod:`vfu_nb.models` builds for its settings): such a run cannot be resumed or
     evaluated."""
-    from vfu_nb.train import load_checkpoint
-
     run_dir = resolve(run_dir)
-    path = run_dir / "checkpoints" / "last.pt"
+    path = RunDir(run_dir).checkpoint("last")
     if not path.exists():
         return
     ck = load_checkpoint(path)
@@ -132,7 +116,7 @@ def locate_runs(given: Mapping[str, str], profile: str = "default") -> dict:
             notes.append(f"{model.upper()} {chosen[model]}")
             continue
         candidate = resolve(PIPELINE_RUN.format(profile=profile, model=model))
-        problem = "no finished run" if not is_finished(candidate) else _incompatibility(candidate)
+        problem = "no finished run" if not RunDir(candidate).is_finished() else _incompatibility(candidate)
         if problem is None:
             chosen[model] = candidate
             notes.append(f"{model.upper()} {candidate} (`make run`)")
@@ -153,7 +137,7 @@ def locate_runs(given: Mapping[str, str], profile: str = "default") -> dict:
 
 def _finished(run_dir) -> Path:
     run_dir = resolve(run_dir)
-    if not is_finished(run_dir):
+    if not RunDir(run_dir).is_finished():
         raise FileNotFoundError(f"{run_dir} has no finished run (no metrics.json); run its training notebook first "
                                 "or leave the parameter empty")
     check_compatible(run_dir)
@@ -185,16 +169,16 @@ def find_runs(root) -> dict:
     """
     root = resolve(root)
     found: dict = {}
-    for run in [root] + sorted(p.parent for p in root.rglob("config.json")):
-        ckpts = run / "checkpoints"
-        if not (run / "config.json").exists() or not ((ckpts / "best.pt").exists() or (ckpts / "last.pt").exists()):
+    for path in [root] + sorted(p.parent for p in root.rglob(RunDir(root).config_file.name)):
+        run = RunDir(path)
+        if not run.has_config() or not (run.checkpoint("best").exists() or run.checkpoint("last").exists()):
             continue
         try:
-            name = _read_json(run / "config.json").get("model")
+            name = run.read_config().get("model")
         except (OSError, ValueError):
             continue
         if name and name not in found:
-            found[name] = run
+            found[name] = path
     return found
 
 
@@ -233,29 +217,22 @@ def selection_note(metrics: Mapping) -> str:
 
 def load_run(run_dir) -> Run:
     """Config, history and metrics of the finished run in ``run_dir``."""
-    run_dir = resolve(run_dir)
-    return Run(run_dir, _read_json(run_dir / "config.json"), _read_json(run_dir / "history.json"),
-               _read_json(run_dir / "metrics.json"))
-
-
-def precision(config: Mapping) -> dict:
-    """``{"bf16": ..., "channels_last": ...}`` the run trained with: its ``resolved`` block, fp32 without one."""
-    resolved = config.get("resolved") or {}
-    return {"bf16": bool(resolved.get("bf16", False)), "channels_last": bool(resolved.get("channels_last", False))}
+    run = RunDir(resolve(run_dir))
+    return Run(run.path, run.read_config(), run.history(), run.metrics())
 
 
 def dataset_for(run_dir, split: str = "test", uint8: bool = True):
     """The ``split`` data set of the run (same root, image size, ``max_items`` subset and cache)."""
-    from vfu_nb.train import make_dataset
+    from vfu_nb.training.builders import make_dataset
 
-    return make_dataset(read_run_config(resolve(run_dir))[0], split, uint8=uint8)
+    return make_dataset(RunDir(resolve(run_dir)).train_config()[0], split, uint8=uint8)
 
 
 def _build(run_dir: Path, checkpoint: dict) -> torch.nn.Module:
     """The run's network for the checkpoint's vocabulary, with initial weights (the checkpoint's go over them)."""
-    from vfu_nb.train import make_model
+    from vfu_nb.training.builders import make_model
 
-    return make_model(read_run_config(run_dir)[0], int(checkpoint["num_categories"]),
+    return make_model(RunDir(run_dir).train_config()[0], int(checkpoint["num_categories"]),
                       int(checkpoint["num_attributes"]), pretrained=False)
 
 
@@ -265,16 +242,10 @@ def load_model(run_dir, which: str = "best", device: str = "cpu") -> torch.nn.Mo
     ``which="best"``: the best val epoch (``last.pt`` when a run has no ``best.pt``). ``device``: "cpu",
     "cuda", "auto" (CUDA when available) ... The checkpoint's epoch is in ``model.checkpoint_epoch``.
     """
-    from vfu_nb.train import load_checkpoint, resolve_device
+    from vfu_nb.training.runtime import resolve_device
 
     run_dir = resolve(run_dir)
-    if not (run_dir / "config.json").exists():
-        raise FileNotFoundError(f"{run_dir}: no config.json (not a training run directory)")
-    path = run_dir / "checkpoints" / f"{which}.pt"
-    if which == "best" and not path.exists():
-        path = run_dir / "checkpoints" / "last.pt"
-    if not path.exists():
-        raise FileNotFoundError(f"{run_dir}: no checkpoints/{which}.pt" + (" or last.pt" if which == "best" else ""))
+    path = RunDir(run_dir).model_checkpoint(which)
     device = resolve_device(str(device))
     ck = load_checkpoint(path, map_location=device)
     model = _build(run_dir, ck)
@@ -364,15 +335,16 @@ def predict(run_dir, split: str = "test", which: str = "best", device: str = "cp
     """Run the ``which`` checkpoint of ``run_dir`` over ``split``; keep the maps of dataset positions ``keep_maps``.
 
     As the trainer evaluated: bf16 autocast and channels_last when the run's ``config.json`` records them
-    (:func:`precision`), batches of its evaluation batch size unless ``batch_size`` is given. Maps kept per
+    (:meth:`RunDir.precision`), batches of its evaluation batch size unless ``batch_size`` is given. Maps kept per
     image: ``heatmaps`` (8, S, S) raw, ``attention`` (channels, S/8, S/8) and ``features`` (channels, S/8, S/8)
     as float32 numpy arrays (missing keys for models without them).
     """
     from vfu_nb.models import decode_landmarks
-    from vfu_nb.train import forward_batches, resolve_device
+    from vfu_nb.training.loop import forward_batches
+    from vfu_nb.training.runtime import resolve_device
 
     run_dir = resolve(run_dir)
-    config = _read_json(run_dir / "config.json")
+    config = RunDir(run_dir).read_config()
     mode = precision(config)
     device = resolve_device(str(device))
     model = model if model is not None else load_model(run_dir, which, device)
@@ -424,9 +396,9 @@ def metrics_tolerance(run_dir, device: str = "cpu") -> float:
     products and cuDNN's algorithm choice change logits in their last bits (0.005), and bf16 autocast changes
     them more (0.02): either flips a few near-tied top-k ranks.
     """
-    from vfu_nb.train import resolve_device
+    from vfu_nb.training.runtime import resolve_device
 
-    if precision(_read_json(resolve(run_dir) / "config.json"))["bf16"]:
+    if RunDir(resolve(run_dir)).precision()["bf16"]:
         return 0.02
     return 0.0 if resolve_device(str(device)).type == "cpu" else 0.005
 
@@ -439,12 +411,12 @@ def images_of(run_dir, positions: Sequence[int], split: str = "test") -> np.ndar
 
 def data_description(run_dir) -> str:
     """A short name of the run's data for sentences: "the synthetic benchmark (4000 images, 600 test)" etc."""
-    c = _read_json(resolve(run_dir) / "config.json")
+    c = RunDir(resolve(run_dir)).read_config()
     root = Path(c["data_root"])
     subset = f", max {c['max_items']} per split" if c.get("max_items") else ""
     marker = root / "synthetic.json"
     if marker.exists():
-        info = _read_json(marker)
+        info = json.loads(marker.read_text())
         return (f"the synthetic benchmark ({info.get('n')} images, {info.get('splits', {}).get('test')} test"
                 f"{subset})")
     return f"the DeepFashion-C data in {root}" + (f" (max {c['max_items']} per split)" if c.get("max_items") else "")
@@ -495,7 +467,7 @@ def predict_one(model: torch.nn.Module, image: torch.Tensor) -> Prediction:
         image = image[None]
     if image.dim() != 4 or image.shape[0] != 1:
         raise ValueError(f"predict_one takes one image (3,S,S), got {tuple(image.shape)}")
-    from vfu_nb.train import inference
+    from vfu_nb.training.loop import inference
 
     device = next(model.parameters()).device
     with inference(model):

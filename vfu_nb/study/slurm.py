@@ -1,7 +1,7 @@
 """Slurm for the study: settings, the queue as ``squeue`` shows it, torch.distributed from Slurm's variables,
 and the job that trains one run (a ``submitit.helpers.Checkpointable``).
 
-The driver that submits the runs and the ``status`` command live in :mod:`vfu_nb.executors`; this module holds
+The driver that submits the runs and the ``status`` command live in :mod:`vfu_nb.study.executors`; this module holds
 what the jobs themselves need, plus the settings both share. Reference: docs/study.md, "On a Slurm cluster".
 
 * :class:`SlurmSettings`: the ``slurm:`` block of a plan (partition, gpus, cpus, mem_gb, time, account, qos, ...)
@@ -34,6 +34,9 @@ from pathlib import Path
 from typing import Optional
 
 import submitit
+
+from vfu_nb.study import runner
+from vfu_nb.study.plan import exported
 
 #: squeue's job states (squeue(1), "JOB STATE CODES"), grouped the way ``study status`` reports them.
 QUEUED_STATES = frozenset({"PENDING", "CONFIGURING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESV_DEL_HOLD",
@@ -360,7 +363,7 @@ def read_starts(run_dir: Path) -> list:
 class RunJob(submitit.helpers.Checkpointable):
     """Train (or resume) one run of a study and export it: what one element of a Slurm array runs.
 
-    Pickled state: the plan (a :class:`vfu_nb.study.Plan`), the run's :class:`vfu_nb.study.RunSpec` and the
+    Pickled state: the plan (a :class:`vfu_nb.study.plan.Plan`), the run's :class:`vfu_nb.study.plan.RunSpec` and the
     trainer settings the executor adds (``checkpoint_every``); nothing that changes while it trains. Each task
     of a multi-task job runs it: rank 0 trains, writes and exports; the others train with it (DDP).
     """
@@ -375,10 +378,8 @@ class RunJob(submitit.helpers.Checkpointable):
         return dataclasses.replace(self.spec, config={**self.spec.config, **self.overrides})
 
     def __call__(self) -> dict:
-        from vfu_nb import study
-
         plan, spec = self.plan, self.run_spec()
-        done = study.exported(plan, spec.key)
+        done = exported(plan, spec.key)
         if done is not None:                       # never train a finished run twice (a rerun after completion)
             return {"key": spec.key, "already_exported": True, "failed": done.get("failed")}
         dist = torch_env()
@@ -393,13 +394,13 @@ class RunJob(submitit.helpers.Checkpointable):
             if rank == 0:
                 train_and_export(plan, spec)
             else:
-                study._train(plan, spec, False)
+                runner._train(plan, spec, False)
         finally:
             import torch.distributed as tdist
 
             if tdist.is_available() and tdist.is_initialized():
                 tdist.destroy_process_group()
-        return {"key": spec.key, "rank": rank, "metrics": study.exported(plan, spec.key) if rank == 0 else None}
+        return {"key": spec.key, "rank": rank, "metrics": exported(plan, spec.key) if rank == 0 else None}
 
     def checkpoint(self, *args, **kwargs):
         """Called by submitit on USR2 (preemption or time limit): the same run, resumed by the next start from
@@ -409,20 +410,18 @@ class RunJob(submitit.helpers.Checkpointable):
 
 
 def train_and_export(plan, spec, log=print) -> None:
-    """:func:`vfu_nb.study.train_and_export` for a job: the same training and divergence rule, with the export
+    """:func:`vfu_nb.study.runner.train_and_export` for a job: the same training and divergence rule, with the export
     serialised across jobs (``results/labels/<tag>.npz`` is shared by every run of a data tree)."""
-    from vfu_nb import study
-
     t0 = time.time()
     try:
-        study._train(plan, spec, False)
+        runner._train(plan, spec, False)
     except Exception as error:
-        if not study._diverged(plan, spec, error):
+        if not runner._diverged(plan, spec, error):
             raise
         with _FileLock(plan.runs_dir / SUBMITIT_DIR / "export.lock"):
-            study.export_failure(plan, spec, f"diverged: {error}")
+            runner.export_failure(plan, spec, f"diverged: {error}")
         log(f"[study] FAILED {spec.key}: the loss diverged (recorded, not retried)")
         return
     with _FileLock(plan.runs_dir / SUBMITIT_DIR / "export.lock"):
-        study.export_run(plan, spec)
+        runner.export_run(plan, spec)
     log(f"[study] done  {spec.key} ({(time.time() - t0) / 60:.1f} min)")

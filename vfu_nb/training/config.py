@@ -45,7 +45,7 @@ class TrainConfig:
 
     Defaults follow the thesis (Adam, batch 8, 10 epochs, lr 1e-4, 224 px, full-width VGG-16). ``None`` for a
     device-dependent setting means "pick per device"; the values picked are stored in the ``resolved`` block
-    of ``config.json`` (see :func:`vfu_nb.train.resolve_runtime`).
+    of ``config.json`` (see :func:`vfu_nb.training.runtime.resolve_runtime`).
     """
 
     # --- run
@@ -79,7 +79,7 @@ class TrainConfig:
     cache_dir: Optional[str] = None
     """folder of the uint8 image cache (default: <data_root>/.vfu_cache)"""
     loader: Literal[LOADERS] = "batch"
-    """input path: batch (vfu_nb.data.BatchLoader: one gather per batch from the uint8 cache, a prefetch thread,
+    """input path: batch (vfu_nb.data.loader.BatchLoader: one gather per batch from the uint8 cache, a prefetch thread,
     augmentation on the device) | items (per-item DataLoader)"""
     num_workers: Optional[int] = None
     """DataLoader worker processes of --loader items (default: 0 on CPU, up to 8 on CUDA); the batch loader uses
@@ -167,7 +167,7 @@ class TrainConfig:
     def from_dict(cls, d: Mapping, source: str = "") -> "TrainConfig":
         """Build from a mapping (e.g. ``config.json``), type-checked by the command line's parser.
 
-        Settings it lacks take their defaults; a ``resolved`` block (what :func:`vfu_nb.train.train` adds to
+        Settings it lacks take their defaults; a ``resolved`` block (what :func:`vfu_nb.training.loop.train` adds to
         ``config.json``) is ignored; an unknown key or a value of the wrong type raises :class:`ConfigError`
         naming the key and ``source``.
         """
@@ -186,7 +186,7 @@ class TrainConfig:
 
 def training_setting_names() -> set:
     """The :class:`TrainConfig` fields a notebook or profile may set (``run_dir`` and ``resume`` are
-    :func:`vfu_nb.runs.ensure_run`'s)."""
+    :func:`vfu_nb.training.runs.ensure_run`'s)."""
     return {f.name for f in dataclasses.fields(TrainConfig)} - {"run_dir", "resume"}
 
 
@@ -224,8 +224,8 @@ def check_ranges(c: TrainConfig) -> None:
 ALIASES = {"workers": "num_workers",
            **{f"w_{f.name}": f"loss_weights.{f.name}" for f in dataclasses.fields(LossWeights)}}
 
-EPILOG = ("Every option is a TrainConfig field (vfu_nb/train_config.py; docs/training.md). Dashes work as well as "
-          "underscores (--image-size), booleans also as --x / --no-x, optional values also as none; "
+EPILOG = ("Every option is a TrainConfig field (vfu_nb/training/config.py; docs/training.md). Dashes work as well "
+          "as underscores (--image-size), booleans also as --x / --no-x, optional values also as none; "
           "--w-category, --w-attribute, --w-landmark set --loss_weights.*; --workers is --num_workers.")
 
 
@@ -270,7 +270,7 @@ def jsonargparse_argv(argv: list) -> list:
     return out
 
 
-def cli_parser(prog: str = "python -m vfu_nb.train", description: Optional[str] = None) -> ArgumentParser:
+def cli_parser(prog: str = "python -m vfu_nb.training", description: Optional[str] = None) -> ArgumentParser:
     """The parser of every :class:`TrainConfig` field, ``--config FILE`` and ``--print_config``."""
     parser = ArgumentParser(prog=prog, description=description, epilog=EPILOG, exit_on_error=False,
                             print_config="--print_config")

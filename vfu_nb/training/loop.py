@@ -1,13 +1,11 @@
-"""Training loop: ``train(config)``, ``evaluate(...)`` and the CLI (reference: docs/training.md).
-
-    python -m vfu_nb.train --model mtl --data-root DIR --run-dir runs/x [--epochs 10 --batch-size 8 ...]
-    python -m vfu_nb.train --config run.yaml [--lr 3e-4]   # file settings, flags override; --print_config shows them
-    torchrun --nproc_per_node 8 -m vfu_nb.train ...        # DistributedDataParallel, batch size per process
+"""The training loop: ``train(config)``, one ``training_step``, the evaluation loop ``evaluate`` (reference:
+docs/training.md; the command line is :mod:`vfu_nb.training.cli`).
 
 Reading order (top to bottom, as the run goes): :func:`train` claims the run directory, then
-:func:`setup_runtime` (device, distributed, precision, threads, seeds), :func:`build` (data, model, optimiser,
-scheduler, resume), and per epoch :func:`train_epoch` (steps of :func:`training_step`) and :func:`end_epoch`
-(evaluate, select / stop early with :func:`select_best`, checkpoint, log); :func:`finish` writes metrics.json.
+:func:`~vfu_nb.training.runtime.setup_runtime` (device, distributed, precision, threads, seeds), :func:`build`
+(data, model, optimiser, scheduler, resume; from :mod:`vfu_nb.training.builders`), and per epoch
+:func:`train_epoch` (steps of :func:`training_step`) and :func:`end_epoch` (evaluate, select / stop early with
+:func:`select_best`, checkpoint, log); :func:`finish` writes metrics.json.
 
 * Thesis defaults: Adam, lr 1e-4, batch 8, 10 epochs. **One** optimiser for the whole run (Liu & Lu re-create
   Adam every epoch, which resets its moments); an optional per-epoch LR schedule.
@@ -19,8 +17,8 @@ scheduler, resume), and per epoch :func:`train_epoch` (steps of :func:`training_
   uninterrupted run (bit-identical on CPU). Checkpoints hold only tensors and plain Python
   (``torch.load(path, weights_only=True)`` works) and resume on another device or memory layout.
 * Images come from the data layer's uint8 cache and are normalised on the device. Input path (``loader``):
-  ``batch`` (default) reads each batch with one gather from the cache (:class:`EpochBatchLoader`, a
-  :class:`vfu_nb.data.BatchLoader`: a prefetch thread, no worker processes, augmentation on the device);
+  ``batch`` (default) reads each batch with one gather from the cache (``EpochBatchLoader``, a
+  :class:`vfu_nb.data.loader.BatchLoader`: a prefetch thread, no worker processes, augmentation on the device);
   ``items`` is the per-item DataLoader. Without augmentation both give bit-identical runs on the CPU.
   GPU path: bf16 autocast, channels_last, cudnn.benchmark, optional torch.compile / CUDA graphs, fused Adam,
   pinned memory, non_blocking copies, no host round trip in a step except the loss read-back every
@@ -41,32 +39,26 @@ import contextlib
 import dataclasses
 import functools
 import math
-import os
-import random
 import time
 from dataclasses import dataclass, field
-from datetime import timedelta
-from pathlib import Path
 from typing import Callable, Optional
 
 import numpy as np
 import torch
-import torch.distributed as dist
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader
 
-from vfu_nb.conventions import ATTRIBUTE_TYPES
-from vfu_nb.data import Augmentation, BatchLoader
-from vfu_nb.losses import LossWeights, default_heatmap_sigma, multitask_loss  # noqa: F401 (LossWeights re-exported)
+from vfu_nb.conventions import ATTRIBUTE_TYPES, LOSS_TERMS
+from vfu_nb.diskspace import DiskFullError
+from vfu_nb.losses import LossWeights, multitask_loss
 from vfu_nb.metrics import EvalAccumulator, jsonable
-from vfu_nb.diskspace import DiskFullError  # noqa: F401 (re-exported)
-from vfu_nb.weights import WeightsUnavailableError
-from vfu_nb.rundir import (  # noqa: F401 (re-exported)
-    LOSS_TERMS, CorruptCheckpointError, RunDirError, RunExistsError, RunLock, RunLockedError, RunLog,
-    RunMismatchError, check_resume, check_run_dir, load_checkpoint, read_run_config, resume_advice, save_checkpoint,
-    write_json,
+from vfu_nb.training.builders import (
+    EpochBatchLoader, EpochBatchSampler, build_datasets, build_model_and_loss, make_loaders, make_scheduler,
 )
-from vfu_nb.train_config import (  # noqa: F401 (re-exported)
-    LR_SCHEDULES, RESUME_SAFE_FIELDS, ConfigError, TrainConfig, cli_parser, config_differences, parse_config,
+from vfu_nb.training.config import ConfigError, TrainConfig
+from vfu_nb.training.rundir import RunDir, RunLog, load_checkpoint
+from vfu_nb.training.runtime import (
+    Runtime, derive_seed, dist_info, get_rng_state, prepare_images, process_settings, set_rng_state, setup_runtime,
+    to_device,
 )
 
 CHECKPOINT_FORMAT = 2   # 2: adds the position inside an epoch ("batch", "epoch_stats"); format 1 still loads
@@ -81,324 +73,7 @@ class NonFiniteLossError(FloatingPointError):
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Reproducibility helpers
-
-
-def derive_seed(*parts: int) -> int:
-    """A 63-bit seed from integers (e.g. (seed, epoch, stream)); independent streams for different tuples."""
-    state = np.random.SeedSequence([int(p) % (2**63) for p in parts]).generate_state(2, np.uint32)
-    return int((int(state[0]) << 31) ^ int(state[1])) & ((1 << 63) - 1)
-
-
-def seed_everything(seed: int, deterministic: bool = False) -> torch.Generator:
-    """Seed python, numpy and torch (all devices); optionally request deterministic algorithms.
-
-    Returns a ``torch.Generator`` seeded with ``seed`` for a DataLoader (use with :func:`seed_worker`).
-    """
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-    if deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.deterministic = True
-        torch.backends.cudnn.benchmark = False
-    g = torch.Generator()
-    g.manual_seed(seed)
-    return g
-
-
-def seed_worker(worker_id: int, parent_pid: Optional[int] = None) -> None:
-    """DataLoader ``worker_init_fn``: seed numpy and random from the worker's torch seed; with ``parent_pid`` (the
-    process that iterates the loader) the worker also dies with that process (:mod:`vfu_nb.lifeline`)."""
-    if parent_pid is not None:
-        from vfu_nb.lifeline import die_with_parent
-
-        die_with_parent(parent_pid)
-    s = torch.initial_seed() % 2**32
-    np.random.seed(s)
-    random.seed(s)
-
-
-def get_rng_state() -> dict:
-    """All RNG states as tensors / plain Python (safe for ``torch.load(weights_only=True)``)."""
-    name, keys, pos, has_gauss, cached = np.random.get_state()
-    py = random.getstate()
-    return {
-        "torch": torch.get_rng_state(),
-        "numpy": [str(name), torch.from_numpy(np.asarray(keys, dtype=np.int64)), int(pos), int(has_gauss),
-                  float(cached)],
-        "python": [int(py[0]), [int(x) for x in py[1]], py[2]],
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-    }
-
-
-def set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    name, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((name, np.asarray(keys.numpy(), dtype=np.uint32), pos, has_gauss, cached))
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    if state.get("cuda") and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-class EpochBatchSampler(Sampler):
-    """Yields this rank's share of each global batch of a seeded per-epoch permutation.
-
-    Epoch e permutes ``range(n)`` with a generator seeded by ``derive_seed(seed, e, 0)`` (or keeps the order
-    with ``shuffle=False``). Global batches have ``batch_size * world_size`` items; rank r gets items
-    ``r::world_size`` of each. With ``drop_last`` (default: when ``world_size > 1``, so every rank runs the same
-    number of equal steps) an incomplete last global batch is dropped. ``set_epoch(e, start_batch=k)`` skips
-    the first k batches (a resume inside an epoch) without loading them. ``items`` (length n) maps the
-    positions to data-set items, e.g. a training subset's ``indices``.
-    """
-
-    def __init__(self, n: int, batch_size: int, *, shuffle: bool = True, seed: int = 0, rank: int = 0,
-                 world_size: int = 1, drop_last: Optional[bool] = None, max_batches: Optional[int] = None,
-                 items: Optional[list] = None):
-        if items is not None and len(items) != n:
-            raise ValueError(f"EpochBatchSampler: items has {len(items)} entries for n = {n}")
-        self.n, self.batch_size, self.shuffle, self.seed = n, batch_size, shuffle, seed
-        self.rank, self.world_size = rank, world_size
-        self.drop_last = world_size > 1 if drop_last is None else drop_last
-        self.max_batches = max_batches
-        self.items = None if items is None else [int(i) for i in items]
-        self.epoch = 0
-        self.start_batch = 0
-
-    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
-        self.epoch, self.start_batch = epoch, start_batch
-
-    def global_batches(self) -> list:
-        """The global batches of the epoch from ``start_batch`` on (positions, before ``items``)."""
-        return self._epoch_batches()[self.start_batch:]
-
-    def skipped_batches(self) -> list:
-        """This rank's share of the batches that ``start_batch`` skips, as :meth:`__iter__` would yield them."""
-        return [self._share(batch) for batch in self._epoch_batches()[:self.start_batch]]
-
-    def _share(self, batch: list) -> list:
-        mine = batch[self.rank::self.world_size]
-        return mine if self.items is None else [self.items[i] for i in mine]
-
-    def _epoch_batches(self) -> list:
-        if self.shuffle:
-            g = torch.Generator()
-            g.manual_seed(derive_seed(self.seed, self.epoch, 0))
-            order = torch.randperm(self.n, generator=g).tolist()
-        else:
-            order = list(range(self.n))
-        gb = self.batch_size * self.world_size
-        batches = [order[i:i + gb] for i in range(0, self.n, gb)]
-        if batches and (self.drop_last and len(batches[-1]) < gb):
-            batches.pop()
-        if self.max_batches is not None:
-            batches = batches[:self.max_batches]
-        return batches
-
-    def __iter__(self):
-        for batch in self.global_batches():
-            yield self._share(batch)
-
-    def __len__(self) -> int:
-        gb = self.batch_size * self.world_size
-        n = self.n // gb if self.drop_last else math.ceil(self.n / gb)
-        n = n if self.max_batches is None else min(n, self.max_batches)
-        return max(0, n - self.start_batch)
-
-
-class EpochBatchLoader(BatchLoader):
-    """A :class:`vfu_nb.data.BatchLoader` over an :class:`EpochBatchSampler` that resumes exactly inside an
-    augmented epoch.
-
-    The augmentations of an epoch come from one stream, drawn batch after batch. When the sampler skips its first
-    k batches (``set_epoch(e, start_batch=k)``), their draws are made and dropped before the first batch is
-    gathered, so batch k + 1 is augmented as it was in the uninterrupted epoch.
-    """
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._skipped: list = []
-
-    def __iter__(self):
-        self._skipped = self.batch_sampler.skipped_batches() if self.augment else []
-        return super().__iter__()
-
-    def gather(self, indices, generator: Optional[torch.Generator] = None) -> dict:
-        for batch in self._skipped:
-            Augmentation.draw(len(batch), generator)
-        self._skipped = []
-        return super().gather(indices, generator)
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Runtime: device, distributed, precision (everything that depends on the machine)
-
-
-def resolve_device(name: str = "auto", local_rank: int = 0) -> torch.device:
-    if name == "auto":
-        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and dev.index is None:
-        dev = torch.device(f"cuda:{local_rank}")
-    return dev
-
-
-def dist_info() -> tuple[int, int, int]:
-    """(world size, rank, local rank) from torchrun's environment (1, 0, 0 without it)."""
-    return (int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0")),
-            int(os.environ.get("LOCAL_RANK", "0")))
-
-
-@dataclass
-class Runtime:
-    """The per-machine values of a run (``None`` settings resolved) and the collectives of DDP.
-
-    The collectives are no-ops in a single process, so the trainer reads the same with and without DDP.
-    """
-
-    device: torch.device
-    world: int
-    rank: int
-    bf16: bool
-    channels_last: bool
-    deterministic: bool
-    num_workers: int
-    sync_every: int
-    heatmap_sigma: float
-    eval_batch_size: int
-    fused_adam: bool
-    tf32: bool
-    threads: int = 0
-
-    @property
-    def is_cuda(self) -> bool:
-        return self.device.type == "cuda"
-
-    @property
-    def distributed(self) -> bool:
-        return self.world > 1
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    def resolved(self) -> dict:
-        """The ``resolved`` block of config.json."""
-        return {"device": str(self.device), "world_size": self.world, "bf16": self.bf16,
-                "channels_last": self.channels_last, "deterministic": self.deterministic,
-                "num_workers": self.num_workers, "sync_every": self.sync_every, "heatmap_sigma": self.heatmap_sigma,
-                "eval_batch_size": self.eval_batch_size, "fused_adam": self.fused_adam, "tf32": self.tf32,
-                "threads": self.threads, "torch": torch.__version__}
-
-    # collectives (no-ops without DDP)
-    def barrier(self) -> None:
-        if self.distributed:
-            dist.barrier()
-
-    def all_mean(self, t: torch.Tensor) -> torch.Tensor:
-        if not self.distributed:
-            return t
-        t = t.clone()
-        dist.all_reduce(t)
-        return t / self.world
-
-    def share(self, obj):
-        """Rank 0's ``obj`` on every rank."""
-        if not self.distributed:
-            return obj
-        box = [obj]
-        dist.broadcast_object_list(box, src=0)
-        return box[0]
-
-    def gather(self, obj) -> list:
-        """``[obj of rank 0, obj of rank 1, ...]`` on every rank."""
-        if not self.distributed:
-            return [obj]
-        out = [None] * self.world
-        dist.all_gather_object(out, obj)
-        return out
-
-
-def resolve_runtime(config: TrainConfig, world: int = 1, rank: int = 0, local_rank: int = 0) -> Runtime:
-    """Resolve the device-dependent settings (pure: nothing is initialised)."""
-    device = resolve_device(config.device, local_rank)
-    cuda = device.type == "cuda"
-    bf16 = cuda if config.bf16 is None else bool(config.bf16)
-    # The batch loader needs no worker processes (one prefetch thread gathers several times the rate a GPU
-    # step consumes; docs/benchmarks.md); the per-item DataLoader gets up to 8 per process on CUDA.
-    workers = config.num_workers if config.loader == "items" else 0
-    if workers is None:
-        workers = min(8, max(1, (os.cpu_count() or 1) // max(1, world))) if cuda else 0
-    return Runtime(
-        device=device, world=world, rank=rank, bf16=bf16,
-        channels_last=cuda if config.channels_last is None else bool(config.channels_last),
-        deterministic=(not cuda) if config.deterministic is None else bool(config.deterministic),
-        num_workers=workers,
-        sync_every=config.sync_every or (25 if cuda else 1),
-        heatmap_sigma=float(config.heatmap_sigma if config.heatmap_sigma is not None
-                            else default_heatmap_sigma(config.image_size)),
-        # CPU: 4 x batch (larger batches change CPU kernels' float results, not the metrics' meaning)
-        eval_batch_size=config.eval_batch_size or (max(256, 4 * config.batch_size) if cuda else 4 * config.batch_size),
-        fused_adam=cuda,
-        # bf16 autocast: TF32 off, so the fp32 islands (landmark head, losses) really compute in fp32; the
-        # bulk runs in bf16 either way. fp32 training on CUDA keeps TF32 convolutions and matmuls.
-        tf32=cuda and not bf16,
-    )
-
-
-def setup_runtime(config: TrainConfig, world: int, rank: int, local_rank: int) -> Runtime:
-    """Join the process group (DDP), set threads, seeds and backend flags; return the :class:`Runtime`."""
-    rt = resolve_runtime(config, world, rank, local_rank)
-    if rt.distributed and not dist.is_initialized():
-        if rt.is_cuda:
-            torch.cuda.set_device(rt.device)
-        dist.init_process_group("nccl" if rt.is_cuda else "gloo", init_method="env://", timeout=timedelta(hours=2))
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    elif rt.distributed and not rt.is_cuda:
-        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world))
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
-    rt.threads = torch.get_num_threads()
-    seed_everything(config.seed, rt.deterministic)
-    if rt.is_cuda:
-        torch.backends.cudnn.benchmark = not rt.deterministic
-        torch.backends.cuda.matmul.allow_tf32 = rt.tf32
-        torch.backends.cudnn.allow_tf32 = rt.tf32
-    return rt
-
-
-@contextlib.contextmanager
-def _process_settings():
-    """Restore the process-wide torch settings a run changes (notebooks and test sessions keep their own)."""
-    saved = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
-             torch.get_num_threads(), torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark,
-             torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
-    try:
-        yield
-    finally:
-        torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
-        torch.set_num_threads(saved[2])
-        (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark, torch.backends.cudnn.allow_tf32,
-         torch.backends.cuda.matmul.allow_tf32) = saved[3:]
-
-
-# ----------------------------------------------------------------------------------------------------------
 # Steps and evaluation
-
-
-def _to_device(batch: dict, device: torch.device) -> dict:
-    return {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
-
-
-def prepare_images(images: torch.Tensor, channels_last: bool) -> torch.Tensor:
-    """Images in the model's memory layout (uint8 batches arrive NCHW or, from the batch loader, as an NHWC
-    view), normalised to float; a batch already in that layout is not copied."""
-    from vfu_nb.data import normalize_images
-
-    images = images.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-    return normalize_images(images) if images.dtype == torch.uint8 else images.float()
 
 
 def training_step(model, optimizer, batch: dict, loss_fn: Callable, rt: Runtime, cuda_graphs: bool = False,
@@ -440,9 +115,9 @@ def forward_batches(model: torch.nn.Module, loader, device, *, bf16: bool = Fals
                     progress: bool = False, desc: str = "eval"):
     """Yield ``(batch, outputs)`` for every batch of ``loader``: the model's outputs without gradients, in eval mode.
 
-    The one evaluation loop (:func:`evaluate` accumulates metrics from it, :func:`vfu_nb.runs.predict` keeps the
-    outputs): only the images go to ``device``, in the model's memory layout (``channels_last``), normalised
-    there, under bf16 autocast with ``bf16``. The model goes back into its previous mode afterwards.
+    The one evaluation loop (:func:`evaluate` accumulates metrics from it, :func:`vfu_nb.training.runs.predict`
+    keeps the outputs): only the images go to ``device``, in the model's memory layout (``channels_last``),
+    normalised there, under bf16 autocast with ``bf16``. The model goes back into its previous mode afterwards.
     """
     from tqdm.auto import tqdm
 
@@ -484,7 +159,7 @@ def evaluate(model: torch.nn.Module, loader, device, attribute_types=None, *, bf
                    landmark_visibility=batch["landmark_visibility"] if heat is not None else None)
         if loss_weights is not None:
             b = int(batch["category"].shape[0])
-            labels = {**_to_device({k: v for k, v in batch.items() if k != "image"}, device), "image": batch["image"]}
+            labels = {**to_device({k: v for k, v in batch.items() if k != "image"}, device), "image": batch["image"]}
             losses = multitask_loss(out, labels, loss_weights, heatmap_sigma)
             loss_sums += torch.stack([losses[t].detach().float() for t in LOSS_TERMS]).double() * b
             n_seen += b
@@ -588,136 +263,8 @@ class TrainState:
     started: float = field(default_factory=time.perf_counter)
 
     @property
-    def run_dir(self) -> Path:
-        return Path(self.config.run_dir)
-
-
-def _make_scheduler(config: TrainConfig, optimizer):
-    s = config.lr_schedule
-    if s == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, config.epochs))
-    if s == "step":
-        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.lr_step_size, gamma=config.lr_gamma)
-    if s == "exp":
-        return torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=config.lr_gamma)
-    return None
-
-
-def make_dataset(config: TrainConfig, split: str, *, augment: bool = False, uint8: bool = True,
-                 progress: bool = False):
-    """The ``split`` data set of a run's settings: its root, image size, padding, ``max_items`` subset and cache.
-
-    The one place that turns settings into a data set (the trainer, :func:`vfu_nb.runs.dataset_for`).
-    """
-    from vfu_nb.data import DeepFashionC
-
-    return DeepFashionC(config.data_root, split, config.image_size, augment=augment, cache=True, uint8=uint8,
-                        cache_dir=config.cache_dir, pad_to_square=config.pad_to_square, max_items=config.max_items,
-                        subset_seed=config.data_seed, progress=progress)
-
-
-def _build_datasets(config: TrainConfig, rt: Runtime) -> dict:
-    """train / val / test data sets (rank 0 builds the image caches first, then the others open them)."""
-    def make(split):
-        return make_dataset(config, split, augment=config.augment and split == "train",
-                            progress=config.progress and rt.is_main)
-
-    if not rt.is_main:
-        rt.barrier()
-    sets = {split: make(split) for split in ("train", "val", "test")}
-    if rt.is_main:
-        rt.barrier()
-    if config.train_fraction < 1.0:
-        sets["train"] = train_subset(sets["train"], config.train_fraction, config.data_seed)
-    return sets
-
-
-def train_subset(dataset, fraction: float, data_seed: int) -> torch.utils.data.Subset:
-    """A seeded ``fraction`` of ``dataset`` (at least one item) in data-set order; for one ``data_seed``, a
-    smaller fraction is a subset of a larger one."""
-    n = len(dataset)
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(derive_seed(data_seed, 3)))
-    return torch.utils.data.Subset(dataset, sorted(order[:max(1, round(fraction * n))].tolist()))
-
-
-def _loaders(config: TrainConfig, rt: Runtime, sets: dict):
-    """(training sampler, its loader generator, training loader, {"val", "test"} loaders on rank 0).
-
-    ``loader="batch"``: :class:`EpochBatchLoader`; training batches arrive on the device (augmented there),
-    evaluation batches stay on the host (pinned on CUDA) because :func:`evaluate` sends only the images over.
-    ``loader="items"``: DataLoaders over ``dataset[k]`` with ``rt.num_workers`` worker processes.
-    """
-    train_set, subset = sets["train"], None
-    if isinstance(train_set, torch.utils.data.Subset):        # train_fraction: sample the subset's items
-        train_set, subset = train_set.dataset, train_set.indices
-    sampler = EpochBatchSampler(len(sets["train"]), config.batch_size, shuffle=True, seed=config.seed, rank=rt.rank,
-                                world_size=rt.world, max_batches=config.max_batches, items=subset,
-                                # a compiled model sees one batch shape only (no recompile for the last batch)
-                                drop_last=rt.distributed or config.compile or config.cuda_graphs)
-    loader_gen = torch.Generator()
-    eval_samplers = {split: EpochBatchSampler(len(sets[split]), rt.eval_batch_size, shuffle=False)
-                     for split in ("val", "test")} if rt.is_main else {}
-    if config.loader == "batch":
-        train_loader = EpochBatchLoader(train_set, sampler, rt.device, augment=config.augment, generator=loader_gen,
-                                        prefetch=2)
-        eval_loaders = {split: EpochBatchLoader(sets[split], eval_sampler, "cpu", pin_memory=rt.is_cuda, prefetch=2)
-                        for split, eval_sampler in eval_samplers.items()}
-        return sampler, loader_gen, train_loader, eval_loaders
-    # Persistent workers keep their RNG across epochs, so with augmentation they would make a resumed run
-    # differ; without augmentation the workers draw no random numbers and persistence is free.
-    common = dict(num_workers=rt.num_workers, pin_memory=rt.is_cuda,
-                  worker_init_fn=functools.partial(seed_worker, parent_pid=os.getpid()),
-                  persistent_workers=rt.num_workers > 0 and not config.augment)
-    if rt.num_workers > 0:
-        common["prefetch_factor"] = 4
-    train_loader = DataLoader(train_set, batch_sampler=sampler, generator=loader_gen, **common)
-    eval_loaders = {split: DataLoader(sets[split], batch_sampler=eval_sampler,
-                                      generator=torch.Generator().manual_seed(0), **common)
-                    for split, eval_sampler in eval_samplers.items()}
-    return sampler, loader_gen, train_loader, eval_loaders
-
-
-def make_model(config: TrainConfig, num_categories: int, num_attributes: int, device="cpu",
-               channels_last: bool = False, pretrained: bool = True) -> torch.nn.Module:
-    """The network of a run's settings (``model``, ``image_size``, ``width``, ``backbone``, ``pretrained`` unless
-    ``pretrained=False``: a checkpoint is loaded over it) for a vocabulary, on ``device`` in its memory layout.
-
-    The one place that turns settings into a network (the trainer, :func:`vfu_nb.runs.load_model`, the benchmark).
-    """
-    from vfu_nb.conventions import NUM_LANDMARKS
-    from vfu_nb.models import build_model
-
-    model = build_model(config.model, num_categories, num_attributes, NUM_LANDMARKS, config.image_size, config.width,
-                        config.backbone, config.pretrained if pretrained else None).to(device)
-    return model.to(memory_format=torch.channels_last) if channels_last else model
-
-
-def make_loss(config: TrainConfig, model: torch.nn.Module, rt: Runtime) -> tuple[LossWeights, Callable]:
-    """(the loss weights, ``loss_fn(outputs, batch)``) that train ``model`` with ``config``'s loss settings.
-
-    The landmark weight is 0 for a model without landmark supervision; the loss gets the run's heatmap sigma,
-    ``attr_pos_weight`` (made once on the device, not per step) and, under DDP, the all-reduced label counts.
-    """
-    weights = dataclasses.replace(config.loss_weights)
-    if not getattr(model, "has_landmark_branch", True) or not getattr(model, "landmark_supervised", True):
-        weights.landmark = 0.0
-    pos_weight = None if config.attr_pos_weight is None else \
-        torch.full((), float(config.attr_pos_weight), device=rt.device)
-    loss_fn = functools.partial(multitask_loss, weights=weights, heatmap_sigma=rt.heatmap_sigma,
-                                attr_pos_weight=pos_weight, reduce_counts=rt.all_mean if rt.distributed else None)
-    return weights, loss_fn
-
-
-def _build_model(config: TrainConfig, rt: Runtime, annotations):
-    """(model on the device, its metadata for checkpoints, loss weights, the loss with its fixed arguments)."""
-    from vfu_nb.models import count_parameters
-
-    meta = {"model_name": config.model, "num_categories": len(annotations.category_names),
-            "num_attributes": len(annotations.attribute_names)}
-    model = make_model(config, meta["num_categories"], meta["num_attributes"], rt.device, rt.channels_last)
-    meta["params"] = count_parameters(model)
-    weights, loss_fn = make_loss(config, model, rt)
-    return model, meta, weights, loss_fn
+    def run_dir(self) -> RunDir:
+        return RunDir(self.config.run_dir)
 
 
 def _resume(s: TrainState, ck: dict) -> Optional[dict]:
@@ -739,20 +286,19 @@ def _resume(s: TrainState, ck: dict) -> Optional[dict]:
 
 def build(config: TrainConfig, rt: Runtime) -> TrainState:
     """Data sets and loaders, model, optimiser, scheduler, loss; the state of ``last.pt`` when resuming."""
-    sets = _build_datasets(config, rt)
+    sets = build_datasets(config, rt)
     ann = sets["val"].annotations
-    model, meta, weights, loss_fn = _build_model(config, rt, ann)
+    model, meta, weights, loss_fn = build_model_and_loss(config, rt, ann)
     # one optimiser for the whole run (Liu & Lu re-create Adam every epoch, resetting its moments)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay,
                                  **({"fused": True} if rt.fused_adam else {}))
-    s = TrainState(config, rt, model, optimizer, _make_scheduler(config, optimizer), weights, loss_fn,
+    s = TrainState(config, rt, model, optimizer, make_scheduler(config, optimizer), weights, loss_fn,
                    np.asarray(ann.attribute_types), meta)
 
     rng_to_restore = None
-    last_path = s.run_dir / "checkpoints" / "last.pt"
-    resuming = config.resume and last_path.exists()
+    resuming = config.resume and s.run_dir.checkpoint("last").exists()
     if resuming:
-        rng_to_restore = _resume(s, load_checkpoint(last_path))
+        rng_to_restore = _resume(s, load_checkpoint(s.run_dir.checkpoint("last")))
     elif rt.distributed:
         # different augmentation streams per rank (model init above used the common seed)
         torch.manual_seed(derive_seed(config.seed, rt.rank, 1))
@@ -764,14 +310,14 @@ def build(config: TrainConfig, rt: Runtime) -> TrainState:
         s.train_model = DDP(model, device_ids=[rt.device.index] if rt.is_cuda else None)
     if config.compile or config.cuda_graphs:
         s.train_model = torch.compile(s.train_model, **({"mode": "reduce-overhead"} if config.cuda_graphs else {}))
-    s.sampler, s.loader_gen, s.train_loader, s.eval_loaders = _loaders(config, rt, sets)
+    s.sampler, s.loader_gen, s.train_loader, s.eval_loaders = make_loaders(config, rt, sets)
     if rng_to_restore is not None:
         set_rng_state(rng_to_restore)
 
     s.log = RunLog(config.run_dir, active=rt.is_main, show=config.progress and rt.is_main,
                    log_every=config.log_every, tensorboard=config.tensorboard, history=s.history, step=s.step)
     if rt.is_main:
-        write_json(s.run_dir / "config.json", {**config.to_dict(), "resolved": rt.resolved()})
+        s.run_dir.write_config(config, rt.resolved())
         _log_setup(s, sets, resuming)
     return s
 
@@ -830,8 +376,7 @@ def save_state(s: TrainState, stats: Optional[EpochStats] = None) -> dict:
                "epoch_stats": dataclasses.asdict(stats) if stats else None,
                "history": s.history, "best": s.best, "rng": rngs, "config": jsonable(s.config.to_dict()), **s.meta}
     if s.rt.is_main:
-        (s.run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-        save_checkpoint(s.run_dir / "checkpoints" / "last.pt", payload)
+        s.run_dir.save_checkpoint(payload, "last")
     s.last_checkpoint_step = s.step
     return payload
 
@@ -879,7 +424,7 @@ def train_epoch(s: TrainState, on_step: Optional[Callable] = None) -> EpochStats
 
     n_batches = len(s.sampler) + stats.batches
     for b, batch in enumerate(bar, start=stats.batches + 1):
-        batch = _to_device(batch, rt.device)
+        batch = to_device(batch, rt.device)
         # reading every step back (CPU default): stop before a non-finite loss updates the weights
         guard = functools.partial(check_finite, b=b) if rt.sync_every == 1 else None
         pending.append(training_step(s.train_model, s.optimizer, batch, s.loss_fn, rt,
@@ -940,8 +485,8 @@ def end_epoch(s: TrainState, stats: EpochStats) -> None:
     payload = save_state(s)
     if rt.is_main:
         if s.best["epoch"] == s.epoch:
-            save_checkpoint(s.run_dir / "checkpoints" / "best.pt", payload)
-        write_json(s.run_dir / "history.json", s.history, indent=None)  # compact: per-batch lists
+            s.run_dir.save_checkpoint(payload, "best")
+        s.run_dir.write_history(s.history)
         s.log.epoch(s.history["epochs"], s.step)
         s.log.info(_summary_line(s.epoch, config.epochs, rec))
     rt.barrier()
@@ -975,7 +520,7 @@ def finish(s: TrainState) -> dict:
                    "device": str(s.rt.device), "world_size": s.rt.world},
     }
     if s.rt.is_main:
-        write_json(s.run_dir / "metrics.json", metrics)
+        s.run_dir.write_metrics(metrics)
         s.log.info(format_metrics(jsonable(metrics)), echo=False)   # the CLI prints it
     s.rt.barrier()
     return jsonable(metrics)
@@ -988,7 +533,7 @@ def finish(s: TrainState) -> dict:
 def train(config: TrainConfig | dict, on_step: Optional[Callable[[int, int, int], None]] = None) -> dict:
     """Train one model; returns the content of ``metrics.json`` (on every rank).
 
-    Run directory (see :mod:`vfu_nb.rundir`): ``config.json``, ``history.json``, ``metrics.json``,
+    Run directory (see :mod:`vfu_nb.training.rundir`): ``config.json``, ``history.json``, ``metrics.json``,
     ``metrics.csv``, ``batches.csv``, ``train.log``, optional ``tensorboard/``, ``checkpoints/{last,best}.pt``.
     A folder that holds a run is refused unless ``config.resume`` is set, a resume with changed settings is
     refused (:data:`RESUME_SAFE_FIELDS` may change), and a second process writing the same run is refused.
@@ -999,12 +544,13 @@ def train(config: TrainConfig | dict, on_step: Optional[Callable[[int, int, int]
     if isinstance(config, dict):
         config = TrainConfig.from_dict(config)
     world, rank, local_rank = dist_info()
+    run_dir = RunDir(config.run_dir)
     try:
         with contextlib.ExitStack() as stack:
             if rank == 0:
-                stack.enter_context(RunLock(config.run_dir))
-            check_run_dir(config)              # every rank, before any rank can write (init below is a rendezvous)
-            stack.enter_context(_process_settings())
+                stack.enter_context(run_dir.lock())
+            run_dir.check_claim(config)            # every rank, before any rank can write (init below is a rendezvous)
+            stack.enter_context(process_settings())
             rt = setup_runtime(config, world, rank, local_rank)
             s = build(config, rt)
             stack.push(s.log.close_after)
@@ -1013,11 +559,7 @@ def train(config: TrainConfig | dict, on_step: Optional[Callable[[int, int, int]
                 end_epoch(s, stats)
             return finish(s)
     except DiskFullError as exc:           # the file, the free bytes, the last good checkpoint and --resume
-        raise exc.with_way_out(resume_advice(config.run_dir)) from None
-
-
-# ----------------------------------------------------------------------------------------------------------
-# CLI
+        raise exc.with_way_out(run_dir.resume_advice()) from None
 
 
 def format_metrics(metrics: dict) -> str:
@@ -1044,26 +586,3 @@ def format_metrics(metrics: dict) -> str:
         lines.append(f"  wall {t.get('wall_seconds', 0):.1f}s, train {ips if ips is None else round(ips, 1)} img/s "
                      f"on {t.get('device')} x{t.get('world_size')}")
     return "\n".join(lines)
-
-
-def build_parser():
-    """The command line: every :class:`TrainConfig` field, ``--config FILE`` and ``--print_config`` (jsonargparse)."""
-    return cli_parser("python -m vfu_nb.train", __doc__.split("\n")[0])
-
-
-def main(argv=None, on_step: Optional[Callable] = None) -> Optional[dict]:
-    parser = build_parser()
-    try:
-        config = parse_config(argv, parser)
-        metrics = train(config, on_step=on_step)
-    except (RunDirError, ConfigError, DiskFullError, WeightsUnavailableError) as exc:
-        parser.exit(2, f"{parser.prog}: error: {exc}\n")
-    if dist_info()[1] == 0:
-        print(format_metrics(metrics), flush=True)
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
-    return metrics
-
-
-if __name__ == "__main__":
-    main()

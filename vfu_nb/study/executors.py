@@ -4,9 +4,9 @@
     python -m vfu_nb.study run PLAN --executor slurm [--time 4:00:00 --gpus 1 ...]   # job arrays through submitit
     python -m vfu_nb.study status PLAN                          # every run: pending/queued/running/done/failed
 
-* ``local`` is :func:`vfu_nb.study.train_pending`: ``--jobs`` threads, each training one run at a time.
+* ``local`` is :func:`vfu_nb.study.runner.train_pending`: ``--jobs`` threads, each training one run at a time.
 * ``slurm`` (:class:`SlurmDriver`) submits the pending runs as a Slurm job array, one run per element
-  (:class:`vfu_nb.slurm.RunJob`), and waits: whenever runs finish it submits what they unlock, so the tuning goes
+  (:class:`vfu_nb.study.slurm.RunJob`), and waits: whenever runs finish it submits what they unlock, so the tuning goes
   first and each model's seed, learning-curve and dial runs follow once its tuning has chosen (their settings,
   hence their keys, are not known before). The driver is the dependency: Slurm dependencies cannot express
   "whichever setting wins". With ``wait=False`` (``--no-wait``) it submits what is pending now and returns; run it
@@ -34,9 +34,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from vfu_nb import slurm as sl
-from vfu_nb import study
-from vfu_nb.rundir import HolderLock
+from vfu_nb.training.rundir import HolderLock
+from vfu_nb.study import runner
+from vfu_nb.study import slurm as sl
+from vfu_nb.study.plan import (REPO, Plan, RunSpec, choose_settings, exported, pending, planned_runs,
+                               tuning_lrs)
 
 EXECUTORS = ("local", "slurm")
 STATES = ("pending", "queued", "running", "done", "failed")
@@ -47,13 +49,13 @@ def train(plan, executor: str = "local", jobs: int = 1, slurm: Optional[dict] = 
     """Train the plan's pending runs with ``executor`` (``local`` or ``slurm``); True when every run of the plan
     has been exported, False when runs are still queued or running (``slurm`` with ``wait=False``).
 
-    ``slurm``: settings over the plan's ``slurm:`` block (:class:`vfu_nb.slurm.SlurmSettings` fields).
+    ``slurm``: settings over the plan's ``slurm:`` block (:class:`vfu_nb.study.slurm.SlurmSettings` fields).
     """
-    plan = study.Plan.load(plan)
+    plan = Plan.load(plan)
     if executor == "local":
         if slurm:
             raise ValueError(f"Slurm settings {sorted(slurm)} need the slurm executor (--executor slurm)")
-        study.train_pending(plan, jobs, log)
+        runner.train_pending(plan, jobs, log)
         return True
     if executor == "slurm":
         return SlurmDriver(plan, sl.SlurmSettings.from_dict(plan.slurm, slurm)).run(wait=wait, log=log)
@@ -79,11 +81,11 @@ class RunStatus:
         return dict(self.__dict__)
 
 
-def run_dir(plan: study.Plan, key: str) -> Path:
+def run_dir(plan: Plan, key: str) -> Path:
     return plan.runs_dir / key
 
 
-def read_record(plan: study.Plan, key: str) -> dict:
+def read_record(plan: Plan, key: str) -> dict:
     """The run's ``slurm.json`` (its current job and the earlier ones), or {} when it was never submitted."""
     path = run_dir(plan, key) / sl.RECORD
     return json.loads(path.read_text()) if path.exists() else {}
@@ -121,7 +123,7 @@ def job_error(record: dict) -> Optional[str]:
     return result[1] if result and result[0] == "error" else None
 
 
-def _local_writer(plan: study.Plan, key: str) -> Optional[str]:
+def _local_writer(plan: Plan, key: str) -> Optional[str]:
     """"pid N" when a live process on this host holds the run's train.lock (a local executor), else None."""
     path = run_dir(plan, key) / "train.lock"
     try:
@@ -137,7 +139,7 @@ def _local_writer(plan: study.Plan, key: str) -> Optional[str]:
     return None
 
 
-def _progress(plan: study.Plan, key: str) -> str:
+def _progress(plan: Plan, key: str) -> str:
     """"epochs done: N" from the run's metrics.csv (cheap; checkpoints are not opened), or ""."""
     path = run_dir(plan, key) / "metrics.csv"
     if not path.exists():
@@ -146,15 +148,15 @@ def _progress(plan: study.Plan, key: str) -> str:
     return f"{rows} epoch{'s' if rows != 1 else ''} done"
 
 
-def run_status(plan: study.Plan, spec: study.RunSpec, queue: Optional[dict]) -> RunStatus:
+def run_status(plan: Plan, spec: RunSpec, queue: Optional[dict]) -> RunStatus:
     """Where run ``spec`` stands: its export first (done / failed by divergence), then its Slurm job in
-    ``queue`` (:func:`vfu_nb.slurm.queue`; None when Slurm did not answer), then the job's result file, then a
+    ``queue`` (:func:`vfu_nb.study.slurm.queue`; None when Slurm did not answer), then the job's result file, then a
     local writer. A job that ended without exporting the run is ``failed``; so is one Slurm no longer knows
     and that left no result (cancelled, killed, node failure)."""
     record = read_record(plan, spec.key)
     job_id, log = record.get("job_id"), record.get("stdout")
     row = RunStatus(spec.key, spec.part, "pending", job_id, log)
-    metrics = study.exported(plan, spec.key)
+    metrics = exported(plan, spec.key)
     if metrics is not None:
         if metrics.get("failed"):
             row.state, row.detail = "failed", f"{metrics['failed']} (recorded; not retried)"
@@ -197,18 +199,18 @@ def run_status(plan: study.Plan, spec: study.RunSpec, queue: Optional[dict]) -> 
 def status(plan, queue: Optional[dict] = None, log=None) -> dict:
     """Every run of the plan that is known now (tuning, and the later runs of the models whose tuning has
     chosen) with its :class:`RunStatus`; also how many later runs still wait for tuning, and whether Slurm
-    answered. ``queue`` defaults to :func:`vfu_nb.slurm.queue` (when Slurm is installed)."""
-    plan = study.Plan.load(plan)
+    answered. ``queue`` defaults to :func:`vfu_nb.study.slurm.queue` (when Slurm is installed)."""
+    plan = Plan.load(plan)
     slurm_error = None
     if queue is None and sl.available():
         try:
             queue = sl.queue()
         except sl.SlurmError as exc:
             slurm_error = str(exc)
-    chosen, _ = study.choose_settings(plan, partial=True)
-    specs = plan.all_specs(chosen, study.tuning_lrs(plan))
+    chosen, _ = choose_settings(plan, partial=True)
+    specs = plan.all_specs(chosen, tuning_lrs(plan))
     rows = [run_status(plan, s, queue) for s in specs]
-    waiting = study.planned_runs(plan) - len(specs)
+    waiting = planned_runs(plan) - len(specs)
     return {"runs": rows, "waiting_for_tuning": max(0, waiting),
             "tuning_unfinished": [m for m in plan.tuning["models"] if m not in chosen],
             "slurm": "answered" if queue is not None else (slurm_error or "not installed")}
@@ -257,8 +259,8 @@ class _DriverLock(HolderLock):
 class SlurmDriver:
     """Submit a plan's pending runs to Slurm as job arrays and (optionally) wait for them; see the module doc."""
 
-    def __init__(self, plan: study.Plan, settings: sl.SlurmSettings):
-        self.plan = study.Plan.load(plan)
+    def __init__(self, plan: Plan, settings: sl.SlurmSettings):
+        self.plan = Plan.load(plan)
         self.settings = settings
         self.folder = self.plan.runs_dir / sl.SUBMITIT_DIR
 
@@ -274,7 +276,7 @@ class SlurmDriver:
             return []
         executor = submitit.AutoExecutor(folder=self.folder / "%j", cluster="slurm",
                                          slurm_max_num_timeout=int(self.settings.max_timeouts))
-        executor.update_parameters(**self.settings.submitit_parameters(study.REPO))
+        executor.update_parameters(**self.settings.submitit_parameters(REPO))
         jobs = []
         try:
             with executor.batch():
@@ -293,7 +295,7 @@ class SlurmDriver:
         return [j.job_id for j in jobs]
 
     def _record(self, spec, job, now: float) -> None:
-        from vfu_nb.rundir import write_json
+        from vfu_nb.training.rundir import write_json
 
         d = run_dir(self.plan, spec.key)
         d.mkdir(parents=True, exist_ok=True)
@@ -325,8 +327,8 @@ class SlurmDriver:
                                                                           else ""))
             silent = 0                   # consecutive times squeue did not answer (a busy controller)
             while True:
-                study.import_reused(self.plan, log)
-                todo = study.pending(self.plan)
+                runner.import_reused(self.plan, log)
+                todo = pending(self.plan)
                 if not todo:
                     log("[study] slurm: every run of the plan is exported")
                     return True
@@ -343,7 +345,7 @@ class SlurmDriver:
                 rows = {spec.key: run_status(self.plan, spec, queue) for spec in todo}
                 live = {k for k, r in rows.items() if r.state in ("queued", "running")}
                 for key in sorted(live_before - live):
-                    if study.exported(self.plan, key) is not None:
+                    if exported(self.plan, key) is not None:
                         log(f"[study] done  {key}")
                 failed = {k: r for k, r in rows.items() if r.state == "failed"}
                 for key, r in failed.items():

@@ -1,21 +1,24 @@
-"""What the study reads, writes and runs, made safe at the edges (:mod:`vfu_nb.study` calls these).
+"""The study's result files and its trainers' errors, made safe at the edges (the other modules of
+:mod:`vfu_nb.study` call these).
 
 * **Result files** (``results/runs/<key>/{metrics,config,history}.json``, ``predictions.npz``,
   ``results/labels/<tag>.npz``, ``results/baselines/<tag>.json``, ``results/study.json``) are read through
   :func:`read_json` / :func:`read_npz`: a truncated, damaged or hand-edited file raises
   :class:`CorruptResultError`, one line naming the file and the way out (``git checkout`` it, or re-export the run
-  with ``python -m vfu_nb.study export PLAN KEY``). :func:`check_predictions` also holds a run's ``metrics.json``
-  to its ``predictions.npz`` (top-k accuracy and attribute mAP recomputed from the predictions agree exactly for
-  every exported run), so an edited number does not pass silently.
+  with ``python -m vfu_nb.study export PLAN KEY``: :func:`vfu_nb.study.runner.reexport`). :func:`check_predictions`
+  also holds a run's ``metrics.json`` to its ``predictions.npz`` (top-k accuracy and attribute mAP recomputed from
+  the predictions agree exactly for every exported run), so an edited number does not pass silently.
 * **Baselines stand alone** (:func:`tree_baselines`): the baselines of each data tree are committed with the study
   in ``results/baselines/<tag>.json``, written when the tree is present and read when it is absent, so every
   number of the report comes from ``results/``. A tree whose baselines are needed but neither stored nor on disk
   stops the report before it writes anything (it never writes a README that lost numbers).
 * **Trainers**: :func:`trainer_command` starts ``study train-one`` so that it dies with the study
   (:mod:`vfu_nb.lifeline`); :func:`trainer_error` turns a failed trainer into one line (its last error line and
-  the log), and a run locked by another live process into :class:`vfu_nb.rundir.RunLockedError`, which the study
-  skips. :class:`BusyRuns` finds such runs before they are started: the study trains the others first, then
+  the log), and a run locked by another live process into :class:`vfu_nb.training.rundir.RunLockedError`, which the
+  study skips. :class:`BusyRuns` finds such runs before they are started: the study trains the others first, then
   waits for them, saying so in one line each.
+* **Writes** (:func:`write_atomic`, :func:`write_npz`): readers see the old file or the whole new one, and a full
+  disk is one line.
 * :func:`one_line_errors`: the study's command line prints these errors as one line (exit 2; 75 for a run locked
   by another process) instead of a traceback.
 """
@@ -35,7 +38,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from vfu_nb.diskspace import DiskFullError, atomic_write
-from vfu_nb.rundir import RunDirError, RunLock, RunLockedError
+from vfu_nb.training.rundir import RunDirError, RunLock, RunLockedError
 
 #: Exit status of ``study train-one`` (and ``study run``) when a run is locked by another live process.
 LOCKED_EXIT = 75
@@ -232,7 +235,7 @@ def read_study(path) -> Optional[dict]:
 
 def annotations_digest(root) -> str:
     """SHA-256 over the annotation files of a tree (what the baselines are computed from)."""
-    from vfu_nb.annotations import annotation_paths
+    from vfu_nb.data.annotations import annotation_paths
 
     h = hashlib.sha256()
     for name, path in sorted(annotation_paths(root).items()):
@@ -255,7 +258,7 @@ def _generate_hint(settings: dict) -> str:
         return f"put the tree at {root}"
     options = "".join(f" --{k.replace('_', '-')} {v}" for k, v in settings.items()
                       if k not in ("root", "n", "seed", "synthetic"))
-    return (f"generate the tree (`python -m vfu_nb.synthetic --out {root} --n {settings.get('n')} --seed "
+    return (f"generate the tree (`python -m vfu_nb.data.synthetic --out {root} --n {settings.get('n')} --seed "
             f"{settings.get('seed', 0)}{options}`)")
 
 
@@ -406,22 +409,22 @@ class BusyRuns:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Re-export, command line
+# Writing result files, command line
 
 
-def reexport(plan, key: str, log=print):
-    """Export run ``key`` again from ``<plan.runs>/<key>`` (a damaged or edited export); returns its folder."""
-    from vfu_nb import study
+def write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` so that readers see the old file or the whole new one (metrics.json marks a finished run);
+    no ``.tmp`` is left after a failure, and a full disk is one line (:class:`vfu_nb.diskspace.DiskFullError`)."""
+    atomic_write(path, text, "free space, then run the same command again (finished runs are only exported again)")
 
-    run_dir = plan.runs_dir / key
-    if not (run_dir / "metrics.json").exists() or not (run_dir / "config.json").exists():
-        raise StudyInputError(f"{rel(run_dir)} holds no finished run to export {key} from; restore its files in "
-                              f"results/runs/{key} with `git checkout -- {rel(plan.results_dir / 'runs' / key)}`")
-    config = json.loads((run_dir / "config.json").read_text())
-    spec = study.RunSpec(key, "export", key.split("/")[0], config)
-    dest = study.export_run(plan, spec)
-    log(f"[study] re-exported {key} to {rel(dest)}")
-    return dest
+
+def write_npz(path: Path, **arrays) -> None:
+    """``np.savez_compressed`` written as :func:`write_atomic` writes."""
+    import io
+
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)
+    write_atomic(path, buf.getvalue())
 
 
 ONE_LINE = (RunDirError, DiskFullError, CorruptResultError, StudyInputError, TrainingFailed)
@@ -431,7 +434,7 @@ ONE_LINE = (RunDirError, DiskFullError, CorruptResultError, StudyInputError, Tra
 def one_line_errors(prog: str = "python -m vfu_nb.study"):
     """Print the study's expected failures as one line on stderr and exit (75 for a run locked by another process,
     2 otherwise); anything else keeps its traceback."""
-    from vfu_nb.train_config import ConfigError
+    from vfu_nb.training.config import ConfigError
     from vfu_nb.weights import WeightsUnavailableError
 
     try:

@@ -1,0 +1,278 @@
+"""How a study trains its runs on this machine, and how a finished run becomes its export in ``results/``.
+
+* :func:`train_pending` trains every pending run (:func:`vfu_nb.study.plan.pending`), ``jobs`` at a time, each in
+  a thread; the queue is rebuilt whenever a run finishes, so a model's seed runs start as soon as its tuning is
+  complete. This is the ``local`` executor (:mod:`vfu_nb.study.executors`); the Slurm jobs
+  (:mod:`vfu_nb.study.slurm`) call the same :func:`_train`, :func:`export_run`, :func:`_diverged` and
+  :func:`export_failure`.
+* :func:`_train` trains (or resumes) one run in ``<runs>/<key>/``: in this process, or with ``jobs > 1`` in a
+  child process (``study train-one``) that dies with the study (:mod:`vfu_nb.lifeline`). Its data tree is made
+  first when missing (:func:`ensure_data`).
+* :func:`export_run` copies a finished run's small files into ``results/runs/<key>/``: ``config.json``,
+  ``metrics.json``, a compacted ``history.json`` and ``predictions.npz`` (per test image: rank of the true
+  category, attribute logits, where attention and saliency fall) for the image-level statistics. ``metrics.json``
+  is written last: it marks the export complete, and a run whose export exists is never trained again. A run whose
+  loss diverged is exported as a failure (:func:`export_failure`) and not retried.
+* :func:`import_reused` copies finished runs of the plan's ``reuse`` folders whose key and settings match;
+  :func:`reexport` writes a run's export again from its run directory.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from vfu_nb.metrics import jsonable
+from vfu_nb.training.rundir import RunDir, RunLockedError
+from vfu_nb.study import store
+from vfu_nb.study.plan import (REPO, Plan, RunSpec, choose_settings, config_differences, exported, pending,
+                               portable_config, tuning_lrs)
+from vfu_nb.study.store import write_atomic, write_npz
+from vfu_nb.threads import shared_cpu_env
+
+
+def _train(plan: Plan, spec: RunSpec, subprocess_: bool) -> None:
+    """Train (or resume) one run: in this process, or in a child process when several run at once. Its data tree
+    is made first if missing (so a tree is made when its first run starts)."""
+    ensure_data(plan, [spec.data])
+    run_dir = plan.runs_dir / spec.key
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config = {**spec.config, "run_dir": str(run_dir), "resume": True, "progress": False}
+    if not subprocess_:
+        from vfu_nb.training.loop import train
+
+        train(config)
+        return
+    request = run_dir / "request.json"
+    write_atomic(request, json.dumps(config, indent=1))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    shared_cpu_env(env)
+    with open(run_dir / "stdout.log", "a") as log:      # the trainer dies with this process (vfu_nb.lifeline)
+        code = subprocess.call(store.trainer_command(request), stdout=log, stderr=subprocess.STDOUT, env=env,
+                               cwd=REPO)
+    if code != 0:        # one line: the trainer's last error line and its log; RunLockedError for a locked run
+        raise store.trainer_error(spec.key, code, run_dir / "stdout.log")
+
+
+_DATA_LOCK = threading.Lock()
+
+
+def ensure_data(plan: Plan, tags: Sequence[str]) -> None:
+    """Generate the synthetic trees ``tags`` (the generator returns at once when a tree is up to date); one
+    generation at a time, so that two runs on a new tree wait for the same one."""
+    from vfu_nb.data.synthetic import driver as synthetic
+
+    with _DATA_LOCK:
+        for tag in tags:
+            d = dict(plan.data[tag])
+            root = plan.data_root(tag)
+            if d.pop("synthetic", True):
+                d.pop("root")
+                synthetic.generate(root, **d)
+
+
+def _diverged(plan: Plan, spec: RunSpec, error: Exception) -> bool:
+    """True when the run stopped on a non-finite loss (in this process, or in its child's log)."""
+    from vfu_nb.training.loop import NonFiniteLossError
+
+    if isinstance(error, NonFiniteLossError):
+        return True
+    log = plan.runs_dir / spec.key / "stdout.log"
+    return log.exists() and "NonFiniteLossError" in log.read_text()[-20000:]
+
+
+def train_and_export(plan: Plan, spec: RunSpec, subprocess_: bool, log=print) -> None:
+    """Train (or resume) one run and export it; a diverged run is exported as a failure, not retried."""
+    t0 = time.time()
+    log(f"[study] start {spec.key}")
+    try:
+        _train(plan, spec, subprocess_)
+    except RunLockedError as locked:               # another live process trains it: the others first, then wait
+        log(f"[study] skip  {spec.key}: {locked}")
+        return
+    except Exception as error:                     # a diverged run is a result (recorded); anything else is not
+        if not _diverged(plan, spec, error):
+            raise
+        export_failure(plan, spec, f"diverged: {error}")
+        log(f"[study] FAILED {spec.key}: the loss diverged (recorded, not retried)")
+        return
+    export_run(plan, spec)
+    log(f"[study] done  {spec.key} ({(time.time() - t0) / 60:.1f} min)")
+
+
+def train_pending(plan: Plan, jobs: int = 1, log=print) -> None:
+    """Train every pending run, ``jobs`` at a time. The queue is rebuilt whenever a run finishes, so a model's
+    seed runs start as soon as its tuning is complete. An error stops the study once the runs in progress end."""
+    running, errors, cond = set(), [], threading.Condition()
+    todo = pending(plan)
+    log(f"[study] {len(todo)} runs to train (first: {todo[0].key if todo else '-'})")
+    busy = store.BusyRuns(plan.runs_dir, log)    # runs another live process trains: skipped, then waited for
+
+    def worker():
+        while True:
+            with cond:
+                while True:
+                    if not errors:
+                        import_reused(plan, log)
+                    todo = [] if errors else [s for s in pending(plan) if s.key not in running]
+                    queue = busy.free(todo)
+                    if queue or errors or not (todo or running):
+                        break
+                    if not running:
+                        busy.waiting()
+                    cond.wait(busy.poll_s if todo else None)   # finished runs may unlock more; locks are polled
+                if not queue:
+                    return
+                spec = queue[0]
+                running.add(spec.key)
+            try:
+                train_and_export(plan, spec, jobs > 1, log)
+            except BaseException as error:
+                errors.append(error)
+            finally:
+                with cond:
+                    running.discard(spec.key)
+                    cond.notify_all()
+
+    threads = [threading.Thread(target=worker, daemon=True) for _ in range(max(1, jobs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+
+
+def import_reused(plan: Plan, log=print) -> list[str]:
+    """Copy into the plan's results every finished run of the ``reuse`` folders whose key matches a planned run
+    and whose config.json records exactly its settings (so the same seed rule and setting); ``origin.json`` in
+    the copy names its source. Repeats while imports settle more choices. Returns the keys imported."""
+    imported = []
+    while plan.reuse:
+        chosen, _ = choose_settings(plan, partial=True)
+        new = []
+        for spec in plan.all_specs(chosen, tuning_lrs(plan)):
+            if exported(plan, spec.key) is not None:
+                continue
+            for folder in plan.reuse:
+                src = plan.resolve(folder) / "runs" / spec.key
+                if (src / "metrics.json").exists() and not config_differences(
+                        json.loads((src / "config.json").read_text()), spec):
+                    _copy_export(plan, plan.resolve(folder), spec)
+                    new.append(spec.key)
+                    break
+        if not new:
+            break
+        imported += new
+        log(f"[study] reused {len(new)} finished runs of {', '.join(plan.reuse)} (same key and settings)")
+    return imported
+
+
+def _copy_export(plan: Plan, source: Path, spec: RunSpec) -> None:
+    """Copy one exported run (metrics.json last: it marks the export complete) and its tree's labels."""
+    import shutil
+
+    src, dest = source / "runs" / spec.key, plan.results_dir / "runs" / spec.key
+    dest.mkdir(parents=True, exist_ok=True)
+    for f in sorted(src.iterdir(), key=lambda f: f.name == "metrics.json"):
+        shutil.copyfile(f, dest / f.name)
+    write_atomic(dest / "origin.json", json.dumps({"reused_from": portable_config(
+        {"run_dir": str(src)})["run_dir"]}, indent=1) + "\n")
+    labels = plan.results_dir / "labels" / f"{spec.data}.npz"
+    if not labels.exists() and (source / "labels" / f"{spec.data}.npz").exists():
+        labels.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source / "labels" / f"{spec.data}.npz", labels)
+
+
+def compact_history(history: dict, max_points: int = 200, digits: int = 6) -> dict:
+    """history.json made small for the repository: per-epoch records kept, per-batch losses averaged into at
+    most ``max_points`` windows, floats rounded to ``digits`` significant digits."""
+    def rnd(obj):
+        if isinstance(obj, float):
+            return obj if not math.isfinite(obj) else float(f"{obj:.{digits}g}")
+        if isinstance(obj, dict):
+            return {k: rnd(v) for k, v in obj.items()}
+        if isinstance(obj, list):
+            return [rnd(v) for v in obj]
+        return obj
+
+    batches = history.get("batches") or {}
+    n = len(batches.get("step", []))
+    window = max(1, math.ceil(n / max_points))
+    compact = {}
+    for k, values in batches.items():
+        arr = np.asarray(values, dtype=float)
+        if k in ("epoch", "batch", "step"):
+            compact[k] = [int(v) for v in arr[window - 1::window]] if n else []
+        else:
+            compact[k] = [float(v) for v in (arr[:n - n % window].reshape(-1, window).mean(1) if n >= window else [])]
+    return rnd({"batches": compact, "batch_window": window, "epochs": history.get("epochs", [])})
+
+
+def export_run(plan: Plan, spec: RunSpec) -> Path:
+    """Copy a finished run's small files into ``results/runs/<key>/`` and write its test predictions, with where
+    each test image's attention and saliency fall (:mod:`vfu_nb.attention_mass`)."""
+    from vfu_nb import attention_mass
+    from vfu_nb.training import runs
+
+    src, dest = plan.runs_dir / spec.key, plan.results_dir / "runs" / spec.key
+    dest.mkdir(parents=True, exist_ok=True)
+    config = portable_config(RunDir(src).read_config())
+    write_atomic(dest / "config.json", json.dumps(config, indent=1) + "\n")
+    history = json.loads((src / "history.json").read_text())
+    write_atomic(dest / "history.json", json.dumps(jsonable(compact_history(history)), separators=(",", ":")) + "\n")
+    pred = runs.predict(src, "test")
+    logits = pred.category_logits
+    rank = (logits > logits[np.arange(len(logits)), pred.category][:, None]).sum(1)
+    where = attention_mass.measure_run(src, "test")
+    write_npz(dest / "predictions.npz", index=pred.index.astype(np.int32), category_rank=rank.astype(np.int16),
+              attribute_logits=pred.attribute_scores.astype(np.float32), **where)
+    _write_labels(plan, spec.data, src)
+    write_atomic(dest / "metrics.json", (src / "metrics.json").read_text())   # last: marks the export complete
+    return dest
+
+
+def export_failure(plan: Plan, spec: RunSpec, reason: str) -> None:
+    """Record a run that cannot finish (its loss diverged): metrics.json with ``failed`` and no test metrics."""
+    dest = plan.results_dir / "runs" / spec.key
+    dest.mkdir(parents=True, exist_ok=True)
+    write_atomic(dest / "config.json", json.dumps(portable_config(spec.config), indent=1) + "\n")
+    write_atomic(dest / "metrics.json", json.dumps({"model": spec.model, "seed": spec.seed, "failed": reason,
+                                                   "val": {}, "test": {}}, indent=1) + "\n")
+
+
+def _write_labels(plan: Plan, tag: str, run_dir: Path) -> None:
+    """``results/labels/<tag>.npz``: test categories and attribute labels (1/-1/0) of a data tree, once."""
+    path = plan.results_dir / "labels" / f"{tag}.npz"
+    if path.exists():
+        return
+    from vfu_nb.training import runs
+
+    ds = runs.dataset_for(run_dir, "test")
+    ann = ds.annotations
+    index = np.asarray(ds.rows)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_npz(path, index=index.astype(np.int32), category=np.asarray(ann.category)[index].astype(np.int16),
+              attributes=np.asarray(ann.attributes)[index].astype(np.int8),
+              attribute_types=np.asarray(ann.attribute_types).astype(np.int8))
+
+
+def reexport(plan: Plan, key: str, log=print) -> Path:
+    """Export run ``key`` again from ``<plan.runs>/<key>`` (a damaged or edited export); returns its folder."""
+    run_dir = plan.runs_dir / key
+    if not RunDir(run_dir).is_finished() or not RunDir(run_dir).has_config():
+        raise store.StudyInputError(
+            f"{store.rel(run_dir)} holds no finished run to export {key} from; restore its files in results/runs/"
+            f"{key} with `git checkout -- {store.rel(plan.results_dir / 'runs' / key)}`")
+    config = RunDir(run_dir).read_config()
+    dest = export_run(plan, RunSpec(key, "export", key.split("/")[0], config))
+    log(f"[study] re-exported {key} to {store.rel(dest)}")
+    return dest
