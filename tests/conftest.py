@@ -1,6 +1,9 @@
-"""Shared test setup: tests/ on sys.path (dftree, browser, train_helpers), one synthetic tree per session, and the
-notebooks (nbval) marked slow."""
+"""Shared test setup: tests/ on sys.path (dftree, browser, train_helpers) and one synthetic tree per session. The
+notebooks' cells are marked slow by the repository's conftest.py (it applies to any path pytest is given)."""
 
+import hashlib
+import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -28,19 +31,42 @@ def one_thread():
 SYNTH_N, SYNTH_SEED = 200, 0
 
 
+#: Where the session tree is kept between sessions (git-ignored), one folder per version of the package's code.
+STORED_TREES = Path(__file__).resolve().parents[1] / "build" / "test-trees"
+
+
+def code_version() -> str:
+    """16 hex digits of a SHA-1 over every source file of the package, with the tree's size and seed."""
+    package = Path(__file__).resolve().parents[1] / "vfu_nb"
+    digest = hashlib.sha1(f"{SYNTH_N} {SYNTH_SEED}".encode())
+    for path in sorted(package.rglob("*")):
+        if path.is_file() and "__pycache__" not in path.parts:
+            digest.update(str(path.relative_to(package)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
 @pytest.fixture(scope="session")
 def synth_root(tmp_path_factory) -> Path:
-    """The session's synthetic tree (vfu_nb.data.synthetic), generated once; tests must not modify it."""
+    """The session's synthetic tree (vfu_nb.data.synthetic); tests must not modify it.
+
+    Generating it takes about 5 s of CPU, so it is generated once per version of the package's code
+    (:func:`code_version`) into ``build/test-trees/`` and copied from there into the session's own folder: each
+    session starts from a fresh tree without caches, and any change to the package generates it again.
+    """
     from vfu_nb.data.synthetic.driver import generate
 
+    stored = STORED_TREES / code_version()
+    if not (stored / "df").is_dir():
+        partial = STORED_TREES / f"{stored.name}.{os.getpid()}.tmp"
+        shutil.rmtree(partial, ignore_errors=True)
+        generate(partial / "df", SYNTH_N, SYNTH_SEED, progress=False)
+        for old in STORED_TREES.iterdir():                        # one version kept
+            if old != partial:
+                shutil.rmtree(old, ignore_errors=True)
+        try:
+            os.rename(partial, stored)
+        except OSError:                                           # another session stored it first
+            shutil.rmtree(partial, ignore_errors=True)
     root = tmp_path_factory.mktemp("synthetic") / "df"
-    generate(root, SYNTH_N, SYNTH_SEED, progress=False)
+    shutil.copytree(stored / "df", root)
     return root
-
-
-def pytest_collection_modifyitems(config, items):
-    """The notebooks' cells (nbval, collected from notebooks/) run the whole series: slow, so `make test` runs
-    them and ``-m "not slow"`` leaves them out (no kernel is started then)."""
-    for item in items:
-        if item.path.suffix == ".ipynb":
-            item.add_marker(pytest.mark.slow)

@@ -59,8 +59,10 @@ def test_chance_levels_hand_computed():
 
 @pytest.mark.parametrize("n,p", [(1, 1), (4, 1), (5, 2), (6, 3), (6, 6)])
 def test_expected_random_ap_equals_the_mean_over_all_rankings(n, p):
-    y = np.array([1] * p + [0] * (n - p))
-    aps = [average_precision_score(y, np.array(perm, float)) for perm in itertools.permutations(range(n))]
+    # every ranking is equally likely, so every placement of the p positives among the n ranks is too
+    scores = np.arange(n, 0, -1, dtype=float)                      # rank 0 first
+    aps = [average_precision_score(np.isin(np.arange(n), places).astype(int), scores)
+           for places in itertools.combinations(range(n), p)]
     assert B.expected_random_ap(np.array([p]), np.array([n]))[0] == pytest.approx(np.mean(aps), abs=1e-12)
     assert math.isnan(B.expected_random_ap(np.array([0]), np.array([n]))[0])
 

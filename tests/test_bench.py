@@ -28,6 +28,15 @@ def test_parse_benchmark_round_trips_a_generated_set(tmp_path, capsys):
     assert "500 rows x 1000 attributes" in capsys.readouterr().out
 
 
+def test_metrics_benchmark_times_compute_with_and_without_map(tmp_path, capsys):
+    result = bench.main(["metrics", "--n", "200", "--json", str(tmp_path / "metrics.json")])
+    assert (result["n"], result["attributes"]) == (200, 1000)
+    assert result["compute_without_map_s"] > 0 and result["compute_with_map_s"] > 0
+    assert json.loads((tmp_path / "metrics.json").read_text())["n"] == 200
+    assert "200 images x 1000 attributes" in capsys.readouterr().out
+
+
+@pytest.mark.slow                 # timing loops of a tool
 def test_data_benchmark_reports_every_path_side_by_side(tree, tmp_path, capsys):
     result = bench.main(["data", "--root", str(tree), "--image-size", "16", "--batch-size", "4", "--workers", "1",
                          "--repeats", "2", "--seconds", "0", "--min-batches", "1", "--cache-dir", str(tmp_path)])
@@ -49,6 +58,7 @@ def test_data_benchmark_reports_every_path_side_by_side(tree, tmp_path, capsys):
     assert "median img/s of 2 repetitions" in out and "batch loader + augmentation (cpu)" in out
 
 
+@pytest.mark.slow                 # timing loops of a tool
 def test_train_benchmark_runs_each_batch_size_and_the_batch_loader(tree, tmp_path, capsys):
     result = bench.main(["train", "--model", "mtl", "--image-size", "32", "--width", "0.125",
                          "--batch-size", "2", "3", "--steps", "1", "--warmup", "1", "--windows", "2",

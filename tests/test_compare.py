@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from types import SimpleNamespace
 
 import matplotlib
@@ -179,7 +180,8 @@ def test_table_3_2_has_map_and_baseline_rows_between_ours_and_the_published():
     assert table.at["baseline: class prior", "top-3 category accuracy"] == 0.30
     assert math.isnan(table.at["baseline: class prior", "attribute mAP"])
     assert table.at["baseline: attribute prior given the true category", "attribute mAP"] == 0.41
-    assert table.at["baseline: chance", "epoch selection"] == "none: fitted on train, all 600 test images"
+    selection = table.at["baseline: chance", "epoch selection"]           # no epochs; the split it was fitted on, n
+    assert "train" in selection and "600" in selection
     assert table.at["baseline: chance", "data"] == "synthetic"
     assert math.isnan(table.at["thesis MTL", "attribute mAP"])
 
@@ -238,7 +240,7 @@ def test_per_attribute_ap_scatter_counts_and_names_the_largest_differences():
     ax = compare.plot_per_attribute_ap(ap_frames(), annotate=2).axes[0]
     points = np.concatenate([c.get_offsets() for c in ax.collections])
     assert sorted(map(tuple, points.tolist())) == [(0.3, 0.2), (0.5, 0.5), (0.5, 0.9)]   # (CAT, MTL)
-    assert ax.get_title() == "Per-attribute AP: MTL higher on 1 of 3"
+    assert re.findall(r"\d+", ax.get_title()) == ["1", "3"] and "MTL" in ax.get_title()   # MTL higher on 1 of 3
     assert sorted(t.get_text() for t in ax.texts) == ["a", "b"]
     assert ax.get_xlabel() == "CAT AP" and ax.get_ylabel() == "MTL AP"
     p = fake_predictions()

@@ -266,8 +266,9 @@ def test_every_cached_item_equals_its_decoded_item(synth, tmp_path, pad):
                           workers=2, progress=False)
     assert len(cached) == len(plain) > 16                    # more rows than one decoding job
     for k in range(len(plain)):
+        got, want = cached[k], plain[k]
         for key in ("image", "landmarks", "landmark_visibility"):
-            torch.testing.assert_close(cached[k][key], plain[k][key], msg=f"item {k} {key}")
+            torch.testing.assert_close(got[key], want[key], msg=f"item {k} {key}")
 
 
 def test_scan_images_reports_sizes_and_failures(tree):

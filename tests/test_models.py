@@ -1,6 +1,9 @@
 """Fast CPU tests for vfu_nb.models (whole file well under a minute on 2 cores)."""
 
+import functools
+import io
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -145,18 +148,29 @@ def test_decode_landmarks_convention():
     assert torch.allclose(decode_landmarks(target[None, None].bfloat16())[0, 0], u)
 
 
-def _fake_vgg_checkpoint(path, batch_norm):
-    """torchvision's own VGG-16 feature layers (no classifier), random values, saved as features.* keys."""
+@functools.lru_cache(maxsize=None)
+def _fake_vgg_bytes(batch_norm) -> bytes:
+    """torchvision's own VGG-16 feature layers (no classifier), random values, as features.* keys: the bytes of
+    the saved file, made once per session (a full-size network: 0.3 s each time)."""
     torch.manual_seed(3)
     feats = torchvision.models.vgg.make_layers(torchvision.models.vgg.cfgs["D"], batch_norm=batch_norm)
     state = {f"features.{k}": v.clone() for k, v in feats.state_dict().items()}
     for k, v in state.items():
         if v.is_floating_point():
             v.normal_()
-    torch.save(state, path)
-    return state
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    return buffer.getvalue()
 
 
+def _fake_vgg_checkpoint(path, batch_norm):
+    """Write the fake VGG-16 checkpoint (:func:`_fake_vgg_bytes`) to ``path``; returns its state dict."""
+    data = _fake_vgg_bytes(batch_norm)
+    Path(path).write_bytes(data)
+    return torch.load(io.BytesIO(data), weights_only=True)
+
+
+@pytest.mark.slow                 # builds full-size (width 1) networks
 @pytest.mark.parametrize("backbone", ["vgg16", "vgg16_bn"])
 def test_pretrained_weights_are_copied(tmp_path, backbone):
     path = tmp_path / "vgg.pth"
@@ -189,12 +203,13 @@ def test_pretrained_loading_lists_what_it_filled_and_refuses_missing_or_misshape
     torch.save({k: v for k, v in state.items() if k not in gone}, path)
     with pytest.raises(KeyError) as err:
         load_pretrained_vgg(model, path)
-    assert err.value.args[0] == f"{path} lacks 5 VGG keys, e.g. {gone[:4]}; is it a torchvision vgg16 checkpoint?"
+    message = err.value.args[0]                                  # the file, how many keys, the first four, the backbone
+    assert message.startswith(str(path)) and " 5 " in message and str(gone[:4]) in message and "vgg16" in message
     torch.save(dict(state, **{"features.2.weight": torch.zeros(64, 64, 1, 1)}), path)
     with pytest.raises(ValueError) as err:
         load_pretrained_vgg(model, path)
-    assert str(err.value) == ("shape mismatch for backbone.features.2.weight <- features.2.weight: "
-                              "(64, 64, 3, 3) vs (64, 64, 1, 1)")
+    for fact in ("backbone.features.2.weight", "<- features.2.weight", "(64, 64, 3, 3)", "(64, 64, 1, 1)"):
+        assert fact in str(err.value), fact                      # both keys and both shapes
 
 
 def test_pretrained_needs_width_one(tmp_path):
@@ -204,6 +219,7 @@ def test_pretrained_needs_width_one(tmp_path):
         build_model("cat", C, A, image_size=64, width=0.25, pretrained=str(path))
 
 
+@pytest.mark.slow                 # builds full-size (width 1) networks
 def test_missing_pretrained_file_names_the_path(tmp_path, monkeypatch):
     missing = tmp_path / "nowhere" / "vgg16.pth"
     with pytest.raises(FileNotFoundError) as err:
@@ -459,6 +475,7 @@ def test_forward_builds_no_tensors_from_python_values(monkeypatch):
         assert torch.isfinite(model(images)["category_logits"]).all(), name
 
 
+@pytest.mark.slow                 # builds full-size (width 1) networks
 def test_truncated_pretrained_file_gives_one_clear_line(tmp_path):
     path = tmp_path / "vgg16-397923af.pth"
     _fake_vgg_checkpoint(path, False)
@@ -578,8 +595,9 @@ def test_checkpoint_errors_give_the_reason_in_one_line(tmp_path, monkeypatch):
         monkeypatch.setattr(torch, "load", fail)
         with pytest.raises(RuntimeError) as err:
             read_vgg_checkpoint(path)
-        assert str(err.value).startswith(f"pretrained VGG weights {path} are truncated or corrupt ({reason}); ")
-        assert "torchvision's vgg16-397923af.pth" in str(err.value)
+        message = str(err.value)                                 # one line: the file, the reason, the file to fetch
+        assert "\n" not in message and str(path) in message and f"({reason})" in message
+        assert "vgg16-397923af.pth" in message
 
 
 def test_a_checkpoint_that_is_not_plain_weights_is_refused(tmp_path):
@@ -618,7 +636,8 @@ def test_images_of_the_wrong_rank_are_refused_before_the_network_runs():
     for shape in ((2, 3, 1, 32, 32), (3, 32, 32), (1, 1, 32, 32), (1, 3, 32, 16)):
         with pytest.raises(ValueError) as err:
             model(torch.zeros(shape))
-        assert str(err.value) == f"cat: expected images (B,3,32,32), got {shape}"
+        assert str(err.value).startswith("cat:") and "(B,3,32,32)" in str(err.value)   # the model, wanted, given
+        assert str(err.value).endswith(str(shape))
 
 
 def test_default_arguments_give_the_full_size_parts():
@@ -649,15 +668,14 @@ def test_pretrained_path_names_the_backbones_file_and_folder(tmp_path, monkeypat
     folder = tmp_path / "th" / "hub" / "checkpoints"
     with pytest.raises(FileNotFoundError) as err:
         pretrained_path("torchvision")
-    assert str(err.value).splitlines()[0] == f"pretrained VGG weights not found: {folder / 'vgg16-397923af.pth'}"
-    assert f"(for pretrained='torchvision' the folder is {folder}, set by $TORCH_HOME)" in str(err.value)
+    first, rest = str(err.value).split("\n", 1)                  # the missing file, then its folder and the variable
+    assert first.endswith(str(folder / "vgg16-397923af.pth")) and str(folder) in rest and "$TORCH_HOME" in rest
     folder.mkdir(parents=True)
     (folder / "vgg16_bn-6c64b313.pth").write_bytes(b"")
     assert pretrained_path("torchvision", "vgg16_bn") == folder / "vgg16_bn-6c64b313.pth"
     model = build_model("cat", C, A, image_size=32, width=1.0, backbone="vgg16_bn")
-    with pytest.raises(RuntimeError, match=r"vgg16_bn-6c64b313\.pth are truncated or corrupt .*; delete the file "
-                                           r"and download torchvision's vgg16_bn-6c64b313\.pth again"):
-        load_pretrained_vgg(model, "torchvision")                 # found the (empty) vgg16_bn file
+    with pytest.raises(RuntimeError, match=r"vgg16_bn-6c64b313\.pth.*vgg16_bn-6c64b313\.pth"):
+        load_pretrained_vgg(model, "torchvision")                 # found the (empty) vgg16_bn file, names it twice
 
 
 def test_a_wrapped_checkpoint_is_unwrapped_only_without_top_level_weights(tmp_path):

@@ -128,3 +128,13 @@ def test_notebook_05_shows_its_generated_prose_as_markdown_not_as_printed_backti
     assert any("largest mean gain at 50%" in m for m in markdown)                            # the learning curve
     assert any(m.startswith("- **geometry informativeness") for m in markdown)               # the dial
     assert "`" not in printed and "Showing the study of results/plan.yaml" in printed
+
+
+@pytest.mark.slow                 # a second pytest process
+@pytest.mark.parametrize("paths", [["notebooks"], []], ids=["notebooks only", "testpaths"])
+def test_the_inner_loop_runs_no_notebook(paths):
+    """``pytest -m "not slow"`` deselects every notebook cell, also when pytest is given notebooks/ alone."""
+    proc = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-m", "not slow", *paths],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode in (0, 5), proc.stdout[-2000:] + proc.stderr[-2000:]    # 5: nothing left to run
+    assert "deselected" in proc.stdout and not [line for line in proc.stdout.splitlines() if ".ipynb::" in line]

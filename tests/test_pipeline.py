@@ -187,9 +187,10 @@ def test_a_failing_cell_stops_the_pipeline_with_a_nonzero_exit(tmp_path):
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 1, proc.stderr[-2000:]
     # cell 4: papermill's injected-parameters cell counts too
-    assert "FAILED: 99_fails.ipynb (99_fails): cell 4 failed with RuntimeError: boom in the third code cell" \
-        in proc.stderr
-    assert "starts: raise RuntimeError('boom in the third code cell')" in proc.stderr
+    failed = next(line for line in proc.stderr.splitlines() if "FAILED" in line)   # one line: notebook, cell, error
+    for fact in ("99_fails.ipynb", "cell 4", "RuntimeError", "boom in the third code cell"):
+        assert fact in failed, (fact, failed)
+    assert "raise RuntimeError('boom in the third code cell')" in proc.stderr        # the cell's first line
     executed = tmp_path / "runs" / "99_fails" / "99_fails.ipynb"
     assert executed.exists() and "boom in the third code cell" in executed.read_text()
     assert not (tmp_path / "runs" / "summary.json").exists()
@@ -267,12 +268,13 @@ def test_compare_uses_the_runs_the_pipeline_hands_over(smoke):
     assert m["mtl_run"] == str(run_dir / "02_train_mtl" / "run")
     assert m["cat_run"] == str(run_dir / "02_train_cat" / "run")
     executed = run_dir / "03_compare_mtl_cat" / "03_compare_mtl_cat.ipynb"
-    assert first_output_line(executed, 0) == f"Runs: MTL {m['mtl_run']}; CAT {m['cat_run']}"   # not smoke runs
+    line = first_output_line(executed, 0)                                            # the runs shown, not smoke runs
+    assert line.index("MTL") < line.index(m["mtl_run"]) < line.index("CAT") < line.index(m["cat_run"])
     assert m["mtl_test"]["category_top3"] == results["02_train_mtl"]["summary"]["test"]["category_top3"]
     row = m["improvements_val"]["top-3 category accuracy"]
     assert row["MTL"] == m["mtl_test"]["category_top3"] and row["CAT"] == m["cat_test"]["category_top3"]
     assert row["thesis relative"] == pytest.approx(0.8605 / 0.5621 - 1)
-    assert m["sentences"][0].startswith("On the synthetic benchmark (200 images")
+    assert "200 images" in m["sentences"][0]                                          # the data it was computed on
     assert f"{row['MTL']:.4f}" in m["sentences"][0] and f"{row['CAT']:.4f}" in m["sentences"][0]
     names = {Path(f).name for f in m["figures"]}
     assert names == {"03_category_top3_mtl_vs_cat.png", "03_texture_recall_mtl_vs_cat.png", "03_confusion_mtl.png",

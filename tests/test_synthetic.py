@@ -484,6 +484,7 @@ def test_written_landmarks_of_a_tree_carry_the_default_noise(tree, clean_tree):
     assert 0.012 < np.std(offsets) < 0.03 and flips / total < 0.1
 
 
+@pytest.mark.slow                 # 8,100 sampled garment specs
 def test_attributes_correlate_with_the_category_but_are_not_a_function_of_it():
     rng = np.random.default_rng(2)
     vectors = {c: [tuple(specs.attribute_vector(specs.sample_spec(c, rng))) for _ in range(300)]

@@ -262,7 +262,7 @@ def test_resume_rule_lists_changed_settings_except_the_safe_ones():
 
 def test_tiny_training_run_learns_and_writes_files(synth_root, tmp_path):
     run_dir = tmp_path / "run"
-    cfg = tiny_config(synth_root, run_dir, epochs=3, image_size=64, max_items=None, lr=1e-3)
+    cfg = tiny_config(synth_root, run_dir, epochs=3, max_items=None, lr=1e-3)
     metrics = train(cfg)
     for name in ("config.json", "history.json", "metrics.json", "metrics.csv", "batches.csv", "train.log",
                  "checkpoints/last.pt", "checkpoints/best.pt"):
@@ -294,7 +294,7 @@ def test_tiny_training_run_learns_and_writes_files(synth_root, tmp_path):
     torch.load(run_dir / "checkpoints" / "best.pt", weights_only=True)
     from vfu_nb.models import build_model
 
-    model = build_model("mtl", ck["num_categories"], ck["num_attributes"], 8, 64, 0.125)
+    model = build_model("mtl", ck["num_categories"], ck["num_attributes"], 8, 32, 0.125)
     model.load_state_dict(ck["model"])
     # config.json: the settings plus what was resolved for this machine
     stored, resolved = RunDir(run_dir).train_config()

@@ -31,6 +31,7 @@ def backbone_convs(model):
     return {k: v for k, v in model.state_dict().items() if k.startswith("backbone.features.0.")}
 
 
+@pytest.mark.slow                 # builds full-size (width 1) networks
 @pytest.mark.parametrize("backbone, filename", [("vgg16", "vgg16-397923af.pth"), ("vgg16_bn", "vgg16_bn-6c64b313.pth")])
 def test_a_cached_file_is_used_as_torchvision_would(torch_home, backbone, filename):
     path = torch_home / "hub" / "checkpoints" / filename

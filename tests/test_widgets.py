@@ -26,6 +26,7 @@ from vfu_nb.paths import repo_root
 from vfu_nb.training.config import TrainConfig
 from vfu_nb.training.rundir import save_checkpoint
 from vfu_nb.training.runs import landmark_errors, predict_one
+from vfu_nb.widgets import base as widgets_base
 from vfu_nb.widgets import (
     MAX_UPLOAD_BYTES, UploadError, attention_explorer, explorer_from_runs, landmark_browser, predict_image,
     read_upload, scale_map, to_rgb, top_attributes, top_categories,
@@ -80,6 +81,13 @@ def mtl(ann):
 @pytest.fixture(scope="module")
 def cat(ann):
     return tiny("cat", ann, 64)      # another input size than the dataset: exercises the twin datasets
+
+
+@pytest.fixture(autouse=True)
+def low_resolution(monkeypatch):
+    """Figures at 40 dpi instead of 80: the tests read artists, bytes and HTML, and a quarter of the pixels draws
+    faster."""
+    monkeypatch.setattr(widgets_base, "DPI", 40)
 
 
 @pytest.fixture(autouse=True)

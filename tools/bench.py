@@ -1,7 +1,9 @@
-"""Benchmarks that print numbers: ``python -m tools.bench {parse,data,train}`` from the repository root (see
-docs/benchmarks.md).
+"""Benchmarks that print numbers: ``python -m tools.bench {parse,metrics,data,train}`` from the repository root
+(see docs/benchmarks.md).
 
 - ``parse``: writes a full-size (289,222 rows x 1,000 attributes) annotation set and times load_annotations.
+- ``metrics``: :meth:`vfu_nb.metrics.EvalAccumulator.compute` on a random split of DeepFashion-C's test size,
+  with and without mAP (the times include joining the batches).
 - ``data``: images/s of every input path side by side: JPEG decode per item, the uint8 cache per item through
   a DataLoader (0 and N workers, with and without the per-item torchvision augmentation), and
   :class:`vfu_nb.data.loader.BatchLoader` with and without batch augmentation on each device; medians of repetitions.
@@ -91,6 +93,32 @@ def bench_parse(rows: int, keep: str | None) -> dict:
               "write_s": round(written, 2), "parse_s": round(parsed, 2)}
     print(f"load_annotations: {result['rows']:,} rows x {result['attributes']} attributes "
           f"({size / 2**20:.0f} MiB of text) parsed in {parsed:.2f} s (writing took {written:.1f} s)")
+    return result
+
+
+def bench_metrics(n: int = 40_000, num_attributes: int = 1000, num_categories: int = 50, num_landmarks: int = 8,
+                  batch: int = 64, seed: int = 0) -> dict:
+    """Seconds for :meth:`EvalAccumulator.compute` on a random split of DeepFashion-C's size (CPU)."""
+    from vfu_nb.metrics import EvalAccumulator
+
+    g = torch.Generator().manual_seed(seed)
+    types = torch.arange(num_attributes) % 5 + 1
+    labels = torch.where(torch.rand(n, num_attributes, generator=g) < 0.0033, 1, -1).to(torch.int8)
+    acc = EvalAccumulator(types)
+    for start in range(0, n, batch):
+        b = min(batch, n - start)
+        acc.update(torch.randn(b, num_categories, generator=g), torch.randint(num_categories, (b,), generator=g),
+                   torch.randn(b, num_attributes, generator=g), labels[start:start + b],
+                   torch.rand(b, num_landmarks, 2, generator=g), torch.rand(b, num_landmarks, 2, generator=g),
+                   torch.randint(-1, 3, (b, num_landmarks), generator=g), attributes_known=labels[start:start + b] != 0)
+    result = {"n": n, "attributes": num_attributes, "threads": torch.get_num_threads()}
+    for name, with_map in (("compute_without_map_s", False), ("compute_with_map_s", True)):
+        acc._joined = None
+        t0 = time.perf_counter()
+        acc.compute(with_map=with_map)
+        result[name] = time.perf_counter() - t0
+    print(f"{result['n']} images x {result['attributes']} attributes, {result['threads']} thread(s): compute "
+          f"{result['compute_without_map_s']:.2f} s without mAP, {result['compute_with_map_s']:.2f} s with mAP")
     return result
 
 
@@ -632,6 +660,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rows", type=int, default=FULL_ROWS)
     p.add_argument("--keep", help="write the annotation set here instead of a temporary folder")
 
+    m = sub.add_parser("metrics", help="time EvalAccumulator.compute on a DeepFashion-C sized split",
+                       formatter_class=defaults)
+    m.add_argument("--n", type=int, default=40_000, help="images in the split")
+    m.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+
     d = sub.add_parser("data", help="images/s of every input path, side by side", formatter_class=defaults)
     d.add_argument("--root", required=True, help="a DeepFashion-C tree (e.g. data/synthetic)")
     d.add_argument("--split", default="train")
@@ -682,7 +715,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--augment", action="store_true", help="batch augmentation on the device (--batch-loader)")
     t.add_argument("--prefetch", type=int, default=2, help="batches the loader's thread prepares ahead")
     t.add_argument("--seed", type=int, default=0)
-    for q in (p, d, t):
+    for q in (p, m, d, t):
         q.add_argument("--json", default=None, metavar="PATH", help="also write the numbers to this JSON file")
     return parser
 
@@ -692,6 +725,10 @@ def main(argv=None) -> dict:
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
     if args.command == "parse":
         result = bench_parse(args.rows, args.keep)
+    elif args.command == "metrics":
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        result = bench_metrics(n=args.n)
     elif args.command == "data":
         result = bench_data(args.root, args.split, args.image_size, args.batch_size, args.workers, args.repeats,
                             args.seconds, args.min_batches, args.cache_dir, args.target_img_s)

@@ -35,6 +35,8 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
+from vfu_nb.threads import shared_cpu_env
+
 ROOT = Path(__file__).resolve().parents[1]
 WORK = ROOT / "build" / "mutation"
 EQUIVALENT = ROOT / "mutation" / "equivalent.md"
@@ -50,8 +52,7 @@ class Module:
 
 
 MODULES = {
-    "metrics": Module(("tests/test_metrics.py",),
-                      skip=("x_bench", "x_main")),              # the timing benchmark and its command line
+    "metrics": Module(("tests/test_metrics.py",)),
     "losses": Module(("tests/test_losses.py",)),
     "data.annotations": Module(("tests/test_annotations.py",)),
     "data.crops": Module(("tests/test_dataset.py", "tests/test_batch_loader.py")),
@@ -143,8 +144,8 @@ def _mutmut() -> list[str]:
 def _environment() -> dict:
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "MUTANT_UNDER_TEST")}
     # one thread per worker: the workers are the parallelism (and torch's OpenMP threads must not spin)
-    env.update(GOMP_SPINCOUNT="1000", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", TQDM_DISABLE="1")
-    return env
+    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", TQDM_DISABLE="1")
+    return shared_cpu_env(env)
 
 
 def run_module(name: str, max_children: int, rerun: bool) -> float:

@@ -24,7 +24,6 @@ not depend on the backend's ``topk``. Top-k uses ``topk`` values plus comparison
 from __future__ import annotations
 
 import math
-import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Iterable, Mapping, Optional, Sequence
 
@@ -599,50 +598,3 @@ def jsonable(obj):
     if isinstance(obj, float):
         return obj if math.isfinite(obj) else None
     return obj
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Benchmark
-
-
-def bench(n: int = 40_000, num_attributes: int = 1000, num_categories: int = 50, num_landmarks: int = 8,
-          batch: int = 64, seed: int = 0) -> dict:
-    """Seconds for :meth:`EvalAccumulator.compute` on a random split of DeepFashion-C's size (CPU)."""
-    g = torch.Generator().manual_seed(seed)
-    types = torch.arange(num_attributes) % 5 + 1
-    labels = torch.where(torch.rand(n, num_attributes, generator=g) < 0.0033, 1, -1).to(torch.int8)
-    acc = EvalAccumulator(types)
-    for start in range(0, n, batch):
-        b = min(batch, n - start)
-        acc.update(torch.randn(b, num_categories, generator=g), torch.randint(num_categories, (b,), generator=g),
-                   torch.randn(b, num_attributes, generator=g), labels[start:start + b],
-                   torch.rand(b, num_landmarks, 2, generator=g), torch.rand(b, num_landmarks, 2, generator=g),
-                   torch.randint(-1, 3, (b, num_landmarks), generator=g), attributes_known=labels[start:start + b] != 0)
-    result = {"n": n, "attributes": num_attributes, "threads": torch.get_num_threads()}
-    for name, with_map in (("compute_without_map_s", False), ("compute_with_map_s", True)):
-        acc._joined = None
-        t0 = time.perf_counter()
-        acc.compute(with_map=with_map)
-        result[name] = time.perf_counter() - t0
-    return result
-
-
-def main(argv=None) -> None:
-    import argparse
-
-    parser = argparse.ArgumentParser(description="Time EvalAccumulator.compute on a DeepFashion-C sized split.")
-    parser.add_argument("--bench", action="store_true", help="run the benchmark (the only action)")
-    parser.add_argument("--n", type=int, default=40_000, help="images in the split (default 40000)")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
-    args = parser.parse_args(argv)
-    if not args.bench:
-        parser.error("nothing to do: pass --bench")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    r = bench(n=args.n)
-    print(f"{r['n']} images x {r['attributes']} attributes, {r['threads']} thread(s): compute "
-          f"{r['compute_without_map_s']:.2f} s without mAP, {r['compute_with_map_s']:.2f} s with mAP")
-
-
-if __name__ == "__main__":
-    main()

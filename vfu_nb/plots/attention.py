@@ -28,6 +28,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from vfu_nb.conventions import LANDMARK_COLORS
+from vfu_nb.plots.draw import draw_overlay
 from vfu_nb.training.runs import landmark_errors
 
 HEATMAP_CMAP, FEATURE_CMAP, ATTENTION_CMAP = "magma", "viridis", "coolwarm"
@@ -86,13 +87,7 @@ def _draw_points(ax, predictions, pos: int, size: int) -> None:
 
 def _overlay(ax, image: np.ndarray, grid: np.ndarray, cmap: str, vmin=None, vmax=None, alpha: float = 0.55):
     s = image.shape[0]
-    ax.imshow(image)
-    im = ax.imshow(grid, cmap=cmap, alpha=alpha, vmin=vmin, vmax=vmax, interpolation="bilinear",
-                   extent=(-0.5, s - 0.5, s - 0.5, -0.5))
-    ax.set_xlim(-0.5, s - 0.5)
-    ax.set_ylim(s - 0.5, -0.5)
-    ax.set_axis_off()
-    return im
+    return draw_overlay(ax, image, grid, (-0.5, s - 0.5, s - 0.5, -0.5), cmap, alpha, vmin, vmax)
 
 
 def plot_cases(predictions, images: np.ndarray, positions: Sequence[int], category_names: Sequence[str],

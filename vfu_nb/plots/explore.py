@@ -13,6 +13,7 @@ from vfu_nb.conventions import (
 )
 from vfu_nb.data.annotations import Annotations
 from vfu_nb.data.crops import crop_window, load_rgb
+from vfu_nb.plots.draw import box_patch, landmark_handles
 
 
 def split_table(ann: Annotations) -> pd.DataFrame:
@@ -103,7 +104,7 @@ def draw_sample(ax, ann: Annotations, i: int, predicted=None, crop=False):
         offset, scale = np.zeros(2), 1.0
     ax.imshow(image)
     if not crop:
-        ax.add_patch(patches.Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, color="yellow", lw=1.5))
+        ax.add_patch(box_patch(window))
     for s in range(8):
         v = ann.landmark_visibility[i, s]
         if v < 0:
@@ -129,10 +130,7 @@ def plot_sample_grid(ann: Annotations, indices, ncols=4):
         ax.set_axis_off()
     for ax, i in zip(axes.flat, indices):
         draw_sample(ax, ann, i)
-    handles = [plt.Line2D([], [], ls="", marker="o", color=c, label=n) for c, n in zip(LANDMARK_COLORS, LANDMARK_NAMES)]
-    handles += [plt.Line2D([], [], ls="", marker=m, color="gray", mfc="none" if v else "gray",
-                           label=VISIBILITY_NAMES[v]) for v, m in VISIBILITY_MARKERS.items()]
-    fig.legend(handles=handles, loc="lower center", ncol=6, fontsize=8, frameon=False)
+    fig.legend(handles=landmark_handles(), loc="lower center", ncol=6, fontsize=8, frameon=False)
     fig.tight_layout(rect=(0, 0.06, 1, 1))
     return fig
 
