@@ -9,6 +9,7 @@ import torch
 
 from test_models import A, C, _fake_vgg_checkpoint
 from vfu_nb import pipeline, weights
+from vfu_nb.training.runs import train_settings
 from vfu_nb.models import build_model
 from vfu_nb.weights import WeightsUnavailableError
 
@@ -100,7 +101,7 @@ def test_a_failed_hash_check_or_a_damaged_cached_file_is_one_line(torch_home, mo
 
 
 def test_the_full_profile_fetches_imagenet_weights_before_anything_runs(torch_home, monkeypatch, tmp_path):
-    p = pipeline.parameters("full", "02_train_mtl", run_dir=tmp_path)
+    p = train_settings(pipeline.parameters("full", "02_train_mtl", run_dir=tmp_path))
     assert p["pretrained"] == "imagenet" and p["image_size"] == 224 and p["width"] == 1.0
 
     def offline(url, dst, hash_prefix=None, progress=True):

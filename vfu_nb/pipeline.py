@@ -243,7 +243,8 @@ def fetch_imagenet_weights(plan: dict) -> None:
     says which file to put where."""
     from vfu_nb.weights import WeightsUnavailableError, cache_path, imagenet_state_dict
 
-    for backbone in sorted({p.get("backbone") or "vgg16" for p in plan.values() if p.get("pretrained") == "imagenet"}):
+    steps = [{**p, **(p.get("settings") or {})} for p in plan.values()]      # a TrainConfig field may be in settings
+    for backbone in sorted({p.get("backbone") or "vgg16" for p in steps if p.get("pretrained") == "imagenet"}):
         if cache_path(backbone).is_file():
             continue
         print(f"[pipeline] fetching the ImageNet weights of {backbone} into {cache_path(backbone).parent}", flush=True)
