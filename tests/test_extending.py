@@ -58,6 +58,7 @@ def run_copy(root: Path, *args, cwd=None) -> subprocess.CompletedProcess:
     return done
 
 
+@pytest.mark.slow
 def test_only_the_registry_file_changes_and_the_copy_is_what_runs(toy_package):
     done = run_copy(toy_package, "-c", "import vfu_nb.models as m; print(m.__file__, m.MODEL_NAMES)")
     assert done.stdout.startswith(str(toy_package / "vfu_nb" / "models.py"))
