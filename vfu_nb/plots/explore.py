@@ -168,7 +168,7 @@ def baseline_table(results) -> pd.DataFrame:
     """Baselines (``{name: flat metrics}`` of :func:`vfu_nb.baselines.compute_baselines`) as rows, the key
     metrics of :data:`vfu_nb.baselines.TABLE_COLUMNS` as columns (nan where a baseline has no such number)."""
     from vfu_nb.baselines import TABLE_COLUMNS
-    from vfu_nb.plots.curves import baseline_label
+    from vfu_nb.conventions import baseline_label
 
     rows = {baseline_label(name, m): {label: m.get(key, np.nan) for key, label in TABLE_COLUMNS.items()}
             for name, m in results.items()}
