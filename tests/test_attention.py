@@ -1,4 +1,5 @@
-"""vfu_nb.plots.attention: case selection, map reductions and the case figure (per-image error: test_runs.py)."""
+"""Case selection (vfu_nb.training.runs.select_cases), map reductions (vfu_nb.maps) and the figures of
+vfu_nb.plots.attention (per-image error: test_runs.py)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""vfu_nb.plots.compare: relative improvements, Table 3.2, per-class views and study statements, on hand-made inputs."""
+"""vfu_nb.comparison, vfu_nb.class_metrics and vfu_nb.plots.compare: relative improvements, Table 3.2, per-class
+metrics and views, and the sentences, on hand-made inputs."""
 
 from __future__ import annotations
 

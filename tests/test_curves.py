@@ -1,4 +1,5 @@
-"""vfu_nb.plots.curves: values computed from hand-made histories (moving average, epoch selection, Table 3.1, figures)."""
+"""vfu_nb.history and vfu_nb.plots.curves: values computed from hand-made histories (moving average, epoch selection,
+Table 3.1) and the figures drawn from them."""
 
 from __future__ import annotations
 
