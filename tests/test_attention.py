@@ -1,4 +1,5 @@
-"""vfu_nb.plots.attention: case selection, map reductions and the case figure (per-image error: test_runs.py)."""
+"""Case selection (vfu_nb.training.runs.select_cases), map reductions (vfu_nb.maps) and the figures of
+vfu_nb.plots.attention (per-image error: test_runs.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
+from vfu_nb.maps import attention_strength, feature_energy, heatmap_strength  # noqa: E402
 from vfu_nb.plots import attention  # noqa: E402
+from vfu_nb.training.runs import select_cases  # noqa: E402
 
 
 def predictions(logits, category, pred=None, gt=None, vis=None, maps=None):
@@ -27,27 +30,27 @@ def predictions(logits, category, pred=None, gt=None, vis=None, maps=None):
 def test_select_cases_by_confidence_and_by_landmark_error():
     logits = [[5, 0], [0, 5], [1, 0], [0, 0]]      # p(true): 0.993, 0.993 (true=1), 0.731, 0.5
     p = predictions(logits, [0, 1, 0, 0])
-    cases = attention.select_cases(p, "category_confidence", 2)
+    cases = select_cases(p, "category_confidence", 2)
     assert cases["best"] == [0, 1] and cases["worst"] == [3, 2]
     gt = np.zeros((4, 8, 2))
     pred = np.zeros((4, 8, 2))
     pred[:, :, 0] = np.array([0.2, 0.05, 0.4, 0.0])[:, None]
     vis = np.zeros((4, 8), dtype=int)
     vis[3] = 1                               # image 3 has no visible landmark: left out
-    cases = attention.select_cases(predictions(logits, [0, 1, 0, 0], pred, gt, vis), "landmark_error", 5)
+    cases = select_cases(predictions(logits, [0, 1, 0, 0], pred, gt, vis), "landmark_error", 5)
     assert cases["best"] == [1, 0, 2] and cases["worst"] == [2, 0, 1]
     with pytest.raises(ValueError):
-        attention.select_cases(p, "loss")
+        select_cases(p, "loss")
 
 
 def test_map_reductions():
     heat = np.stack([np.full((4, 4), -1.0), np.full((4, 4), 0.5), np.full((4, 4), 2.0)])
-    assert attention.heatmap_strength(heat).tolist() == np.ones((4, 4)).tolist()
+    assert heatmap_strength(heat).tolist() == np.ones((4, 4)).tolist()
     att = np.arange(2 * 2 * 3, dtype=float).reshape(3, 2, 2)
-    assert np.allclose(attention.attention_strength(att), att.mean(0))
+    assert np.allclose(attention_strength(att), att.mean(0))
     windows = np.random.default_rng(0).random((8, 2, 2))
-    assert np.allclose(attention.attention_strength(windows), windows.max(0))
-    e = attention.feature_energy(np.stack([np.array([[1.0, -3.0]]), np.array([[1.0, 1.0]])]))
+    assert np.allclose(attention_strength(windows), windows.max(0))
+    e = feature_energy(np.stack([np.array([[1.0, -3.0]]), np.array([[1.0, 1.0]])]))
     assert e.tolist() == [[0.5, 1.0]]
 
 

@@ -1,4 +1,5 @@
-"""vfu_nb.plots.compare: relative improvements, Table 3.2, per-class views and study statements, on hand-made inputs."""
+"""vfu_nb.comparison, vfu_nb.class_metrics and vfu_nb.plots.compare: relative improvements, Table 3.2, per-class
+metrics and views, and the sentences, on hand-made inputs."""
 
 from __future__ import annotations
 
@@ -15,26 +16,27 @@ import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
 from test_curves import BASELINES, _references, make_history  # noqa: E402
+from vfu_nb import class_metrics, comparison  # noqa: E402
 from vfu_nb.plots import compare  # noqa: E402
 from vfu_nb.metrics import EvalAccumulator, attribute_topk_recall  # noqa: E402
 
 
 def test_the_thesis_relative_improvements_are_reproduced():
     # section 3.3: best accuracy 0.8605 vs 0.5621 -> "+53%"; texture recall 0.5287 vs 0.2124 -> "+149%"
-    assert round(compare.relative_improvement(0.8605, 0.5621), 2) == 0.53
-    assert round(compare.relative_improvement(0.5287, 0.2124), 2) == 1.49
-    assert compare.format_relative(compare.relative_improvement(0.8605, 0.5621)) == "+53%"
-    assert compare.format_relative(compare.relative_improvement(0.5287, 0.2124)) == "+149%"
-    assert math.isnan(compare.relative_improvement(0.5, 0.0))
-    assert math.isnan(compare.relative_improvement(None, 0.5))
-    assert compare.format_relative(float("nan")) == "n/a"
+    assert round(comparison.relative_improvement(0.8605, 0.5621), 2) == 0.53
+    assert round(comparison.relative_improvement(0.5287, 0.2124), 2) == 1.49
+    assert comparison.format_relative(comparison.relative_improvement(0.8605, 0.5621)) == "+53%"
+    assert comparison.format_relative(comparison.relative_improvement(0.5287, 0.2124)) == "+149%"
+    assert math.isnan(comparison.relative_improvement(0.5, 0.0))
+    assert math.isnan(comparison.relative_improvement(None, 0.5))
+    assert comparison.format_relative(float("nan")) == "n/a"
 
 
 def test_improvement_table_selects_on_val_or_per_metric_best():
     # MTL: val best epoch 2 (test 0.50), best test epoch 3 (0.60); CAT: val best epoch 1 (0.40), best test 0.45
     mtl = make_history([0.3, 0.7, 0.6], [0.35, 0.50, 0.60], test_texture=[0.2, 0.4, 0.5])
     cat = make_history([0.5, 0.4, 0.3], [0.40, 0.45, 0.30], test_texture=[0.1, 0.2, 0.25])
-    val = compare.improvement_table(mtl, cat, select="val")
+    val = comparison.improvement_table(mtl, cat, select="val")
     row = val.loc["top-3 category accuracy"]
     assert (row["MTL"], row["MTL epoch"], row["CAT"], row["CAT epoch"]) == (0.50, 2, 0.40, 1)
     assert row["difference"] == pytest.approx(0.10)
@@ -45,7 +47,7 @@ def test_improvement_table_selects_on_val_or_per_metric_best():
     assert tex["thesis MTL"] == 0.5287 and tex["thesis CAT"] == 0.2124
     assert math.isnan(val.loc["top-3 attribute recall (all types pooled)", "thesis relative"])
 
-    best = compare.improvement_table(mtl, cat, select="best")
+    best = comparison.improvement_table(mtl, cat, select="best")
     row = best.loc["top-3 category accuracy"]
     assert (row["MTL"], row["MTL epoch"], row["CAT"], row["CAT epoch"]) == (0.60, 3, 0.45, 2)
     assert row["relative"] == pytest.approx(0.15 / 0.45)
@@ -53,7 +55,7 @@ def test_improvement_table_selects_on_val_or_per_metric_best():
 
 
 def test_table_3_2_lists_ours_first_then_the_published_numbers():
-    table = compare.table_3_2({"MTL": {"category_top3": 0.7}, "CAT": {"category_top3": 0.6}}, data="synthetic")
+    table = comparison.table_3_2({"MTL": {"category_top3": 0.7}, "CAT": {"category_top3": 0.6}}, data="synthetic")
     assert list(table.index[:2]) == ["ours: MTL", "ours: CAT"]
     assert table["top-3 category accuracy"].iloc[:2].tolist() == [0.7, 0.6]
     assert table.loc["ours: MTL", "data"] == "synthetic"
@@ -66,12 +68,12 @@ def test_table_3_2_lists_ours_first_then_the_published_numbers():
     assert published["DARN, Huang et al. 2015"] == 0.5948
     assert (table["data"].iloc[2:] == "DeepFashion-C test").all()
     assert table["source"].str.len().min() > 0
-    missing = compare.table_3_2({"MTL": None})
+    missing = comparison.table_3_2({"MTL": None})
     assert math.isnan(missing.loc["ours: MTL", "top-3 category accuracy"])
 
 
 def test_attribute_table_has_ours_and_published_rows():
-    t = compare.attribute_table({"MTL": {"attr_top3_texture": 0.4, "attr_top3_style": None}})
+    t = comparison.attribute_table({"MTL": {"attr_top3_texture": 0.4, "attr_top3_style": None}})
     assert t.loc["ours: MTL", "texture"] == 0.4 and math.isnan(t.loc["ours: MTL", "style"])
     assert t.loc["thesis MTL", "shape"] == 0.5528
     assert t.loc["Liu & Lu 2018", "texture"] == 0.5617
@@ -80,7 +82,7 @@ def test_attribute_table_has_ours_and_published_rows():
 
 
 def test_confusion_matrix_counts():
-    cm = compare.confusion_matrix([0, 0, 1, 2, 2, 2], [0, 1, 1, 2, 0, 2], 3)
+    cm = class_metrics.confusion_matrix([0, 0, 1, 2, 2, 2], [0, 1, 1, 2, 0, 2], 3)
     assert cm.tolist() == [[1, 1, 0], [0, 1, 0], [1, 0, 2]]
 
 
@@ -98,7 +100,7 @@ def fake_predictions(n=40, a=15, c=5, seed=0):
 def test_per_attribute_recall_adds_up_to_the_type_recall():
     p = fake_predictions()
     names = [f"a{i}" for i in range(p.attributes.shape[1])]
-    frame = compare.per_attribute_recall(p, names, k=2)
+    frame = class_metrics.per_attribute_recall(p, names, k=2)
     assert frame["positives"].tolist() == p.attributes.sum(axis=0).astype(int).tolist()
     assert (frame["hits"] <= frame["positives"]).all()
     pooled = frame.groupby("type")[["hits", "positives"]].sum()
@@ -108,7 +110,7 @@ def test_per_attribute_recall_adds_up_to_the_type_recall():
     # one attribute that is always top-ranked within its type and always positive has recall 1
     p.attribute_scores[:, 0] = 100.0
     p.attributes[:, 0] = 1.0
-    assert compare.per_attribute_recall(p, names, k=2).loc[0, "recall"] == 1.0
+    assert class_metrics.per_attribute_recall(p, names, k=2).loc[0, "recall"] == 1.0
 
 
 def test_per_class_figures():
@@ -119,8 +121,8 @@ def test_per_class_figures():
     assert ax.get_ylabel() == "true category"
     top1 = float((p.category_logits.argmax(1) == p.category).mean())
     assert f"{top1:.3f}" in ax.get_title()
-    frames = {"mtl": compare.per_attribute_recall(p, [f"a{i}" for i in range(15)]),
-              "cat": compare.per_attribute_recall(fake_predictions(seed=1), [f"a{i}" for i in range(15)])}
+    frames = {"mtl": class_metrics.per_attribute_recall(p, [f"a{i}" for i in range(15)]),
+              "cat": class_metrics.per_attribute_recall(fake_predictions(seed=1), [f"a{i}" for i in range(15)])}
     ax = compare.plot_per_attribute_recall(frames, top=5).axes[0]
     assert len(ax.patches) == 10
     plt.close("all")
@@ -138,15 +140,15 @@ def test_metric_curves_figure_has_one_test_curve_per_model():
 
 
 def test_comparison_sentence_is_computed():
-    s = compare.comparison_sentence(0.75, 0.5, "top-3 category accuracy", "the synthetic benchmark")
+    s = comparison.comparison_sentence(0.75, 0.5, "top-3 category accuracy", "the synthetic benchmark")
     # the data, the metric, both values, the difference, the relative change and the verdict
     for part in ("synthetic benchmark", "top-3 category accuracy", "0.7500", "0.5000", "+0.2500", "+50%"):
         assert part in s, part
     assert s.index("0.7500") < s.index("0.5000") and "MTL is better" in s
-    assert "CAT is better" in compare.comparison_sentence(0.4, 0.5)
-    assert "tie" in compare.comparison_sentence(0.5, 0.5)
-    assert "CAT is better" in compare.comparison_sentence(0.3, 0.2, "landmark NE", higher_is_better=False)
-    assert "missing" in compare.comparison_sentence(float("nan"), 0.5)
+    assert "CAT is better" in comparison.comparison_sentence(0.4, 0.5)
+    assert "tie" in comparison.comparison_sentence(0.5, 0.5)
+    assert "CAT is better" in comparison.comparison_sentence(0.3, 0.2, "landmark NE", higher_is_better=False)
+    assert "missing" in comparison.comparison_sentence(float("nan"), 0.5)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -169,7 +171,7 @@ def test_metric_curves_draw_the_baselines_of_the_metric():
 
 def test_table_3_2_has_map_and_baseline_rows_between_ours_and_the_published():
     ours = {"MTL": {"category_top3": 0.7, "attr_map_all": 0.5}, "CAT": {"category_top3": 0.6, "attr_map_all": None}}
-    table = compare.table_3_2(ours, data="synthetic", baselines=BASELINES)
+    table = comparison.table_3_2(ours, data="synthetic", baselines=BASELINES)
     assert list(table.index[:6]) == ["ours: MTL", "ours: CAT",
                                      "baseline: geometry only (k-NN on true landmarks, k = 45)",
                                      "baseline: class prior", "baseline: attribute prior given the true category",
@@ -187,7 +189,7 @@ def test_table_3_2_has_map_and_baseline_rows_between_ours_and_the_published():
 
 
 def test_attribute_table_has_map_columns_and_baseline_rows():
-    t = compare.attribute_table({"MTL": {"attr_top3_texture": 0.4, "attr_map_texture": 0.3, "attr_map_all": 0.25}},
+    t = comparison.attribute_table({"MTL": {"attr_top3_texture": 0.4, "attr_map_texture": 0.3, "attr_map_all": 0.25}},
                                 baselines=BASELINES)
     assert list(t.columns) == ["texture", "fabric", "shape", "part", "style", "mAP texture", "mAP fabric",
                                "mAP shape", "mAP part", "mAP style", "mAP all"]
@@ -205,14 +207,14 @@ def test_per_attribute_ap_by_hand_and_its_mean_is_the_map():
                         attributes=np.array([[1, 0], [0, 0], [1, 0], [0, 0]], dtype=np.float32),
                         attributes_known=np.array([[1, 1], [0, 1], [1, 1], [1, 1]], dtype=bool),
                         attribute_types=np.array([1, 2]))
-    frame = compare.per_attribute_ap(p, ["stripe", "denim"])
+    frame = class_metrics.per_attribute_ap(p, ["stripe", "denim"])
     # attribute 0: image 1 unknown -> ranking 3 (pos), 1 (pos), 0 (neg): AP = (1/1 + 2/2) / 2 = 1
     assert frame["ap"].iloc[0] == 1.0 and frame["positives"].tolist() == [2, 0] and math.isnan(frame["ap"].iloc[1])
     p.attributes_known = None                    # image 1 counts: 3 (pos), 2 (neg), 1 (pos): (1 + 2/3) / 2
-    assert compare.per_attribute_ap(p, ["stripe", "denim"])["ap"].iloc[0] == pytest.approx(5 / 6)
+    assert class_metrics.per_attribute_ap(p, ["stripe", "denim"])["ap"].iloc[0] == pytest.approx(5 / 6)
 
     q = fake_predictions(n=60, a=15, seed=3)
-    frame = compare.per_attribute_ap(q, [f"a{i}" for i in range(15)])
+    frame = class_metrics.per_attribute_ap(q, [f"a{i}" for i in range(15)])
     acc = EvalAccumulator(q.attribute_types)
     acc.update(q.category_logits, q.category, q.attribute_scores, q.attributes)
     expected = acc.compute()
@@ -229,11 +231,11 @@ def ap_frames():
 
 
 def test_ap_differences_rank_by_absolute_difference():
-    d = compare.ap_differences(ap_frames(), top=3)
+    d = class_metrics.ap_differences(ap_frames(), top=3)
     assert list(d.index) == ["a", "b", "c"]                     # "d" has no AP
     assert d["difference"].tolist() == pytest.approx([0.4, -0.1, 0.0])
     assert d.loc["a", "MTL AP"] == 0.9 and d.loc["a", "CAT AP"] == 0.5 and d.loc["a", "type"] == "texture"
-    assert list(compare.ap_differences(ap_frames(), top=1).index) == ["a"]
+    assert list(class_metrics.ap_differences(ap_frames(), top=1).index) == ["a"]
 
 
 def test_per_attribute_ap_scatter_counts_and_names_the_largest_differences():
@@ -245,25 +247,25 @@ def test_per_attribute_ap_scatter_counts_and_names_the_largest_differences():
     assert ax.get_xlabel() == "CAT AP" and ax.get_ylabel() == "MTL AP"
     p = fake_predictions()
     names = [f"a{i}" for i in range(15)]
-    fig = compare.plot_per_attribute({"mtl": compare.per_attribute_recall(p, names),
-                                      "cat": compare.per_attribute_recall(p, names)},
-                                     {"mtl": compare.per_attribute_ap(p, names),
-                                      "cat": compare.per_attribute_ap(fake_predictions(seed=1), names)}, top=5)
+    fig = compare.plot_per_attribute({"mtl": class_metrics.per_attribute_recall(p, names),
+                                      "cat": class_metrics.per_attribute_recall(p, names)},
+                                     {"mtl": class_metrics.per_attribute_ap(p, names),
+                                      "cat": class_metrics.per_attribute_ap(fake_predictions(seed=1), names)}, top=5)
     bars, scatter = fig.axes[:2]
     assert len(bars.patches) == 10 and scatter.get_title().startswith("Per-attribute AP: MTL higher on")
     plt.close("all")
 
 
 def test_baseline_sentence_is_computed():
-    s = compare.baseline_sentence({"MTL": 0.6, "CAT": 0.4}, BASELINES, "category_top3")
+    s = comparison.baseline_sentence({"MTL": 0.6, "CAT": 0.4}, BASELINES, "category_top3")
     # each model's value, then each baseline's value with who beats it
     assert s.lower().startswith("top-3 category accuracy") and "MTL 0.6000" in s and "CAT 0.4000" in s
     assert "class prior 0.3000 (both beat it)" in s
     assert "k = 45) 0.5500 (only MTL beats it)" in s
     assert "notebook 05" in s                                   # where the intervals are
-    s = compare.baseline_sentence({"MTL": 0.2, "CAT": 0.1}, BASELINES, "category_top3")
+    s = comparison.baseline_sentence({"MTL": 0.2, "CAT": 0.1}, BASELINES, "category_top3")
     assert "(neither beats it)" in s
-    s = compare.baseline_sentence({"MTL": 0.15}, BASELINES, "landmark_ne_mean")   # lower is better
+    s = comparison.baseline_sentence({"MTL": 0.15}, BASELINES, "landmark_ne_mean")   # lower is better
     assert "0.1750 (MTL beats it)" in s
-    assert "(MTL does not beat it)" in compare.baseline_sentence({"MTL": 0.2}, BASELINES, "landmark_ne_mean")
-    assert compare.baseline_sentence({"MTL": 0.5}, None, "category_top3").startswith("No baseline")
+    assert "(MTL does not beat it)" in comparison.baseline_sentence({"MTL": 0.2}, BASELINES, "landmark_ne_mean")
+    assert comparison.baseline_sentence({"MTL": 0.5}, None, "category_top3").startswith("No baseline")

@@ -1,4 +1,5 @@
-"""vfu_nb.plots.curves: values computed from hand-made histories (moving average, epoch selection, Table 3.1, figures)."""
+"""vfu_nb.history and vfu_nb.plots.curves: values computed from hand-made histories (moving average, epoch selection,
+Table 3.1) and the figures drawn from them."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
+from vfu_nb import history  # noqa: E402
+from vfu_nb.conventions import baseline_label, reference_baselines  # noqa: E402
 from vfu_nb.plots import curves  # noqa: E402
 
 TYPES = ("texture", "fabric", "shape", "part", "style")
@@ -51,45 +54,45 @@ def make_history(val_top3, test_top3, test_texture=None, landmark=True, batches_
 
 
 def test_moving_average_is_a_trailing_mean_skipping_nans():
-    assert curves.moving_average([1, 2, 3, 4], 2).tolist() == [1.0, 1.5, 2.5, 3.5]
-    assert curves.moving_average([1, 2, 3, 4], 10).tolist() == [1.0, 1.5, 2.0, 2.5]
-    out = curves.moving_average([np.nan, 2, np.nan, 4], 2)
+    assert history.moving_average([1, 2, 3, 4], 2).tolist() == [1.0, 1.5, 2.5, 3.5]
+    assert history.moving_average([1, 2, 3, 4], 10).tolist() == [1.0, 1.5, 2.0, 2.5]
+    out = history.moving_average([np.nan, 2, np.nan, 4], 2)
     assert math.isnan(out[0]) and out[1:].tolist() == [2.0, 2.0, 4.0]
     with pytest.raises(ValueError):
-        curves.moving_average([1.0], 0)
+        history.moving_average([1.0], 0)
 
 
 def test_batch_frame_places_batches_on_the_epoch_axis():
-    frame = curves.batch_frame(make_history([0.1, 0.2], [0.1, 0.2], batches_per_epoch=4))
+    frame = history.batch_frame(make_history([0.1, 0.2], [0.1, 0.2], batches_per_epoch=4))
     assert frame["epoch_pos"].tolist() == pytest.approx([0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0])
     assert list(frame.columns[:7]) == ["step", "epoch", "batch", "category", "attribute", "landmark", "total"]
-    assert curves.default_window(make_history([0.1] * 2, [0.1] * 2, batches_per_epoch=20)) == 4
+    assert history.default_window(make_history([0.1] * 2, [0.1] * 2, batches_per_epoch=20)) == 4
 
 
 def test_epoch_selection_on_val_versus_best_test():
     # val peaks at epoch 2 (first of two equal maxima); test peaks at epoch 3
     h = make_history([0.2, 0.5, 0.5, 0.4], [0.25, 0.45, 0.6, 0.3])
-    assert curves.best_val_epoch(h) == 2
-    assert curves.best_epoch_value(h, "category_top3", "test", "val") == (2, 0.45)
-    assert curves.best_epoch_value(h, "category_top3", "test", "best") == (3, 0.6)
-    assert curves.best_epoch_value(h, "landmark_ne_mean", "test", "best", higher_is_better=False) == \
+    assert history.best_val_epoch(h) == 2
+    assert history.best_epoch_value(h, "category_top3", "test", "val") == (2, 0.45)
+    assert history.best_epoch_value(h, "category_top3", "test", "best") == (3, 0.6)
+    assert history.best_epoch_value(h, "landmark_ne_mean", "test", "best", higher_is_better=False) == \
         (4, pytest.approx(0.17))
-    epoch, value = curves.best_epoch_value(h, "no_such_metric")
+    epoch, value = history.best_epoch_value(h, "no_such_metric")
     assert epoch is None and math.isnan(value)
     with pytest.raises(ValueError):
-        curves.best_epoch_value(h, "category_top3", select="last")
+        history.best_epoch_value(h, "category_top3", select="last")
 
 
 def test_null_metrics_read_as_nan():
     h = make_history([0.2, 0.3], [0.2, 0.3], landmark=False)
-    assert curves.epoch_frame(h, "test")["landmark_ne_mean"].isna().all()
-    assert curves.run_summary(h)["test"]["landmark_ne_mean"] is None
+    assert history.epoch_frame(h, "test")["landmark_ne_mean"].isna().all()
+    assert history.run_summary(h)["test"]["landmark_ne_mean"] is None
 
 
 def test_table_3_1_values():
     texture = [0.30, 0.50, 0.70]                     # best test texture at epoch 3; best val epoch is 2
     h = make_history([0.2, 0.6, 0.4], [0.2, 0.5, 0.3], test_texture=texture)
-    table = curves.table_3_1(h)
+    table = history.table_3_1(h)
     assert list(table.index) == ["texture", "fabric", "shape", "part", "style", "all grouped"]
     assert table.at["texture", "ours: test @ best val epoch"] == 0.50
     assert table.at["texture", "ours: best test epoch"] == 0.70
@@ -98,12 +101,12 @@ def test_table_3_1_values():
     assert table.at["style", "thesis MTL (DeepFashion-C)"] == 0.3169
     assert table.at["texture", "thesis MTL (DeepFashion-C)"] == 0.5298
     assert math.isnan(table.at["all grouped", "thesis MTL (DeepFashion-C)"])
-    assert "thesis MTL (DeepFashion-C)" not in curves.table_3_1(h, published=None)
+    assert "thesis MTL (DeepFashion-C)" not in history.table_3_1(h, published=None)
 
 
 def test_run_summary_matches_the_selected_epoch_and_is_json_clean():
     h = make_history([0.2, 0.6, 0.4], [0.2, 0.5, 0.3])
-    s = curves.run_summary(h)
+    s = history.run_summary(h)
     assert s["epochs"] == 3 and s["batches"] == 9 and s["best_val_epoch"] == 2
     assert s["test"]["category_top3"] == 0.5 and s["val"]["category_top3"] == 0.6
     json.dumps(s, allow_nan=False)
@@ -112,8 +115,8 @@ def test_run_summary_matches_the_selected_epoch_and_is_json_clean():
 def test_load_history_from_a_run_directory(tmp_path):
     h = make_history([0.2], [0.3])
     (tmp_path / "history.json").write_text(json.dumps(h))
-    assert curves.load_history(tmp_path) == h
-    assert curves.load_history(tmp_path / "history.json") == h
+    assert history.load_history(tmp_path) == h
+    assert history.load_history(tmp_path / "history.json") == h
 
 
 def _line(ax, label):
@@ -127,7 +130,7 @@ def test_batch_loss_figure_draws_raw_and_moving_average():
     raw = _line(ax, "per batch").get_ydata()
     smooth = _line(ax, "moving average (2 batches)").get_ydata()
     assert np.allclose(raw, h["batches"]["category"])
-    assert np.allclose(smooth, curves.moving_average(h["batches"]["category"], 2))
+    assert np.allclose(smooth, history.moving_average(h["batches"]["category"], 2))
     assert "Fig. 3.3" in ax.get_title() and ax.get_xlim() == (0.0, 2.0)
     with pytest.raises(ValueError):
         curves.plot_batch_loss(h, "nonsense")
@@ -185,14 +188,14 @@ def _reference(refs, prefix):
 
 
 def test_baseline_labels_name_the_chosen_k():
-    assert curves.baseline_label("geometry_knn", BASELINES["geometry_knn"]) == \
+    assert baseline_label("geometry_knn", BASELINES["geometry_knn"]) == \
         "geometry only (k-NN on true landmarks, k = 45)"
-    assert curves.baseline_label("geometry_knn") == "geometry only (k-NN on true landmarks)"
-    assert curves.baseline_label("class_prior") == "class prior"
-    assert curves.reference_baselines("category_top1") == ("class_prior", "geometry_knn")
-    assert curves.reference_baselines("attr_map_texture") == ("attribute_prior_given_category",)
-    assert curves.reference_baselines("landmark_ne_mean") == ("mean_landmarks",)
-    assert curves.reference_baselines("loss_total") == ()
+    assert baseline_label("geometry_knn") == "geometry only (k-NN on true landmarks)"
+    assert baseline_label("class_prior") == "class prior"
+    assert reference_baselines("category_top1") == ("class_prior", "geometry_knn")
+    assert reference_baselines("attr_map_texture") == ("attribute_prior_given_category",)
+    assert reference_baselines("landmark_ne_mean") == ("mean_landmarks",)
+    assert reference_baselines("loss_total") == ()
 
 
 def test_reference_lines_sit_at_the_baseline_values_and_skip_missing_ones():
@@ -250,15 +253,15 @@ def test_attribute_map_curves_and_their_reference_lines():
 
 def test_table_3_1_has_map_and_the_prior_given_the_category():
     h = make_history([0.2, 0.6, 0.4], [0.2, 0.5, 0.3])
-    table = curves.table_3_1(h, baselines=BASELINES)
+    table = history.table_3_1(h, baselines=BASELINES)
     assert table.at["fabric", "ours: mAP @ best val epoch"] == pytest.approx(0.11)   # best val epoch 2
     assert table.at["all grouped", "ours: mAP @ best val epoch"] == pytest.approx(0.23)
     assert table.at["shape", "prior | category: recall"] == pytest.approx(0.42)
     assert table.at["all grouped", "prior | category: mAP"] == 0.41
     assert math.isnan(table.at["style", "prior | category: mAP"])
-    assert "prior | category: mAP" not in curves.table_3_1(h)
+    assert "prior | category: mAP" not in history.table_3_1(h)
 
 
 def test_run_summary_carries_the_map():
-    s = curves.run_summary(make_history([0.2, 0.6, 0.4], [0.2, 0.5, 0.3]))
+    s = history.run_summary(make_history([0.2, 0.6, 0.4], [0.2, 0.5, 0.3]))
     assert s["test"]["attr_map_all"] == pytest.approx(0.23) and s["val"]["attr_map_texture"] == pytest.approx(0.07)

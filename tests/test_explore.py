@@ -1,4 +1,4 @@
-"""vfu_nb.plots.explore: the baselines table and the sentences of notebook 01, from hand-made and computed baselines."""
+"""Notebook 01's baselines table and sentences (vfu_nb.baselines), from hand-made and computed baselines."""
 
 from __future__ import annotations
 
@@ -6,8 +6,7 @@ import math
 
 import pytest
 
-from vfu_nb.baselines import TABLE_COLUMNS, compute_baselines
-from vfu_nb.plots import explore
+from vfu_nb.baselines import TABLE_COLUMNS, baseline_sentences, baseline_table, compute_baselines
 
 RESULTS = {
     "chance": {"n_images": 600.0, "category_top1": 0.02, "category_top3": 0.06, "attr_top3_all_grouped": 0.25,
@@ -21,7 +20,7 @@ RESULTS = {
 
 
 def test_baseline_table_rows_columns_and_values():
-    table = explore.baseline_table(RESULTS)
+    table = baseline_table(RESULTS)
     assert list(table.index) == ["chance", "class prior", "attribute prior", "attribute prior given the true category",
                                  "geometry only (k-NN on true landmarks, k = 15)", "mean landmark positions"]
     assert list(table.columns) == list(TABLE_COLUMNS.values())
@@ -31,7 +30,7 @@ def test_baseline_table_rows_columns_and_values():
 
 
 def test_one_sentence_per_baseline_computed_from_the_numbers():
-    sentences = explore.baseline_sentences(RESULTS)
+    sentences = baseline_sentences(RESULTS)
     assert len(sentences) == len(RESULTS)
     chance, class_prior, prior, given, geometry, landmarks = sentences
     assert chance.startswith("Chance:") and "6.0% of the 600 test images" in chance and "0.120" in chance
@@ -41,21 +40,21 @@ def test_one_sentence_per_baseline_computed_from_the_numbers():
     assert "0.680" in given and "0.410" in given and "+0.300" in given  # recall, mAP, gain over the prior
     assert "15 training images" in geometry and "0.550" in geometry and "+0.250" in geometry
     assert "0.176" in landmarks
-    above = explore.baseline_sentences({**RESULTS, "attribute_prior": {**RESULTS["attribute_prior"],
+    above = baseline_sentences({**RESULTS, "attribute_prior": {**RESULTS["attribute_prior"],
                                                                        "attr_map_all": 0.2}})[2]
     assert "0.200" in above and "above" in above
     # a tree without val has no geometry-only baseline: the others still get their sentence
     without = {k: v for k, v in RESULTS.items() if k != "geometry_knn"}
-    assert [s.split(":")[0] for s in explore.baseline_sentences(without)] == [
+    assert [s.split(":")[0] for s in baseline_sentences(without)] == [
         "Chance", "Class prior", "Attribute prior", "Attribute prior given the true category",
         "Mean landmark positions"]
 
 
 def test_table_and_sentences_of_computed_baselines(synth_root):
     results = compute_baselines(synth_root, "test")
-    table = explore.baseline_table(results)
-    assert len(table) == len(results) == len(explore.baseline_sentences(results))
+    table = baseline_table(results)
+    assert len(table) == len(results) == len(baseline_sentences(results))
     k = int(results["geometry_knn"]["knn_k"])
     assert table.at[f"geometry only (k-NN on true landmarks, k = {k})", "cat@3"] == \
         pytest.approx(results["geometry_knn"]["category_top3"])
-    assert f"{results['class_prior']['category_top3']:.3f}" in explore.baseline_sentences(results)[1]
+    assert f"{results['class_prior']['category_top3']:.3f}" in baseline_sentences(results)[1]

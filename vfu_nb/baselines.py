@@ -15,6 +15,9 @@ put baselines next to models:
   neighbours' category vote fractions and mean attribute labels.
 * ``mean_landmarks`` -- every image gets the per-slot mean of the visible training landmarks -> landmark NE.
 
+Readable: :func:`baseline_table` (a frame, one row per baseline) and :func:`baseline_sentences` (one sentence
+per baseline, every number taken from the results).
+
 ``python -m vfu_nb.baselines --data-root DIR [--split test] [--json FILE]`` prints them as a table.
 """
 
@@ -27,8 +30,10 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
+import pandas as pd
 import torch
 
+from vfu_nb.conventions import baseline_label
 from vfu_nb.data.annotations import SLOTS_BY_CLOTHES_TYPE, Annotations
 from vfu_nb.metrics import (
     ATTRIBUTE_TYPE_NAMES, MAP_GROUPS, attribute_recalls, average_precision, category_metrics, jsonable,
@@ -340,6 +345,65 @@ def format_table(results: dict, columns: dict = TABLE_COLUMNS) -> str:
         cells = [metrics.get(key, float("nan")) for key in columns]
         lines.append(f"{name:<{width}}" + "".join(f"{'-':>11}" if math.isnan(v) else f"{v:>11.4f}" for v in cells))
     return "\n".join(lines)
+
+
+def baseline_table(results) -> pd.DataFrame:
+    """Baselines (``{name: flat metrics}`` of :func:`compute_baselines`) as rows, the key metrics of
+    :data:`TABLE_COLUMNS` as columns (nan where a baseline has no such number)."""
+    rows = {baseline_label(name, m): {label: m.get(key, np.nan) for key, label in TABLE_COLUMNS.items()}
+            for name, m in results.items()}
+    frame = pd.DataFrame.from_dict(rows, orient="index").astype(float)
+    frame.index.name = "baseline"
+    return frame
+
+
+def _times(value: float, reference: float) -> str:
+    return f"{value / reference:.1f} times" if reference > 0 else "n/a"
+
+
+def _than(value: float, reference: float) -> str:
+    return "above" if value > reference else "below" if value < reference else "equal to"
+
+
+def baseline_sentences(results) -> list:
+    """One plain sentence per baseline in ``results`` (:func:`compute_baselines`), every number taken from
+    ``results``."""
+    chance = results.get("chance", {})
+    prior = results.get("attribute_prior", {})
+    class_prior = results.get("class_prior", {})
+    nan = float("nan")
+    out = []
+    for name, m in results.items():
+        c3, r3, mean_ap = m.get("category_top3", nan), m.get("attr_top3_all_grouped", nan), m.get("attr_map_all", nan)
+        if name == "chance":
+            out.append(f"Chance: random scores put the true category among the top 3 for {c3:.1%} of the "
+                       f"{m['n_images']:.0f} test images, find {r3:.1%} of the positive attributes in the top 3 of "
+                       f"their type and reach an attribute mAP of {mean_ap:.3f} (exact expectations, nothing sampled).")
+        elif name == "class_prior":
+            out.append(f"Class prior: always answering the three most frequent training categories gives a top-3 "
+                       f"accuracy of {c3:.3f}, {_times(c3, chance.get('category_top3', nan))} chance.")
+        elif name == "attribute_prior":
+            out.append(f"Attribute prior: ranking the attributes by their training frequency, the same for every "
+                       f"image, finds {r3:.1%} of the positives in the top 3 "
+                       f"({_times(r3, chance.get('attr_top3_all_grouped', nan))} chance), but its mAP of "
+                       f"{mean_ap:.3f} is {_than(mean_ap, chance.get('attr_map_all', nan))} chance's "
+                       f"{chance.get('attr_map_all', nan):.3f}: scores that are the same for every image cannot rank "
+                       f"images, which is what mAP measures.")
+        elif name == "attribute_prior_given_category":
+            out.append(f"Attribute prior given the true category: knowing only the category gives a top-3 recall of "
+                       f"{r3:.3f} and an mAP of {mean_ap:.3f} ({mean_ap - prior.get('attr_map_all', nan):+.3f} over "
+                       f"the attribute prior); an attribute model has to beat this to show it sees more than the "
+                       f"category.")
+        elif name == "geometry_knn":
+            out.append(f"Geometry only: the {m.get('knn_k', nan):.0f} training images nearest in true-landmark "
+                       f"geometry (k chosen on val) give a top-3 category accuracy of {c3:.3f} "
+                       f"({c3 - class_prior.get('category_top3', nan):+.3f} over the class prior) and an attribute "
+                       f"mAP of {mean_ap:.3f}: this much is in the garment's outline alone.")
+        elif name == "mean_landmarks":
+            out.append(f"Mean landmark positions: putting every landmark at its mean training position (in box "
+                       f"units) gives a normalised error of {m.get('landmark_ne_mean', nan):.3f}; a landmark branch "
+                       f"has to get below it.")
+    return out
 
 
 def main(argv=None) -> None:

@@ -4,6 +4,7 @@
   the left/right pairs, the slots each clothes type fills, one colour per slot and the visibility codes.
 * Labels: clothes types, attribute types (``Anno/list_attr_cloth.txt``), splits, the training loss terms.
 * Figures: a colour per model, a readable label per metric.
+* Baselines: a readable name per baseline and the baselines each metric is compared with.
 * The thesis' numbers and the published DeepFashion-C numbers, each with its source.
 
 Coordinates: landmarks are in crop units, u = x / crop width and v = y / crop height (0..1); a crop unit u sits at
@@ -13,6 +14,8 @@ No imports beyond the standard library: every module (data, metrics, plots, widg
 """
 
 from __future__ import annotations
+
+import math
 
 # ----------------------------------------------------------------------------------------------------------
 # Landmarks
@@ -77,6 +80,40 @@ def model_color(model: str) -> str:
 def metric_label(metric: str) -> str:
     """A readable name of a metric key (the key itself when it has none)."""
     return METRIC_LABELS.get(metric, metric)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Baselines (vfu_nb.baselines): their readable names and the ones each metric is compared with
+
+#: Readable names of the baselines of :mod:`vfu_nb.baselines`.
+BASELINE_LABELS = {
+    "chance": "chance",
+    "class_prior": "class prior",
+    "attribute_prior": "attribute prior",
+    "attribute_prior_given_category": "attribute prior given the true category",
+    "geometry_knn": "geometry only (k-NN on true landmarks)",
+    "mean_landmarks": "mean landmark positions",
+}
+#: The baselines each kind of metric (by key prefix) is compared with, in figures and sentences: the ones a model
+#: has to beat to mean something.
+REFERENCE_BASELINES = {"category_top": ("class_prior", "geometry_knn"),
+                       "attr_": ("attribute_prior_given_category",),
+                       "landmark_ne": ("mean_landmarks",)}
+
+
+def baseline_label(name: str, metrics=None) -> str:
+    """A readable name of baseline ``name``; the geometry-only k-NN names its k when ``metrics`` has ``knn_k``."""
+    text = BASELINE_LABELS.get(name, name.replace("_", " "))
+    k = (metrics or {}).get("knn_k")
+    k = float("nan") if k is None else float(k)
+    if name == "geometry_knn" and math.isfinite(k):
+        text = text[:-1] + f", k = {int(k)})"
+    return text
+
+
+def reference_baselines(metric: str) -> tuple:
+    """The baselines compared with ``metric`` (:data:`REFERENCE_BASELINES`; none for other metrics)."""
+    return next((names for prefix, names in REFERENCE_BASELINES.items() if metric.startswith(prefix)), ())
 
 
 # ----------------------------------------------------------------------------------------------------------

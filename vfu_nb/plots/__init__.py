@@ -1,9 +1,13 @@
 """Figures for the notebooks, one module per chapter of the series, and the one way to save them.
 
+These modules draw; the numbers, tables and sentences beside the figures come from the modules that compute them
+(:mod:`vfu_nb.history`, :mod:`vfu_nb.comparison`, :mod:`vfu_nb.class_metrics`, :mod:`vfu_nb.maps`,
+:mod:`vfu_nb.data.summary`, :mod:`vfu_nb.baselines`).
+
 =========================  ========================================================================
 module                     notebook
 =========================  ========================================================================
-``plots.explore``          01_explore_data: splits, categories, attributes, landmark visibility
+``plots.explore``          01_explore_data: categories, attributes, landmark visibility, samples
 ``plots.curves``           02_train: training curves of one run (thesis 3.2.1, 3.2.2)
 ``plots.compare``          03_compare_mtl_cat: MTL versus CAT, Table 3.2 (thesis 3.3, 3.5)
 ``plots.attention``        04_attention_maps: heat maps and attention over test images

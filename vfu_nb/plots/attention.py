@@ -1,18 +1,14 @@
-"""Landmark heat maps and attention maps over test images (notebook 05; thesis section 3.2.1, Figure 3.2).
+"""Landmark heat maps and attention maps over test images (notebook 04; thesis section 3.2.1, Figure 3.2).
 
 The MTL network predicts 8 landmark heat maps at input resolution, average-pools them to the conv4_3 grid,
 and turns them, together with the conv4_3 features F, into an attention tensor A (tanh, one value per channel
-and cell); the categorization branch sees (1 + A) * F. This module draws those maps over the input crops:
+and cell); the categorization branch sees (1 + A) * F. This module draws those maps over the input crops, each
+reduced to one grid by :mod:`vfu_nb.maps` (heat maps: max over landmarks; attention: mean over channels; feature
+energy for models without attention, such as CAT):
 
-* :func:`heatmap_strength` -- the 8 raw heat maps, clipped to [0, 1] (targets peak at 1), max over landmarks;
-* :func:`attention_strength` -- mean of A over channels (positive: features amplified, negative: damped); for
-  ``mtl_pool``, whose ``attention`` is a display map of its 8 pooling windows, the max over the windows;
-* :func:`feature_energy` -- mean |F| over channels, for models without attention (CAT), so the same images can be
-  compared;
-* :func:`select_cases` -- best and worst test images by the probability of the true category or by landmark
-  error;
-* :func:`plot_cases` -- one row per image: the crop with true (o) and predicted (+) landmarks, the heat maps, the
-  attention (or feature energy) map.
+* :func:`plot_cases` -- one row per image (chosen with :func:`vfu_nb.training.runs.select_cases`): the crop with
+  true (o) and predicted (+) landmarks, the heat maps, the attention (or feature energy) map;
+* :func:`side_by_side` -- the same images under several models.
 
 Pixel convention (:mod:`vfu_nb.conventions`): crop unit u sits at continuous pixel position u*S; matplotlib's
 ``imshow`` puts pixel i's centre at i, so a point is drawn at u*S - 0.5. Colour maps: magma for heat maps, viridis
@@ -28,47 +24,10 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from vfu_nb.conventions import LANDMARK_COLORS
+from vfu_nb.maps import attention_strength, feature_energy, heatmap_strength
 from vfu_nb.plots.draw import draw_overlay
-from vfu_nb.training.runs import landmark_errors
 
 HEATMAP_CMAP, FEATURE_CMAP, ATTENTION_CMAP = "magma", "viridis", "coolwarm"
-
-
-def select_cases(predictions, by: str = "category_confidence", n: int = 4) -> dict:
-    """Dataset positions of the ``n`` best and ``n`` worst images.
-
-    ``by="category_confidence"``: softmax probability of the true category (best = highest).
-    ``by="landmark_error"``: :func:`vfu_nb.training.runs.landmark_errors` (best = lowest; images without visible
-    landmarks are left out). Ties keep data-set order. Returns ``{"best": [...], "worst": [...], "values": array}``.
-    """
-    if by == "category_confidence":
-        values = predictions.category_prob
-        order = np.argsort(-values, kind="stable")
-    elif by == "landmark_error":
-        values = landmark_errors(predictions.landmarks_pred, predictions.landmarks, predictions.visibility)
-        order = np.argsort(values, kind="stable")          # nan last
-    else:
-        raise ValueError("by must be 'category_confidence' or 'landmark_error'")
-    order = [int(i) for i in order if np.isfinite(values[i])]
-    n = min(n, len(order))
-    return {"best": order[:n], "worst": order[::-1][:n], "values": values}
-
-
-def heatmap_strength(heatmaps: np.ndarray) -> np.ndarray:
-    """(8, S, S) raw heat maps -> (S, S): max over landmarks of the maps clipped to [0, 1]."""
-    return np.clip(np.asarray(heatmaps, dtype=float), 0, 1).max(axis=0)
-
-
-def attention_strength(attention: np.ndarray, num_landmarks: int = 8) -> np.ndarray:
-    """(C, h, w) attention -> (h, w): the channel mean of A; max over channels for an 8-window map (mtl_pool)."""
-    a = np.asarray(attention, dtype=float)
-    return a.max(axis=0) if a.shape[0] == num_landmarks else a.mean(axis=0)
-
-
-def feature_energy(features: np.ndarray) -> np.ndarray:
-    """(C, h, w) conv4_3 features -> (h, w) mean |F| over channels, scaled to [0, 1]."""
-    e = np.abs(np.asarray(features, dtype=float)).mean(axis=0)
-    return e / e.max() if e.max() > 0 else e
 
 
 def _draw_points(ax, predictions, pos: int, size: int) -> None:

@@ -1,87 +1,28 @@
-"""MTL versus CAT (thesis sections 3.3 and 3.5): curves, relative improvements, Table 3.2, per-class views.
+"""MTL versus CAT figures (thesis sections 3.3 and 3.5): metric curves of both models and per-class views.
 
 * :func:`plot_metric_curves` -- thesis figures 3.11 (top-3 category accuracy per epoch, both models) and 3.12
   (top-3 texture recall per epoch).
-* :func:`improvement_table` -- the "+53% category accuracy, +149% attribute recall" computation of section 3.3
-  redone on our runs: relative improvement = (MTL - CAT) / CAT of the best-epoch values. The thesis took each
-  model's best **test** epoch per metric (0.8605 at epoch 3 vs 0.5621 at epoch 4; texture 0.5287 vs 0.2124).
-  We select the epoch on **val** (top-3 category accuracy) and report test values there (``select="val"``);
-  ``select="best"`` reproduces the thesis' rule.
-* :func:`table_3_2`, :func:`attribute_table` -- our top-3 category accuracy and attribute mAP beside the
-  baselines of the same data and the published numbers (:data:`vfu_nb.conventions.PUBLISHED_CATEGORY_TOP3`, each
-  with its paper); top-3 recall and mAP per attribute type likewise.
-* :func:`plot_confusion`, :func:`per_attribute_recall`, :func:`per_attribute_ap` -- need predictions of the best
-  checkpoint on the test split (:func:`vfu_nb.training.runs.predict`).
+* :func:`plot_confusion`, :func:`plot_per_attribute_recall`, :func:`plot_per_attribute_ap`,
+  :func:`plot_per_attribute` -- need predictions of the best checkpoint on the test split
+  (:func:`vfu_nb.training.runs.predict`) and the per-attribute frames of :mod:`vfu_nb.class_metrics`.
 
 Baselines (``{name: flat metrics}`` of :func:`vfu_nb.baselines.compute_baselines`) are an optional argument of the
-curves, the tables and :func:`baseline_sentence`; curves draw them as in :mod:`vfu_nb.plots.curves`.
-
-Every sentence these helpers write is computed from the numbers they are given; none is fixed text about the
-outcome.
+curves, drawn as in :mod:`vfu_nb.plots.curves`. The tables and sentences of the comparison are in
+:mod:`vfu_nb.comparison`.
 """
 
 from __future__ import annotations
 
-import math
 from typing import Mapping, Optional, Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from vfu_nb.conventions import (
-    ATTRIBUTE_TYPE_COLORS, ATTRIBUTE_TYPE_NAMES, ATTRIBUTE_TYPES, LOWER_IS_BETTER,
-    PUBLISHED_ATTRIBUTE_TOP3, PUBLISHED_CATEGORY_TOP3, THESIS_IMPROVEMENTS, metric_label, model_color,
-)
-from vfu_nb.metrics import MAP_GROUPS, average_precision
-from vfu_nb.plots.curves import (
-    baseline_label, best_epoch_value, best_val_epoch, epoch_frame, load_history, reference_baselines,
-    reference_lines,
-)
-
-#: Baseline rows of Table 3.2 and of the attribute table, in order (those a baseline dict lacks are left out).
-CATEGORY_TABLE_BASELINES = ("geometry_knn", "class_prior", "attribute_prior_given_category", "chance")
-ATTRIBUTE_TABLE_BASELINES = ("attribute_prior_given_category", "geometry_knn", "attribute_prior", "chance")
-
-# ----------------------------------------------------------------------------------------------------------
-# Relative improvements
-
-
-def relative_improvement(new: float, base: float) -> float:
-    """(new - base) / base; nan when either is missing or base is 0."""
-    if new is None or base is None or not (math.isfinite(new) and math.isfinite(base)) or base == 0:
-        return float("nan")
-    return (new - base) / base
-
-
-def improvement_table(mtl, cat, metrics: Sequence[str] = ("category_top3", "attr_top3_texture",
-                                                           "attr_top3_all_grouped"),
-                      select: str = "val", split: str = "test") -> pd.DataFrame:
-    """MTL vs CAT at their best epochs, with the thesis' numbers beside ours.
-
-    ``mtl``, ``cat``: histories (dicts or run directories). ``select="val"``: each model's epoch with the best val
-    top-3 category accuracy (ours); ``select="best"``: each model's best ``split`` epoch for each metric (the
-    thesis' rule). Columns: ``MTL, MTL epoch, CAT, CAT epoch, difference, relative`` and, for the two metrics the
-    thesis compares, ``thesis MTL, thesis CAT, thesis relative``.
-    """
-    rows = []
-    for metric in metrics:
-        lower = metric in LOWER_IS_BETTER
-        em, vm = best_epoch_value(mtl, metric, split, select, higher_is_better=not lower)
-        ec, vc = best_epoch_value(cat, metric, split, select, higher_is_better=not lower)
-        row = {"metric": metric_label(metric), "MTL": vm, "MTL epoch": em, "CAT": vc, "CAT epoch": ec,
-               "difference": vm - vc, "relative": relative_improvement(vm, vc)}
-        th = THESIS_IMPROVEMENTS.get(metric)
-        row["thesis MTL"] = th["mtl"] if th else float("nan")
-        row["thesis CAT"] = th["cat"] if th else float("nan")
-        row["thesis relative"] = relative_improvement(th["mtl"], th["cat"]) if th else float("nan")
-        rows.append(row)
-    return pd.DataFrame(rows).set_index("metric")
-
-
-def format_relative(x: float) -> str:
-    return "n/a" if x is None or not math.isfinite(x) else f"{x:+.0%}"
-
+from vfu_nb.class_metrics import ap_differences, confusion_matrix
+from vfu_nb.conventions import ATTRIBUTE_TYPES, ATTRIBUTE_TYPE_COLORS, metric_label, model_color
+from vfu_nb.history import best_val_epoch, epoch_frame, load_history
+from vfu_nb.plots.curves import reference_lines
 
 # ----------------------------------------------------------------------------------------------------------
 # Curves (thesis figures 3.11, 3.12)
@@ -124,70 +65,7 @@ def plot_metric_curves(histories: Mapping[str, object], metric: str = "category_
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Table 3.2
-
-
-def _baseline_rows(baselines, names: Sequence[str]) -> list:
-    """(row label, metrics) of the baselines among ``names`` that ``baselines`` has."""
-    return [(f"baseline: {baseline_label(n, baselines[n])}", baselines[n]) for n in names if (baselines or {}).get(n)]
-
-
-def table_3_2(ours: Mapping[str, Mapping], data: str = "this run's data", published=PUBLISHED_CATEGORY_TOP3,
-              key: str = "category_top3", baselines=None) -> pd.DataFrame:
-    """Our top-3 category accuracy and attribute mAP (``{label: test metrics at the best val epoch}``), the
-    ``baselines`` of the same data, then the published numbers.
-
-    Columns: ``top-3 category accuracy, attribute mAP, data, epoch selection, source``. Convention:
-    :data:`vfu_nb.conventions.CATEGORY_CONVENTION`. Published rows are on DeepFashion-C (no published mAP); ours and
-    the baselines are on ``data`` (not comparable with them when that is the synthetic set). A baseline is fitted
-    on the train split and evaluated on every test image of the tree (``n_images``).
-    """
-    rows = []
-    for label, metrics in ours.items():
-        rows.append({"method": f"ours: {label}", "top-3 category accuracy": _get(metrics, key),
-                     "attribute mAP": _get(metrics, "attr_map_all"), "data": data,
-                     "epoch selection": "best val epoch, reported on test", "source": "this notebook"})
-    for label, metrics in _baseline_rows(baselines, CATEGORY_TABLE_BASELINES):
-        rows.append({"method": label, "top-3 category accuracy": _get(metrics, key),
-                     "attribute mAP": _get(metrics, "attr_map_all"), "data": data,
-                     "epoch selection": f"none: fitted on train, all {_get(metrics, 'n_images'):.0f} test images",
-                     "source": "vfu_nb.baselines"})
-    for p in published:
-        rows.append({"method": p["method"], "top-3 category accuracy": p["top3"], "attribute mAP": float("nan"),
-                     "data": "DeepFashion-C test", "epoch selection": p["selection"], "source": p["source"]})
-    return pd.DataFrame(rows).set_index("method")
-
-
-def attribute_table(ours: Mapping[str, Mapping], published: Mapping[str, Mapping] = PUBLISHED_ATTRIBUTE_TOP3,
-                    k: int = 3, baselines=None) -> pd.DataFrame:
-    """Top-k recall per attribute type (columns named by type) and attribute mAP per type and over all
-    attributes (``mAP <type>``, ``mAP all``): our rows (``{label: test metrics}``), the ``baselines``, then the
-    published ones (no published mAP; nan where a paper gives no number)."""
-    def row(m):
-        return {**{t: _get(m, f"attr_top{k}_{t}") for t in ATTRIBUTE_TYPES},
-                **{f"mAP {g}": _get(m, f"attr_map_{g}") for g in MAP_GROUPS}}
-
-    rows = {f"ours: {label}": row(m) for label, m in ours.items()}
-    rows.update({label: row(m) for label, m in _baseline_rows(baselines, ATTRIBUTE_TABLE_BASELINES)})
-    rows.update({name: row({f"attr_top{k}_{t}": v for t, v in vals.items()}) for name, vals in published.items()})
-    return pd.DataFrame.from_dict(rows, orient="index")
-
-
-def _get(m: Optional[Mapping], key: str) -> float:
-    v = (m or {}).get(key)
-    return float("nan") if v is None else float(v)
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Per-class views (need predictions: vfu_nb.training.runs.predict)
-
-
-def confusion_matrix(true, pred, num_classes: int) -> np.ndarray:
-    """Counts ``cm[t, p]`` of images of true class t predicted as p (top-1)."""
-    true = np.asarray(true, dtype=np.int64)
-    pred = np.asarray(pred, dtype=np.int64)
-    return np.bincount(true * num_classes + pred, minlength=num_classes * num_classes).reshape(num_classes,
-                                                                                               num_classes)
+# Per-class views (need predictions: vfu_nb.training.runs.predict; frames of vfu_nb.class_metrics)
 
 
 def plot_confusion(predictions, category_names: Sequence[str], normalize: bool = True, ax=None, title: str = ""):
@@ -220,31 +98,6 @@ def plot_confusion(predictions, category_names: Sequence[str], normalize: bool =
     return ax.figure
 
 
-def per_attribute_recall(predictions, attribute_names: Sequence[str], k: int = 3) -> pd.DataFrame:
-    """Top-k recall of every attribute, the top-k taken within its type (A1-group convention).
-
-    Columns: ``attribute, type, positives, hits, recall``. Summing ``hits`` and ``positives`` over a type gives
-    exactly that type's ``attr_top{k}_<type>`` metric. Attributes without positives have recall nan.
-    """
-    scores, labels = predictions.attribute_scores, predictions.attributes == 1
-    types = np.asarray(predictions.attribute_types)
-    hits = np.zeros(scores.shape[1], dtype=np.int64)
-    for t in ATTRIBUTE_TYPE_NAMES:
-        cols = np.flatnonzero(types == t)
-        if cols.size == 0 or not len(scores):
-            continue
-        top = np.argsort(-scores[:, cols], axis=1, kind="stable")[:, :k]
-        chosen = np.zeros((len(scores), cols.size), dtype=bool)
-        np.put_along_axis(chosen, top, True, axis=1)
-        hits[cols] = (chosen & labels[:, cols]).sum(axis=0)
-    positives = labels.sum(axis=0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        recall = np.where(positives > 0, hits / np.maximum(positives, 1), np.nan)
-    return pd.DataFrame({"attribute": list(attribute_names), "type": [ATTRIBUTE_TYPE_NAMES.get(int(t), "?")
-                                                                       for t in types],
-                         "positives": positives, "hits": hits, "recall": recall})
-
-
 def plot_per_attribute_recall(frames: Mapping[str, pd.DataFrame], top: int = 25, ax=None):
     """Grouped bars of per-attribute recall for the ``top`` most frequent attributes (``{label: frame}``)."""
     labels = list(frames)
@@ -268,36 +121,11 @@ def plot_per_attribute_recall(frames: Mapping[str, pd.DataFrame], top: int = 25,
     return ax.figure
 
 
-def per_attribute_ap(predictions, attribute_names: Sequence[str]) -> pd.DataFrame:
-    """Average precision of every attribute over the split (:func:`vfu_nb.metrics.average_precision`, unknown
-    labels left out): columns ``attribute, type, positives, ap`` (nan without a known positive). The mean of
-    ``ap`` per type and overall (nan left out) is the run's ``attr_map_<type>`` and ``attr_map_all``."""
-    labels = predictions.attributes == 1
-    known = getattr(predictions, "attributes_known", None)
-    known = np.ones_like(labels) if known is None else np.asarray(known, dtype=bool)
-    ap = average_precision(predictions.attribute_scores, labels, known)
-    types = np.asarray(predictions.attribute_types)
-    return pd.DataFrame({"attribute": list(attribute_names),
-                         "type": [ATTRIBUTE_TYPE_NAMES.get(int(t), "?") for t in types],
-                         "positives": (labels & known).sum(axis=0), "ap": ap})
-
-
-def ap_differences(frames: Mapping[str, pd.DataFrame], top: int = 10) -> pd.DataFrame:
-    """The ``top`` attributes whose AP differs most between the two runs of ``frames`` (``{label: frame of
-    per_attribute_ap}``, first minus second), largest absolute difference first."""
-    (a, fa), (b, fb) = frames.items()
-    joined = fa.merge(fb[["attribute", "ap"]], on="attribute", suffixes=(f" {a}", f" {b}"))
-    joined = joined.rename(columns={f"ap {a}": f"{a.upper()} AP", f"ap {b}": f"{b.upper()} AP"})
-    joined["difference"] = joined[f"{a.upper()} AP"] - joined[f"{b.upper()} AP"]
-    joined = joined[np.isfinite(joined["difference"])]
-    order = joined["difference"].abs().sort_values(ascending=False, kind="stable").index
-    return joined.loc[order].head(top).set_index("attribute")
-
-
 def plot_per_attribute_ap(frames: Mapping[str, pd.DataFrame], annotate: int = 5, ax=None):
-    """Per-attribute AP of two runs against each other (``{label: frame of per_attribute_ap}``: the first on
-    the y axis), one dot per attribute coloured by type, the diagonal, and the ``annotate`` attributes with
-    the largest difference named. The title counts the attributes above the diagonal."""
+    """Per-attribute AP of two runs against each other (``{label: frame}`` of
+    :func:`vfu_nb.class_metrics.per_attribute_ap`: the first on the y axis), one dot per attribute coloured by
+    type, the diagonal, and the ``annotate`` attributes with the largest difference named. The title counts the
+    attributes above the diagonal."""
     (a, fa), (b, fb) = frames.items()
     both = fa.merge(fb[["attribute", "ap"]], on="attribute", suffixes=("_y", "_x"))
     both = both[np.isfinite(both["ap_y"]) & np.isfinite(both["ap_x"])]
@@ -331,55 +159,3 @@ def plot_per_attribute(recall_frames: Mapping[str, pd.DataFrame], ap_frames: Map
     plot_per_attribute_recall(recall_frames, top, ax=left)
     plot_per_attribute_ap(ap_frames, ax=right)
     return fig
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Sentences computed from numbers
-
-
-def comparison_sentence(mtl: float, cat: float, what: str = "top-3 category accuracy", data: str = "this data",
-                        higher_is_better: bool = True) -> str:
-    """'On <data> MTL's <what> is X vs CAT's Y (difference Z, relative R): <who> is better / they tie.'"""
-    if mtl is None or cat is None or not (math.isfinite(mtl) and math.isfinite(cat)):
-        return f"On {data} the {what} of MTL or CAT is missing; no comparison."
-    diff = mtl - cat
-    if diff == 0:
-        verdict = "they tie"
-    else:
-        better = "MTL" if (diff > 0) == higher_is_better else "CAT"
-        verdict = f"{better} is better on this single run (one seed: no interval, see notebook 05)"
-    return (f"On {data} MTL's {what} is {mtl:.4f} vs CAT's {cat:.4f} (difference {diff:+.4f}, relative "
-            f"{format_relative(relative_improvement(mtl, cat))}); {verdict}.")
-
-
-def _who_beats(beat: Sequence[str], labels: Sequence[str]) -> str:
-    if len(labels) == 1:
-        return f"{labels[0]} {'beats' if beat else 'does not beat'} it"
-    if not beat:
-        return "neither beats it" if len(labels) == 2 else "none beats it"
-    if len(beat) == len(labels):
-        return "both beat it" if len(labels) == 2 else "all beat it"
-    return f"only {' and '.join(beat)} beat{'s' if len(beat) == 1 else ''} it"
-
-
-def baseline_sentence(values: Mapping[str, float], baselines, metric: str = "category_top3",
-                      names: Optional[Sequence[str]] = None) -> str:
-    """Where runs (``{label: value}``) stand against the baselines of ``metric`` (default
-    :func:`vfu_nb.plots.curves.reference_baselines`): 'Top-3 category accuracy: MTL 0.6000, CAT 0.5000; against
-    the baselines of the same data, class prior 0.2967 (both beat it); geometry only (...) 0.5567 (only MTL beats
-    it) (one run per model: ...).' Lower is better for the landmark error."""
-    lower = metric in LOWER_IS_BETTER
-    what = metric_label(metric)
-    parts = []
-    for name in (names if names is not None else reference_baselines(metric)):
-        ref = _get((baselines or {}).get(name), metric)
-        if not math.isfinite(ref):
-            continue
-        beat = [label for label, v in values.items()
-                if v is not None and math.isfinite(v) and (v < ref if lower else v > ref)]
-        parts.append(f"{baseline_label(name, baselines[name])} {ref:.4f} ({_who_beats(beat, list(values))})")
-    if not parts:
-        return f"No baseline of the {what} to compare with."
-    ours = ", ".join(f"{label} {_get(values, label):.4f}" for label in values)
-    return (f"{what[0].upper()}{what[1:]}: {ours}; against the baselines of the same data, {'; '.join(parts)} "
-            f"(one run per model: no interval, see notebook 05 for the seeds).")

@@ -1,53 +1,17 @@
-"""Summaries and figures of a DeepFashion-C tree (notebook 01): splits, categories, attributes, landmarks."""
+"""Figures of a DeepFashion-C tree (notebook 01): categories, attributes, landmark visibility, samples with their
+boxes and landmarks. The tables and numbers they draw are computed by :mod:`vfu_nb.data.summary`."""
 
 from __future__ import annotations
 
 import matplotlib.pyplot as plt
 import numpy as np
-import pandas as pd
 from matplotlib import patches
 
-from vfu_nb.conventions import (
-    ATTRIBUTE_TYPE_COLORS, ATTRIBUTE_TYPE_NAMES, CLOTHES_TYPE_NAMES, LANDMARK_COLORS, LANDMARK_NAMES, SPLITS,
-    VISIBILITY_MARKERS, VISIBILITY_NAMES,
-)
+from vfu_nb.conventions import ATTRIBUTE_TYPE_COLORS, ATTRIBUTE_TYPE_NAMES, LANDMARK_COLORS, VISIBILITY_MARKERS
 from vfu_nb.data.annotations import Annotations
 from vfu_nb.data.crops import crop_window, load_rgb
+from vfu_nb.data.summary import attribute_table, category_table, visibility_table
 from vfu_nb.plots.draw import box_patch, landmark_handles
-
-
-def split_table(ann: Annotations) -> pd.DataFrame:
-    """Images per split and clothes type."""
-    df = pd.DataFrame({"split": ann.split, "clothes type": [CLOTHES_TYPE_NAMES[t] for t in ann.clothes_type]})
-    table = pd.crosstab(df["split"], df["clothes type"], margins=True, margins_name="total")
-    return table.reindex(list(SPLITS) + ["total"])
-
-
-def category_table(ann: Annotations) -> pd.DataFrame:
-    """Images per category and split, all 50 categories (empty ones included), largest first."""
-    counts = {s: np.bincount(ann.category[ann.split == s], minlength=len(ann.category_names)) for s in SPLITS}
-    df = pd.DataFrame(counts, index=ann.category_names)
-    df["type"] = [CLOTHES_TYPE_NAMES[t] for t in ann.category_types]
-    df["total"] = df[list(SPLITS)].sum(axis=1)
-    return df.sort_values("total", ascending=False)
-
-
-def attribute_table(ann: Annotations) -> pd.DataFrame:
-    """Positive count and frequency of every attribute, with its type."""
-    positives = (ann.attributes == 1).sum(axis=0)
-    return pd.DataFrame({
-        "attribute": ann.attribute_names,
-        "type": [ATTRIBUTE_TYPE_NAMES[t] for t in ann.attribute_types],
-        "positives": positives,
-        "frequency": positives / max(1, len(ann)),
-    }).sort_values("positives", ascending=False, ignore_index=True)
-
-
-def visibility_table(ann: Annotations) -> pd.DataFrame:
-    """Counts of each visibility code per landmark slot."""
-    rows = {name: [(ann.landmark_visibility[:, s] == v).sum() for v in VISIBILITY_NAMES]
-            for s, name in enumerate(LANDMARK_NAMES)}
-    return pd.DataFrame.from_dict(rows, orient="index", columns=list(VISIBILITY_NAMES.values()))
 
 
 def plot_categories(ann: Annotations, ax=None):
@@ -143,84 +107,3 @@ def pick_samples(ann: Annotations, n: int, seed: int = 0, split: str | None = No
     picked = [r for group in zip(*[np.resize(g, n) if len(g) else np.full(n, -1) for g in by_type])
               for r in group if r >= 0]
     return np.array(list(dict.fromkeys(picked))[:n])
-
-
-def summary(ann: Annotations) -> dict:
-    """Plain numbers about the tree, for ``metrics.json``."""
-    positives = (ann.attributes == 1).sum(axis=1)
-    return {
-        "images": int(len(ann)),
-        "images_per_split": {s: int((ann.split == s).sum()) for s in SPLITS},
-        "categories": len(ann.category_names),
-        "categories_used": int((np.bincount(ann.category, minlength=len(ann.category_names)) > 0).sum()),
-        "attributes": len(ann.attribute_names),
-        "positive_attributes_per_image": round(float(positives.mean()), 3),
-        "visibility_fraction": {VISIBILITY_NAMES[v]: round(float((ann.landmark_visibility == v).mean()), 4)
-                                for v in (0, 1, 2)},
-    }
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Baselines (vfu_nb.baselines): what chance, priors and geometry alone achieve on this tree
-
-
-def baseline_table(results) -> pd.DataFrame:
-    """Baselines (``{name: flat metrics}`` of :func:`vfu_nb.baselines.compute_baselines`) as rows, the key
-    metrics of :data:`vfu_nb.baselines.TABLE_COLUMNS` as columns (nan where a baseline has no such number)."""
-    from vfu_nb.baselines import TABLE_COLUMNS
-    from vfu_nb.plots.curves import baseline_label
-
-    rows = {baseline_label(name, m): {label: m.get(key, np.nan) for key, label in TABLE_COLUMNS.items()}
-            for name, m in results.items()}
-    frame = pd.DataFrame.from_dict(rows, orient="index").astype(float)
-    frame.index.name = "baseline"
-    return frame
-
-
-def _times(value: float, reference: float) -> str:
-    return f"{value / reference:.1f} times" if reference > 0 else "n/a"
-
-
-def _than(value: float, reference: float) -> str:
-    return "above" if value > reference else "below" if value < reference else "equal to"
-
-
-def baseline_sentences(results) -> list:
-    """One plain sentence per baseline in ``results`` (:func:`vfu_nb.baselines.compute_baselines`), every
-    number taken from ``results``."""
-    chance = results.get("chance", {})
-    prior = results.get("attribute_prior", {})
-    class_prior = results.get("class_prior", {})
-    nan = float("nan")
-    out = []
-    for name, m in results.items():
-        c3, r3, mean_ap = m.get("category_top3", nan), m.get("attr_top3_all_grouped", nan), m.get("attr_map_all", nan)
-        if name == "chance":
-            out.append(f"Chance: random scores put the true category among the top 3 for {c3:.1%} of the "
-                       f"{m['n_images']:.0f} test images, find {r3:.1%} of the positive attributes in the top 3 of "
-                       f"their type and reach an attribute mAP of {mean_ap:.3f} (exact expectations, nothing sampled).")
-        elif name == "class_prior":
-            out.append(f"Class prior: always answering the three most frequent training categories gives a top-3 "
-                       f"accuracy of {c3:.3f}, {_times(c3, chance.get('category_top3', nan))} chance.")
-        elif name == "attribute_prior":
-            out.append(f"Attribute prior: ranking the attributes by their training frequency, the same for every "
-                       f"image, finds {r3:.1%} of the positives in the top 3 "
-                       f"({_times(r3, chance.get('attr_top3_all_grouped', nan))} chance), but its mAP of "
-                       f"{mean_ap:.3f} is {_than(mean_ap, chance.get('attr_map_all', nan))} chance's "
-                       f"{chance.get('attr_map_all', nan):.3f}: scores that are the same for every image cannot rank "
-                       f"images, which is what mAP measures.")
-        elif name == "attribute_prior_given_category":
-            out.append(f"Attribute prior given the true category: knowing only the category gives a top-3 recall of "
-                       f"{r3:.3f} and an mAP of {mean_ap:.3f} ({mean_ap - prior.get('attr_map_all', nan):+.3f} over "
-                       f"the attribute prior); an attribute model has to beat this to show it sees more than the "
-                       f"category.")
-        elif name == "geometry_knn":
-            out.append(f"Geometry only: the {m.get('knn_k', nan):.0f} training images nearest in true-landmark "
-                       f"geometry (k chosen on val) give a top-3 category accuracy of {c3:.3f} "
-                       f"({c3 - class_prior.get('category_top3', nan):+.3f} over the class prior) and an attribute "
-                       f"mAP of {mean_ap:.3f}: this much is in the garment's outline alone.")
-        elif name == "mean_landmarks":
-            out.append(f"Mean landmark positions: putting every landmark at its mean training position (in box "
-                       f"units) gives a normalised error of {m.get('landmark_ne_mean', nan):.3f}; a landmark branch "
-                       f"has to get below it.")
-    return out

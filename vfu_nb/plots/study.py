@@ -18,12 +18,13 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from vfu_nb.study.contrasts import contrast_name
-from vfu_nb.conventions import model_color
+from vfu_nb.conventions import baseline_label, model_color
 from vfu_nb.conventions import metric_label as label
-from vfu_nb.plots.curves import BASELINE_STYLES, baseline_label
+from vfu_nb.plots.curves import BASELINE_STYLES
 
 #: Baselines drawn as reference lines, per metric: every one that makes the study's numbers readable (more than
-#: the training curves show); line styles and names are the training curves' (:mod:`vfu_nb.plots.curves`).
+#: the training curves show); line styles are the training curves' (:mod:`vfu_nb.plots.curves`), names
+#: :func:`vfu_nb.conventions.baseline_label`.
 REFERENCE_LINES = {
     "category_top3": ("chance", "class_prior", "geometry_knn"),
     "category_top1": ("chance", "class_prior", "geometry_knn"),

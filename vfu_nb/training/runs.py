@@ -14,6 +14,7 @@ Notebooks, widgets and the study use this module:
 * :func:`predict` -- outputs over a split with the ground truth beside them, at the precision the run trained
   with; :func:`metrics_tolerance` -- how closely they reproduce ``metrics.json``;
 * :func:`predict_one` -- one image through a model (widgets), :func:`landmark_errors` -- per-image landmark error.
+* :func:`select_cases` -- the best and worst images of a split by category confidence or landmark error.
 
 Relative paths are taken from the repository root (:func:`vfu_nb.paths.resolve`). The data set of a run is
 rebuilt from its ``config.json`` (``data_root``, ``image_size``, ``max_items``, ``data_seed``), so predictions
@@ -416,6 +417,26 @@ def images_of(run_dir, positions: Sequence[int], split: str = "test") -> np.ndar
     """uint8 crops (n, S, S, 3) of dataset positions ``positions`` of the run's ``split`` (for overlays)."""
     ds = dataset_for(run_dir, split)
     return np.stack([ds[int(p)]["image"].permute(1, 2, 0).numpy() for p in positions])
+
+
+def select_cases(predictions, by: str = "category_confidence", n: int = 4) -> dict:
+    """Dataset positions of the ``n`` best and ``n`` worst images.
+
+    ``by="category_confidence"``: softmax probability of the true category (best = highest).
+    ``by="landmark_error"``: :func:`landmark_errors` (best = lowest; images without visible landmarks are left
+    out). Ties keep data-set order. Returns ``{"best": [...], "worst": [...], "values": array}``.
+    """
+    if by == "category_confidence":
+        values = predictions.category_prob
+        order = np.argsort(-values, kind="stable")
+    elif by == "landmark_error":
+        values = landmark_errors(predictions.landmarks_pred, predictions.landmarks, predictions.visibility)
+        order = np.argsort(values, kind="stable")          # nan last
+    else:
+        raise ValueError("by must be 'category_confidence' or 'landmark_error'")
+    order = [int(i) for i in order if np.isfinite(values[i])]
+    n = min(n, len(order))
+    return {"best": order[:n], "worst": order[::-1][:n], "values": values}
 
 
 def data_description(run_dir) -> str:
