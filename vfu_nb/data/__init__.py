@@ -6,5 +6,6 @@
 * :mod:`vfu_nb.data.dataset`: :class:`DeepFashionC`, one split as a torch Dataset (optionally cached).
 * :mod:`vfu_nb.data.augment`: flip and scale/shift jitter of one item or of a batch on its device.
 * :mod:`vfu_nb.data.loader`: :class:`BatchLoader`, whole batches of a cached split with a prefetch thread.
+* :mod:`vfu_nb.data.summary`: what a tree holds (splits, categories, attributes, visibility) as tables and numbers.
 * :mod:`vfu_nb.data.synthetic`: the synthetic benchmark generator (``python -m vfu_nb.data.synthetic``).
 """
