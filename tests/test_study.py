@@ -81,14 +81,14 @@ def test_choose_settings_by_val_and_refuses_unfinished(plan):
     assert [r["converged"] for r in rows] == [True, False, True, True]     # best epoch 9 of 9: not converged
 
 
-def test_pending_trains_seed_runs_of_tuned_models_before_the_remaining_tuning(plan):
+def test_pending_finishes_the_tuning_before_the_seed_runs_of_tuned_models(plan):
     tuning = plan.tuning_specs()
     assert [s.key for s in plans.pending(plan)] == [s.key for s in tuning]      # nothing chosen yet
     for spec, val in zip(tuning[:2], [0.6, 0.7]):                               # mtl's tuning is complete
         export(plan, spec, val=val)
     keys = [s.key for s in plans.pending(plan)]
-    assert keys[:2] == ["default/mtl/vgg16_bn_lr0.0003_f1/seed1", "default/mtl/vgg16_bn_lr0.0003_f1/seed2"]
-    assert keys[2:4] == [s.key for s in tuning[2:]]                            # then cat's tuning
+    assert keys[:2] == [s.key for s in tuning[2:]]                             # cat's tuning first
+    assert keys[2:4] == ["default/mtl/vgg16_bn_lr0.0003_f1/seed1", "default/mtl/vgg16_bn_lr0.0003_f1/seed2"]
     assert [k.split("/")[0] for k in keys[4:]] == ["default", "default", "g1", "g1"]   # curve, then dial
     assert not any("/cat/" in k for k in keys[4:]) and len(keys) == len(set(keys))
 

@@ -15,8 +15,8 @@
 A run is keyed by what varies (``<data>/<model>/<backbone>_lr<lr>_f<fraction>/seed<s>``, :func:`run_key`), so
 the tuning run of the chosen setting is also the seed-0 run of the study, and the 100 % point of the learning
 curve reuses the study's runs. A run is finished once its export exists (:func:`exported`); :func:`pending` lists
-the others in training order: seed runs first (of the models whose tuning is complete), then the remaining
-tuning, then the learning curve and the dial. :func:`config_differences` compares a run's recorded
+the others in training order: the tuning first, then the seed and control runs seed by seed (of the models whose
+tuning is complete), then the learning curve and the dial. :func:`config_differences` compares a run's recorded
 ``config.json`` with what the plan asks for (drift after an edit, reuse of another study's runs).
 """
 
@@ -264,7 +264,7 @@ def choose_settings(plan: Plan, partial: bool = False) -> tuple[dict, list]:
     return {m: s for m, (s, _) in best.items() if m not in unfinished}, rows
 
 
-PART_ORDER = ("seeds", "tuning", "learning_curve", "dial")   # the order in which pending runs are trained
+PART_ORDER = ("tuning", "seeds", "learning_curve", "dial")   # the order in which pending runs are trained
 
 
 def _part_rank(spec: RunSpec) -> int:
@@ -273,9 +273,9 @@ def _part_rank(spec: RunSpec) -> int:
 
 
 def pending(plan: Plan) -> list[RunSpec]:
-    """The runs still to train, in training order: seed (and control) runs of the models whose tuning is complete
-    first (the primary comparison finishes earliest), then the remaining tuning, then the learning curve and the
-    dial."""
+    """The runs still to train, in training order: the tuning first (a contrast needs the chosen setting of each of
+    its models, so seeds of one tuned model alone pair with nothing), then seed (and control) runs of the models
+    whose tuning is complete, seed by seed, then the learning curve and the dial."""
     chosen, _ = choose_settings(plan, partial=True)
     specs = [s for s in plan.all_specs(chosen, tuning_lrs(plan)) if exported(plan, s.key) is None]
     return sorted(specs, key=_part_rank)
