@@ -248,6 +248,23 @@ def test_resampled_average_precision_equals_average_precision_on_the_resample():
         ResampledAveragePrecision(s, y[:3])
 
 
+def test_leave_one_out_average_precision_equals_average_precision_without_that_image():
+    scores, labels, _ = _random_split()                       # ties, unknowns, columns without positives
+    scores, labels = scores[:60], labels[:60]
+    labels[:, 0] = np.where(np.arange(60) == 4, 1, np.minimum(labels[:, 0], 0))   # a column with one positive
+    ap = ResampledAveragePrecision(scores, labels, labels != 0)
+    loo = ap.leave_one_out()
+    assert loo.shape == scores.shape and np.isnan(loo[4, 0]) and not np.isnan(loo[5, 0])
+    for i in range(len(scores)):
+        rest = np.delete(np.arange(len(scores)), i)
+        np.testing.assert_allclose(loo[i], average_precision(scores[rest], labels[rest], labels[rest] != 0),
+                                   rtol=0, atol=1e-12, equal_nan=True, err_msg=f"image {i} left out")
+    s = np.array([[0.9], [0.8], [0.8], [0.1]])                 # hand example: each image left out in turn
+    y = np.array([[1], [-1], [1], [1]])
+    # without image 0: the 0.8 tie (1 pos of 2 seen), 0.1 (2 of 3) -> (1/2 + 2/3) / 2; without the negative: 1
+    assert ResampledAveragePrecision(s, y).leave_one_out()[:, 0] == pytest.approx([7 / 12, 1, 5 / 6, 5 / 6])
+
+
 def test_average_precision_hand_computed_and_errors():
     # scores 0.9 (pos), 0.8 (neg), 0.8 (pos), 0.1 (pos), unknown 0.95:
     # thresholds 0.9: P 1/1, R 1/3; 0.8 (tie): P 2/3, R 2/3; 0.1: P 3/4, R 1 -> AP = (1 + 2/3 + 3/4) / 3

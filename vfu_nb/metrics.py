@@ -354,10 +354,13 @@ class ResampledAveragePrecision:
         ranked = np.take_along_axis(s, self.order, 0)
         self.known = np.take_along_axis(kn, self.order, 0)
         self.positive = np.take_along_axis(pos & kn, self.order, 0)
-        # the last rank of each rank's tie group: precision is read there, so tied images enter together
+        # the first and last rank of each rank's tie group: precision is read at the last, so tied images
+        # enter together
         last = np.vstack([ranked[1:] != ranked[:-1], np.ones((1, s.shape[1]), bool)])
         ends = np.where(last, np.arange(n)[:, None], n)
         self.group_end = np.minimum.accumulate(ends[::-1], axis=0)[::-1]
+        first = np.vstack([np.ones((1, s.shape[1]), bool), last[:-1]])
+        self.group_start = np.maximum.accumulate(np.where(first, np.arange(n)[:, None], 0), axis=0)
 
     def __call__(self, idx) -> np.ndarray:
         """Average precision per attribute on the images ``idx`` (nan where no drawn image is a known positive)."""
@@ -371,6 +374,41 @@ class ResampledAveragePrecision:
         total = tp[-1]
         with np.errstate(invalid="ignore", divide="ignore"):
             return np.where(total > 0, (hits * precision).sum(0) / total, np.nan)
+
+    def leave_one_out(self) -> np.ndarray:
+        """(N, A): average precision per attribute with image i left out, in row i (the delete-one jackknife).
+
+        Equals ``self(np.delete(np.arange(N), i))`` row by row, in O(N A) instead of N passes: leaving out a
+        known image at rank r only changes the precision read at the tie groups from r's group on (one image
+        fewer seen there, and one true positive fewer if it was a positive), so each row is a prefix sum of the
+        unchanged terms plus a suffix sum of the changed ones. An unknown label leaves that column as it is.
+        """
+        w, hits = self.known.astype(np.float64), self.positive.astype(np.float64)
+        tp_end = np.take_along_axis(np.cumsum(hits, 0), self.group_end, 0)
+        seen_end = np.take_along_axis(np.cumsum(w, 0), self.group_end, 0)
+        total = hits.sum(0)
+
+        def ratio(num, den):                      # hits * num / den, 0 off the positives (den > 0 on them)
+            return np.divide(hits * num, den, out=np.zeros_like(num), where=(hits > 0) & (den > 0))
+
+        def from_start(terms, before: bool):      # sum of terms above (before) / from (not before) the group start
+            sums = np.vstack([np.zeros((1, terms.shape[1])), np.cumsum(terms, 0)])
+            if not before:
+                sums = sums[-1:] - sums
+            return np.take_along_axis(sums, self.group_start, 0)
+
+        kept = ratio(tp_end, seen_end)
+        unchanged = from_start(kept, before=True)
+        without_negative = unchanged + from_start(ratio(tp_end, seen_end - 1), before=False)
+        own = ratio(tp_end - 1, seen_end - 1)     # the left-out positive's own term, not summed
+        without_positive = unchanged + from_start(own, before=False) - own
+        with np.errstate(invalid="ignore", divide="ignore"):
+            full = np.where(total > 0, kept.sum(0) / total, np.nan)
+            ranked = np.where(hits > 0, np.where(total > 1, without_positive / (total - 1), np.nan),
+                              np.where(w > 0, np.where(total > 0, without_negative / total, np.nan), full))
+        out = np.empty_like(ranked)
+        np.put_along_axis(out, self.order, ranked, 0)
+        return out
 
 
 def map_by_type(ap, attribute_types) -> dict:

@@ -205,14 +205,13 @@ def variance_components(contributions, point: float | None = None) -> Estimate:
     return Estimate(mean, math.sqrt(var), df, n_seeds, n_images, share)
 
 
-def jackknife_pseudovalues(metric: Callable[[np.ndarray], float], n_images: int) -> np.ndarray:
-    """Delete-one jackknife pseudo-values N * m(all) - (N - 1) * m(all but i) of a metric of the test images
-    (Quenouille, Biometrika, 1956; Tukey, 1958): per-image contributions of a metric that is not a per-image
-    mean (mAP); for a per-image mean they equal the per-image values."""
-    everything = np.arange(n_images)
-    full = metric(everything)
-    left_out = np.array([metric(np.delete(everything, i)) for i in range(n_images)])
-    return n_images * full - (n_images - 1) * left_out
+def jackknife_pseudovalues(full: float, left_out) -> np.ndarray:
+    """Delete-one jackknife pseudo-values N * m(all) - (N - 1) * m(all but i) of a metric of the N test images,
+    from ``full`` = m(all) and ``left_out[i]`` = m(all but i) (Quenouille, Biometrika, 1956; Tukey, 1958):
+    per-image contributions of a metric that is not a per-image mean (mAP); for a per-image mean they equal the
+    per-image values."""
+    left_out = np.asarray(left_out, dtype=np.float64)
+    return len(left_out) * full - (len(left_out) - 1) * left_out
 
 
 __all__ = ["Interval", "paired_t_interval", "paired_bootstrap", "holm", "Estimate", "variance_components",

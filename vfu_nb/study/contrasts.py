@@ -52,8 +52,7 @@ def per_image(metric: str, predictions: Mapping, labels: Mapping) -> np.ndarray:
     if metric.startswith("category_top"):
         return (np.asarray(predictions["category_rank"]) < int(metric[len("category_top"):])).astype(float)
     if metric == "attr_map_all":
-        mean_ap = _mean_ap(predictions, labels)
-        return stats.jackknife_pseudovalues(mean_ap, len(labels["category"]))
+        return map_pseudovalues(_ranked_ap(predictions, labels))
     if metric in WHERE_MEASURES:
         return np.asarray(predictions[metric], dtype=float)
     raise ValueError(f"no per-image form of metric {metric!r}")
@@ -62,21 +61,33 @@ def per_image(metric: str, predictions: Mapping, labels: Mapping) -> np.ndarray:
 def value(metric: str, predictions: Mapping, labels: Mapping) -> float:
     """The run's ``metric`` on all its test images (mAP as the metrics module computes it; measures: nan-mean)."""
     if metric == "attr_map_all":
-        return _mean_ap(predictions, labels)(np.arange(len(labels["category"])))
+        ap = _ranked_ap(predictions, labels)
+        return float(_mean_over_attributes(ap(np.arange(len(labels["category"])))))
     return float(np.nanmean(per_image(metric, predictions, labels)))
 
 
-def _mean_ap(predictions: Mapping, labels: Mapping):
-    """``f(idx)``: mean AP over the attributes defined on the images ``idx`` (vfu_nb.metrics, ties included)."""
+def map_pseudovalues(ap) -> np.ndarray:
+    """Jackknife pseudo-values of the mean AP over attributes (:func:`vfu_nb.stats.jackknife_pseudovalues`) from a
+    :class:`vfu_nb.metrics.ResampledAveragePrecision`, one per image; an attribute left without a known positive
+    when an image is left out drops out of that mean, as it does from the metric."""
+    full = float(_mean_over_attributes(ap(np.arange(len(ap.order)))))
+    return stats.jackknife_pseudovalues(full, _mean_over_attributes(ap.leave_one_out()))
+
+
+def _ranked_ap(predictions: Mapping, labels: Mapping):
+    """The run's attribute scores ranked once (vfu_nb.metrics, ties included; unknown labels left out)."""
     from vfu_nb.metrics import ResampledAveragePrecision
 
     attrs = labels["attributes"]
-    ap = ResampledAveragePrecision(predictions["attribute_logits"], attrs > 0, attrs != 0)
+    return ResampledAveragePrecision(predictions["attribute_logits"], attrs > 0, attrs != 0)
 
-    def mean_ap(idx) -> float:
-        values = ap(idx)
-        return float(np.nanmean(values)) if np.isfinite(values).any() else math.nan
-    return mean_ap
+
+def _mean_over_attributes(values) -> np.ndarray:
+    """Mean AP over the attributes (last axis) where it is defined; nan where none is (as np.nanmean computes it)."""
+    values = np.asarray(values, dtype=np.float64)
+    defined = np.isfinite(values)
+    count, total = defined.sum(-1), np.where(defined, values, 0.0).sum(-1)
+    return np.divide(total, count, out=np.full(np.shape(count), math.nan), where=count > 0)
 
 
 def estimate(weights: Mapping[str, float], runs: Mapping[tuple, Mapping], metric: str, labels: Mapping,
