@@ -50,23 +50,25 @@ def synth_root(tmp_path_factory) -> Path:
     """The session's synthetic tree (vfu_nb.data.synthetic); tests must not modify it.
 
     Generating it takes about 5 s of CPU, so it is generated once per version of the package's code
-    (:func:`code_version`) into ``build/test-trees/`` and copied from there into the session's own folder: each
-    session starts from a fresh tree without caches, and any change to the package generates it again.
+    (:func:`code_version`) into ``build/test-trees/`` (under a file lock: one generator for all of pytest-xdist's
+    workers) and copied from there into the session's own folder: each session starts from a fresh tree without
+    caches, and any change to the package generates it again.
     """
+    from filelock import FileLock
+
     from vfu_nb.data.synthetic.driver import generate
 
     stored = STORED_TREES / code_version()
-    if not (stored / "df").is_dir():
-        partial = STORED_TREES / f"{stored.name}.{os.getpid()}.tmp"
-        shutil.rmtree(partial, ignore_errors=True)
-        generate(partial / "df", SYNTH_N, SYNTH_SEED, progress=False)
-        for old in STORED_TREES.iterdir():                        # one version kept
-            if old != partial:
-                shutil.rmtree(old, ignore_errors=True)
-        try:
-            os.rename(partial, stored)
-        except OSError:                                           # another session stored it first
+    STORED_TREES.mkdir(parents=True, exist_ok=True)
+    with FileLock(STORED_TREES / ".lock"):                # pytest-xdist's workers, or two sessions at once
+        if not (stored / "df").is_dir():
+            partial = STORED_TREES / f"{stored.name}.{os.getpid()}.tmp"
             shutil.rmtree(partial, ignore_errors=True)
-    root = tmp_path_factory.mktemp("synthetic") / "df"
-    shutil.copytree(stored / "df", root)
+            generate(partial / "df", SYNTH_N, SYNTH_SEED, progress=False)
+            for old in STORED_TREES.iterdir():                    # one version kept
+                if old != partial and old.name != ".lock":
+                    shutil.rmtree(old, ignore_errors=True)
+            os.rename(partial, stored)
+        root = tmp_path_factory.mktemp("synthetic") / "df"
+        shutil.copytree(stored / "df", root)              # under the lock: no other session removes it meanwhile
     return root
