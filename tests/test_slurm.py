@@ -180,6 +180,15 @@ def test_run_states_from_exports_records_queue_and_results(tmp_path):
     assert text.splitlines()[0].startswith("5 runs known: 1 pending, 0 queued, 1 running, 1 done, 2 failed")
     assert re.search(r"^failed +7_1 +default/cat/vgg16_bn_lr0.001_f1/seed0 +runs/_slurm/7_1/7_1_0_log.out +"
                      r"ValueError: no such tree$", text, re.M)
+    # Slurm installed but no cluster answers: one line saying so, the runs' states from their exports
+    def no_cluster():
+        raise sl.SlurmError("squeue -h -r failed (exit 1): squeue: error: DNS SRV lookup failed\nsqueue: error: x")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(sl, "available", lambda: True)
+        mp.setattr(sl, "queue", no_cluster)
+        shown = executors.format_status(executors.status(plan), relative_to=tmp_path).splitlines()
+    assert shown[0].endswith("(Slurm: no answer: squeue -h -r failed (exit 1): squeue: error: DNS SRV lookup failed)")
+    assert re.search(r"^done +7_0 +default/mtl/vgg16_bn_lr0.001_f1/seed0 ", "\n".join(shown), re.M)
     # an old result of the same job id (a cluster set up again) does not count
     os.utime(folder / "7_1" / "7_1_0_result.pkl", (now - 3600, now - 3600))
     assert executors.job_error(executors.read_record(plan, cat.key)) is None

@@ -205,8 +205,8 @@ def status(plan, queue: Optional[dict] = None, log=None) -> dict:
     if queue is None and sl.available():
         try:
             queue = sl.queue()
-        except sl.SlurmError as exc:
-            slurm_error = str(exc)
+        except sl.SlurmError as exc:                 # one line: the command and the first line of its error
+            slurm_error = "no answer: " + str(exc).splitlines()[0]
     chosen, _ = choose_settings(plan, partial=True)
     specs = plan.all_specs(chosen, tuning_lrs(plan))
     rows = [run_status(plan, s, queue) for s in specs]
