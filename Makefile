@@ -31,10 +31,10 @@ run: $(STAMP) data
 	$(BIN)/python -m vfu_nb.pipeline --profile $(PROFILE) $(ARGS)
 
 # TEST_WORKERS: pytest-xdist workers (each test file runs on one worker; conftest.py keeps the files that share
-# state together).
+# state together). The 15 slowest tests are listed at the end, to see where the time goes.
 TEST_WORKERS ?= 2
 test: $(STAMP) data
-	$(BIN)/python -m pytest -n $(TEST_WORKERS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --durations=15
 
 # Rooted at the repository: notebooks/, the executed copies in runs/ and figures/ all open from the file browser.
 # As root (containers) it adds --allow-root, which Jupyter otherwise demands, and says so.
