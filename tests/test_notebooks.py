@@ -114,7 +114,14 @@ def test_generated_prose_is_shown_as_markdown(monkeypatch):
 
 
 @pytest.mark.slow
-def test_notebook_05_shows_its_generated_prose_as_markdown_not_as_printed_backticks(tmp_path):
+def test_notebook_05_shows_its_generated_prose_as_markdown_not_as_printed_backticks(tmp_path, monkeypatch):
+    """The sentences vfu_nb.study.report generates from the committed studies are display_data Markdown outputs
+    (rendered: model names as code), and nothing the notebook prints carries a raw backtick."""
+    import IPython.display
+
+    from vfu_nb.notebook import Notebook
+    from vfu_nb.study import report
+
     out = tmp_path / "05.ipynb"
     proc = _papermill(["notebooks/05_controls_and_seeds.ipynb", str(out), "-p", "out_dir", str(tmp_path / "05"),
                        "-p", "figures_dir", str(tmp_path / "figures")], REPO)
@@ -123,10 +130,15 @@ def test_notebook_05_shows_its_generated_prose_as_markdown_not_as_printed_backti
     markdown = ["".join(o["data"]["text/markdown"]) for o in outputs
                 if o["output_type"] == "display_data" and "text/markdown" in o["data"]]
     printed = "".join("".join(o["text"]) for o in outputs if o["output_type"] == "stream")
-    assert any("`mtl` beats `cat` in top-3 category accuracy" in m for m in markdown)        # study.reading
-    assert any(m.startswith("- mtl − cat, top-3 category accuracy: ") for m in markdown)      # pair_lines
-    assert any("largest mean gain at 50%" in m for m in markdown)                            # the learning curve
-    assert any(m.startswith("- **geometry informativeness") for m in markdown)               # the dial
+    shown = []
+    monkeypatch.setattr(IPython.display, "display", lambda obj: shown.append(obj.data))
+    study, study2 = (report.load_study(REPO / "results" / name) for name in ("plan.yaml", "v2/plan.yaml"))
+    for prose in (report.reading(study), report.learning_curve_reading(study), report.dial_reading(study),
+                  report.mechanism_reading(study2)):
+        Notebook.markdown(prose)
+    assert len(shown) == 4 and all("`mtl`" in text for text in shown[:1] + shown[3:])
+    for text in shown:
+        assert text in markdown, text[:200]
     assert "`" not in printed and "Showing the study of results/plan.yaml" in printed
 
 
