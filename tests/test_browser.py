@@ -126,14 +126,18 @@ def test_notebook_05_renders_its_prose_as_markdown_and_lab_asks_no_news_question
     root = tmp_path / "lab"
     root.mkdir()
     shutil.copy(B.REPO / "notebooks" / "05_controls_and_seeds.ipynb", root / "05.ipynb")
+    from vfu_nb.study import report
+
+    study = report.load_study(B.REPO / "results" / "plan.yaml")              # what the notebook shows
+    first = report.reading(study)[0].replace("`", "")                      # as rendered: code without backticks
+    dial = report.dial_name(study["dial"][-1])
     with B.JupyterLab(root) as lab:
         B.run_all(page, lab, "05.ipynb")
         assert not B.news_prompt_shown(page), "JupyterLab asked about Jupyter news despite the project's config"
-        reading = page.locator(".jp-OutputArea-output.jp-RenderedMarkdown", has_text="beats").first
+        reading = page.locator(".jp-OutputArea-output.jp-RenderedMarkdown", has_text=first).first
         reading.wait_for(state="visible", timeout=300_000)
         assert reading.locator("code", has_text="mtl").count() >= 1           # `mtl` rendered as code
-        page.wait_for_function("() => document.querySelectorAll('.jp-RenderedMarkdown strong').length > 0 && "
-                               "document.body.innerText.includes('geometry informativeness 1.0')", timeout=300_000)
+        page.locator(".jp-RenderedMarkdown strong", has_text=dial).first.wait_for(state="visible", timeout=300_000)
         outputs = page.locator(".jp-OutputArea-output").all_inner_texts()
         assert outputs and not [t for t in outputs if "`" in t], "raw Markdown backticks in an output"
         assert not B.notebook_errors(page)
