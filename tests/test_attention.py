@@ -71,3 +71,25 @@ def test_case_figure_has_a_row_per_image_and_three_panels_with_maps():
     assert len(fig.axes) == 6
     assert fig.axes[2].get_title().startswith("CAT feature energy")
     plt.close("all")
+
+
+def test_case_points_are_the_visible_landmarks_and_their_predictions_in_slot_colours():
+    from matplotlib.colors import to_rgba
+
+    from vfu_nb.conventions import LANDMARK_COLORS
+
+    rng = np.random.default_rng(1)
+    gt, pred = rng.random((1, 8, 2)), rng.random((1, 8, 2))
+    vis = np.zeros((1, 8), dtype=int)
+    vis[0, [2, 5]] = (1, 2)                                  # occluded and absent: not drawn
+    p = predictions(rng.standard_normal((1, 3)), [0], pred, gt, vis, {0: {"heatmaps": rng.random((8, 32, 32))}})
+    fig = attention.plot_cases(p, rng.integers(0, 255, (1, 32, 32, 3), dtype=np.uint8), [0], ["a", "b", "c"])
+    lines = fig.axes[0].get_lines()
+    drawn = {m: [ln for ln in lines if ln.get_marker() == m and np.isfinite(ln.get_xydata()).all()] for m in "oP"}
+    assert len(drawn["o"]) == len(drawn["P"]) == 6
+    shown = [s for s in range(8) if vis[0, s] == 0]
+    for s, dot, mark in zip(shown, drawn["o"], drawn["P"]):
+        assert np.allclose(dot.get_xydata(), gt[0, s] * 32 - 0.5)
+        assert np.allclose(mark.get_xydata(), pred[0, s] * 32 - 0.5)
+        assert to_rgba(dot.get_color()) == to_rgba(mark.get_color()) == to_rgba(LANDMARK_COLORS[s])
+    plt.close("all")

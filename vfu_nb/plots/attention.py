@@ -25,23 +25,24 @@ import numpy as np
 
 from vfu_nb.conventions import LANDMARK_COLORS
 from vfu_nb.maps import attention_strength, feature_energy, heatmap_strength
-from vfu_nb.plots.draw import draw_overlay
+from vfu_nb.plots.draw import draw_overlay, draw_predicted_landmarks
 
 HEATMAP_CMAP, FEATURE_CMAP, ATTENTION_CMAP = "magma", "viridis", "coolwarm"
 
 
 def _draw_points(ax, predictions, pos: int, size: int) -> None:
+    """The visible true landmarks as dots and, when predicted, each prediction joined to its true point."""
     gt, vis = predictions.landmarks[pos], predictions.visibility[pos]
     pred = None if predictions.landmarks_pred is None else predictions.landmarks_pred[pos]
-    for s in range(gt.shape[0]):
-        if vis[s] != 0:
-            continue
+    shown = vis == 0
+    for s in np.flatnonzero(shown):
         x, y = gt[s] * size - 0.5
         ax.plot(x, y, "o", color=LANDMARK_COLORS[s], ms=5, mec="white", mew=0.8)
         if pred is not None:
             px, py = pred[s] * size - 0.5
             ax.plot([x, px], [y, py], "-", color="white", lw=0.7)
-            ax.plot(px, py, "+", color=LANDMARK_COLORS[s], ms=8, mew=2)
+    if pred is not None:                               # the prediction marker of every figure (NaN: not drawn)
+        draw_predicted_landmarks(ax, np.where(shown[:, None], pred * size - 0.5, np.nan))
 
 
 def _overlay(ax, image: np.ndarray, grid: np.ndarray, cmap: str, vmin=None, vmax=None, alpha: float = 0.55):
