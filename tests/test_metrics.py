@@ -246,15 +246,19 @@ def test_resampled_average_precision_equals_average_precision_on_the_resample():
     assert np.isnan(ResampledAveragePrecision(s, y)(np.array([1, 1]))[0])           # no positive drawn
     with pytest.raises(ValueError, match="same shape"):
         ResampledAveragePrecision(s, y[:3])
+    with pytest.raises(ValueError, match=r"labels \(4, 1\) and known \(3, 1\) must be the same shape"):
+        ResampledAveragePrecision(s, y, np.ones((3, 1), bool))                  # only the known mask is off
+    with pytest.raises(ValueError, match=r"without NaN, got shape \(4, 1\)"):
+        ResampledAveragePrecision(np.where(s == 0.1, np.nan, s), y)             # right shape, one NaN score
 
 
 def test_leave_one_out_average_precision_equals_average_precision_without_that_image():
     scores, labels, _ = _random_split()                       # ties, unknowns, columns without positives
     scores, labels = scores[:60], labels[:60]
-    labels[:, 0] = np.where(np.arange(60) == 4, 1, np.minimum(labels[:, 0], 0))   # a column with one positive
-    ap = ResampledAveragePrecision(scores, labels, labels != 0)
+    labels[:, 0] = np.where(np.arange(60) == 4, 1, np.where(np.arange(60) % 7 == 0, 0, -1))  # one positive, and
+    ap = ResampledAveragePrecision(scores, labels, labels != 0)                          # some unknown labels
     loo = ap.leave_one_out()
-    assert loo.shape == scores.shape and np.isnan(loo[4, 0]) and not np.isnan(loo[5, 0])
+    assert loo.shape == scores.shape and np.isnan(loo[4, 0]) and not np.isnan(loo[5, 0]) and not np.isnan(loo[7, 0])
     for i in range(len(scores)):
         rest = np.delete(np.arange(len(scores)), i)
         np.testing.assert_allclose(loo[i], average_precision(scores[rest], labels[rest], labels[rest] != 0),
