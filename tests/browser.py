@@ -110,6 +110,7 @@ class JupyterLab:
             "PYTHONUNBUFFERED": "1",
         })
         env.pop("MPLBACKEND", None)        # the kernel's inline backend, as for a user
+        env.pop("JUPYTER_CONFIG_PATH", None)   # only `config` (which sets it again) brings the project's settings
         self.port, self.token = free_port(), secrets.token_hex(16)
         cmd = [self.python, "-m", "jupyterlab", "--no-browser", *([f"--config={self.config}"] if self.config else []),
                "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={self.port}", "--ServerApp.port_retries=0",

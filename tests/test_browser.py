@@ -151,5 +151,4 @@ def test_without_the_project_config_jupyterlab_asks_about_news(page, tmp_path):
     B.write_notebook(root / "empty.ipynb", ["1 + 1"])
     with B.JupyterLab(root, config=None) as lab:
         page.goto(lab.url("lab/tree/empty.ipynb"), wait_until="domcontentloaded")
-        # seconds on an idle machine; under make test's two workers a busy neighbour can delay the app's start
-        assert B.news_prompt_shown(page, wait_s=240)
+        assert B.news_prompt_shown(page, wait_s=60)

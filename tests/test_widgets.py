@@ -10,6 +10,7 @@ import datetime
 import io
 import json
 import logging
+import os
 
 import ipywidgets as W
 import numpy as np
@@ -407,7 +408,7 @@ def test_read_upload_applies_exif_orientation(ann):
 # The upload limit, prediction text, the explorer of runs
 
 
-def test_the_upload_limit_fits_one_websocket_message(ann):
+def test_the_upload_limit_fits_one_websocket_message(ann, monkeypatch):
     """A file reaches the kernel in one websocket message; a larger one than the server takes drops the connection."""
     import tornado.websocket
     from traitlets.config import Config
@@ -416,7 +417,11 @@ def test_the_upload_limit_fits_one_websocket_message(ann):
     assert MAX_UPLOAD_BYTES + header <= tornado.websocket._default_max_message_size     # any Jupyter server
     c = Config()
     config = repo_root() / "jupyter_server_config.py"
+    # the config file extends JUPYTER_CONFIG_PATH, as it does in the server: undone after the test, or every Jupyter
+    # server this test process starts later (the browser tests' control server) would carry the project's settings
+    monkeypatch.setenv("JUPYTER_CONFIG_PATH", os.environ.get("JUPYTER_CONFIG_PATH", ""))
     exec(config.read_text(), {"c": c, "get_config": lambda: c, "__file__": str(config)})
+    assert str(repo_root() / "jupyter") in os.environ["JUPYTER_CONFIG_PATH"].split(os.pathsep)
     raised = c.ServerApp.tornado_settings["websocket_max_message_size"]                # `make lab`
     assert raised >= 4 * MAX_UPLOAD_BYTES
     w = predict_image(tiny("mtl", ann), ann)
