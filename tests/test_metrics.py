@@ -12,7 +12,7 @@ from sklearn.metrics import average_precision_score
 from vfu_nb import metrics
 from vfu_nb.metrics import (
     ATTRIBUTE_TYPE_NAMES, EvalAccumulator, attribute_topk_recall, average_precision, category_topk_accuracy,
-    ResampledAveragePrecision, jsonable, landmark_normalized_error, map_by_type, metric_keys,
+    ResampledAveragePrecision, jsonable, mean_over_attributes, landmark_normalized_error, map_by_type, metric_keys,
 )
 
 # ---------------------------------------------------------------------------------------------------------
@@ -683,3 +683,12 @@ def test_kth_largest_equals_a_full_sort_for_every_k(width):
     columns = torch.arange(width - 1, -1, -2)
     want = x[:, columns].sort(dim=1, descending=True).values[:, :1]
     torch.testing.assert_close(metrics._kth_largest(x, columns, [1]), want, rtol=0, atol=0)
+
+
+def test_mean_over_attributes_skips_undefined_aps_row_by_row():
+    ap = np.array([[0.5, np.nan, 0.25], [np.nan, np.nan, np.nan], [1.0, 0.0, 0.5]])
+    got = mean_over_attributes(ap)
+    assert got.shape == (3,) and got[0] == 0.375 and np.isnan(got[1]) and got[2] == 0.5
+    x = np.random.default_rng(0).random(37)
+    x[[3, 9]] = np.nan
+    assert float(mean_over_attributes(x)) == float(np.nanmean(x))             # bit for bit, as the studies use it

@@ -411,6 +411,15 @@ class ResampledAveragePrecision:
         return out
 
 
+def mean_over_attributes(ap) -> np.ndarray:
+    """Mean AP over the attributes (last axis) where it is defined; nan where none is. np.nanmean's arithmetic
+    (the defined values summed with zeros in place of the rest), so a 1-D result equals ``np.nanmean(ap)``."""
+    ap = np.asarray(ap, dtype=np.float64)
+    defined = np.isfinite(ap)
+    count, total = defined.sum(-1), np.where(defined, ap, 0.0).sum(-1)
+    return np.divide(total, count, out=np.full(np.shape(count), np.nan), where=count > 0)
+
+
 def map_by_type(ap, attribute_types) -> dict:
     """``{"attr_map_<type>": mean AP, "attr_map_all": mean AP}`` over the attributes with a defined AP."""
     ap = np.asarray(ap, dtype=np.float64)

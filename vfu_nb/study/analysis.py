@@ -81,7 +81,7 @@ def image_metric(name: str, labels: dict):
         k = int(name[len("category_top"):])
         return lambda p, idx: float(np.mean(p["category_rank"][idx] < k))
     if name == "attr_map_all":
-        from vfu_nb.metrics import ResampledAveragePrecision
+        from vfu_nb.metrics import ResampledAveragePrecision, mean_over_attributes
 
         attrs, ranked = labels["attributes"], {}      # one ranking per run's logits, reused by every replicate
 
@@ -90,8 +90,7 @@ def image_metric(name: str, labels: dict):
             if key not in ranked:
                 ranked[key] = (p["attribute_logits"], ResampledAveragePrecision(p["attribute_logits"], attrs > 0,
                                                                                 attrs != 0))
-            ap = ranked[key][1](idx)
-            return float(np.nanmean(ap)) if np.isfinite(ap).any() else float("nan")
+            return float(mean_over_attributes(ranked[key][1](idx)))
         return mean_ap
     raise ValueError(f"no image-level form of metric {name!r}")
 

@@ -61,8 +61,10 @@ def per_image(metric: str, predictions: Mapping, labels: Mapping) -> np.ndarray:
 def value(metric: str, predictions: Mapping, labels: Mapping) -> float:
     """The run's ``metric`` on all its test images (mAP as the metrics module computes it; measures: nan-mean)."""
     if metric == "attr_map_all":
+        from vfu_nb.metrics import mean_over_attributes
+
         ap = _ranked_ap(predictions, labels)
-        return float(_mean_over_attributes(ap(np.arange(len(labels["category"])))))
+        return float(mean_over_attributes(ap(np.arange(len(labels["category"])))))
     return float(np.nanmean(per_image(metric, predictions, labels)))
 
 
@@ -70,8 +72,10 @@ def map_pseudovalues(ap) -> np.ndarray:
     """Jackknife pseudo-values of the mean AP over attributes (:func:`vfu_nb.stats.jackknife_pseudovalues`) from a
     :class:`vfu_nb.metrics.ResampledAveragePrecision`, one per image; an attribute left without a known positive
     when an image is left out drops out of that mean, as it does from the metric."""
-    full = float(_mean_over_attributes(ap(np.arange(len(ap.order)))))
-    return stats.jackknife_pseudovalues(full, _mean_over_attributes(ap.leave_one_out()))
+    from vfu_nb.metrics import mean_over_attributes
+
+    full = float(mean_over_attributes(ap(np.arange(len(ap.order)))))
+    return stats.jackknife_pseudovalues(full, mean_over_attributes(ap.leave_one_out()))
 
 
 def _ranked_ap(predictions: Mapping, labels: Mapping):
@@ -80,14 +84,6 @@ def _ranked_ap(predictions: Mapping, labels: Mapping):
 
     attrs = labels["attributes"]
     return ResampledAveragePrecision(predictions["attribute_logits"], attrs > 0, attrs != 0)
-
-
-def _mean_over_attributes(values) -> np.ndarray:
-    """Mean AP over the attributes (last axis) where it is defined; nan where none is (as np.nanmean computes it)."""
-    values = np.asarray(values, dtype=np.float64)
-    defined = np.isfinite(values)
-    count, total = defined.sum(-1), np.where(defined, values, 0.0).sum(-1)
-    return np.divide(total, count, out=np.full(np.shape(count), math.nan), where=count > 0)
 
 
 def estimate(weights: Mapping[str, float], runs: Mapping[tuple, Mapping], metric: str, labels: Mapping,
