@@ -239,11 +239,22 @@ def test_resampled_average_precision_equals_average_precision_on_the_resample():
     for idx in (everything, rng.integers(0, len(scores), len(scores)), rng.integers(0, len(scores), 37)):
         np.testing.assert_allclose(ap(idx), average_precision(scores[idx], labels[idx], labels[idx] != 0),
                                    rtol=0, atol=1e-12, equal_nan=True)
+    hard = scores > scores.mean()                              # hard 0/1 predictions and 8-bit scores rank too
+    np.testing.assert_allclose(ResampledAveragePrecision(hard, labels, labels != 0)(everything),
+                               average_precision(hard.astype(np.float64), labels, labels != 0), atol=1e-12)
+    byte = (scores * 40).astype(np.uint8)
+    np.testing.assert_allclose(ResampledAveragePrecision(byte, labels, labels != 0)(everything),
+                               average_precision(byte.astype(np.float64), labels, labels != 0), atol=1e-12)
     s = np.array([[0.9], [0.8], [0.8], [0.1]])                 # the hand example below, the tie drawn twice
     y = np.array([[1], [-1], [1], [1]])
     # drawn: 0.9 pos, 0.8 neg, 0.8 pos x2 -> thresholds 0.9: P 1, R 1/3; 0.8: P 3/4, R 1 -> AP = (1 + 2 * 3/4) / 3
     assert ResampledAveragePrecision(s, y)(np.array([0, 1, 2, 2]))[0] == pytest.approx(2.5 / 3, abs=1e-12)
-    assert np.isnan(ResampledAveragePrecision(s, y)(np.array([1, 1]))[0])           # no positive drawn
+    with warnings.catch_warnings():                                             # nan without a RuntimeWarning
+        warnings.simplefilter("error")
+        assert np.isnan(ResampledAveragePrecision(s, y)(np.array([1, 1]))[0])       # no positive drawn
+    assert ResampledAveragePrecision(s, y)(np.array([0, 1]))[0] == 1                # one positive drawn, ranked first
+    # the top-ranked image not drawn (nothing seen above the first drawn group): as without image 0 below
+    assert ResampledAveragePrecision(s, y)(np.array([1, 2, 3]))[0] == pytest.approx(7 / 12, abs=1e-12)
     with pytest.raises(ValueError, match="same shape"):
         ResampledAveragePrecision(s, y[:3])
     with pytest.raises(ValueError, match=r"labels \(4, 1\) and known \(3, 1\) must be the same shape"):
@@ -267,6 +278,10 @@ def test_leave_one_out_average_precision_equals_average_precision_without_that_i
     y = np.array([[1], [-1], [1], [1]])
     # without image 0: the 0.8 tie (1 pos of 2 seen), 0.1 (2 of 3) -> (1/2 + 2/3) / 2; without the negative: 1
     assert ResampledAveragePrecision(s, y).leave_one_out()[:, 0] == pytest.approx([7 / 12, 1, 5 / 6, 5 / 6])
+    with warnings.catch_warnings():           # one positive, an undefined AP without it: nan, silently
+        warnings.simplefilter("error")
+        loo = ResampledAveragePrecision(s, np.array([[1], [-1], [-1], [0]])).leave_one_out()[:, 0]
+    assert np.isnan(loo[0]) and loo[1:3] == pytest.approx([1, 1]) and loo[3] == 1
 
 
 def test_average_precision_hand_computed_and_errors():
@@ -692,3 +707,9 @@ def test_mean_over_attributes_skips_undefined_aps_row_by_row():
     x = np.random.default_rng(0).random(37)
     x[[3, 9]] = np.nan
     assert float(mean_over_attributes(x)) == float(np.nanmean(x))             # bit for bit, as the studies use it
+    assert mean_over_attributes([np.nan, 0.25, np.nan]) == 0.25               # a single defined AP is the mean
+    x32 = x.astype(np.float32)                                                # summed in float64, like the studies
+    assert float(mean_over_attributes(x32)) == float(np.nanmean(x32.astype(np.float64)))
+    with warnings.catch_warnings():                                           # an undefined row is nan, silently
+        warnings.simplefilter("error")
+        assert np.isnan(mean_over_attributes([np.nan, np.nan]))

@@ -370,9 +370,9 @@ class ResampledAveragePrecision:
         tp, seen = np.cumsum(hits, 0), np.cumsum(w, 0)
         tp_end = np.take_along_axis(tp, self.group_end, 0)
         seen_end = np.take_along_axis(seen, self.group_end, 0)
-        precision = np.divide(tp_end, seen_end, out=np.zeros_like(tp_end), where=seen_end > 0)
+        precision = tp_end / np.maximum(seen_end, 1)        # counts: nothing seen yet means no hit yet (0 / 1)
         total = tp[-1]
-        with np.errstate(invalid="ignore", divide="ignore"):
+        with np.errstate(invalid="ignore"):                  # no drawn positive: 0 / 0, the nan we want
             return np.where(total > 0, (hits * precision).sum(0) / total, np.nan)
 
     def leave_one_out(self) -> np.ndarray:
