@@ -742,8 +742,14 @@ def test_mechanism_reads_the_factorial_and_the_control_from_their_outcomes():
     (row,) = analysis.mechanism(study(mtl_vs_cat=est, landmark_loss=est))
     assert row["reading"] is None and row["results"]["attention"] is None   # not all measured: no reading yet
     assert len(reports.mechanism_reading(study(mtl_vs_cat=est, landmark_loss=est))) == 1
-    assert len(reports.mechanism_reading(study(mtl_vs_cat=est, landmark_loss=est, attention=inc,
-                                               control_mtl_vs_cat=neg))) == 2
+    final = reports.mechanism_reading(study(mtl_vs_cat=est, landmark_loss=est, attention=inc, control_mtl_vs_cat=neg))
+    assert len(final) == 2 and final[1].startswith("So in top-3 category accuracy the gain goes with the landmark loss")
+    interim = study(mtl_vs_cat=est, landmark_loss=est, attention=inc, control_mtl_vs_cat=neg)
+    interim["primary_family"][3]["result"]["interim"] = True           # the control has fewer seeds than planned
+    assert analysis.mechanism(interim)[0]["interim"] and not analysis.mechanism(study(
+        mtl_vs_cat=est, landmark_loss=est, attention=inc, control_mtl_vs_cat=neg))[0]["interim"]
+    assert reports.mechanism_reading(interim)[1].startswith(
+        "So far (interim: not every planned seed has finished) in top-3 category accuracy the gain goes with")
 
 
 def test_interim_outcomes_say_so_until_the_planned_seeds_have_finished():

@@ -399,7 +399,8 @@ def mechanism(study: dict) -> list[dict]:
     ``"no_gain"`` (no established gain of mtl over cat), ``"no_source"`` (a gain, but neither main effect is
     established) or ``"gain"``, with ``source`` (``"landmark_loss"``, ``"attention"`` or ``"both"``: the main
     effects established in the gain's direction) and ``control`` / ``control_direction`` (the outcome and
-    direction of mtl - cat on the displaced-evidence tree).
+    direction of mtl - cat on the displaced-evidence tree); ``interim``: True while any of those four results
+    comes from fewer seeds than planned (the reading may still change).
     """
     out = []
     for metric in study["preregistration"]["primary_metrics"]:
@@ -410,6 +411,7 @@ def mechanism(study: dict) -> list[dict]:
                                                          "control_mtl_vs_cat"))
         if not (gain and loss and attention and control):
             continue
+        row["interim"] = any(x.get("interim", False) for x in (gain, loss, attention, control))
         if not _established_gain(gain):
             row["reading"] = "no_gain"
             continue

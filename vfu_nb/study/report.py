@@ -408,25 +408,26 @@ _CONTROL_CLAUSES = {
 def mechanism_reading(study: dict) -> list:
     """Per primary metric, what the factorial and the negative control establish, each claim with its outcome
     word; then the reading they support together (:func:`vfu_nb.study.analysis.mechanism`), where they support
-    one."""
+    one; a reading drawn before every seed has finished opens with "So far (interim)"."""
     out = []
     for row in analysis.mechanism(study):
         metric, results = label(row["metric"]), row["results"]
+        so = "So far (interim: not every planned seed has finished)" if row.get("interim") else "So"
         if not any(results.values()):
             out.append(f"In {metric} nothing is measured yet: the contrasts need the final seed runs.")
             continue
         out.append(f"In {metric}: " + "; ".join(f"{CONTRAST_NAMES[c]} {outcome_phrase(results[c])}"
                                                 for c in CONTRAST_NAMES) + ".")
         if row["reading"] == "no_gain":
-            out.append(f"So in {metric} there is no established gain of `mtl` over `cat` to explain here.")
+            out.append(f"{so} in {metric} there is no established gain of `mtl` over `cat` to explain here.")
         elif row["reading"] == "no_source":
-            out.append(f"So in {metric} the gain is established but neither factor's main effect is: the factorial "
+            out.append(f"{so} in {metric} the gain is established but neither factor's main effect is: the factorial "
                        f"does not say where it comes from.")
         elif row["reading"] == "gain":
             control = row["control"]
             if control == "established":
                 control += "_positive" if row["control_direction"] > 0 else "_negative"
-            out.append(f"So in {metric} the gain goes with {_SOURCES[row['source']]}, {_CONTROL_CLAUSES[control]}.")
+            out.append(f"{so} in {metric} the gain goes with {_SOURCES[row['source']]}, {_CONTROL_CLAUSES[control]}.")
     return out
 
 
