@@ -727,7 +727,8 @@ def test_mechanism_reads_the_factorial_and_the_control_from_their_outcomes():
     def study(**outcomes):
         family = [{"contrast": c, "metric": "category_top3",
                    "result": {"outcome": o, "direction": d, "mean": 0.05 * d, "low": 0.01, "high": 0.09,
-                              "margin": 0.02} if o else None}
+                              "margin": 0.02, "p_holm": 0.01, "p_tost_holm": 0.5, "low90": 0.0, "high90": 0.0}
+                   if o else None}
                   for c, (o, d) in outcomes.items()]
         return {"preregistration": {"primary_metrics": ["category_top3"]}, "primary_family": family}
 
@@ -764,6 +765,16 @@ def test_interim_outcomes_say_so_until_the_planned_seeds_have_finished():
         assert row["planned"] == analysis.planned_seeds(plan, row["data"], row["weights"])
         if row["result"]:
             assert row["result"]["interim"] == (row["n"] < row["planned"])
-    result = {"outcome": "established", "mean": 0.05, "low": 0.01, "high": 0.09, "margin": 0.02, "n": 4}
+    result = {"outcome": "established", "mean": 0.05, "low": 0.01, "high": 0.09, "margin": 0.02, "n": 4,
+              "p_holm": 0.0123, "p_tost_holm": 0.97}
     assert reports.outcome_phrase({**result, "interim": True}).startswith("interim, established (+0.050")
-    assert reports.outcome_phrase({**result, "interim": False}).startswith("established (+0.050")
+    assert reports.outcome_phrase({**result, "interim": False}) == "established (+0.050 [+0.010, +0.090]; " \
+                                                                   "Holm-adjusted p 0.012)"
+    # an interval that excludes 0 beside an outcome that is not established: the adjusted p says why
+    assert reports.outcome_phrase({**result, "outcome": "inconclusive", "p_holm": 0.16, "p_tost_holm": 1.0}) == \
+        "inconclusive (+0.050 [+0.010, +0.090]; Holm-adjusted p 0.16 for a difference, 1 for equivalence within ±0.02)"
+    assert reports.outcome_phrase({**result, "outcome": "equivalent", "mean": 0.001, "low90": -0.01, "high90": 0.012,
+                                   "p_tost_holm": 0.0004}) == \
+        "equivalent within ±0.02 (+0.001, 90 % interval [-0.010, +0.012]; Holm-adjusted TOST p < 0.001)"
+    assert reports.outcome_phrase({"outcome": "inconclusive", "mean": -0.004, "low": None, "high": None, "n": 1,
+                                   "margin": None, "p_holm": None}) == "inconclusive (-0.004; one seed: no interval yet)"

@@ -350,23 +350,35 @@ def dial_reading(study: dict) -> list:
                          "this study does not make.")
 
 
+def _p(p: float) -> str:
+    """A p-value to two significant digits ("0.016", "1"), "< 0.001" below that."""
+    return "< 0.001" if p < 0.001 else f"{p:.2g}"
+
+
 def outcome_phrase(result: Optional[dict]) -> str:
-    """"established (+0.061 [+0.030, +0.092])", "equivalent within ±0.02 (...)" or "inconclusive (...)"; "not
-    measured yet" without a result; "interim, ..." before the planned seeds have finished. Inconclusive says what
-    it cannot rule out, never "no effect"."""
+    """"established (+0.061 [+0.030, +0.092]; Holm-adjusted p 0.004)", "equivalent within ±0.02 (...)" or
+    "inconclusive (...)"; "not measured yet" without a result; "interim, ..." before the planned seeds have
+    finished. The interval is the test's own 95 % interval; the outcome follows the Holm-adjusted p, which is
+    shown, so an inconclusive outcome whose interval excludes 0 explains itself. Inconclusive says which tests
+    fell short, never "no effect"."""
     if not result:
         return "not measured yet"
     if result.get("interim"):
         return "interim, " + outcome_phrase({**result, "interim": False})
+    if result.get("low") is None:                                      # one seed: no standard error
+        return f"inconclusive ({_num(result['mean'], sign=True)}; one seed: no interval yet)"
     interval = f"{_num(result['mean'], sign=True)} [{_num(result['low'], sign=True)}, {_num(result['high'], sign=True)}]"
     if result["outcome"] == "established":
         margin = f", smaller than the margin ±{result['margin']:g}" if result.get("within_margin") else ""
-        return f"established ({interval}{margin})"
+        return f"established ({interval}; Holm-adjusted p {_p(result['p_holm'])}{margin})"
     if result["outcome"] == "equivalent":
         return (f"equivalent within ±{result['margin']:g} ({_num(result['mean'], sign=True)}, 90 % interval "
-                f"[{_num(result['low90'], sign=True)}, {_num(result['high90'], sign=True)}])")
-    cannot = f"; neither 0 nor ±{result['margin']:g} is ruled out" if result.get("margin") is not None else ""
-    return f"inconclusive ({interval}{cannot})"
+                f"[{_num(result['low90'], sign=True)}, {_num(result['high90'], sign=True)}]; Holm-adjusted TOST p "
+                f"{_p(result['p_tost_holm'])})")
+    shown = f"Holm-adjusted p {_p(result['p_holm'])} for a difference"
+    if result.get("margin") is not None:
+        shown += f", {_p(result['p_tost_holm'])} for equivalence within ±{result['margin']:g}"
+    return f"inconclusive ({interval}; {shown})"
 
 
 def where_lines(study: dict) -> list:
@@ -385,7 +397,8 @@ def where_lines(study: dict) -> list:
             lift = f"{_num(r['mean'])} (one seed: no interval yet)"
         else:
             lift = (f"{_num(r['mean'])} [{_num(res['low'] + 1)}, {_num(res['high'] + 1)}]; a difference from 1 "
-                    f"{'established' if res['outcome'] == 'established' else 'inconclusive'} (Holm-adjusted)")
+                    f"{'established' if res['outcome'] == 'established' else 'inconclusive'} "
+                    f"(Holm-adjusted p {_p(res['p_holm'])})")
         lines.append(f"| {r['data']} | `{r['model']}` ({_seeds(r['runs'])}) | {r['measure'].replace('_', ' ')} | "
                      f"{lift} | "
                      f"{_num(r['pointing'])} (uniform {_num(r['region_fraction'])}) |")
