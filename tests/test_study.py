@@ -386,6 +386,28 @@ def test_pairs_figure_puts_the_seed_interval_above_the_bootstrap_and_colours_ver
     plt.close(fig)
 
 
+def test_contrast_plot_draws_each_interval_in_its_outcome_colour_and_labels_its_seeds():
+    import matplotlib.pyplot as plt
+    from vfu_nb.plots import study as plots
+
+    row = {"contrast": "mtl_vs_cat", "weights": {"mtl": 1, "cat": -1}, "data": "default", "n": 4, "planned": 10}
+    res = {"mean": 0.05, "low": 0.01, "high": 0.09, "low90": 0.02, "high90": 0.08, "outcome": "established"}
+    study = {"preregistration": {"primary_metrics": ["category_top3"], "margins": {"category_top3": 0.02}},
+             "primary_family": [{**row, "metric": "category_top3", "result": res}],
+             "secondary_family": [{**row, "contrast": "mtl_pool_vs_cat", "weights": {"mtl_pool": 1, "cat": -1},
+                                   "n": 5, "planned": 5, "metric": "category_top3",
+                                   "result": {**res, "mean": 0.0, "low": -0.03, "high": 0.03, "low90": -0.01,
+                                              "high90": 0.01, "outcome": "equivalent"}}]}
+    fig = plots.plot_contrasts(study)
+    (ax,) = fig.axes
+    labels = [t.get_text().replace("\n", " ") for t in ax.get_yticklabels()]
+    assert labels == ["mtl − cat (primary, 4 of 10 seeds)", "mtl_pool − cat (secondary, 5 seeds)"]
+    spans = {(tuple(line.get_xdata()), line.get_color()) for line in ax.lines if len(line.get_xdata()) == 2}
+    assert ((0.01, 0.09), "tab:blue") in spans and ((0.02, 0.08), "tab:blue") in spans      # 95 % and 90 %
+    assert ((-0.01, 0.01), "tab:green") in spans                                            # equivalent
+    plt.close(fig)
+
+
 def test_reading_states_established_gains_and_attributes_them_only_with_the_control():
     interval = {"mean": 0.05, "low": 0.01, "high": 0.09}
     null = {"mean": 0.01, "low": -0.02, "high": 0.04}

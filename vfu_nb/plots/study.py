@@ -182,10 +182,16 @@ OUTCOME_COLORS = {"established": "tab:blue", "equivalent": "tab:green", "inconcl
 
 def plot_contrasts(study: Mapping):
     """Study 2: every primary and secondary contrast per primary metric, its mean with the 95 % interval (thin)
-    and 90 % interval (thick, the one TOST reads), the equivalence margin shaded, coloured by outcome."""
+    and 90 % interval (thick, the one TOST reads), the equivalence margin shaded, coloured by outcome; each label
+    gives its seeds ("4 of 10 seeds" while the planned seeds have not all finished)."""
     metrics = study["preregistration"]["primary_metrics"]
     rows = [("primary", r) for r in study["primary_family"]] + [("secondary", r) for r in study["secondary_family"]]
     names = list(dict.fromkeys(f"{contrast_name(r)} ({fam})" for fam, r in rows))
+    seeds = {}
+    for fam, r in rows:
+        n, planned = r.get("n", 0), r.get("planned")
+        seeds.setdefault(f"{contrast_name(r)} ({fam})", f"{n} of {planned} seeds" if planned and n < planned
+                         else f"{n} seeds")
     fig, axes = plt.subplots(1, len(metrics), figsize=(5.5 * len(metrics), 0.45 * len(names) + 1.5), sharey=True,
                              squeeze=False)
     for ax, metric in zip(axes[0], metrics):
@@ -203,12 +209,15 @@ def plot_contrasts(study: Mapping):
             ax.plot([_num(res["low90"]), _num(res["high90"])], [y, y], color=color, lw=4, solid_capstyle="butt")
             ax.plot(_num(res["mean"]), y, "o", color="white", mec=color, ms=5)
         ax.set_title(label(metric))
-        ax.set_xlabel("contrast (95 % thin, 90 % thick)")
+        ax.set_xlabel("contrast")
         ax.grid(axis="x", alpha=0.3)
     axes[0][0].set_yticks(range(len(names)))
-    axes[0][0].set_yticklabels([textwrap.fill(n.replace("`", ""), 40) for n in names], fontsize=8)
+    axes[0][0].set_yticklabels([textwrap.fill(f"{n.replace('`', '')[:-1]}, {seeds[n]})", 40) for n in names],
+                               fontsize=8)
     axes[0][0].invert_yaxis()
     handles = [plt.Line2D([], [], color=c, lw=4, label=o) for o, c in OUTCOME_COLORS.items()]
     axes[0][-1].legend(handles=handles, loc="lower right", fontsize=8, title="outcome", title_fontsize=8)
+    fig.suptitle("Each test's own 95 % interval (thin) and 90 % interval (thick, the one TOST reads); "
+                 "colour: the Holm-adjusted outcome", fontsize=9)
     fig.tight_layout()
     return fig
