@@ -178,6 +178,13 @@ def test_run_states_from_exports_records_queue_and_results(tmp_path):
     assert [r.state for r in executors.status(fresh, queue={})["runs"]] == ["pending", "pending"]
     text = executors.format_status(result, relative_to=tmp_path)
     assert text.splitlines()[0].startswith("5 runs known: 1 pending, 0 queued, 1 running, 1 done, 2 failed")
+    assert result["run_seconds"] is None and text.splitlines()[1].startswith("state")   # no history: no estimate
+    (d / "history.json").write_text(json.dumps({"epochs": [{"seconds": 600.0}, {"seconds": 1200.0}]}))
+    result = executors.status(plan, queue=queue)
+    assert (result["run_seconds"], result["runs_left"]) == (1800.0, 2)                # the running one and the pending
+    assert executors.format_status(result).splitlines()[1] == (
+        "2 runs to go: about 1.0 hours of training at the median finished run (30 min; 0.5 h with two at a time, "
+        "as `--jobs 2`)")
     assert re.search(r"^failed +7_1 +default/cat/vgg16_bn_lr0.001_f1/seed0 +runs/_slurm/7_1/7_1_0_log.out +"
                      r"ValueError: no such tree$", text, re.M)
     # Slurm installed but no cluster answers: one line saying so, the runs' states from their exports

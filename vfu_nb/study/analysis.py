@@ -70,9 +70,7 @@ def _labels(plan: Plan, tag: str) -> dict:
 
 def run_seconds(result: RunResult) -> float:
     """Seconds a run spent training and evaluating, summed over its epochs (so across resumes too)."""
-    history = store.read_run_json(store.results_dir_of(result.path, result.spec.key), result.spec.key,
-                                     "history.json")
-    return float(sum(e.get("seconds", 0.0) for e in history.get("epochs", [])))
+    return store.trained_seconds(store.results_dir_of(result.path, result.spec.key), result.spec.key)
 
 
 def image_metric(name: str, labels: dict):

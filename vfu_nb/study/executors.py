@@ -28,6 +28,7 @@ import json
 import os
 import pickle
 import socket
+import statistics
 import sys
 import time
 from dataclasses import dataclass
@@ -37,6 +38,7 @@ from typing import Optional
 from vfu_nb.training.rundir import HolderLock
 from vfu_nb.study import runner
 from vfu_nb.study import slurm as sl
+from vfu_nb.study import store
 from vfu_nb.study.plan import (REPO, Plan, RunSpec, choose_settings, exported, pending, planned_runs,
                                tuning_lrs)
 
@@ -210,10 +212,34 @@ def status(plan, queue: Optional[dict] = None, log=None) -> dict:
     chosen, _ = choose_settings(plan, partial=True)
     specs = plan.all_specs(chosen, tuning_lrs(plan))
     rows = [run_status(plan, s, queue) for s in specs]
-    waiting = planned_runs(plan) - len(specs)
-    return {"runs": rows, "waiting_for_tuning": max(0, waiting),
+    waiting = max(0, planned_runs(plan) - len(specs))
+    return {"runs": rows, "waiting_for_tuning": waiting, "run_seconds": _median_run_seconds(plan, rows),
+            "runs_left": sum(r.state in ("pending", "queued", "running", "unknown") for r in rows) + waiting,
             "tuning_unfinished": [m for m in plan.tuning["models"] if m not in chosen],
             "slurm": "answered" if queue is not None else (slurm_error or "not installed")}
+
+
+def _median_run_seconds(plan: Plan, rows: list) -> Optional[float]:
+    """The median training time of the finished runs (a damaged history leaves its run out); None before any."""
+    seconds = []
+    for r in rows:
+        if r.state == "done":
+            try:
+                seconds.append(store.trained_seconds(plan.results_dir, r.key))
+            except store.CorruptResultError:
+                pass
+    return statistics.median(seconds) if seconds else None
+
+
+def time_left(result: dict) -> Optional[str]:
+    """How much training the runs still to do need, at the median finished run: None when nothing is left or
+    nothing has finished yet."""
+    left, seconds = result.get("runs_left", 0), result.get("run_seconds")
+    if not left or not seconds:
+        return None
+    hours = left * seconds / 3600
+    return (f"{left} runs to go: about {hours:.1f} hours of training at the median finished run "
+            f"({seconds / 60:.0f} min; {hours / 2:.1f} h with two at a time, as `--jobs 2`)")
 
 
 def format_status(result: dict, relative_to: Optional[Path] = None) -> str:
@@ -225,6 +251,8 @@ def format_status(result: dict, relative_to: Optional[Path] = None) -> str:
                                                  f"{', '.join(result['tuning_unfinished'])}"
                                                  if result["waiting_for_tuning"] else "")
              + f" (Slurm: {result['slurm']})"]
+    if time_left(result):
+        lines.append(time_left(result))
 
     def short(path):
         if not path:

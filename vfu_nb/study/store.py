@@ -163,6 +163,12 @@ def read_run_json(results_dir, key: str, name: str) -> dict:
                      lambda c: None if isinstance(c, dict) else f"a {type(c).__name__}, not an object")
 
 
+def trained_seconds(results_dir, key: str) -> float:
+    """Seconds an exported run spent training and evaluating, summed over its epochs (so across resumes too)."""
+    history = read_run_json(results_dir, key, "history.json")
+    return float(sum(e.get("seconds", 0.0) for e in history.get("epochs", [])))
+
+
 PREDICTION_KEYS = ("category_rank", "attribute_logits")     # what the report uses (export also writes "index")
 
 
