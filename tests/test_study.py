@@ -791,7 +791,7 @@ def test_interim_outcomes_say_so_until_the_planned_seeds_have_finished():
               "p_holm": 0.0123, "p_tost_holm": 0.97}
     assert reports.outcome_phrase({**result, "interim": True}).startswith("interim, established (+0.050")
     assert reports.outcome_phrase({**result, "interim": False}) == "established (+0.050 [+0.010, +0.090]; " \
-                                                                   "Holm-adjusted p 0.012)"
+                                                                   "Holm-adjusted p 0.0123)"
     # an interval that excludes 0 beside an outcome that is not established: the adjusted p says why
     assert reports.outcome_phrase({**result, "outcome": "inconclusive", "p_holm": 0.16, "p_tost_holm": 1.0}) == \
         "inconclusive (+0.050 [+0.010, +0.090]; Holm-adjusted p 0.16 for a difference, 1 for equivalence within ±0.02)"

@@ -216,8 +216,8 @@ def plot_contrasts(study: Mapping):
                                fontsize=8)
     axes[0][0].invert_yaxis()
     handles = [plt.Line2D([], [], color=c, lw=4, label=o) for o, c in OUTCOME_COLORS.items()]
-    axes[0][-1].legend(handles=handles, loc="lower right", fontsize=8, title="outcome", title_fontsize=8)
+    fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8, frameon=False)   # off the data
     fig.suptitle("Each test's own 95 % interval (thin) and 90 % interval (thick, the one TOST reads); "
                  "colour: the Holm-adjusted outcome", fontsize=9)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
     return fig

@@ -351,8 +351,8 @@ def dial_reading(study: dict) -> list:
 
 
 def _p(p: float) -> str:
-    """A p-value to two significant digits ("0.016", "1"), "< 0.001" below that."""
-    return "< 0.001" if p < 0.001 else f"{p:.2g}"
+    """A p-value to three significant digits ("0.0164", "1"), "< 0.001" below that."""
+    return "< 0.001" if p < 0.001 else f"{p:.3g}"
 
 
 def outcome_phrase(result: Optional[dict]) -> str:
