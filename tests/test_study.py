@@ -762,6 +762,16 @@ def test_mechanism_reads_the_factorial_and_the_control_from_their_outcomes():
     assert row["reading"] == "no_source"
     (row,) = analysis.mechanism(study(mtl_vs_cat=neg, landmark_loss=est, attention=est, control_mtl_vs_cat=eq))
     assert row["reading"] == "no_gain"                                 # a gain of cat is nothing to explain here
+    # no established mtl - cat gain, yet a main effect is established: the reading says so
+    unexplained = study(mtl_vs_cat=inc, landmark_loss=est, attention=inc, control_mtl_vs_cat=inc)
+    assert analysis.mechanism(unexplained)[0]["source"] == "landmark_loss"
+    assert reports.mechanism_reading(unexplained)[1] == (
+        "So in top-3 category accuracy the gain of `mtl` over `cat` is not established, but the main effect of the "
+        "landmark loss is: averaged over the networks with and without the attention, training with the landmark "
+        "loss helps.")
+    nothing = study(mtl_vs_cat=inc, landmark_loss=inc, attention=inc, control_mtl_vs_cat=inc)
+    assert reports.mechanism_reading(nothing)[1] == (
+        "So in top-3 category accuracy there is no established gain of `mtl` over `cat` to explain here.")
     (row,) = analysis.mechanism(study(mtl_vs_cat=est, landmark_loss=est))
     assert row["reading"] is None and row["results"]["attention"] is None   # not all measured: no reading yet
     assert len(reports.mechanism_reading(study(mtl_vs_cat=est, landmark_loss=est))) == 1

@@ -395,8 +395,8 @@ def mechanism(study: dict) -> list[dict]:
     Each row: ``metric``; ``results`` (contrast name -> its result in the primary family, None while unmeasured);
     ``reading``: None until ``mtl_vs_cat``, both main effects and the control are measured, then
     ``"no_gain"`` (no established gain of mtl over cat), ``"no_source"`` (a gain, but neither main effect is
-    established) or ``"gain"``, with ``source`` (``"landmark_loss"``, ``"attention"`` or ``"both"``: the main
-    effects established in the gain's direction) and ``control`` / ``control_direction`` (the outcome and
+    established) or ``"gain"``; ``source`` (``"landmark_loss"``, ``"attention"``, ``"both"``: the main effects
+    established as gains; None when neither is) with "gain" and "no_gain"; ``control`` / ``control_direction`` (the outcome and
     direction of mtl - cat on the displaced-evidence tree); ``interim``: True while any of those four results
     comes from fewer seeds than planned (the reading may still change).
     """
@@ -410,15 +410,15 @@ def mechanism(study: dict) -> list[dict]:
         if not (gain and loss and attention and control):
             continue
         row["interim"] = any(x.get("interim", False) for x in (gain, loss, attention, control))
-        if not _established_gain(gain):
-            row["reading"] = "no_gain"
-            continue
         sources = [name for name, x in (("landmark_loss", loss), ("attention", attention)) if _established_gain(x)]
+        source = ("both" if len(sources) == 2 else sources[0]) if sources else None
+        if not _established_gain(gain):
+            row.update(reading="no_gain", source=source)
+            continue
         if not sources:
             row["reading"] = "no_source"
             continue
-        row.update(reading="gain", source="both" if len(sources) == 2 else sources[0], control=control["outcome"],
-                   control_direction=control["direction"])
+        row.update(reading="gain", source=source, control=control["outcome"], control_direction=control["direction"])
     return out
 
 

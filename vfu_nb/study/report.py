@@ -407,6 +407,12 @@ def where_lines(study: dict) -> list:
 
 _SOURCES = {"both": "both the landmark loss and the attention", "landmark_loss": "the landmark loss",
             "attention": "the attention"}
+_MAIN_EFFECTS = {
+    "landmark_loss": "the main effect of the landmark loss is: averaged over the networks with and without the "
+                     "attention, training with the landmark loss helps",
+    "attention": "the main effect of the attention is: averaged over the networks with and without the landmark "
+                 "loss, adding the attention helps",
+    "both": "both main effects are: each factor helps, averaged over the two levels of the other"}
 _CONTROL_CLAUSES = {
     "equivalent": "and vanishes (equivalent within the margin) when the local evidence is drawn away from the "
                   "landmarks, as locating the evidence predicts",
@@ -431,7 +437,10 @@ def mechanism_reading(study: dict) -> list:
             continue
         out.append(f"In {metric}: " + "; ".join(f"{CONTRAST_NAMES[c]} {outcome_phrase(results[c])}"
                                                 for c in CONTRAST_NAMES) + ".")
-        if row["reading"] == "no_gain":
+        if row["reading"] == "no_gain" and row.get("source"):
+            out.append(f"{so} in {metric} the gain of `mtl` over `cat` is not established, but "
+                       f"{_MAIN_EFFECTS[row['source']]}.")
+        elif row["reading"] == "no_gain":
             out.append(f"{so} in {metric} there is no established gain of `mtl` over `cat` to explain here.")
         elif row["reading"] == "no_source":
             out.append(f"{so} in {metric} the gain is established but neither factor's main effect is: the factorial "
