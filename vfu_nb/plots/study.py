@@ -186,12 +186,12 @@ def plot_contrasts(study: Mapping):
     gives its seeds ("4 of 10 seeds" while the planned seeds have not all finished)."""
     metrics = study["preregistration"]["primary_metrics"]
     rows = [("primary", r) for r in study["primary_family"]] + [("secondary", r) for r in study["secondary_family"]]
-    names = list(dict.fromkeys(f"{contrast_name(r)} ({fam})" for fam, r in rows))
-    seeds = {}
+    seeds = {}                                              # (contrast, family) -> "4 of 10 seeds", in table order
     for fam, r in rows:
         n, planned = r.get("n", 0), r.get("planned")
-        seeds.setdefault(f"{contrast_name(r)} ({fam})", f"{n} of {planned} seeds" if planned and n < planned
-                         else f"{n} seeds")
+        seeds.setdefault((contrast_name(r), fam),
+                         f"{n} of {planned} seeds" if planned and n < planned else f"{n} seeds")
+    names = list(seeds)
     fig, axes = plt.subplots(1, len(metrics), figsize=(5.5 * len(metrics), 0.45 * len(names) + 1.5), sharey=True,
                              squeeze=False)
     for ax, metric in zip(axes[0], metrics):
@@ -203,7 +203,7 @@ def plot_contrasts(study: Mapping):
             res = r["result"]
             if r["metric"] != metric or not res:
                 continue
-            y = names.index(f"{contrast_name(r)} ({fam})")
+            y = names.index((contrast_name(r), fam))
             color = OUTCOME_COLORS[res["outcome"]]
             ax.plot([_num(res["low"]), _num(res["high"])], [y, y], color=color, lw=1.2)
             ax.plot([_num(res["low90"]), _num(res["high90"])], [y, y], color=color, lw=4, solid_capstyle="butt")
@@ -212,8 +212,8 @@ def plot_contrasts(study: Mapping):
         ax.set_xlabel("contrast")
         ax.grid(axis="x", alpha=0.3)
     axes[0][0].set_yticks(range(len(names)))
-    axes[0][0].set_yticklabels([textwrap.fill(f"{n.replace('`', '')[:-1]}, {seeds[n]})", 40) for n in names],
-                               fontsize=8)
+    axes[0][0].set_yticklabels([textwrap.fill(f"{name.replace('`', '')} ({fam}, {seeds[name, fam]})", 40)
+                                for name, fam in names], fontsize=8)
     axes[0][0].invert_yaxis()
     handles = [plt.Line2D([], [], color=c, lw=4, label=o) for o, c in OUTCOME_COLORS.items()]
     fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8, frameon=False)   # off the data

@@ -395,10 +395,10 @@ def mechanism(study: dict) -> list[dict]:
     Each row: ``metric``; ``results`` (contrast name -> its result in the primary family, None while unmeasured);
     ``reading``: None until ``mtl_vs_cat``, both main effects and the control are measured, then
     ``"no_gain"`` (no established gain of mtl over cat), ``"no_source"`` (a gain, but neither main effect is
-    established) or ``"gain"``; ``source`` (``"landmark_loss"``, ``"attention"``, ``"both"``: the main effects
-    established as gains; None when neither is) with "gain" and "no_gain"; ``control`` / ``control_direction`` (the outcome and
-    direction of mtl - cat on the displaced-evidence tree); ``interim``: True while any of those four results
-    comes from fewer seeds than planned (the reading may still change).
+    established) or ``"gain"``; with "gain" and "no_gain", ``source`` (``"landmark_loss"``, ``"attention"``,
+    ``"both"``: the main effects established as gains; None when neither is); with "gain", ``control`` /
+    ``control_direction`` (the outcome and direction of mtl - cat on the displaced-evidence tree); ``interim``:
+    True while any of those four results comes from fewer seeds than planned (the reading may still change).
     """
     out = []
     for metric in study["preregistration"]["primary_metrics"]:

@@ -251,8 +251,9 @@ def format_status(result: dict, relative_to: Optional[Path] = None) -> str:
                                                  f"{', '.join(result['tuning_unfinished'])}"
                                                  if result["waiting_for_tuning"] else "")
              + f" (Slurm: {result['slurm']})"]
-    if time_left(result):
-        lines.append(time_left(result))
+    estimate = time_left(result)
+    if estimate:
+        lines.append(estimate)
 
     def short(path):
         if not path:
