@@ -60,12 +60,16 @@ def per_image(metric: str, predictions: Mapping, labels: Mapping) -> np.ndarray:
 
 def value(metric: str, predictions: Mapping, labels: Mapping) -> float:
     """The run's ``metric`` on all its test images (mAP as the metrics module computes it; measures: nan-mean)."""
-    if metric == "attr_map_all":
-        from vfu_nb.metrics import mean_over_attributes
+    return run_contributions(metric, predictions, labels)[1]
 
+
+def run_contributions(metric: str, predictions: Mapping, labels: Mapping) -> tuple[np.ndarray, float]:
+    """``(per_image(...), value(...))`` of one run; for mAP its attribute scores are ranked once for both."""
+    if metric == "attr_map_all":
         ap = _ranked_ap(predictions, labels)
-        return float(mean_over_attributes(ap(np.arange(len(labels["category"])))))
-    return float(np.nanmean(per_image(metric, predictions, labels)))
+        return map_pseudovalues(ap), _full_map(ap)
+    contributions = per_image(metric, predictions, labels)
+    return contributions, float(np.nanmean(contributions))
 
 
 def map_pseudovalues(ap) -> np.ndarray:
@@ -74,8 +78,14 @@ def map_pseudovalues(ap) -> np.ndarray:
     when an image is left out drops out of that mean, as it does from the metric."""
     from vfu_nb.metrics import mean_over_attributes
 
-    full = float(mean_over_attributes(ap(np.arange(len(ap.order)))))
-    return stats.jackknife_pseudovalues(full, mean_over_attributes(ap.leave_one_out()))
+    return stats.jackknife_pseudovalues(_full_map(ap), mean_over_attributes(ap.leave_one_out()))
+
+
+def _full_map(ap) -> float:
+    """The mean AP over attributes on every image of a ranked :class:`vfu_nb.metrics.ResampledAveragePrecision`."""
+    from vfu_nb.metrics import mean_over_attributes
+
+    return float(mean_over_attributes(ap(np.arange(len(ap.order)))))
 
 
 def _ranked_ap(predictions: Mapping, labels: Mapping):
@@ -100,7 +110,7 @@ def estimate(weights: Mapping[str, float], runs: Mapping[tuple, Mapping], metric
         pred = runs[(model, seed)]
         key = (id(pred), metric)
         if key not in cache:
-            cache[key] = (per_image(metric, pred, labels), value(metric, pred, labels))
+            cache[key] = run_contributions(metric, pred, labels)
         return cache[key]
 
     u = np.array([sum(w * contributions(m, s)[0] for m, w in weights.items()) for s in seeds])
