@@ -7,6 +7,7 @@ import json
 import math
 import os
 import random
+import shutil
 import signal
 import sys
 
@@ -15,6 +16,8 @@ import pytest
 import torch
 
 from train_helpers import read_json, run_cli, strip_timing, tiny_args
+from vfu_nb.data.annotations import image_root, load_annotations
+from vfu_nb.data.identity import tree_digest
 from vfu_nb.losses import LossWeights, multitask_loss
 from vfu_nb.training import builders, cli, loop
 from vfu_nb.training.builders import EpochBatchSampler, train_subset
@@ -461,6 +464,24 @@ def test_existing_run_is_refused_without_resume_and_changed_settings_with_it(syn
     # safe changes are accepted: more epochs, other thread count, progress, sync_every
     m = train(tiny_config(synth_root, run_dir, epochs=2, max_batches=1, resume=True, threads=2, sync_every=2))
     assert m["epochs_run"] == 2
+
+
+def test_a_run_resumes_from_its_data_tree_reached_by_another_path_but_not_from_another_tree(synth_root, tmp_path):
+    """A git worktree, a moved or symlinked tree: same data, other path (vfu_nb.data.identity)."""
+    first, other = tmp_path / "first" / "df", tmp_path / "other" / "df"
+    shutil.copytree(synth_root, first)
+    shutil.copytree(synth_root, other)
+    run_dir = tmp_path / "run"
+    train(tiny_config(first, run_dir, epochs=1, max_batches=1))
+    assert read_json(run_dir / "config.json")["resolved"]["data_digest"] == tree_digest(synth_root)
+    moved = tmp_path / "moved"
+    os.rename(first.parent, moved)
+    image = image_root(other) / load_annotations(other).image_names[3]
+    image.write_bytes(image.read_bytes() + b"\0")                 # same annotations, one image differs
+    with pytest.raises(RunMismatchError, match=r"data_root: '.*first/df' -> '.*other/df'"):
+        train(tiny_config(other, run_dir, epochs=2, max_batches=1, resume=True))
+    m = train(tiny_config(moved / "df", run_dir, epochs=2, max_batches=1, resume=True))
+    assert m["epochs_run"] == 2 and read_json(run_dir / "config.json")["data_root"] == str(moved / "df")
 
 
 def test_a_second_writer_is_refused_and_a_dead_writers_lock_taken_over(synth_root, tmp_path):

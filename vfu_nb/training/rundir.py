@@ -1,6 +1,7 @@
 """The run directory of a training run: :class:`RunDir`, the one reader and writer of every file in it.
 
-    <run_dir>/config.json          settings + the ``resolved`` per-device values (rewritten at every start)
+    <run_dir>/config.json          settings + the ``resolved`` values: per device, and the data tree's digest
+                                   (rewritten at every start)
              history.json          per-step losses and per-epoch metrics (every epoch end)
              metrics.json          best val epoch and its val/test metrics (end of run)
              metrics.csv           one row per epoch: train losses, val/test metrics, lr, timings
@@ -12,7 +13,9 @@
              train.lock            held (filelock) by the process that writes the run
 
 :meth:`RunDir.check_claim` refuses a folder that holds a run unless ``resume`` is set, and a resume whose
-settings differ (:func:`vfu_nb.training.config.config_differences`); :class:`RunLock` keeps a second process out.
+settings differ (:func:`vfu_nb.training.config.config_differences`; a ``data_root`` reached by another path
+counts as unchanged when it holds the same tree, :func:`vfu_nb.data.identity.same_tree`); :class:`RunLock`
+keeps a second process out.
 :class:`RunLog` writes the logs (``train.log``, ``batches.csv``, ``metrics.csv``, TensorBoard).
 """
 
@@ -32,6 +35,7 @@ import filelock
 import torch
 
 from vfu_nb.conventions import LOSS_TERMS
+from vfu_nb.data.identity import same_tree, tree_digest
 from vfu_nb.diskspace import appending, atomic_save, atomic_write
 from vfu_nb.metrics import jsonable
 from vfu_nb.training.config import TrainConfig, config_differences
@@ -238,6 +242,7 @@ class RunDir:
 
     # --- writing (the trainer's rank 0)
     def write_config(self, config: TrainConfig, resolved: dict) -> None:
+        resolved = {**resolved, "data_digest": tree_digest(config.data_root) if config.data_root else None}
         write_json(self.config_file, {**config.to_dict(), "resolved": resolved})
 
     def write_history(self, history: dict) -> None:
@@ -268,11 +273,15 @@ class RunDir:
         """Raise :class:`RunMismatchError` when the stored settings differ from ``config``.
 
         The one rule for continuing a run (the trainer, :func:`vfu_nb.training.runs.ensure_run` and the study):
-        every setting but :data:`vfu_nb.training.config.RESUME_SAFE_FIELDS` (and ``ignore``) must be unchanged.
+        every setting but :data:`vfu_nb.training.config.RESUME_SAFE_FIELDS` (and ``ignore``) must be unchanged;
+        a ``data_root`` that moved counts as unchanged when it holds the same tree
+        (:func:`vfu_nb.data.identity.same_tree`).
         """
         if not self.has_config():
             return
-        diffs = config_differences(self.read_config(), config, ignore)
+        stored = self.read_config()
+        moved = ("data_root",) if same_tree(stored, config.data_root) else ()
+        diffs = config_differences(stored, config, (*ignore, *moved))
         if diffs:
             raise RunMismatchError(f"{self.path} holds a run with other settings ({'; '.join(diffs)}); resume it "
                                    f"with its own settings, or start a new run with a new --run-dir")
