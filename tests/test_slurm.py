@@ -179,7 +179,7 @@ def test_run_states_from_exports_records_queue_and_results(tmp_path):
     text = executors.format_status(result, relative_to=tmp_path)
     assert text.splitlines()[0].startswith("5 runs known: 1 pending, 0 queued, 1 running, 1 done, 2 failed")
     assert result["run_seconds"] is None and text.splitlines()[1].startswith("state")   # no history: no estimate
-    (d / "history.json").write_text(json.dumps({"epochs": [{"seconds": 600.0}, {"seconds": 1200.0}]}))
+    (d / "history.json").write_text(json.dumps({"epochs": [{"seconds": 600.0}, {"seconds": 1200.0}, {"seconds": None}, {}]}))
     result = executors.status(plan, queue=queue)
     assert (result["run_seconds"], result["runs_left"]) == (1800.0, 2)                # the running one and the pending
     assert executors.format_status(result).splitlines()[1] == (

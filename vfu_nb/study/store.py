@@ -164,9 +164,10 @@ def read_run_json(results_dir, key: str, name: str) -> dict:
 
 
 def trained_seconds(results_dir, key: str) -> float:
-    """Seconds an exported run spent training and evaluating, summed over its epochs (so across resumes too)."""
+    """Seconds an exported run spent training and evaluating, summed over its epochs (so across resumes too; an
+    epoch without a time counts as none)."""
     history = read_run_json(results_dir, key, "history.json")
-    return float(sum(e.get("seconds", 0.0) for e in history.get("epochs", [])))
+    return float(sum(e.get("seconds") or 0.0 for e in history.get("epochs", [])))
 
 
 PREDICTION_KEYS = ("category_rank", "attribute_logits")     # what the report uses (export also writes "index")
