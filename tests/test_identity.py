@@ -75,5 +75,10 @@ def test_a_run_from_before_digests_compares_with_its_recorded_root_while_that_ex
     a, b = two_copies
     old_run = {"data_root": str(a), "resolved": {"device": "cpu"}}       # no data_digest
     assert same_tree(old_run, str(b))
+    bad = a / "Anno" / "list_category_img.txt"
+    good = bad.read_text()
+    bad.write_text(good.replace("\n", "\nnot a record\n", 3))                 # the old tree is unreadable now
+    assert not same_tree(old_run, str(b))
+    bad.write_text(good)
     shutil.rmtree(a)
     assert not same_tree(old_run, str(b))                    # nothing left to compare with: refused

@@ -16,7 +16,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Mapping, Optional
 
-from vfu_nb.data.annotations import annotation_paths, image_root
+from vfu_nb.data.annotations import AnnotationError, annotation_paths, image_root
 from vfu_nb.data.cache import _files_fingerprint, cached_annotations
 from vfu_nb.data.synthetic.settings import MARKER_DONE
 
@@ -77,5 +77,8 @@ def same_tree(stored: Mapping, data_root) -> bool:
         return True
     recorded = (stored.get("resolved") or {}).get("data_digest")
     if recorded is None and Path(old).is_dir():
-        recorded = tree_digest(old)
+        try:
+            recorded = tree_digest(old)
+        except (AnnotationError, OSError):            # the old tree changed since: unreadable counts as other
+            return False
     return recorded is not None and recorded == tree_digest(data_root)
