@@ -117,6 +117,39 @@ def test_train_pending_stops_on_an_error_after_the_runs_in_progress(plan, monkey
     assert len(plans.pending(plan)) == 4                                       # nothing was exported
 
 
+def test_train_pending_keep_going_trains_the_other_runs_and_lists_the_failures(plan, monkeypatch):
+    tried = []
+
+    def cat_breaks(plan_, spec, subprocess_):
+        tried.append(spec.key)
+        if spec.model == "cat" and spec.config["lr"] == 3e-4:
+            raise RuntimeError(f"training {spec.key} failed (exit 2)")
+        export(plan_, spec, val=0.8 if spec.config["lr"] == 3e-4 else 0.5)
+
+    monkeypatch.setattr(runner, "_train", cat_breaks)
+    monkeypatch.setattr(runner, "export_run", lambda plan_, spec: None)
+    log = []
+    with pytest.raises(RuntimeError, match=r"failed \(exit 2\)") as err:
+        runner.train_pending(plan, jobs=2, log=log.append, keep_going=True)
+    assert "runs failed" not in str(err.value)                      # one failure: its own error
+    chosen, _ = plans.choose_settings(plan, partial=True)
+    assert list(chosen) == ["mtl"]                                  # cat's tuning could not finish
+    mtl_later = [s.key for s in plan.later_specs(chosen)]
+    assert mtl_later and all(key in tried for key in mtl_later)     # mtl's seeds went on after cat's failure
+    assert len(tried) == len(set(tried))                            # the failed run was not retried
+    assert any(line.startswith("[study] ERROR default/cat/") and "going on" in line for line in log)
+
+
+def test_train_pending_keep_going_names_every_failed_run_in_one_error(plan, monkeypatch):
+    def no_tree(plan_, spec, subprocess_):
+        raise ValueError(f"no tree for {spec.key}")
+
+    monkeypatch.setattr(runner, "_train", no_tree)
+    with pytest.raises(RuntimeError, match=r"^4 runs failed \(the others were trained\): default/") as err:
+        runner.train_pending(plan, jobs=2, log=lambda line: None, keep_going=True)
+    assert str(err.value).count("no tree for default/") == 4 and len(plans.pending(plan)) == 4
+
+
 def test_compact_history_keeps_epochs_and_averages_batches():
     n = 1000
     history = {"batches": {"epoch": [1] * n, "batch": list(range(1, n + 1)), "step": list(range(1, n + 1)),

@@ -1,6 +1,6 @@
 """The study behind the README's results: equal tuning, seeds x models, learning curve, geometry dial.
 
-    python -m vfu_nb.study run [PLAN] [--jobs 2]    # train what is missing (resumable), export, report
+    python -m vfu_nb.study run [PLAN] [--jobs 2] [--keep-going]   # train what is missing (resumable), export, report
     python -m vfu_nb.study run [PLAN] --executor slurm [--time 4:00:00 ...]   # the same through Slurm job arrays
     python -m vfu_nb.study status [PLAN]            # every run: pending, queued, running, done or failed
     python -m vfu_nb.study report [PLAN]            # results/study.json, figures/05_*.png, README block
@@ -26,18 +26,18 @@ from vfu_nb.study.runner import ensure_data, reexport
 
 
 def run(plan, jobs: int = 1, log=print, executor: str = "local", slurm: Optional[dict] = None,
-        wait: bool = True) -> Optional[dict]:
+        wait: bool = True, keep_going: bool = False) -> Optional[dict]:
     """The whole study: data, tuning, choice, seeds/learning curve/dial, report. Resumable at any point.
 
     ``executor`` trains the runs (:mod:`vfu_nb.study.executors`): ``local`` (``jobs`` threads, the default) or
     ``slurm`` (job arrays; ``slurm`` overrides the plan's ``slurm:`` block). None when runs are still queued
-    (``wait=False``): no report yet.
+    (``wait=False``): no report yet. ``keep_going``: a failed run does not stop the others (local executor).
     """
     plan = Plan.load(plan)
     t0 = time.time()
     if executor != "local":                 # jobs elsewhere must not make a tree at the same time: make them all here
         ensure_data(plan, plan.data_tags())
-    if not executors.train(plan, executor, jobs=jobs, slurm=slurm, wait=wait, log=log):
+    if not executors.train(plan, executor, jobs=jobs, slurm=slurm, wait=wait, log=log, keep_going=keep_going):
         log("[study] runs are still queued or running: `python -m vfu_nb.study status` shows them; run the study "
             "again to submit what they unlock and to report")
         return None
@@ -53,6 +53,8 @@ def main(argv=None):
     p_run = sub.add_parser("run", help="train what is missing (resumable), export, report")
     p_run.add_argument("plan", nargs="?", default=str(DEFAULT_PLAN))
     p_run.add_argument("--jobs", type=int, default=1, help="runs trained at the same time (one thread each)")
+    p_run.add_argument("--keep-going", action="store_true",
+                       help="a failed run does not stop the others; the failures are listed at the end")
     executors.add_run_arguments(p_run)
     p_status = sub.add_parser("status", help="every run: pending, queued, running, done or failed (job id, log)")
     p_status.add_argument("plan", nargs="?", default=str(DEFAULT_PLAN))
@@ -75,7 +77,7 @@ def main(argv=None):
         return reexport(Plan.load(args.plan), args.key)
     if args.command == "run":
         return run(args.plan, args.jobs, executor=args.executor, slurm=executors.slurm_overrides(args),
-                   wait=not args.no_wait)
+                   wait=not args.no_wait, keep_going=args.keep_going)
     if args.command == "status":
         sys.exit(executors.status_main(args.plan, args.json))
     if args.command == "readme":

@@ -47,17 +47,18 @@ STATES = ("pending", "queued", "running", "done", "failed")
 
 
 def train(plan, executor: str = "local", jobs: int = 1, slurm: Optional[dict] = None, wait: bool = True,
-          log=print) -> bool:
+          log=print, keep_going: bool = False) -> bool:
     """Train the plan's pending runs with ``executor`` (``local`` or ``slurm``); True when every run of the plan
     has been exported, False when runs are still queued or running (``slurm`` with ``wait=False``).
 
     ``slurm``: settings over the plan's ``slurm:`` block (:class:`vfu_nb.study.slurm.SlurmSettings` fields).
+    ``keep_going``: the local executor goes on past a failed run (Slurm's jobs always do).
     """
     plan = Plan.load(plan)
     if executor == "local":
         if slurm:
             raise ValueError(f"Slurm settings {sorted(slurm)} need the slurm executor (--executor slurm)")
-        runner.train_pending(plan, jobs, log)
+        runner.train_pending(plan, jobs, log, keep_going=keep_going)
         return True
     if executor == "slurm":
         return SlurmDriver(plan, sl.SlurmSettings.from_dict(plan.slurm, slurm)).run(wait=wait, log=log)

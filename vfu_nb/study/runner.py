@@ -108,10 +108,12 @@ def train_and_export(plan: Plan, spec: RunSpec, subprocess_: bool, log=print) ->
     log(f"[study] done  {spec.key} ({(time.time() - t0) / 60:.1f} min)")
 
 
-def train_pending(plan: Plan, jobs: int = 1, log=print) -> None:
+def train_pending(plan: Plan, jobs: int = 1, log=print, keep_going: bool = False) -> None:
     """Train every pending run, ``jobs`` at a time. The queue is rebuilt whenever a run finishes, so a model's
-    seed runs start as soon as its tuning is complete. An error stops the study once the runs in progress end."""
-    running, errors, cond = set(), [], threading.Condition()
+    seed runs start as soon as its tuning is complete. An error stops the study once the runs in progress end;
+    with ``keep_going`` (``--keep-going``) the failed run is left out and the others go on, and at the end one
+    error lists every failed run."""
+    running, errors, failed, cond = set(), [], {}, threading.Condition()
     todo = pending(plan)
     log(f"[study] {len(todo)} runs to train (first: {todo[0].key if todo else '-'})")
     busy = store.BusyRuns(plan.runs_dir, log)    # runs another live process trains: skipped, then waited for
@@ -120,9 +122,10 @@ def train_pending(plan: Plan, jobs: int = 1, log=print) -> None:
         while True:
             with cond:
                 while True:
-                    if not errors:
+                    stop = errors and not keep_going
+                    if not stop:
                         import_reused(plan, log)
-                    todo = [] if errors else [s for s in pending(plan) if s.key not in running]
+                    todo = [] if stop else [s for s in pending(plan) if s.key not in running and s.key not in failed]
                     queue = busy.free(todo)
                     if queue or errors or not (todo or running):
                         break
@@ -137,6 +140,9 @@ def train_pending(plan: Plan, jobs: int = 1, log=print) -> None:
                 train_and_export(plan, spec, jobs > 1, log)
             except BaseException as error:
                 errors.append(error)
+                failed[spec.key] = error
+                if keep_going and isinstance(error, Exception):
+                    log(f"[study] ERROR {spec.key}: {error} (going on with the other runs)")
             finally:
                 with cond:
                     running.discard(spec.key)
@@ -147,8 +153,12 @@ def train_pending(plan: Plan, jobs: int = 1, log=print) -> None:
         t.start()
     for t in threads:
         t.join()
+    interrupted = [e for e in errors if not isinstance(e, Exception)]     # KeyboardInterrupt, SystemExit
+    if interrupted or (errors and not keep_going) or len(errors) == 1:
+        raise (interrupted or errors)[0]
     if errors:
-        raise errors[0]
+        raise RuntimeError(f"{len(failed)} runs failed (the others were trained): "
+                           + "; ".join(f"{key}: {error}" for key, error in failed.items()))
 
 
 def import_reused(plan: Plan, log=print) -> list[str]:
