@@ -150,6 +150,16 @@ def test_train_pending_keep_going_names_every_failed_run_in_one_error(plan, monk
     assert str(err.value).count("no tree for default/") == 4 and len(plans.pending(plan)) == 4
 
 
+def test_study_run_command_line_passes_jobs_and_keep_going_to_the_executor(plan, tmp_path, monkeypatch):
+    path = tmp_path / "plan.json"
+    path.write_text(json.dumps({**PLAN, "results": str(plan.results_dir), "runs": str(tmp_path / "runs")}))
+    calls = []
+    monkeypatch.setattr(cli.executors, "train", lambda plan_, executor, **kw: calls.append((executor, kw)) or False)
+    cli.main(["run", str(path), "--jobs", "2", "--keep-going"])
+    cli.main(["run", str(path)])
+    assert [(e, kw["jobs"], kw["keep_going"]) for e, kw in calls] == [("local", 2, True), ("local", 1, False)]
+
+
 def test_compact_history_keeps_epochs_and_averages_batches():
     n = 1000
     history = {"batches": {"epoch": [1] * n, "batch": list(range(1, n + 1)), "step": list(range(1, n + 1)),
