@@ -203,8 +203,9 @@ def test_run_states_from_exports_records_queue_and_results(tmp_path):
 
 def test_the_local_executor_is_the_default_and_refuses_slurm_settings(tmp_path, monkeypatch):
     calls = []
-    monkeypatch.setattr(runner, "train_pending", lambda plan, jobs, log: calls.append(jobs))
-    assert executors.train(small_plan(tmp_path, tmp_path), jobs=2) is True and calls == [2]
+    monkeypatch.setattr(runner, "train_pending", lambda plan, jobs, log, keep_going: calls.append((jobs, keep_going)))
+    assert executors.train(small_plan(tmp_path, tmp_path), jobs=2) is True and calls == [(2, False)]
+    assert executors.train(small_plan(tmp_path, tmp_path), keep_going=True) and calls[-1] == (1, True)
     with pytest.raises(ValueError, match=r"Slurm settings \['partition'\] need the slurm executor"):
         executors.train(small_plan(tmp_path, tmp_path), slurm={"partition": "gpu"})
     with pytest.raises(ValueError, match="unknown executor 'k8s'"):

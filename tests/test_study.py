@@ -3,6 +3,7 @@
 import json
 import math
 import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
@@ -118,12 +119,16 @@ def test_train_pending_stops_on_an_error_after_the_runs_in_progress(plan, monkey
 
 
 def test_train_pending_keep_going_trains_the_other_runs_and_lists_the_failures(plan, monkeypatch):
-    tried = []
+    tried, active, most_at_once = [], [], []
 
     def cat_breaks(plan_, spec, subprocess_):
         tried.append(spec.key)
         if spec.model == "cat" and spec.config["lr"] == 3e-4:
             raise RuntimeError(f"training {spec.key} failed (exit 2)")
+        active.append(spec.key)
+        most_at_once.append(len(active))
+        time.sleep(0.05)
+        active.remove(spec.key)
         export(plan_, spec, val=0.8 if spec.config["lr"] == 3e-4 else 0.5)
 
     monkeypatch.setattr(runner, "_train", cat_breaks)
@@ -137,6 +142,7 @@ def test_train_pending_keep_going_trains_the_other_runs_and_lists_the_failures(p
     mtl_later = [s.key for s in plan.later_specs(chosen)]
     assert mtl_later and all(key in tried for key in mtl_later)     # mtl's seeds went on after cat's failure
     assert len(tried) == len(set(tried))                            # the failed run was not retried
+    assert max(most_at_once[-len(mtl_later):]) == 2                 # both workers went on after the failure
     assert any(line.startswith("[study] ERROR default/cat/") and "going on" in line for line in log)
 
 
@@ -530,6 +536,21 @@ def test_grid_edges_names_models_whose_choice_is_at_the_end_of_the_grid():
     assert analysis.grid_edge_models({"grid": {"lr": [1e-3]}, "chosen": {"mtl": {"lr": 1e-3}}}) == {}   # no grid
 
 
+def test_first_study_analysis_reads_the_seeds_its_parts_train(plan, monkeypatch):
+    """A learning curve or dial with ``first: 1`` trains seeds 1.. (Plan.seed_range): the analysis asks for those."""
+    plan.learning_curve["first"], plan.dial["first"] = 1, 1
+    chosen = {"mtl": {"lr": 1e-3, "backbone": "vgg16_bn"}, "cat": {"lr": 1e-3, "backbone": "vgg16_bn"}}
+    asked = []
+    monkeypatch.setattr(analysis, "choose_settings", lambda plan_, partial=False: (chosen, []))
+    monkeypatch.setattr(analysis, "load_runs", lambda plan_, specs: asked.extend(specs) or [])
+    monkeypatch.setattr(analysis, "baselines_for", lambda plan_, **kw: {})
+    analysis.study_results(plan, log=lambda line: None)
+    trained = {s.key for s in plan.later_specs(chosen)}
+    for part in ("learning_curve", "dial"):
+        seeds = {s.seed for s in asked if s.part == part}
+        assert seeds == {1, 2} and {s.key for s in asked if s.part == part} <= trained, part
+
+
 def test_readme_block_learning_curve_rows_give_seeds_and_bold_only_established_gains():
     result = fake_study()
     pair = result["seeds"]["pairs"][0]
@@ -696,6 +717,9 @@ def test_import_reused_copies_only_runs_with_the_same_key_and_settings(plan2, tm
     assert (copied / "metrics.json").read_text() == (old.results_dir / "runs" / same.key / "metrics.json").read_text()
     assert plans.exported(plan2, other.key) is None and "reused 1 finished runs" in log[0]
     assert runner.import_reused(plan2, log.append) == []                  # nothing twice
+    (old.results_dir / "runs" / other.key / "config.json").write_text('{"model": "ca')
+    with pytest.raises(store.CorruptResultError, match=rf"old/runs/{other.key}/config.json is damaged"):
+        runner.import_reused(plan2, log.append)                           # one line naming the file, no traceback
 
 
 PRE = {"primary_metrics": ["category_top3", "attr_map_all"], "alpha": 0.05,

@@ -14,6 +14,7 @@ import yaml
 
 from test_study import PLAN, export, seed_runs
 from vfu_nb.training.rundir import RunLock, RunLockedError
+from vfu_nb.data.identity import annotations_digest
 from vfu_nb.study import analysis, runner, store
 from vfu_nb.study import plan as plans
 from vfu_nb.study import report as reports
@@ -86,7 +87,7 @@ def test_baselines_are_stored_when_the_tree_is_present_and_recomputed_only_when_
     first = store.tree_baselines(results, "t", settings, synth_root, True)
     stored = json.loads((results / "baselines" / "t.json").read_text())
     assert stored["settings"] == settings and stored["baselines"] == first and stored["split"] == "test"
-    assert stored["annotations_sha256"] == store.annotations_digest(synth_root)
+    assert stored["annotations_sha256"] == annotations_digest(synth_root)
     assert first["class_prior"]["category_top3"] == B.compute_baselines(synth_root)["class_prior"]["category_top3"]
 
     def no_compute(*a, **k):
@@ -227,6 +228,22 @@ def test_a_failed_trainer_is_one_line_with_its_last_error(tmp_path):
     log.write_text("python -m vfu_nb.study: runs/x is being written by another process (pid 7 on h since t)\n")
     locked = store.trainer_error("k", store.LOCKED_EXIT, log)
     assert isinstance(locked, RunLockedError) and str(locked).startswith("runs/x is being written by another")
+
+
+def test_only_this_attempts_lines_say_why_it_failed_and_whether_it_diverged(tmp_path):
+    """stdout.log is appended to: an earlier attempt's divergence must not make a later failure a divergence."""
+    log = tmp_path / "stdout.log"
+    log.write_text("Traceback (most recent call last):\nvfu_nb.training.loop.NonFiniteLossError: non-finite total "
+                   "loss (nan) at epoch 2, batch 7\n")
+    old = store.trainer_error("k", 1, log)
+    assert runner._diverged(old) and "epoch 2, batch 7" in str(old)
+    start = log.stat().st_size
+    with open(log, "a") as f:
+        f.write("== resume\nepoch 3/9 loss 2.0\nKilled\n")
+    later = store.trainer_error("k", 137, log, start)
+    assert "NonFiniteLossError" not in str(later) and not runner._diverged(later)
+    assert "failed (exit 137): Killed;" in str(later)
+    assert not runner._diverged(ValueError("NonFiniteLossError"))           # only the trainer's own failure counts
 
 
 def test_a_run_locked_by_another_process_is_skipped_then_waited_for(plan, monkeypatch):

@@ -29,13 +29,21 @@ def _update_with_file(h, path: Path) -> None:
             h.update(block)
 
 
+def annotations_digest(root) -> str:
+    """SHA-256 over the annotation files of a tree (a missing file counts as empty): what the baselines are
+    computed from (:func:`vfu_nb.study.store.tree_baselines`), and the first part of :func:`tree_digest`."""
+    h = hashlib.sha256()
+    for name, path in sorted(annotation_paths(root).items()):
+        h.update(name.encode() + b"\0")
+        if path.exists():
+            _update_with_file(h, path)
+        h.update(b"\0")
+    return h.hexdigest()
+
+
 @lru_cache(maxsize=8)
 def _digest(root: str, fingerprint: str) -> str:
-    h = hashlib.sha256()
-    files = annotation_paths(root)
-    for key, path in sorted(files.items()):
-        h.update(f"\0{key}\0".encode())
-        _update_with_file(h, path)
+    h = hashlib.sha256(annotations_digest(root).encode())
     marker = Path(root) / MARKER_DONE
     if marker.exists():
         h.update(b"\0synthetic.json\0")

@@ -186,16 +186,23 @@ def gains_across(named_pairs: list) -> list[dict]:
     return out
 
 
+def grid_edge(lr, grid) -> Optional[str]:
+    """``"largest"`` or ``"smallest"`` when ``lr`` is that end of a grid of at least two values (the best setting
+    may lie outside it); None when it is interior or the grid has one value."""
+    values = sorted(grid)
+    if len(values) < 2 or lr not in (values[0], values[-1]):
+        return None
+    return "largest" if lr == values[-1] else "smallest"
+
+
 def grid_edge_models(study: dict) -> dict:
-    """``{"largest" | "smallest": [model, ...]}``: the models whose chosen learning rate is the largest or the
-    smallest of a grid of at least two (the best setting may lie outside it); {} when none is."""
-    values = sorted(study.get("grid", {}).get("lr", []))
+    """``{"largest" | "smallest": [model, ...]}``: the models whose chosen learning rate is an end of the first
+    study's one grid (:func:`grid_edge`); {} when none is."""
     ends = {}
-    if len(values) < 2:
-        return ends
     for model, setting in study.get("chosen", {}).items():
-        if setting.get("lr") in (values[0], values[-1]):
-            ends.setdefault("largest" if setting["lr"] == values[-1] else "smallest", []).append(model)
+        end = grid_edge(setting.get("lr"), study.get("grid", {}).get("lr", []))
+        if end:
+            ends.setdefault(end, []).append(model)
     return ends
 
 
@@ -249,7 +256,7 @@ def study_results(plan: Plan, log=print) -> dict:
         points = []
         for f in lc["fractions"]:
             rs = load_runs(plan, [plan.spec("learning_curve", lc["data"], m, chosen[m], s, f)
-                                  for m in models for s in range(int(lc["seeds"]))])
+                                  for m in models for s in plan.seed_range(lc)])
             if rs:
                 points.append({"fraction": f, "summary": summarize(rs, PRIMARY),
                                "pairs": [compare(plan, rs, a, b, metrics_secondary=()) for a, b in lc.get(
@@ -262,7 +269,7 @@ def study_results(plan: Plan, log=print) -> dict:
         rows = []
         for tag in (plan.seeds["data"], dial["data"]):
             rs = load_runs(plan, [plan.spec("dial", tag, m, chosen[m], s)
-                                  for m in dial["models"] for s in range(int(dial["seeds"]))])
+                                  for m in dial["models"] for s in plan.seed_range(dial)])
             rows.append({"data": tag, "settings": {k: v for k, v in plan.data[tag].items() if k != "root"},
                          "summary": summarize(rs, PRIMARY),
                          "pair": compare(plan, rs, dial["models"][0], dial["models"][1], metrics_secondary=())})
@@ -289,8 +296,8 @@ def preregistered_results(plan: Plan, log=print) -> dict:
     study = {**skeleton(plan), "preregistration": pre, "chosen": chosen,
              "tuning": tuning_rows, "tuning_grids": lrs,
              "tuning_unfinished": [m for m in plan.tuning["models"] if m not in chosen],
-             "grid_edges": {m: ("smallest" if s["lr"] == min(lrs[m]) else "largest") for m, s in chosen.items()
-                            if m in lrs and s["lr"] in (min(lrs[m]), max(lrs[m]))}}
+             "grid_edges": {m: grid_edge(s["lr"], lrs[m]) for m, s in chosen.items()
+                            if m in lrs and grid_edge(s["lr"], lrs[m])}}
     drift = drifted_runs(plan, chosen)
     if drift:
         log(f"[study] WARNING: {len(drift)} settings of exported runs differ from the plan:\n  " + "\n  ".join(drift[:20]))

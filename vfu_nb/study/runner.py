@@ -26,7 +26,7 @@ import subprocess
 import threading
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -56,10 +56,11 @@ def _train(plan: Plan, spec: RunSpec, subprocess_: bool) -> None:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     shared_cpu_env(env)
     with open(run_dir / "stdout.log", "a") as log:      # the trainer dies with this process (vfu_nb.lifeline)
+        start = log.tell()                              # earlier attempts' lines stay above this attempt's
         code = subprocess.call(store.trainer_command(request), stdout=log, stderr=subprocess.STDOUT, env=env,
                                cwd=REPO)
     if code != 0:        # one line: the trainer's last error line and its log; RunLockedError for a locked run
-        raise store.trainer_error(spec.key, code, run_dir / "stdout.log")
+        raise store.trainer_error(spec.key, code, run_dir / "stdout.log", start)
 
 
 _DATA_LOCK = threading.Lock()
@@ -79,14 +80,13 @@ def ensure_data(plan: Plan, tags: Sequence[str]) -> None:
                 synthetic.generate(root, **d)
 
 
-def _diverged(plan: Plan, spec: RunSpec, error: Exception) -> bool:
-    """True when the run stopped on a non-finite loss (in this process, or in its child's log)."""
+def _diverged(error: Exception) -> bool:
+    """True when the run stopped on a non-finite loss: in this process, or in its child (whose last error line,
+    from this attempt only, names the exception)."""
     from vfu_nb.training.loop import NonFiniteLossError
 
-    if isinstance(error, NonFiniteLossError):
-        return True
-    log = plan.runs_dir / spec.key / "stdout.log"
-    return log.exists() and "NonFiniteLossError" in log.read_text()[-20000:]
+    return isinstance(error, NonFiniteLossError) or (isinstance(error, store.TrainingFailed)
+                                                     and "NonFiniteLossError" in str(error))
 
 
 def train_and_export(plan: Plan, spec: RunSpec, subprocess_: bool, log=print) -> None:
@@ -99,7 +99,7 @@ def train_and_export(plan: Plan, spec: RunSpec, subprocess_: bool, log=print) ->
         log(f"[study] skip  {spec.key}: {locked}")
         return
     except Exception as error:                     # a diverged run is a result (recorded); anything else is not
-        if not _diverged(plan, spec, error):
+        if not _diverged(error):
             raise
         export_failure(plan, spec, f"diverged: {error}")
         log(f"[study] FAILED {spec.key}: the loss diverged (recorded, not retried)")
@@ -114,27 +114,37 @@ def train_pending(plan: Plan, jobs: int = 1, log=print, keep_going: bool = False
     with ``keep_going`` (``--keep-going``) the failed run is left out and the others go on, and at the end one
     error lists every failed run."""
     running, errors, failed, cond = set(), [], {}, threading.Condition()
+    fatal = []                # errors that stop every worker even with keep_going: interrupts, an unreadable plan
     todo = pending(plan)
     log(f"[study] {len(todo)} runs to train (first: {todo[0].key if todo else '-'})")
     busy = store.BusyRuns(plan.runs_dir, log)    # runs another live process trains: skipped, then waited for
 
+    def next_run() -> Optional[RunSpec]:
+        """The next run to train (waiting while only locked or locking runs are left); None: nothing more."""
+        while True:
+            stop = fatal or (errors and not keep_going)
+            if not stop:
+                import_reused(plan, log)
+            todo = [] if stop else [s for s in pending(plan) if s.key not in running and s.key not in failed]
+            queue = busy.free(todo)
+            if queue or stop or not (todo or running):
+                return queue[0] if queue else None
+            if not running:
+                busy.waiting()
+            cond.wait(busy.poll_s if todo else None)   # finished runs may unlock more; locks are polled
+
     def worker():
         while True:
             with cond:
-                while True:
-                    stop = errors and not keep_going
-                    if not stop:
-                        import_reused(plan, log)
-                    todo = [] if stop else [s for s in pending(plan) if s.key not in running and s.key not in failed]
-                    queue = busy.free(todo)
-                    if queue or errors or not (todo or running):
-                        break
-                    if not running:
-                        busy.waiting()
-                    cond.wait(busy.poll_s if todo else None)   # finished runs may unlock more; locks are polled
-                if not queue:
+                try:
+                    spec = next_run()
+                except BaseException as error:
+                    errors.append(error)
+                    fatal.append(error)
+                    cond.notify_all()
                     return
-                spec = queue[0]
+                if spec is None:
+                    return
                 running.add(spec.key)
             try:
                 train_and_export(plan, spec, jobs > 1, log)
@@ -143,6 +153,8 @@ def train_pending(plan: Plan, jobs: int = 1, log=print, keep_going: bool = False
                 failed[spec.key] = error
                 if keep_going and isinstance(error, Exception):
                     log(f"[study] ERROR {spec.key}: {error} (going on with the other runs)")
+                else:
+                    fatal.append(error)
             finally:
                 with cond:
                     running.discard(spec.key)
@@ -153,9 +165,8 @@ def train_pending(plan: Plan, jobs: int = 1, log=print, keep_going: bool = False
         t.start()
     for t in threads:
         t.join()
-    interrupted = [e for e in errors if not isinstance(e, Exception)]     # KeyboardInterrupt, SystemExit
-    if interrupted or (errors and not keep_going) or len(errors) == 1:
-        raise (interrupted or errors)[0]
+    if fatal or len(errors) == 1:
+        raise (fatal or errors)[0]
     if errors:
         raise RuntimeError(f"{len(failed)} runs failed (the others were trained): "
                            + "; ".join(f"{key}: {error}" for key, error in failed.items()))
@@ -173,10 +184,10 @@ def import_reused(plan: Plan, log=print) -> list[str]:
             if exported(plan, spec.key) is not None:
                 continue
             for folder in plan.reuse:
-                src = plan.resolve(folder) / "runs" / spec.key
-                if (src / "metrics.json").exists() and not config_differences(
-                        json.loads((src / "config.json").read_text()), spec):
-                    _copy_export(plan, plan.resolve(folder), spec)
+                source = plan.resolve(folder)
+                if (source / "runs" / spec.key / "metrics.json").exists() and not config_differences(
+                        store.read_run_json(source, spec.key, "config.json"), spec):
+                    _copy_export(plan, source, spec)
                     new.append(spec.key)
                     break
         if not new:

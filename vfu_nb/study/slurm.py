@@ -416,7 +416,7 @@ def train_and_export(plan, spec, log=print) -> None:
     try:
         runner._train(plan, spec, False)
     except Exception as error:
-        if not runner._diverged(plan, spec, error):
+        if not runner._diverged(error):
             raise
         with _FileLock(plan.runs_dir / SUBMITIT_DIR / "export.lock"):
             runner.export_failure(plan, spec, f"diverged: {error}")

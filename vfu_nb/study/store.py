@@ -26,7 +26,6 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import math
 import re
@@ -240,21 +239,6 @@ def read_study(path) -> Optional[dict]:
 # Baselines committed with the results
 
 
-def annotations_digest(root) -> str:
-    """SHA-256 over the annotation files of a tree (what the baselines are computed from)."""
-    from vfu_nb.data.annotations import annotation_paths
-
-    h = hashlib.sha256()
-    for name, path in sorted(annotation_paths(root).items()):
-        h.update(name.encode() + b"\0")
-        if path.exists():
-            with open(path, "rb") as f:
-                for block in iter(lambda: f.read(1 << 20), b""):
-                    h.update(block)
-        h.update(b"\0")
-    return h.hexdigest()
-
-
 def baselines_path(results_dir, tag: str) -> Path:
     return Path(results_dir) / "baselines" / f"{tag}.json"
 
@@ -290,6 +274,8 @@ def tree_baselines(results_dir, tag: str, settings: dict, root: Path, required: 
         return None
 
     stored = read_json(path, way_out, check) if path.exists() else None
+    from vfu_nb.data.identity import annotations_digest
+
     present = (root / "Anno").is_dir() or (root / "Anno_coarse").is_dir()
     if present:
         digest = annotations_digest(root)
@@ -343,13 +329,13 @@ def trainer_command(request) -> list:
     return command("vfu_nb.study", "train-one", str(request))
 
 
-def last_error_line(log_path) -> str:
+def last_error_line(log_path, start: int = 0) -> str:
     """The last line of a trainer log that says what went wrong (its one-line error, or a traceback's last
-    line)."""
+    line), looking only after byte ``start`` (where this attempt began: the log is appended to)."""
     try:
         with open(log_path, "rb") as f:
             f.seek(0, 2)
-            f.seek(max(0, f.tell() - 20000))
+            f.seek(max(start, f.tell() - 20000))
             lines = [line.strip() for line in f.read().decode(errors="replace").splitlines() if line.strip()]
     except OSError:
         return "(no log)"
@@ -363,10 +349,11 @@ def last_error_line(log_path) -> str:
     return lines[-1] if lines else "(empty log)"
 
 
-def trainer_error(key: str, code: int, log_path) -> Exception:
+def trainer_error(key: str, code: int, log_path, start: int = 0) -> Exception:
     """The exception for a trainer that exited with ``code``: RunLockedError for a run another process holds,
-    else :class:`TrainingFailed` with the trainer's last error line and its log."""
-    line = last_error_line(log_path)
+    else :class:`TrainingFailed` with the trainer's last error line (after byte ``start`` of its log) and its
+    log."""
+    line = last_error_line(log_path, start)
     if code == LOCKED_EXIT:
         return RunLockedError(line)
     if code < 0:

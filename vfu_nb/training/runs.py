@@ -345,7 +345,9 @@ def predict(run_dir, split: str = "test", which: str = "best", device: str = "cp
     """Run the ``which`` checkpoint of ``run_dir`` over ``split``; keep the maps of dataset positions ``keep_maps``.
 
     As the trainer evaluated: bf16 autocast and channels_last when the run's ``config.json`` records them
-    (:meth:`RunDir.precision`), batches of its evaluation batch size unless ``batch_size`` is given. Maps kept per
+    (:meth:`RunDir.precision`); batches of ``batch_size``, else the run's own ``eval_batch_size`` setting, else
+    4 x its training batch (not the trainer's per-device pick, which on a GPU can be too large for a CPU; batch size
+    does not change eval-mode outputs beyond float rounding). Maps kept per
     image: ``heatmaps`` (8, S, S) raw, ``attention`` (channels, S/8, S/8) and ``features`` (channels, S/8, S/8)
     as float32 numpy arrays (missing keys for models without them).
     """
