@@ -12,6 +12,7 @@ submitted is cancelled, and the daemons it started are stopped, whether the test
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -24,6 +25,13 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "tools" / "slurm_cluster.sh"
 LIVE = "PENDING,RUNNING,COMPLETING,CONFIGURING,SUSPENDED,REQUEUED,REQUEUE_HOLD,SPECIAL_EXIT,RESIZING,STOPPED"
+
+
+def restarts(job_id: str) -> int | None:
+    """How often Slurm has requeued job ``job_id`` (``Restarts=`` of ``scontrol show job``); None when unknown."""
+    out = subprocess.run(["scontrol", "show", "job", "-o", str(job_id)], capture_output=True, text=True, timeout=30)
+    m = re.search(r"\bRestarts=(\d+)", out.stdout)
+    return int(m.group(1)) if m else None
 
 
 @dataclass

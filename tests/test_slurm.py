@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 import yaml
 
-from slurm_helpers import cluster, slurm_cluster, wait_for  # noqa: F401 (fixtures)
+from slurm_helpers import cluster, restarts, slurm_cluster, wait_for  # noqa: F401 (fixtures)
 from vfu_nb.study import cli, executors, runner
 from vfu_nb.study import plan as plans
 from vfu_nb.study import slurm as sl
@@ -350,7 +350,7 @@ def test_a_run_requeued_mid_epoch_resumes_to_the_uninterrupted_metrics(cluster, 
     key = uninterrupted[1]
     run_dir, job_id = interrupt_and_finish(
         plan, key, lambda job: subprocess.run(["scontrol", "requeue", job], check=True, capture_output=True))
-    assert sl.restarts(job_id) == 1
+    assert restarts(job_id) == 1
     assert_resumed_to_the_same_results(plan, key, uninterrupted, run_dir)
 
 
@@ -367,7 +367,7 @@ def test_usr2_before_a_time_limit_checkpoints_requeues_and_resumes_to_the_same_m
     log = (run_dir / "slurm.err").read_text() + (run_dir / "slurm.out").read_text()
     assert "Caught signal SIGUSR2" in log and "this job is timed-out" in log
     assert "interrupted; requeued to resume from its last checkpoint" in log
-    assert sl.restarts(job_id) == 1
+    assert restarts(job_id) == 1
     assert_resumed_to_the_same_results(plan, key, uninterrupted, run_dir)
 
 

@@ -212,7 +212,7 @@ def skeleton(plan: Plan) -> dict:
             "base": plan.base, "data": plan.data, "grid": plan.tuning["grid"],
             "seed_counts": plan.seeds["models"], "primary": list(PRIMARY), "secondary": list(SECONDARY),
             "changelog": plan.changelog,
-            "runs": {"tuning_exported": 0, "tuning_planned": len(plan.tuning_specs())}}
+            "runs": {"tuning_exported": 0, "tuning_planned": len(plan.tuning_specs(tuning_lrs(plan)))}}
 
 
 def baselines_for(plan: Plan, required=(), log=print) -> dict:
@@ -239,8 +239,9 @@ def study_results(plan: Plan, log=print) -> dict:
         log(f"[study] WARNING: {len(drift)} settings of exported runs differ from the plan (edited after they "
             f"finished; delete results/runs/<key> to retrain one):\n  " + "\n  ".join(drift[:20]))
     if not chosen:                                          # no model is tuned yet: report the progress only
-        done = sum(exported(plan, s.key) is not None for s in plan.tuning_specs())
-        study["runs"] = {"tuning_exported": done, "tuning_planned": len(plan.tuning_specs())}
+        tuning = plan.tuning_specs(tuning_lrs(plan))          # the grid as extended so far
+        study["runs"] = {"tuning_exported": sum(exported(plan, s.key) is not None for s in tuning),
+                         "tuning_planned": len(tuning)}
         return study
     specs = plan.later_specs(chosen)
     metrics_all = (*PRIMARY, *SECONDARY)

@@ -154,8 +154,9 @@ def _progress(plan: Plan, key: str) -> str:
 def run_status(plan: Plan, spec: RunSpec, queue: Optional[dict]) -> RunStatus:
     """Where run ``spec`` stands: its export first (done / failed by divergence), then its Slurm job in
     ``queue`` (:func:`vfu_nb.study.slurm.queue`; None when Slurm did not answer), then the job's result file, then a
-    local writer. A job that ended without exporting the run is ``failed``; so is one Slurm no longer knows
-    and that left no result (cancelled, killed, node failure)."""
+    local writer. A job that ended with an error, or ended without a result (cancelled, killed, node failure,
+    or no longer known to Slurm), is ``failed``; one that returned without an export is ``pending`` (trained
+    again). A run that failed in a local ``study run`` is ``pending`` too: only divergences are recorded."""
     record = read_record(plan, spec.key)
     job_id, log = record.get("job_id"), record.get("stdout")
     row = RunStatus(spec.key, spec.part, "pending", job_id, log)

@@ -282,7 +282,8 @@ def pending(plan: Plan) -> list[RunSpec]:
 
 
 def planned_runs(plan: Plan) -> int:
-    """How many runs the whole plan trains (the count does not depend on which settings tuning chooses)."""
+    """How many runs the whole plan trains: the tuning grid as extended so far (:func:`tuning_lrs`), and the later
+    runs (whose count does not depend on which settings tuning chooses)."""
     any_setting = {m: {k: v[0] for k, v in plan.tuning["grid"].items()} for m in
                    {*plan.tuning["models"], *plan.seeds["models"], *plan.learning_curve.get("models", ()),
                     *plan.dial.get("models", ()), *plan.control.get("models", ())}}

@@ -42,8 +42,6 @@ from vfu_nb.study.plan import exported
 QUEUED_STATES = frozenset({"PENDING", "CONFIGURING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESV_DEL_HOLD",
                            "SPECIAL_EXIT", "SUSPENDED", "STOPPED", "RESIZING"})
 RUNNING_STATES = frozenset({"RUNNING", "COMPLETING", "STAGE_OUT", "SIGNALING"})
-ENDED_STATES = frozenset({"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL",
-                          "PREEMPTED", "BOOT_FAIL", "DEADLINE", "REVOKED"})
 
 #: Where the driver keeps submitit's files (job scripts, pickles, logs) inside the plan's ``runs`` folder.
 SUBMITIT_DIR = "_slurm"
@@ -197,7 +195,6 @@ class QueuedJob:
     reason: str
     elapsed: str
     nodes: str
-    restarts: int = 0
 
     @property
     def queued(self) -> bool:
@@ -247,23 +244,6 @@ def queue(user: Optional[str] = None) -> dict:
 
     user = user or getpass.getuser()
     return parse_squeue(_run(["squeue", "-h", "-r", "-t", "all", "-u", user, "-o", "%i|%T|%r|%M|%N"]))
-
-
-def restarts(job_id: str) -> Optional[int]:
-    """How often Slurm has requeued job ``job_id`` (``Restarts=`` of ``scontrol show job``); None when unknown."""
-    try:
-        text = _run(["scontrol", "show", "job", "-o", str(job_id)], timeout=30)
-    except SlurmError:
-        return None
-    m = re.search(r"\bRestarts=(\d+)", text)
-    return int(m.group(1)) if m else None
-
-
-def cancel(job_ids) -> None:
-    """``scancel`` the given jobs (array elements or whole arrays); unknown ids are ignored."""
-    ids = [str(j) for j in job_ids]
-    if ids:
-        subprocess.run(["scancel", *ids], capture_output=True, text=True, timeout=60)
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -406,8 +406,8 @@ class BusyRuns:
 # Writing result files, command line
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` so that readers see the old file or the whole new one (metrics.json marks a finished run);
+def write_atomic(path: Path, text) -> None:
+    """Write ``text`` (str or bytes) so that readers see the old file or the whole new one (metrics.json marks a finished run);
     no ``.tmp`` is left after a failure, and a full disk is one line (:class:`vfu_nb.diskspace.DiskFullError`)."""
     atomic_write(path, text, "free space, then run the same command again (finished runs are only exported again)")
 
