@@ -808,7 +808,32 @@ def test_where_lines_of_a_model_with_one_seed_give_its_mean_and_no_interval():
     row = {"data": "default", "model": "mtl", "measure": "attention_lift", "mean": 1.2, "runs": 1, "pointing": 0.3,
            "region_fraction": 0.2, "result": {"low": None, "high": None, "outcome": "inconclusive"}}
     line = reports.where_lines({"where": {"rows": [row]}})[0]
-    assert "1.200" in line and "0.300" in line and "[" not in line
+    assert "1.200" in line and "0.300" in line and "[" not in line and "not tested yet" in line
+    assert "inconclusive" not in line                                   # one seed is no test
+    row.update(runs=3, planned=6, mean=1.1, result={"low": 0.02, "high": 0.18, "outcome": "established",
+                                                     "p_holm": 0.03, "interim": True})
+    line = reports.where_lines({"where": {"rows": [row]}})[0]
+    assert "`mtl` (3 of 6 seeds)" in line and "interim, 1.100 [1.020, 1.180]; a difference from 1 established" in line
+
+
+def test_the_absolute_levels_table_puts_each_trees_models_beside_its_baselines():
+    def rows(model, top3, mAP, n=3):
+        return [{"model": model, "metric": "category_top3", "n": n, "mean": top3, "std": 0.01},
+                {"model": model, "metric": "attr_map_all", "n": n, "mean": mAP, "std": 0.02}]
+
+    study = {"summary": {"seeds": rows("mtl", 0.75, 0.45) + rows("cat", 0.68, 0.39),
+                         "control": rows("mtl", 0.59, 0.34, n=1)},
+             "summary_trees": {"seeds": "default", "control": "displaced"},
+             "reused_seeds": {"seeds": {"mtl": [], "cat": [1, 2, 3]}, "control": {"mtl": [4]}},
+             "baselines": {"default": {"chance": {"category_top3": 0.06, "attr_map_all": 0.12},
+                                       "class_prior": {"category_top3": 0.3, "attr_map_all": None}}}}
+    assert reports.level_lines(study) == [
+        "| default | `mtl` (3 seeds) | 0.750 ± 0.010 | 0.450 ± 0.020 |",
+        "| default | `cat` (3 seeds; seeds 1–3 from the first study) | 0.680 ± 0.010 | 0.390 ± 0.020 |",
+        "| default | baseline: class prior | 0.300 | – |",
+        "| default | baseline: chance | 0.060 | 0.120 |",
+        "| displaced | `mtl` (1 seed; seed 4 from the first study) | 0.590 | 0.340 |"]
+    assert reports._seed_list([5, 1, 3]) == "seeds 1, 3, 5"
 
 
 def test_mechanism_reads_the_factorial_and_the_control_from_their_outcomes():
@@ -850,6 +875,18 @@ def test_mechanism_reads_the_factorial_and_the_control_from_their_outcomes():
         mtl_vs_cat=est, landmark_loss=est, attention=inc, control_mtl_vs_cat=neg))[0]["interim"]
     assert reports.mechanism_reading(interim)[1].startswith(
         "So far (interim: not every planned seed has finished) in top-3 category accuracy the gain goes with")
+    # an established interaction qualifies the main effect; its sign says which way
+    for direction, words in ((-1, "established and negative: the landmark loss adds less to the network with the "
+                                  "attention"), (1, "established and positive: the landmark loss adds more")):
+        qualified = study(mtl_vs_cat=est, landmark_loss=est, attention=inc, control_mtl_vs_cat=inc,
+                          interaction=("established", direction))
+        assert analysis.mechanism(qualified)[0]["interaction_direction"] == direction
+        lines = reports.mechanism_reading(qualified)
+        assert len(lines) == 3 and lines[2].startswith(f"In top-3 category accuracy the interaction is {words}")
+    assert len(reports.mechanism_reading(study(mtl_vs_cat=est, landmark_loss=est, attention=inc,
+                                               control_mtl_vs_cat=inc, interaction=inc))) == 2
+    equivalent = study(mtl_vs_cat=est, landmark_loss=est, attention=inc, control_mtl_vs_cat=inc, interaction=eq)
+    assert "do not interact beyond the margin" in reports.mechanism_reading(equivalent)[2]
 
 
 def test_interim_outcomes_say_so_until_the_planned_seeds_have_finished():
@@ -860,10 +897,16 @@ def test_interim_outcomes_say_so_until_the_planned_seeds_have_finished():
     assert analysis.planned_seeds(plan, "displaced", ["mtl", "cat"]) == 10
     assert analysis.planned_seeds(plan, "displaced", ["mtl_no_attention", "cat"]) == 0
     study = json.loads((repo / "results" / "v2" / "study.json").read_text())
-    for row in study["primary_family"] + study["secondary_family"]:
-        assert row["planned"] == analysis.planned_seeds(plan, row["data"], row["weights"])
-        if row["result"]:
-            assert row["result"]["interim"] == (row["n"] < row["planned"])
+    for family in ("primary_family", "secondary_family"):       # Holm: a family is interim while any test waits
+        waiting = any(row["n"] < row["planned"] for row in study[family])
+        for row in study[family]:
+            assert row["planned"] == analysis.planned_seeds(plan, row["data"], row["weights"])
+            if row["result"]:
+                assert row["result"]["interim"] == waiting
+    secondary = {(r["contrast"], r["metric"]): r for r in study["secondary_family"]}
+    bi = secondary[("mtl_bi_vs_cat", "category_top3")]
+    if bi["n"] == bi["planned"] and waiting:                         # its own seeds done, its family's not
+        assert bi["result"]["interim"] and "interim, " in reports.outcome_phrase(bi["result"])
     result = {"outcome": "established", "mean": 0.05, "low": 0.01, "high": 0.09, "margin": 0.02, "n": 4,
               "p_holm": 0.0123, "p_tost_holm": 0.97}
     assert reports.outcome_phrase({**result, "interim": True}).startswith("interim, established (+0.050")
@@ -876,4 +919,4 @@ def test_interim_outcomes_say_so_until_the_planned_seeds_have_finished():
                                    "p_tost_holm": 0.0004}) == \
         "equivalent within ±0.02 (+0.001, 90 % interval [-0.010, +0.012]; Holm-adjusted TOST p < 0.001)"
     assert reports.outcome_phrase({"outcome": "inconclusive", "mean": -0.004, "low": None, "high": None, "n": 1,
-                                   "margin": None, "p_holm": None}) == "inconclusive (-0.004; one seed: no interval yet)"
+                                   "margin": None, "p_holm": None}) == "not tested yet (-0.004 from one seed: no interval)"

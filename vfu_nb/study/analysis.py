@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Optional, Sequence
@@ -307,6 +308,7 @@ def preregistered_results(plan: Plan, log=print) -> dict:
     metrics_all = (*PRIMARY, *SECONDARY)
     study["summary"] = {part: summarize([r for r in results if r.spec.part == part], metrics_all)
                         for part in ("seeds", "control") if any(r.spec.part == part for r in results)}
+    study["summary_trees"] = {"seeds": plan.seeds["data"], "control": (plan.control or {}).get("data")}
     runs = {}
     for r in results:
         runs.setdefault(r.spec.data, {})[(r.spec.model, r.spec.seed)] = r.predictions()
@@ -322,17 +324,22 @@ def preregistered_results(plan: Plan, log=print) -> dict:
                 rows.append({"contrast": name, "data": c["data"], "weights": c["weights"], "metric": metric})
                 estimates.append(e)
         decided = contrasts.decide(estimates, [margins.get(r["metric"]) for r in rows], float(pre.get("alpha", 0.05)))
-        out = []
-        for row, d in zip(rows, decided):
-            n, planned = (d or {}).get("n", 0), planned_seeds(plan, row["data"], row["weights"])
-            out.append({**row, "n": n, "planned": planned,
-                        "result": d and {**d, "interim": n < planned}})
-        return out
+        counts = [((d or {}).get("n", 0), planned_seeds(plan, row["data"], row["weights"]))
+                  for row, d in zip(rows, decided)]
+        # Holm adjusts each p by the whole family's: an outcome can change while any test of its family waits
+        family_interim = any(n < planned for n, planned in counts)
+        return [{**row, "n": n, "planned": planned, "result": d and {**d, "interim": family_interim}}
+                for row, d, (n, planned) in zip(rows, decided, counts)]
 
     primary = pre["primary_metrics"]
     study["primary_family"] = family(pre["primary_family"], primary, pre.get("margins", {}))
     study["secondary_family"] = family(pre.get("secondary_family", {}), primary, pre.get("margins", {}))
-    study["where"] = where_attention_falls(runs, labels, cache, float(pre.get("alpha", 0.05)))
+    reused = {s.key for s in specs if (plan.results_dir / "runs" / s.key / "origin.json").exists()}
+    study["reused_seeds"] = {part: {m: sorted(s.seed for s in specs if s.part == part and s.model == m and s.key in reused)
+                                    for m in dict.fromkeys(s.model for s in specs if s.part == part)}
+                             for part in study["summary"]}
+    measurable = Counter((s.data, s.model) for s in specs if s.key not in reused)   # reused runs lack the measures
+    study["where"] = where_attention_falls(runs, labels, cache, float(pre.get("alpha", 0.05)), measurable)
     study["baselines"] = baselines_for(plan)
     unique = plan.all_specs(chosen, lrs)
     every = load_runs(plan, unique)
@@ -357,11 +364,15 @@ def planned_seeds(plan: Plan, data: str, models) -> int:
     return min(counts, default=0)
 
 
-def where_attention_falls(runs: Mapping, labels: Mapping, cache: dict, alpha: float = 0.05) -> dict:
+def where_attention_falls(runs: Mapping, labels: Mapping, cache: dict, alpha: float = 0.05,
+                          measurable: Optional[Mapping] = None) -> dict:
     """Per data tree and model: the mean attention and saliency lift (1 = no preference for the landmarks) and
     pointing rates, each lift with its interval and the outcome of "lift differs from 1" (one Holm family); and
     mtl - mtl_no_landmarks in attention lift (does the landmark loss move the attention to the landmarks?).
-    Over the runs whose export holds the measure (runs reused from the first study do not)."""
+    Over the runs whose export holds the measure (runs reused from the first study do not). ``measurable``:
+    ``(tree, model) -> planned runs that will hold it``; each row's ``planned`` and every result's ``interim``
+    (True while any row of the family has fewer runs than planned) come from it."""
+    measurable = measurable or {}
     rows, estimates = [], []
     for tag, every in runs.items():
         for measure in ("attention_lift", "saliency_lift"):
@@ -371,15 +382,19 @@ def where_attention_falls(runs: Mapping, labels: Mapping, cache: dict, alpha: fl
                 own = [p for (m, _), p in by.items() if m == model]
                 e = contrasts.estimate({model: 1}, by, measure, labels[tag], cache)
                 rows.append({"data": tag, "model": model, "measure": measure, "mean": e.mean if e else None,
-                             "runs": len(own), "pointing": float(np.nanmean([np.nanmean(p[pointing]) for p in own])),
+                             "runs": len(own), "planned": measurable.get((tag, model), len(own)), "pointing": float(np.nanmean([np.nanmean(p[pointing]) for p in own])),
                              "region_fraction": float(np.nanmean([np.nanmean(p["region_fraction"]) for p in own]))})
                 estimates.append(dataclasses.replace(e, mean=e.mean - 1) if e else None)   # test: lift = 1
             if measure == "attention_lift" and {"mtl", "mtl_no_landmarks"} <= {m for m, _ in by}:
-                rows.append({"data": tag, "model": "mtl - mtl_no_landmarks", "measure": measure})
-                estimates.append(contrasts.estimate({"mtl": 1, "mtl_no_landmarks": -1}, by, measure, labels[tag],
-                                                    cache))
+                e = contrasts.estimate({"mtl": 1, "mtl_no_landmarks": -1}, by, measure, labels[tag], cache)
+                rows.append({"data": tag, "model": "mtl - mtl_no_landmarks", "measure": measure,
+                             "runs": e.n_seeds if e else 0, "planned": min(measurable.get((tag, m), 0)
+                                                                     for m in ("mtl", "mtl_no_landmarks"))})
+                estimates.append(e)
     decided = contrasts.decide(estimates, [None] * len(estimates), alpha)
-    return {"radius": _attention_radius(), "rows": [{**r, "result": d} for r, d in zip(rows, decided)]}
+    interim = any(r["runs"] < r["planned"] for r in rows)
+    return {"radius": _attention_radius(),
+            "rows": [{**r, "result": d and {**d, "interim": interim}} for r, d in zip(rows, decided)]}
 
 
 def _attention_radius() -> float:
@@ -405,8 +420,10 @@ def mechanism(study: dict) -> list[dict]:
     ``"no_gain"`` (no established gain of mtl over cat), ``"no_source"`` (a gain, but neither main effect is
     established) or ``"gain"``; with "gain" and "no_gain", ``source`` (``"landmark_loss"``, ``"attention"``,
     ``"both"``: the main effects established as gains; None when neither is); with "gain", ``control`` /
-    ``control_direction`` (the outcome and direction of mtl - cat on the displaced-evidence tree); ``interim``:
-    True while any of those four results comes from fewer seeds than planned (the reading may still change).
+    ``control_direction`` (the outcome and direction of mtl - cat on the displaced-evidence tree); with a reading
+    and the interaction measured, ``interaction`` / ``interaction_direction`` (its outcome and sign: negative when
+    the landmark loss adds less with the attention than without it); ``interim``: True while any of those results
+    is interim (the reading may still change).
     """
     out = []
     for metric in study["preregistration"]["primary_metrics"]:
@@ -417,7 +434,10 @@ def mechanism(study: dict) -> list[dict]:
                                                          "control_mtl_vs_cat"))
         if not (gain and loss and attention and control):
             continue
-        row["interim"] = any(x.get("interim", False) for x in (gain, loss, attention, control))
+        interaction = r["interaction"]
+        row["interim"] = any(x.get("interim", False) for x in (gain, loss, attention, control, interaction) if x)
+        if interaction:
+            row.update(interaction=interaction["outcome"], interaction_direction=interaction.get("direction", 0))
         sources = [name for name, x in (("landmark_loss", loss), ("attention", attention)) if _established_gain(x)]
         source = ("both" if len(sources) == 2 else sources[0]) if sources else None
         if not _established_gain(gain):

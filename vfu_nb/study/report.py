@@ -13,7 +13,8 @@ from it.
 * The sentences (the README's readings, notebook 05's lines) are written from the verdict fields of ``study.json``
   (``verdict``, ``outcome``, ``direction``; :func:`vfu_nb.study.analysis.mechanism`): :func:`reading`,
   :func:`learning_curve_reading`, :func:`dial_reading`, :func:`pair_lines`, :func:`mechanism_reading`,
-  :func:`outcome_phrase`, :func:`where_lines`.
+  :func:`outcome_phrase`, :func:`where_lines`; the tables of study 2 that notebook 05 shows too,
+  :func:`level_table` and :func:`where_table`.
 """
 
 from __future__ import annotations
@@ -217,7 +218,7 @@ def preregistered_block(study: dict) -> str:
     """Study 2's README section (``readme_study2.md.j2``), rendered from its study.json."""
     return _render("readme_study2.md.j2", study=study, pre=study["preregistration"], runs=study["runs"],
                    grid_edges=study.get("grid_edges", {}), reading=mechanism_reading(study),
-                   where=where_lines(study), figure=STUDY2_FIGURE)
+                   where=where_table(study), levels=level_table(study), figure=STUDY2_FIGURE)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -365,8 +366,8 @@ def outcome_phrase(result: Optional[dict]) -> str:
         return "not measured yet"
     if result.get("interim"):
         return "interim, " + outcome_phrase({**result, "interim": False})
-    if result.get("low") is None:                                      # one seed: no standard error
-        return f"inconclusive ({_num(result['mean'], sign=True)}; one seed: no interval yet)"
+    if result.get("low") is None:                                      # one seed: no standard error, no test
+        return f"not tested yet ({_num(result['mean'], sign=True)} from one seed: no interval)"
     interval = f"{_num(result['mean'], sign=True)} [{_num(result['low'], sign=True)}, {_num(result['high'], sign=True)}]"
     if result["outcome"] == "established":
         margin = f", smaller than the margin ±{result['margin']:g}" if result.get("within_margin") else ""
@@ -381,28 +382,80 @@ def outcome_phrase(result: Optional[dict]) -> str:
     return f"inconclusive ({interval}; {shown})"
 
 
+def _measured_seeds(row: dict) -> str:
+    """"3 of 8 seeds" while a where-row has fewer measured runs than planned, else "8 seeds"."""
+    runs = row.get("runs", 0)
+    planned = row.get("planned", runs)
+    return f"{runs} of {_seeds(planned)}" if runs < planned else _seeds(runs)
+
+
 def where_lines(study: dict) -> list:
-    """One table row per model: attention and saliency lift with intervals and outcomes, pointing rates beside
-    the uniform expectation."""
+    """One table row per model: attention and saliency lift with intervals and outcomes ("interim, ..." while the
+    family waits for runs; "not tested yet" from one seed), pointing rates beside the uniform expectation."""
     rows = [r for r in study.get("where", {}).get("rows", []) if r["measure"] in ("attention_lift", "saliency_lift")]
     lines = []
     for r in rows:
         res = r["result"]
         if "pointing" not in r:                                        # the mtl - mtl_no_landmarks contrast
-            lines.append(f"| {r['data']} | {r['model']} | attention lift, difference | {outcome_phrase(res)} | |")
+            lines.append(f"| {r['data']} | {r['model']} ({_measured_seeds(r)}) | attention lift, difference | "
+                         f"{outcome_phrase(res)} | |")
             continue
         if not res:
             lift = "–"
-        elif res["low"] is None:                                       # one seed: no interval yet
-            lift = f"{_num(r['mean'])} (one seed: no interval yet)"
+        elif res["low"] is None:                                       # one seed: no interval, no test
+            lift = f"{_num(r['mean'])}; not tested yet (one seed: no interval)"
         else:
-            lift = (f"{_num(r['mean'])} [{_num(res['low'] + 1)}, {_num(res['high'] + 1)}]; a difference from 1 "
+            lift = (f"{'interim, ' if res.get('interim') else ''}{_num(r['mean'])} [{_num(res['low'] + 1)}, "
+                    f"{_num(res['high'] + 1)}]; a difference from 1 "
                     f"{'established' if res['outcome'] == 'established' else 'inconclusive'} "
                     f"(Holm-adjusted p {_p(res['p_holm'])})")
-        lines.append(f"| {r['data']} | `{r['model']}` ({_seeds(r['runs'])}) | {r['measure'].replace('_', ' ')} | "
-                     f"{lift} | "
-                     f"{_num(r['pointing'])} (uniform {_num(r['region_fraction'])}) |")
+        lines.append(f"| {r['data']} | `{r['model']}` ({_measured_seeds(r)}) | {r['measure'].replace('_', ' ')} | "
+                     f"{lift} | {_num(r['pointing'])} (uniform {_num(r['region_fraction'])}) |")
     return lines
+
+
+def where_table(study: dict) -> str:
+    """:func:`where_lines` under their header: the Markdown table of the README and notebook 05."""
+    lines = where_lines(study) or ["| | | | not measured yet | |"]
+    return "\n".join(["| data | model | measure | mean lift [95 % interval] | pointing rate |", "|---|---|---|---|---|",
+                      *lines])
+
+
+LEVEL_METRICS = ("category_top3", "attr_map_all")
+
+
+def level_lines(study: dict) -> list:
+    """The absolute levels the contrasts are differences of, as table rows: per data tree, each model's test top-3
+    and mAP (mean ± sd over its finished seeds), then that tree's baselines (:data:`BASELINE_ROWS`)."""
+    lines = []
+    for part, rows in study.get("summary", {}).items():
+        tag = study["summary_trees"][part]
+        for model in dict.fromkeys(r["model"] for r in rows):
+            n = _summary_row(rows, model, LEVEL_METRICS[0])["n"]
+            reused = study.get("reused_seeds", {}).get(part, {}).get(model, [])
+            first = f"; {_seed_list(reused)} from the first study" if reused else ""
+            lines.append(f"| {tag} | `{model}` ({_seeds(n)}{first}) | "
+                         + " | ".join(_cell(rows, model, m) for m in LEVEL_METRICS) + " |")
+        baselines = study.get("baselines", {}).get(tag, {})
+        lines += [f"| {tag} | {text} | " + " | ".join(_num(baselines[name].get(m)) for m in LEVEL_METRICS) + " |"
+                  for name, text in BASELINE_ROWS if name in baselines]
+    return lines
+
+
+def _seed_list(seeds) -> str:
+    """"seed 3", "seeds 1–4" (consecutive) or "seeds 1, 3"."""
+    seeds = sorted(seeds)
+    if len(seeds) == 1:
+        return f"seed {seeds[0]}"
+    if seeds == list(range(seeds[0], seeds[-1] + 1)):
+        return f"seeds {seeds[0]}–{seeds[-1]}"
+    return "seeds " + ", ".join(map(str, seeds))
+
+
+def level_table(study: dict) -> str:
+    """:func:`level_lines` under their header: the Markdown table of the README and notebook 05."""
+    lines = level_lines(study) or ["| | no finished seed run yet | | |"]
+    return "\n".join([f"| data | model | {' | '.join(label(m) for m in LEVEL_METRICS)} |", "|---|---|---|---|", *lines])
 
 
 _SOURCES = {"both": "both the landmark loss and the attention", "landmark_loss": "the landmark loss",
@@ -424,10 +477,22 @@ _CONTROL_CLAUSES = {
     "established_negative": "and reverses when the evidence is away from the landmarks"}
 
 
+_INTERACTION_CLAUSES = {
+    ("established", -1): "the interaction is established and negative: the landmark loss adds less to the network "
+                         "with the attention than to the one without it (equally: the attention does worse beside "
+                         "the landmark loss than without it), so a main effect averages two unequal effects (the "
+                         "secondary contrasts `mtl` − `mtl_no_landmarks` and `mtl_no_attention` − `cat` show them)",
+    ("established", 1): "the interaction is established and positive: the landmark loss adds more to the network with "
+                        "the attention than to the one without it, as the attention using the landmarks predicts",
+    ("equivalent", 0): "the two factors do not interact beyond the margin (the interaction is equivalent to 0): each "
+                       "factor's effect is about the same at both levels of the other"}
+
+
 def mechanism_reading(study: dict) -> list:
     """Per primary metric, what the factorial and the negative control establish, each claim with its outcome
     word; then the reading they support together (:func:`vfu_nb.study.analysis.mechanism`), where they support
-    one; a reading drawn before every seed has finished opens with "So far (interim)"."""
+    one, and what an established or equivalent interaction adds to it; a reading drawn before every seed has
+    finished opens with "So far (interim)"."""
     out = []
     for row in analysis.mechanism(study):
         metric, results = label(row["metric"]), row["results"]
@@ -450,6 +515,9 @@ def mechanism_reading(study: dict) -> list:
             if control == "established":
                 control += "_positive" if row["control_direction"] > 0 else "_negative"
             out.append(f"{so} in {metric} the gain goes with {_SOURCES[row['source']]}, {_CONTROL_CLAUSES[control]}.")
+        clause = _INTERACTION_CLAUSES.get((row.get("interaction"), row.get("interaction_direction", 0)))
+        if row["reading"] and clause:
+            out.append(f"{'So far (interim), in' if row.get('interim') else 'In'} {metric} {clause}.")
     return out
 
 
