@@ -133,6 +133,26 @@ def small_plan(root: Path, data_root, models=("mtl", "cat"), seeds=1, backbone="
             "bootstrap": 20, "slurm": {"time": 30, "cpus": 1, "poll_s": 1}}
 
 
+def test_a_run_a_live_local_process_holds_is_running_and_a_dead_ones_lock_is_not(tmp_path):
+    import socket
+
+    plan = plans.Plan.load(small_plan(tmp_path, tmp_path / "df"))
+    spec = plan.tuning_specs()[0]
+    run = plan.runs_dir / spec.key
+    run.mkdir(parents=True)
+    (run / "metrics.csv").write_text("epoch,lr\n1,0.001\n2,0.001\n")
+    (run / "train.lock").write_text(f"pid {os.getpid()} on {socket.gethostname()} since 2026-12-06 10:00:00\n")
+    row = executors.run_status(plan, spec, queue={})
+    assert (row.state, row.detail) == ("running", f"local, pid {os.getpid()}")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (run / "train.lock").write_text(f"pid {dead.pid} on {socket.gethostname()} since 2026-12-06 10:00:00\n")
+    row = executors.run_status(plan, spec, queue={})
+    assert (row.state, row.detail) == ("pending", "2 epochs done")
+    (run / "train.lock").write_text(f"pid {os.getpid()} on another-host since 2026-12-06 10:00:00\n")
+    assert executors.run_status(plan, spec, queue={}).state == "pending"      # another host's: not this machine's
+
+
 def test_run_states_from_exports_records_queue_and_results(tmp_path):
     plan = plans.Plan.load(small_plan(tmp_path, tmp_path / "df",
                                       models=("mtl", "cat", "mtl_bi", "mtl_pool", "mtl_no_landmarks")))

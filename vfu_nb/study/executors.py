@@ -127,7 +127,11 @@ def job_error(record: dict) -> Optional[str]:
 
 
 def _local_writer(plan: Plan, key: str) -> Optional[str]:
-    """"pid N" when a live process on this host holds the run's train.lock (a local executor), else None."""
+    """"pid N" when a live process on this host holds the run's train.lock (a local executor), else None.
+
+    Read-only on purpose: the file names its holder, checked alive with signal 0. Probing the lock itself
+    (:meth:`RunLock.held_by`) would take it for an instant, and a trainer starting in that instant would be refused;
+    the price is that a lock file left by a killed process whose pid has been reused reads as running."""
     path = run_dir(plan, key) / "train.lock"
     try:
         holder = path.read_text().split()

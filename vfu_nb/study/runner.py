@@ -3,8 +3,8 @@
 * :func:`train_pending` trains every pending run (:func:`vfu_nb.study.plan.pending`), ``jobs`` at a time, each in
   a thread; the queue is rebuilt whenever a run finishes, so a model's seed runs start as soon as its tuning is
   complete. This is the ``local`` executor (:mod:`vfu_nb.study.executors`); the Slurm jobs
-  (:mod:`vfu_nb.study.slurm`) call the same :func:`_train`, :func:`export_run`, :func:`_diverged` and
-  :func:`export_failure`.
+  (:mod:`vfu_nb.study.slurm`) call the same :func:`train_and_export` (with an export lock, and a locked run an
+  error) and, on the other ranks of a multi-GPU job, :func:`_train`.
 * :func:`_train` trains (or resumes) one run in ``<runs>/<key>/``: in this process, or with ``jobs > 1`` in a
   child process (``study train-one``) that dies with the study (:mod:`vfu_nb.lifeline`). Its data tree is made
   first when missing (:func:`ensure_data`).
@@ -19,6 +19,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -89,22 +90,32 @@ def _diverged(error: Exception) -> bool:
                                                      and "NonFiniteLossError" in str(error))
 
 
-def train_and_export(plan: Plan, spec: RunSpec, subprocess_: bool, log=print) -> None:
-    """Train (or resume) one run and export it; a diverged run is exported as a failure, not retried."""
+def train_and_export(plan: Plan, spec: RunSpec, subprocess_: bool, log=print, export_lock=None,
+                     skip_locked: bool = True) -> None:
+    """Train (or resume) one run and export it; a diverged run is exported as a failure, not retried.
+
+    A run another live process trains is skipped (logged), or with ``skip_locked=False`` raises
+    :class:`RunLockedError`. ``export_lock``: a context manager held while exporting (a Slurm job's: the runs of a
+    data tree share ``results/labels/<tag>.npz``)."""
     t0 = time.time()
+    export_lock = export_lock or contextlib.nullcontext()
     log(f"[study] start {spec.key}")
     try:
         _train(plan, spec, subprocess_)
     except RunLockedError as locked:               # another live process trains it: the others first, then wait
+        if not skip_locked:
+            raise
         log(f"[study] skip  {spec.key}: {locked}")
         return
     except Exception as error:                     # a diverged run is a result (recorded); anything else is not
         if not _diverged(error):
             raise
-        export_failure(plan, spec, f"diverged: {error}")
+        with export_lock:
+            export_failure(plan, spec, f"diverged: {error}")
         log(f"[study] FAILED {spec.key}: the loss diverged (recorded, not retried)")
         return
-    export_run(plan, spec)
+    with export_lock:
+        export_run(plan, spec)
     log(f"[study] done  {spec.key} ({(time.time() - t0) / 60:.1f} min)")
 
 

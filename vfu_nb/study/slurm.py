@@ -372,7 +372,8 @@ class RunJob(submitit.helpers.Checkpointable):
                   f"{start['restart_count']}, {start['tasks']} task(s)) in {run_dir}", flush=True)
         try:
             if rank == 0:
-                train_and_export(plan, spec)
+                lock = _FileLock(plan.runs_dir / SUBMITIT_DIR / "export.lock")   # jobs share results/labels
+                runner.train_and_export(plan, spec, False, export_lock=lock, skip_locked=False)
             else:
                 runner._train(plan, spec, False)
         finally:
@@ -388,20 +389,3 @@ class RunJob(submitit.helpers.Checkpointable):
         print(f"[study] {self.spec.key}: interrupted; requeued to resume from its last checkpoint", flush=True)
         return submitit.helpers.DelayedSubmission(RunJob(self.plan, self.spec, self.overrides))
 
-
-def train_and_export(plan, spec, log=print) -> None:
-    """:func:`vfu_nb.study.runner.train_and_export` for a job: the same training and divergence rule, with the export
-    serialised across jobs (``results/labels/<tag>.npz`` is shared by every run of a data tree)."""
-    t0 = time.time()
-    try:
-        runner._train(plan, spec, False)
-    except Exception as error:
-        if not runner._diverged(error):
-            raise
-        with _FileLock(plan.runs_dir / SUBMITIT_DIR / "export.lock"):
-            runner.export_failure(plan, spec, f"diverged: {error}")
-        log(f"[study] FAILED {spec.key}: the loss diverged (recorded, not retried)")
-        return
-    with _FileLock(plan.runs_dir / SUBMITIT_DIR / "export.lock"):
-        runner.export_run(plan, spec)
-    log(f"[study] done  {spec.key} ({(time.time() - t0) / 60:.1f} min)")

@@ -291,7 +291,7 @@ def tree_baselines(results_dir, tag: str, settings: dict, root: Path, required: 
                    "baselines": compute_baselines(root, BASELINE_SPLIT)}
         path.parent.mkdir(parents=True, exist_ok=True)
         text = json.dumps(jsonable(content), indent=1, allow_nan=False) + "\n"
-        atomic_write(path, text)
+        write_atomic(path, text)
         return json.loads(text)["baselines"]
     if stored is not None and stored.get("settings") == settings:
         return stored["baselines"]
