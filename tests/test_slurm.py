@@ -194,7 +194,7 @@ def test_run_states_from_exports_records_queue_and_results(tmp_path):
                                                 "test": {}}))
     fresh = plans.Plan.load(small_plan(tmp_path / "other", tmp_path / "df"))
     result = executors.status(plan, queue=queue)
-    assert result["runs"][0].state == "done" and result["runs"][0].detail == "best epoch 3 of 7"
+    assert result["runs"][0].state == "done" and result["runs"][0].detail == "best val epoch 3 of 7"
     assert [r.state for r in executors.status(fresh, queue={})["runs"]] == ["pending", "pending"]
     text = executors.format_status(result, relative_to=tmp_path)
     assert text.splitlines()[0].startswith("5 runs known: 1 pending, 0 queued, 1 running, 1 done, 2 failed")

@@ -85,8 +85,9 @@ def scan_images(paths, windows, size, cache_file=None, workers=None, progress=Tr
     return np.concatenate(sizes), sorted(failures)
 
 
-def _files_fingerprint(paths: dict) -> str:
-    """Size and modification time of each annotation file (None where missing), as one string."""
+def files_fingerprint(paths: dict) -> str:
+    """Size and modification time of each file of ``paths`` (name -> path; None where missing), as one string: a
+    cheap "unchanged since" key (the annotation files; :mod:`vfu_nb.data.identity` adds ``synthetic.json``)."""
     stats = [(k, os.stat(p).st_size, os.stat(p).st_mtime_ns) if os.path.exists(p) else (k, None)
              for k, p in sorted(paths.items())]
     return json.dumps(stats)
@@ -99,4 +100,4 @@ def _load_cached(root: str, fingerprint: str) -> Annotations:
 
 def cached_annotations(root) -> Annotations:
     """load_annotations, memoised per root while its files are unchanged."""
-    return _load_cached(str(Path(root).resolve()), _files_fingerprint(annotation_paths(root)))
+    return _load_cached(str(Path(root).resolve()), files_fingerprint(annotation_paths(root)))

@@ -23,7 +23,7 @@ from torch.utils.data import Dataset
 
 from vfu_nb.data.annotations import Annotations, image_root
 from vfu_nb.data.augment import augment_sample
-from vfu_nb.data.cache import CACHE_VERSION, _files_fingerprint, _Window, cached_annotations, scan_images
+from vfu_nb.data.cache import CACHE_VERSION, _Window, cached_annotations, files_fingerprint, scan_images
 from vfu_nb.data.crops import (
     BadImageError, crop_and_resize, crop_window, crop_windows, landmarks_in_window, load_rgb, normalize_images,
 )
@@ -94,7 +94,7 @@ class DeepFashionC(Dataset):
     # ----- cache ----------------------------------------------------------------------------
     def cache_key(self) -> str:
         h = hashlib.sha1()
-        h.update(_files_fingerprint(self.annotations.files).encode())
+        h.update(files_fingerprint(self.annotations.files).encode())
         h.update(np.ascontiguousarray(self.rows).tobytes())
         h.update(f"{CACHE_VERSION}:{self.image_size}:{self.pad_to_square}".encode())
         return h.hexdigest()[:16]

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Mapping, Optional
 
 from vfu_nb.data.annotations import AnnotationError, annotation_paths, image_root
-from vfu_nb.data.cache import _files_fingerprint, cached_annotations
+from vfu_nb.data.cache import files_fingerprint, cached_annotations
 from vfu_nb.data.synthetic.settings import MARKER_DONE
 
 _BLOCK = 1 << 20
@@ -67,7 +67,7 @@ def tree_digest(root) -> Optional[str]:
         return None
     real = os.path.realpath(root)
     marker = Path(real) / MARKER_DONE
-    fingerprint = _files_fingerprint({**files, "marker": marker})
+    fingerprint = files_fingerprint({**files, "marker": marker})
     return _digest(real, fingerprint)
 
 

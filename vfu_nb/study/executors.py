@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Optional
 
 from vfu_nb.training.rundir import HolderLock
+from vfu_nb.training.runs import selection_note
 from vfu_nb.study import runner
 from vfu_nb.study import slurm as sl
 from vfu_nb.study import store
@@ -169,8 +170,7 @@ def run_status(plan: Plan, spec: RunSpec, queue: Optional[dict]) -> RunStatus:
         if metrics.get("failed"):
             row.state, row.detail = "failed", f"{metrics['failed']} (recorded; not retried)"
         else:
-            row.state = "done"
-            row.detail = f"best epoch {metrics.get('best_epoch')} of {metrics.get('epochs_run')}"
+            row.state, row.detail = "done", selection_note(metrics)
         return row
     if job_id:
         job = queue.get(job_id) if queue is not None else None
