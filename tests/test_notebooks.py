@@ -75,6 +75,14 @@ def test_relative_paths_mean_the_repository_root_wherever_python_runs(tmp_path, 
     assert paths.repo_root() == REPO
     assert paths.resolve("data/synthetic") == REPO / "data" / "synthetic"
     assert paths.resolve(tmp_path / "x") == tmp_path / "x"
+    # and back: paths inside the repository (or another base) shown relative to it, others as given
+    assert paths.relative(REPO / "results" / "v2") == "results/v2"
+    assert paths.relative(str(tmp_path / "x")) == str(tmp_path / "x") and paths.relative("data/x") == "data/x"
+    assert paths.relative(tmp_path / "a" / "b", base=tmp_path) == "a/b"
+    (tmp_path / "link").symlink_to(REPO / "docs", target_is_directory=True)
+    assert paths.relative(tmp_path / "link") == str(tmp_path / "link")        # a link is a path of its own ...
+    assert paths.relative(tmp_path / "link", follow_links=True) == "docs"     # ... unless followed
+    assert paths.relative("link", follow_links=True) == "docs"                 # (relative: from the working dir)
 
 
 def _papermill(args, cwd):

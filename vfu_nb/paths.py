@@ -31,3 +31,12 @@ def resolve(path) -> Path:
     """``path`` as an absolute path: relative paths are taken from :func:`repo_root`, ``~`` is expanded."""
     path = Path(path).expanduser()
     return path if path.is_absolute() else repo_root() / path
+
+
+def relative(path, base=None, follow_links: bool = False) -> str:
+    """``path`` relative to ``base`` (default: :func:`repo_root`) when it lies inside it, else as given: for
+    messages, commands and the paths stored with results. ``follow_links`` resolves symlinks (and a relative
+    ``path`` against the working directory) first; without it a relative ``path`` is returned as given."""
+    base = Path(base) if base is not None else repo_root()
+    p = Path(path).resolve() if follow_links else Path(path)
+    return str(p.relative_to(base)) if p.is_absolute() and p.is_relative_to(base) else str(path)

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from vfu_nb.paths import relative
 from vfu_nb.training.rundir import HolderLock
 from vfu_nb.training.runs import selection_note
 from vfu_nb.study import runner
@@ -264,9 +265,7 @@ def format_status(result: dict, relative_to: Optional[Path] = None) -> str:
     def short(path):
         if not path:
             return "-"
-        p = Path(path)
-        base = relative_to or Path.cwd()
-        return str(p.relative_to(base)) if p.is_absolute() and p.is_relative_to(base) else str(p)
+        return relative(path, relative_to or Path.cwd())
 
     table = [("state", "job", "run", "log", "detail")]
     table += [(r.state, r.job_id or "-", r.key, short(r.log), r.detail) for r in rows]

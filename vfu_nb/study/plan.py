@@ -28,7 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
 
-from vfu_nb.paths import repo_root
+from vfu_nb.paths import relative, repo_root
+from vfu_nb.training.config import PATH_FIELDS
 from vfu_nb.training.runs import converged
 from vfu_nb.study import store
 
@@ -185,11 +186,7 @@ def _unique(specs: list[RunSpec]) -> list[RunSpec]:
 
 def portable_config(config: dict) -> dict:
     """A run's config.json with the paths inside the repository made relative to it (results/ is shared)."""
-    def rel(value):
-        path = Path(value)
-        return str(path.relative_to(REPO)) if path.is_absolute() and path.is_relative_to(REPO) else value
-
-    return {k: rel(v) if k in ("run_dir", "data_root", "cache_dir") and isinstance(v, str) else v
+    return {k: relative(v, REPO) if k in ("run_dir", *PATH_FIELDS) and isinstance(v, str) else v
             for k, v in config.items()}
 
 

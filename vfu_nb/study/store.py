@@ -37,6 +37,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from vfu_nb.diskspace import DiskFullError, atomic_write
+from vfu_nb.paths import relative
 from vfu_nb.training.rundir import RunDirError, RunLock, RunLockedError
 
 #: Exit status of ``study train-one`` (and ``study run``) when a run is locked by another live process.
@@ -57,14 +58,8 @@ class TrainingFailed(RuntimeError):
 
 
 def rel(path) -> str:
-    """``path`` relative to the repository root when inside it (for messages and commands)."""
-    from vfu_nb.paths import repo_root
-
-    path = Path(path)
-    try:
-        return str(path.resolve().relative_to(repo_root()))
-    except ValueError:
-        return str(path)
+    """``path`` relative to the repository root when inside it, symlinks followed (for messages and commands)."""
+    return relative(path, follow_links=True)
 
 
 # ----------------------------------------------------------------------------------------------------------
