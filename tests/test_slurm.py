@@ -205,6 +205,15 @@ def test_run_states_from_exports_records_queue_and_results(tmp_path):
     assert executors.format_status(result).splitlines()[1] == (
         "2 runs to go: about 1.0 hours of training at the median finished run (30 min; 0.5 h with two at a time, "
         "as `--jobs 2`)")
+    # what the running and the interrupted run have trained already is not counted again (each at most a median)
+    for spec_, seconds in ((bi, 1200.0), (nolm, 5000.0)):
+        (plan.runs_dir / spec_.key).mkdir(parents=True, exist_ok=True)
+        (plan.runs_dir / spec_.key / "history.json").write_text(json.dumps({"epochs": [{"seconds": seconds}]}))
+    result = executors.status(plan, queue=queue)
+    assert result["seconds_done"] == 1200.0 + 1800.0
+    assert executors.time_left(result).startswith("2 runs to go: about 0.2 hours of training")
+    (plan.runs_dir / nolm.key / "history.json").write_text('{"epochs": [')                # being rewritten
+    assert executors.status(plan, queue=queue)["seconds_done"] == 1200.0
     assert re.search(r"^failed +7_1 +default/cat/vgg16_bn_lr0.001_f1/seed0 +runs/_slurm/7_1/7_1_0_log.out +"
                      r"ValueError: no such tree$", text, re.M)
     # Slurm installed but no cluster answers: one line saying so, the runs' states from their exports

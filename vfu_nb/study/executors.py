@@ -220,8 +220,10 @@ def status(plan, queue: Optional[dict] = None, log=None) -> dict:
     specs = plan.all_specs(chosen, tuning_lrs(plan))
     rows = [run_status(plan, s, queue) for s in specs]
     waiting = max(0, planned_runs(plan) - len(specs))
-    return {"runs": rows, "waiting_for_tuning": waiting, "run_seconds": _median_run_seconds(plan, rows),
-            "runs_left": sum(r.state in ("pending", "queued", "running", "unknown") for r in rows) + waiting,
+    median = _median_run_seconds(plan, rows)
+    return {"runs": rows, "waiting_for_tuning": waiting, "run_seconds": median,
+            "runs_left": sum(r.state in LEFT for r in rows) + waiting,
+            "seconds_done": _seconds_done(plan, rows, median),
             "tuning_unfinished": [m for m in plan.tuning["models"] if m not in chosen],
             "slurm": "answered" if queue is not None else (slurm_error or "not installed")}
 
@@ -238,13 +240,32 @@ def _median_run_seconds(plan: Plan, rows: list) -> Optional[float]:
     return statistics.median(seconds) if seconds else None
 
 
+LEFT = ("pending", "queued", "running", "unknown")      # the states of runs still to train
+
+
+def _seconds_done(plan: Plan, rows: list, median: Optional[float]) -> float:
+    """Seconds the runs still to train have trained already (running or interrupted: their run directories'
+    epochs), each counted at most at the median finished run; 0 before any run has finished."""
+    if not median:
+        return 0.0
+    done = 0.0
+    for r in rows:
+        path = run_dir(plan, r.key) / "history.json"
+        if r.state in LEFT and path.exists():
+            try:
+                done += min(store.epoch_seconds(json.loads(path.read_text())), median)
+            except (OSError, ValueError, AttributeError):      # being rewritten, or damaged: count nothing
+                pass
+    return done
+
+
 def time_left(result: dict) -> Optional[str]:
-    """How much training the runs still to do need, at the median finished run: None when nothing is left or
-    nothing has finished yet."""
+    """How much training the runs still to do need: the median finished run per run left, less what the running
+    and interrupted ones have trained; None when nothing is left or nothing has finished yet."""
     left, seconds = result.get("runs_left", 0), result.get("run_seconds")
     if not left or not seconds:
         return None
-    hours = left * seconds / 3600
+    hours = max(left * seconds - result.get("seconds_done", 0.0), 0.0) / 3600
     return (f"{left} runs to go: about {hours:.1f} hours of training at the median finished run "
             f"({seconds / 60:.0f} min; {hours / 2:.1f} h with two at a time, as `--jobs 2`)")
 

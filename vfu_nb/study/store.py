@@ -157,11 +157,15 @@ def read_run_json(results_dir, key: str, name: str) -> dict:
                      lambda c: None if isinstance(c, dict) else f"a {type(c).__name__}, not an object")
 
 
-def trained_seconds(results_dir, key: str) -> float:
-    """Seconds an exported run spent training and evaluating, summed over its epochs (so across resumes too; an
-    epoch without a time counts as none)."""
-    history = read_run_json(results_dir, key, "history.json")
+def epoch_seconds(history: dict) -> float:
+    """Seconds a run spent training and evaluating, summed over the epochs of its ``history.json`` (so across
+    resumes too; an epoch without a time counts as none)."""
     return float(sum(e.get("seconds") or 0.0 for e in history.get("epochs", [])))
+
+
+def trained_seconds(results_dir, key: str) -> float:
+    """:func:`epoch_seconds` of an exported run."""
+    return epoch_seconds(read_run_json(results_dir, key, "history.json"))
 
 
 PREDICTION_KEYS = ("category_rank", "attribute_logits")     # what the report uses (export also writes "index")
