@@ -151,9 +151,28 @@ def test_train_pending_keep_going_names_every_failed_run_in_one_error(plan, monk
         raise ValueError(f"no tree for {spec.key}")
 
     monkeypatch.setattr(runner, "_train", no_tree)
-    with pytest.raises(RuntimeError, match=r"^4 runs failed \(the others were trained\): default/") as err:
+    with pytest.raises(store.TrainingFailed, match=r"^4 runs failed \(the others were trained\): default/") as err:
         runner.train_pending(plan, jobs=2, log=lambda line: None, keep_going=True)
     assert str(err.value).count("no tree for default/") == 4 and len(plans.pending(plan)) == 4
+    with pytest.raises(SystemExit) as code, store.one_line_errors():             # the command line: one line
+        raise err.value
+    assert code.value.code == 2
+
+
+def test_train_pending_keep_going_stops_on_a_full_disk(plan, monkeypatch):
+    """A full disk would fail every later run too: --keep-going does not go on past it."""
+    tried = []
+
+    def disk_full(plan_, spec, subprocess_):
+        tried.append(spec.key)
+        raise store.TrainingFailed(f"training {spec.key} failed (exit 2): runs/x/checkpoints/last.pt: not written: "
+                                   f"no space left on the device (0 bytes free)")
+
+    monkeypatch.setattr(runner, "_train", disk_full)
+    with pytest.raises(store.TrainingFailed, match="no space left"):
+        runner.train_pending(plan, jobs=1, log=lambda line: None, keep_going=True)
+    assert len(tried) == 1
+    assert store.disk_full(store.DiskFullError("x", free=0)) and not store.disk_full(ValueError("no space left"))
 
 
 def test_study_run_command_line_passes_jobs_and_keep_going_to_the_executor(plan, tmp_path, monkeypatch):
@@ -814,6 +833,22 @@ def test_where_lines_of_a_model_with_one_seed_give_its_mean_and_no_interval():
                                                      "p_holm": 0.03, "interim": True})
     line = reports.where_lines({"where": {"rows": [row]}})[0]
     assert "`mtl` (3 of 6 seeds)" in line and "interim, 1.100 [1.020, 1.180]; a difference from 1 established" in line
+
+
+def test_the_where_family_is_interim_while_a_planned_run_is_unmeasured_even_without_a_row():
+    rng = np.random.default_rng(0)
+
+    def run():
+        return {"attention_lift": 1 + rng.normal(0, 0.1, 50), "saliency_lift": 0.8 + rng.normal(0, 0.1, 50),
+                "attention_pointing": rng.integers(0, 2, 50), "saliency_pointing": rng.integers(0, 2, 50),
+                "region_fraction": np.full(50, 0.2)}
+
+    runs = {"default": {("mtl", 1): run(), ("mtl", 2): run()}}
+    done = analysis.where_attention_falls(runs, {"default": {}}, {}, measurable={("default", "mtl"): {1, 2}})
+    assert [r["planned"] for r in done["rows"]] == [2, 2] and not done["rows"][0]["result"]["interim"]
+    waiting = analysis.where_attention_falls(runs, {"default": {}}, {},
+                                             measurable={("default", "mtl"): {1, 2}, ("default", "cat"): {1, 2}})
+    assert all(r["result"]["interim"] for r in waiting["rows"])         # cat has no run yet, so no row
 
 
 def test_the_absolute_levels_table_puts_each_trees_models_beside_its_baselines():

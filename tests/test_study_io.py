@@ -244,6 +244,28 @@ def test_only_this_attempts_lines_say_why_it_failed_and_whether_it_diverged(tmp_
     assert "NonFiniteLossError" not in str(later) and not runner._diverged(later)
     assert "failed (exit 137): Killed;" in str(later)
     assert not runner._diverged(ValueError("NonFiniteLossError"))           # only the trainer's own failure counts
+    # a divergence whose traceback is followed by another line (a second study's trainer refused by the lock)
+    start = log.stat().st_size
+    with open(log, "a") as f:
+        f.write("Traceback (most recent call last):\nvfu_nb.training.loop.NonFiniteLossError: non-finite total loss "
+                "(inf) at epoch 4, batch 2\npython -m vfu_nb.study: runs/x is being written by another process\n")
+    assert runner._diverged(store.trainer_error("k", 1, log, start))
+
+
+def test_a_child_trainers_failure_is_read_from_its_own_attempt(plan, monkeypatch):
+    """runner._train through a real child process: the log it appends to holds an earlier divergence."""
+    spec = plan.tuning_specs()[0]
+    run_dir = plan.runs_dir / spec.key
+    run_dir.mkdir(parents=True)
+    (run_dir / "stdout.log").write_text("Traceback (most recent call last):\nvfu_nb.training.loop.NonFiniteLossError: "
+                                        "non-finite total loss (nan) at epoch 2, batch 7\n")
+    monkeypatch.setattr(runner, "ensure_data", lambda plan_, tags: None)
+    monkeypatch.setattr(store, "trainer_command", lambda request: [
+        sys.executable, "-c", "import sys; print('epoch 3/9'); sys.exit('ValueError: the tree moved')"])
+    with pytest.raises(store.TrainingFailed, match="failed .exit 1.: ValueError: the tree moved") as err:
+        runner._train(plan, spec, True)
+    assert not runner._diverged(err.value)
+    assert (run_dir / "stdout.log").read_text().count("NonFiniteLossError") == 1      # appended, not rewritten
 
 
 def test_a_run_locked_by_another_process_is_skipped_then_waited_for(plan, monkeypatch):

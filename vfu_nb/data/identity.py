@@ -53,7 +53,7 @@ def _digest(root: str, fingerprint: str) -> str:
     for name in cached_annotations(root).image_names:
         try:
             size = (images / name).stat().st_size
-        except FileNotFoundError:
+        except OSError:                                # missing or unreadable: part of what identifies the tree
             size = -1
         h.update(f"{name}\0{size}\n".encode())
     return h.hexdigest()
@@ -61,7 +61,8 @@ def _digest(root: str, fingerprint: str) -> str:
 
 def tree_digest(root) -> Optional[str]:
     """SHA-256 of what identifies the data tree at ``root`` (see the module docstring); None when ``root`` holds
-    no complete set of annotation files. Memoised while the annotation files are unchanged."""
+    no complete set of annotation files. Memoised per process while the annotation files and ``synthetic.json``
+    are unchanged (images changed alone are seen by the next process)."""
     files = annotation_paths(root)
     if not all(p.is_file() for p in files.values()):
         return None

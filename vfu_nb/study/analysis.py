@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Optional, Sequence
@@ -338,7 +337,10 @@ def preregistered_results(plan: Plan, log=print) -> dict:
     study["reused_seeds"] = {part: {m: sorted(s.seed for s in specs if s.part == part and s.model == m and s.key in reused)
                                     for m in dict.fromkeys(s.model for s in specs if s.part == part)}
                              for part in study["summary"]}
-    measurable = Counter((s.data, s.model) for s in specs if s.key not in reused)   # reused runs lack the measures
+    measurable = {}                                                     # reused runs lack the measures
+    for s in specs:
+        if s.key not in reused:
+            measurable.setdefault((s.data, s.model), set()).add(s.seed)
     study["where"] = where_attention_falls(runs, labels, cache, float(pre.get("alpha", 0.05)), measurable)
     study["baselines"] = baselines_for(plan)
     unique = plan.all_specs(chosen, lrs)
@@ -370,9 +372,11 @@ def where_attention_falls(runs: Mapping, labels: Mapping, cache: dict, alpha: fl
     pointing rates, each lift with its interval and the outcome of "lift differs from 1" (one Holm family); and
     mtl - mtl_no_landmarks in attention lift (does the landmark loss move the attention to the landmarks?).
     Over the runs whose export holds the measure (runs reused from the first study do not). ``measurable``:
-    ``(tree, model) -> planned runs that will hold it``; each row's ``planned`` and every result's ``interim``
-    (True while any row of the family has fewer runs than planned) come from it."""
+    ``(tree, model) -> the planned seeds whose runs will hold it``; each row's ``planned`` and every result's
+    ``interim`` (True while any planned run of a tree or model is unmeasured, row or not) come from it."""
     measurable = measurable or {}
+    measured = {(tag, m): {s for (m_, s), p in every.items() if m_ == m and "saliency_lift" in p}
+                for tag, every in runs.items() for m, _ in every}
     rows, estimates = [], []
     for tag, every in runs.items():
         for measure in ("attention_lift", "saliency_lift"):
@@ -382,17 +386,20 @@ def where_attention_falls(runs: Mapping, labels: Mapping, cache: dict, alpha: fl
                 own = [p for (m, _), p in by.items() if m == model]
                 e = contrasts.estimate({model: 1}, by, measure, labels[tag], cache)
                 rows.append({"data": tag, "model": model, "measure": measure, "mean": e.mean if e else None,
-                             "runs": len(own), "planned": measurable.get((tag, model), len(own)), "pointing": float(np.nanmean([np.nanmean(p[pointing]) for p in own])),
+                             "runs": len(own), "planned": len(measurable.get((tag, model), ())) or len(own),
+                             "pointing": float(np.nanmean([np.nanmean(p[pointing]) for p in own])),
                              "region_fraction": float(np.nanmean([np.nanmean(p["region_fraction"]) for p in own]))})
                 estimates.append(dataclasses.replace(e, mean=e.mean - 1) if e else None)   # test: lift = 1
             if measure == "attention_lift" and {"mtl", "mtl_no_landmarks"} <= {m for m, _ in by}:
                 e = contrasts.estimate({"mtl": 1, "mtl_no_landmarks": -1}, by, measure, labels[tag], cache)
                 rows.append({"data": tag, "model": "mtl - mtl_no_landmarks", "measure": measure,
-                             "runs": e.n_seeds if e else 0, "planned": min(measurable.get((tag, m), 0)
-                                                                     for m in ("mtl", "mtl_no_landmarks"))})
+                             "runs": e.n_seeds if e else 0,
+                             "planned": len(measurable.get((tag, "mtl"), set())
+                                            & measurable.get((tag, "mtl_no_landmarks"), set()))})
                 estimates.append(e)
     decided = contrasts.decide(estimates, [None] * len(estimates), alpha)
-    interim = any(r["runs"] < r["planned"] for r in rows)
+    interim = (any(r["runs"] < r["planned"] for r in rows)
+               or any(not seeds <= measured.get(key, set()) for key, seeds in measurable.items()))
     return {"radius": _attention_radius(),
             "rows": [{**r, "result": d and {**d, "interim": interim}} for r, d in zip(rows, decided)]}
 

@@ -254,7 +254,7 @@ def _seconds_done(plan: Plan, rows: list, median: Optional[float]) -> float:
         if r.state in LEFT and path.exists():
             try:
                 done += min(store.epoch_seconds(json.loads(path.read_text())), median)
-            except (OSError, ValueError, AttributeError):      # being rewritten, or damaged: count nothing
+            except (OSError, ValueError, AttributeError, TypeError):   # being rewritten, or damaged: count none
                 pass
     return done
 

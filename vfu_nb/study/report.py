@@ -429,9 +429,9 @@ def level_lines(study: dict) -> list:
     and mAP (mean ± sd over its finished seeds), then that tree's baselines (:data:`BASELINE_ROWS`)."""
     lines = []
     for part, rows in study.get("summary", {}).items():
-        tag = study["summary_trees"][part]
+        tag = study.get("summary_trees", {}).get(part, part)       # a study.json from before: the part's name
         for model in dict.fromkeys(r["model"] for r in rows):
-            n = _summary_row(rows, model, LEVEL_METRICS[0])["n"]
+            n = (_summary_row(rows, model, LEVEL_METRICS[0]) or {}).get("n", 0)
             reused = study.get("reused_seeds", {}).get(part, {}).get(model, [])
             first = f"; {_seed_list(reused)} from the first study" if reused else ""
             lines.append(f"| {tag} | `{model}` ({_seeds(n)}{first}) | "

@@ -82,12 +82,11 @@ def ensure_data(plan: Plan, tags: Sequence[str]) -> None:
 
 
 def _diverged(error: Exception) -> bool:
-    """True when the run stopped on a non-finite loss: in this process, or in its child (whose last error line,
-    from this attempt only, names the exception)."""
+    """True when the run stopped on a non-finite loss: in this process, or in its child (this attempt's log lines
+    name the exception; :func:`vfu_nb.study.store.trainer_error`)."""
     from vfu_nb.training.loop import NonFiniteLossError
 
-    return isinstance(error, NonFiniteLossError) or (isinstance(error, store.TrainingFailed)
-                                                     and "NonFiniteLossError" in str(error))
+    return isinstance(error, NonFiniteLossError) or getattr(error, "diverged", False)
 
 
 def train_and_export(plan: Plan, spec: RunSpec, subprocess_: bool, log=print, export_lock=None,
@@ -122,8 +121,8 @@ def train_and_export(plan: Plan, spec: RunSpec, subprocess_: bool, log=print, ex
 def train_pending(plan: Plan, jobs: int = 1, log=print, keep_going: bool = False) -> None:
     """Train every pending run, ``jobs`` at a time. The queue is rebuilt whenever a run finishes, so a model's
     seed runs start as soon as its tuning is complete. An error stops the study once the runs in progress end;
-    with ``keep_going`` (``--keep-going``) the failed run is left out and the others go on, and at the end one
-    error lists every failed run."""
+    with ``keep_going`` (``--keep-going``) the failed run is left out and the others go on (but a full disk stops
+    them all), and at the end one error lists every failed run."""
     running, errors, failed, cond = set(), [], {}, threading.Condition()
     fatal = []                # errors that stop every worker even with keep_going: interrupts, an unreadable plan
     todo = pending(plan)
@@ -162,9 +161,9 @@ def train_pending(plan: Plan, jobs: int = 1, log=print, keep_going: bool = False
             except BaseException as error:
                 errors.append(error)
                 failed[spec.key] = error
-                if keep_going and isinstance(error, Exception):
+                if keep_going and isinstance(error, Exception) and not store.disk_full(error):
                     log(f"[study] ERROR {spec.key}: {error} (going on with the other runs)")
-                else:
+                else:                  # a full disk fails every run after it too: stop
                     fatal.append(error)
             finally:
                 with cond:
@@ -179,8 +178,8 @@ def train_pending(plan: Plan, jobs: int = 1, log=print, keep_going: bool = False
     if fatal or len(errors) == 1:
         raise (fatal or errors)[0]
     if errors:
-        raise RuntimeError(f"{len(failed)} runs failed (the others were trained): "
-                           + "; ".join(f"{key}: {error}" for key, error in failed.items()))
+        raise store.TrainingFailed(f"{len(failed)} runs failed (the others were trained): "
+                                   + "; ".join(f"{key}: {error}" for key, error in failed.items()))
 
 
 def import_reused(plan: Plan, log=print) -> list[str]:

@@ -54,7 +54,13 @@ class StudyInputError(RuntimeError):
 
 
 class TrainingFailed(RuntimeError):
-    """A study trainer (``study train-one``) failed; the message has its last error line and its log."""
+    """A study trainer (``study train-one``) failed, or several runs did (``--keep-going``); the message has the
+    last error line and the log. ``diverged``: the trainer stopped on a non-finite loss (anywhere in this
+    attempt's lines, even when another line came last)."""
+
+    def __init__(self, message: str, diverged: bool = False):
+        super().__init__(message)
+        self.diverged = diverged
 
 
 def rel(path) -> str:
@@ -353,6 +359,7 @@ def trainer_error(key: str, code: int, log_path, start: int = 0) -> Exception:
     else :class:`TrainingFailed` with the trainer's last error line (after byte ``start`` of its log) and its
     log."""
     line = last_error_line(log_path, start)
+    diverged = "NonFiniteLossError" in _attempt_text(log_path, start)
     if code == LOCKED_EXIT:
         return RunLockedError(line)
     if code < 0:
@@ -360,7 +367,25 @@ def trainer_error(key: str, code: int, log_path, start: int = 0) -> Exception:
 
         with contextlib.suppress(ValueError):
             line = f"killed by {signal.Signals(-code).name}"
-    return TrainingFailed(f"training {key} failed (exit {code}): {line}; the whole log: {rel(log_path)}")
+    return TrainingFailed(f"training {key} failed (exit {code}): {line}; the whole log: {rel(log_path)}",
+                          diverged=diverged)
+
+
+def disk_full(error: BaseException) -> bool:
+    """Whether ``error`` is a full disk: :class:`DiskFullError` here, or a trainer that failed on one."""
+    return isinstance(error, DiskFullError) or (isinstance(error, TrainingFailed)
+                                                and "no space left on the device" in str(error))
+
+
+def _attempt_text(log_path, start: int, limit: int = 1 << 20) -> str:
+    """The log's lines after byte ``start`` (this attempt's; at most the last ``limit`` bytes), "" without a log."""
+    try:
+        with open(log_path, "rb") as f:
+            f.seek(0, 2)
+            f.seek(max(start, f.tell() - limit))
+            return f.read().decode(errors="replace")
+    except OSError:
+        return ""
 
 
 class BusyRuns:
