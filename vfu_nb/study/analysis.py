@@ -60,7 +60,7 @@ def load_runs(plan: Plan, specs: Sequence[RunSpec]) -> list[RunResult]:
     for s in specs:
         m = exported(plan, s.key)
         if m is not None and not m.get("failed"):
-            out.append(RunResult(s, m, plan.results_dir / "runs" / s.key))
+            out.append(RunResult(s, m, plan.export_dir(s.key)))
     return out
 
 
@@ -333,7 +333,7 @@ def preregistered_results(plan: Plan, log=print) -> dict:
     primary = pre["primary_metrics"]
     study["primary_family"] = family(pre["primary_family"], primary, pre.get("margins", {}))
     study["secondary_family"] = family(pre.get("secondary_family", {}), primary, pre.get("margins", {}))
-    reused = {s.key for s in specs if (plan.results_dir / "runs" / s.key / "origin.json").exists()}
+    reused = {s.key for s in specs if (plan.export_dir(s.key) / "origin.json").exists()}
     study["reused_seeds"] = {part: {m: sorted(s.seed for s in specs if s.part == part and s.model == m and s.key in reused)
                                     for m in dict.fromkeys(s.model for s in specs if s.part == part)}
                              for part in study["summary"]}
@@ -347,7 +347,7 @@ def preregistered_results(plan: Plan, log=print) -> dict:
     every = load_runs(plan, unique)
     study["runs"] = {"exported": len(every), "planned": planned_runs(plan),
                      "failed": [s.key for s in unique if (exported(plan, s.key) or {}).get("failed")],
-                     "reused": sum((plan.results_dir / "runs" / s.key / "origin.json").exists() for s in unique),
+                     "reused": sum((plan.export_dir(s.key) / "origin.json").exists() for s in unique),
                      "train_hours": sum(run_seconds(r) for r in every) / 3600}
     return study
 

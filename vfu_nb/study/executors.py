@@ -86,13 +86,9 @@ class RunStatus:
         return dict(self.__dict__)
 
 
-def run_dir(plan: Plan, key: str) -> Path:
-    return plan.runs_dir / key
-
-
 def read_record(plan: Plan, key: str) -> dict:
     """The run's ``slurm.json`` (its current job and the earlier ones), or {} when it was never submitted."""
-    path = run_dir(plan, key) / sl.RECORD
+    path = plan.run_dir(key) / sl.RECORD
     return json.loads(path.read_text()) if path.exists() else {}
 
 
@@ -134,7 +130,7 @@ def _local_writer(plan: Plan, key: str) -> Optional[str]:
     Read-only on purpose: the file names its holder, checked alive with signal 0. Probing the lock itself
     (:meth:`RunLock.held_by`) would take it for an instant, and a trainer starting in that instant would be refused;
     the price is that a lock file left by a killed process whose pid has been reused reads as running."""
-    path = run_dir(plan, key) / "train.lock"
+    path = plan.run_dir(key) / "train.lock"
     try:
         holder = path.read_text().split()
     except OSError:
@@ -150,7 +146,7 @@ def _local_writer(plan: Plan, key: str) -> Optional[str]:
 
 def _progress(plan: Plan, key: str) -> str:
     """"epochs done: N" from the run's metrics.csv (cheap; checkpoints are not opened), or ""."""
-    path = run_dir(plan, key) / "metrics.csv"
+    path = plan.run_dir(key) / "metrics.csv"
     if not path.exists():
         return ""
     rows = max(0, len(path.read_text().splitlines()) - 1)
@@ -250,7 +246,7 @@ def _seconds_done(plan: Plan, rows: list, median: Optional[float]) -> float:
         return 0.0
     done = 0.0
     for r in rows:
-        path = run_dir(plan, r.key) / "history.json"
+        path = plan.run_dir(r.key) / "history.json"
         if r.state in LEFT and path.exists():
             try:
                 done += min(store.epoch_seconds(json.loads(path.read_text())), median)

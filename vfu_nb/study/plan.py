@@ -117,6 +117,18 @@ class Plan:
     def data_root(self, tag: str) -> Path:
         return self.resolve(self.data[tag]["root"])
 
+    def run_dir(self, key: str) -> Path:
+        """Where run ``key`` trains (checkpoints, logs): ``<runs>/<key>``."""
+        return self.runs_dir / key
+
+    def export_dir(self, key: str) -> Path:
+        """Where run ``key``'s export lives: ``<results>/runs/<key>`` (:func:`vfu_nb.study.store.export_dir`)."""
+        return store.export_dir(self.results_dir, key)
+
+    def labels_path(self, tag: str) -> Path:
+        """The test labels of data tree ``tag``, shared by its runs' exports (:func:`vfu_nb.study.store.labels_path`)."""
+        return store.labels_path(self.results_dir, tag)
+
     def spec(self, part: str, data: str, model: str, setting: dict, seed: int, fraction: float = 1.0) -> RunSpec:
         config = {**self.base, **setting, "model": model, "seed": int(seed), "train_fraction": float(fraction),
                   "data_root": str(self.data_root(data))}
@@ -305,7 +317,7 @@ def drifted_runs(plan: Plan, chosen: Optional[dict] = None) -> list:
         chosen, _ = choose_settings(plan, partial=True)
     out = []
     for spec in plan.all_specs(chosen, tuning_lrs(plan)):
-        if not (plan.results_dir / "runs" / spec.key / "config.json").exists():
+        if not (plan.export_dir(spec.key) / "config.json").exists():
             continue
         recorded = store.read_run_json(plan.results_dir, spec.key, "config.json")
         out += [f"{spec.key}: {k} {old!r} -> {new!r}" for k, old, new in config_differences(recorded, spec)]

@@ -44,7 +44,7 @@ def _train(plan: Plan, spec: RunSpec, subprocess_: bool) -> None:
     """Train (or resume) one run: in this process, or in a child process when several run at once. Its data tree
     is made first if missing (so a tree is made when its first run starts)."""
     ensure_data(plan, [spec.data])
-    run_dir = plan.runs_dir / spec.key
+    run_dir = plan.run_dir(spec.key)
     run_dir.mkdir(parents=True, exist_ok=True)
     config = {**spec.config, "run_dir": str(run_dir), "resume": True, "progress": False}
     if not subprocess_:
@@ -195,7 +195,7 @@ def import_reused(plan: Plan, log=print) -> list[str]:
                 continue
             for folder in plan.reuse:
                 source = plan.resolve(folder)
-                if (source / "runs" / spec.key / "metrics.json").exists() and not config_differences(
+                if (store.export_dir(source, spec.key) / "metrics.json").exists() and not config_differences(
                         store.read_run_json(source, spec.key, "config.json"), spec):
                     _copy_export(plan, source, spec)
                     new.append(spec.key)
@@ -211,16 +211,16 @@ def _copy_export(plan: Plan, source: Path, spec: RunSpec) -> None:
     """Copy one exported run (metrics.json last: it marks the export complete) and its tree's labels."""
     import shutil
 
-    src, dest = source / "runs" / spec.key, plan.results_dir / "runs" / spec.key
+    src, dest = store.export_dir(source, spec.key), plan.export_dir(spec.key)
     dest.mkdir(parents=True, exist_ok=True)
     for f in sorted(src.iterdir(), key=lambda f: f.name == "metrics.json"):
         shutil.copyfile(f, dest / f.name)
     write_atomic(dest / "origin.json", json.dumps({"reused_from": portable_config(
         {"run_dir": str(src)})["run_dir"]}, indent=1) + "\n")
-    labels = plan.results_dir / "labels" / f"{spec.data}.npz"
-    if not labels.exists() and (source / "labels" / f"{spec.data}.npz").exists():
+    labels = plan.labels_path(spec.data)
+    if not labels.exists() and store.labels_path(source, spec.data).exists():
         labels.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(source / "labels" / f"{spec.data}.npz", labels)
+        shutil.copyfile(store.labels_path(source, spec.data), labels)
 
 
 def compact_history(history: dict, max_points: int = 200, digits: int = 6) -> dict:
@@ -254,7 +254,7 @@ def export_run(plan: Plan, spec: RunSpec) -> Path:
     from vfu_nb import attention_mass
     from vfu_nb.training import runs
 
-    src, dest = plan.runs_dir / spec.key, plan.results_dir / "runs" / spec.key
+    src, dest = plan.run_dir(spec.key), plan.export_dir(spec.key)
     dest.mkdir(parents=True, exist_ok=True)
     config = portable_config(RunDir(src).read_config())
     write_atomic(dest / "config.json", json.dumps(config, indent=1) + "\n")
@@ -273,7 +273,7 @@ def export_run(plan: Plan, spec: RunSpec) -> Path:
 
 def export_failure(plan: Plan, spec: RunSpec, reason: str) -> None:
     """Record a run that cannot finish (its loss diverged): metrics.json with ``failed`` and no test metrics."""
-    dest = plan.results_dir / "runs" / spec.key
+    dest = plan.export_dir(spec.key)
     dest.mkdir(parents=True, exist_ok=True)
     write_atomic(dest / "config.json", json.dumps(portable_config(spec.config), indent=1) + "\n")
     write_atomic(dest / "metrics.json", json.dumps({"model": spec.model, "seed": spec.seed, "failed": reason,
@@ -282,7 +282,7 @@ def export_failure(plan: Plan, spec: RunSpec, reason: str) -> None:
 
 def _write_labels(plan: Plan, tag: str, run_dir: Path) -> None:
     """``results/labels/<tag>.npz``: test categories and attribute labels (1/-1/0) of a data tree, once."""
-    path = plan.results_dir / "labels" / f"{tag}.npz"
+    path = plan.labels_path(tag)
     if path.exists():
         return
     from vfu_nb.training import runs
@@ -298,7 +298,7 @@ def _write_labels(plan: Plan, tag: str, run_dir: Path) -> None:
 
 def reexport(plan: Plan, key: str, log=print) -> Path:
     """Export run ``key`` again from ``<plan.runs>/<key>`` (a damaged or edited export); returns its folder."""
-    run_dir = plan.runs_dir / key
+    run_dir = plan.run_dir(key)
     if not RunDir(run_dir).is_finished() or not RunDir(run_dir).has_config():
         raise store.StudyInputError(
             f"{store.rel(run_dir)} holds no finished run to export {key} from; restore its files in results/runs/"

@@ -365,7 +365,7 @@ class RunJob(submitit.helpers.Checkpointable):
         dist = torch_env()
         os.environ.update(dist)
         rank = int(dist.get("RANK", "0"))
-        run_dir = plan.runs_dir / spec.key
+        run_dir = plan.run_dir(spec.key)
         if rank == 0:
             start = record_start(run_dir)
             print(f"[study] {spec.key}: start {len(read_starts(run_dir))} (job {start['job_id']}, restart "

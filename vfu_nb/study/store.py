@@ -63,6 +63,16 @@ class TrainingFailed(RuntimeError):
         self.diverged = diverged
 
 
+def export_dir(results_dir, key: str) -> Path:
+    """Where run ``key``'s export lives in a study's results: ``<results>/runs/<key>``."""
+    return Path(results_dir) / "runs" / key
+
+
+def labels_path(results_dir, tag: str) -> Path:
+    """The test labels of data tree ``tag`` that its runs' exports share: ``<results>/labels/<tag>.npz``."""
+    return Path(results_dir) / "labels" / f"{tag}.npz"
+
+
 def rel(path) -> str:
     """``path`` relative to the repository root when inside it, symlinks followed (for messages and commands)."""
     return relative(path, follow_links=True)
@@ -148,7 +158,7 @@ def metrics_problem(m) -> Optional[str]:
 
 def read_metrics(results_dir, key: str) -> Optional[dict]:
     """An exported run's metrics.json, or None when the export has not finished (no metrics.json)."""
-    path = Path(results_dir) / "runs" / key / "metrics.json"
+    path = export_dir(results_dir, key) / "metrics.json"
     if not path.exists():
         return None
     return read_json(path, run_way_out(results_dir, key, path), metrics_problem)
@@ -156,7 +166,7 @@ def read_metrics(results_dir, key: str) -> Optional[dict]:
 
 def read_run_json(results_dir, key: str, name: str) -> dict:
     """``config.json`` or ``history.json`` of an exported run (an object)."""
-    path = Path(results_dir) / "runs" / key / name
+    path = export_dir(results_dir, key) / name
     if not path.exists():
         raise CorruptResultError(f"{rel(path)} is missing; {run_way_out(results_dir, key, path)}")
     return read_json(path, run_way_out(results_dir, key, path),
@@ -222,7 +232,7 @@ def check_predictions(run_path, key: str, metrics: dict, predictions: dict, labe
 
 
 def read_labels(results_dir, tag: str) -> dict:
-    path = Path(results_dir) / "labels" / f"{tag}.npz"
+    path = labels_path(results_dir, tag)
     plan = Path(results_dir) / "plan.yaml"
     return read_npz(path, ("category", "attributes"),
                     f"{restore_hint(path)}, or delete it and re-export any run of tree {tag} with `python -m "
