@@ -348,7 +348,7 @@ class SlurmDriver:
     def _record(self, spec, job, now: float) -> None:
         from vfu_nb.training.rundir import write_json
 
-        d = run_dir(self.plan, spec.key)
+        d = self.plan.run_dir(spec.key)
         d.mkdir(parents=True, exist_ok=True)
         old = read_record(self.plan, spec.key)
         earlier = old.get("earlier", []) + ([{k: old.get(k) for k in ("job_id", "submitted", "stdout", "stderr")}]
