@@ -1,6 +1,7 @@
 """vfu_nb.data.identity: a data tree is the same whatever path reaches it, and two trees that differ only in
 their images (the synthetic default and displaced trees share every annotation file) are not."""
 
+import hashlib
 import json
 import os
 import shutil
@@ -8,7 +9,7 @@ import shutil
 import pytest
 
 from vfu_nb.data.annotations import image_root, load_annotations, write_annotations
-from vfu_nb.data.identity import same_tree, tree_digest
+from vfu_nb.data.identity import annotations_digest, same_tree, tree_digest
 
 
 @pytest.fixture
@@ -82,3 +83,25 @@ def test_a_run_from_before_digests_compares_with_its_recorded_root_while_that_ex
     bad.write_text(good)
     shutil.rmtree(a)
     assert not same_tree(old_run, str(b))                    # nothing left to compare with: refused
+
+
+def test_the_annotations_digest_has_a_fixed_format(synth_root):
+    """Committed baselines (results/*/baselines/<tree>.json) record it: per file in key order, the key, a NUL, its
+    bytes, a NUL."""
+    from vfu_nb.data.annotations import annotation_paths
+
+    h = hashlib.sha256()
+    for key, path in sorted(annotation_paths(synth_root).items()):
+        h.update(key.encode() + b"\0" + path.read_bytes() + b"\0")
+    assert annotations_digest(synth_root) == h.hexdigest()
+
+
+def test_a_recorded_digest_wins_over_the_recorded_root_that_changed_since(two_copies):
+    """The run recorded the digest of the tree it trained on; its old folder was edited afterwards, and an untouched
+    copy elsewhere is still the same data."""
+    a, b = two_copies
+    stored = {"data_root": str(a), "resolved": {"data_digest": tree_digest(a)}}
+    ann = load_annotations(a)
+    ann.bbox[5, 2] += 1
+    write_annotations(a, ann)
+    assert tree_digest(a) != stored["resolved"]["data_digest"] and same_tree(stored, str(b))

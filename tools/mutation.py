@@ -60,6 +60,7 @@ MODULES = {
     "data.dataset": Module(("tests/test_dataset.py", "tests/test_batch_loader.py")),
     "data.augment": Module(("tests/test_dataset.py", "tests/test_batch_loader.py")),
     "data.loader": Module(("tests/test_dataset.py", "tests/test_batch_loader.py")),
+    "data.identity": Module(("tests/test_identity.py",)),
     "models": Module(("tests/test_models.py",),
                      skip=("x_describe",)),                     # printing of parameter counts
     "training.loop": Module(("tests/test_selection.py",),
