@@ -473,6 +473,11 @@ def test_contrast_plot_draws_each_interval_in_its_outcome_colour_and_labels_its_
     spans = {(tuple(line.get_xdata()), line.get_color()) for line in ax.lines if len(line.get_xdata()) == 2}
     assert ((0.01, 0.09), "tab:blue") in spans and ((0.02, 0.08), "tab:blue") in spans      # 95 % and 90 %
     assert ((-0.01, 0.01), "tab:green") in spans                                            # equivalent
+    assert "INTERIM" not in fig._suptitle.get_text()
+    plt.close(fig)
+    res["interim"] = True
+    fig = plots.plot_contrasts(study)
+    assert "INTERIM: seeds still running" in fig._suptitle.get_text()
     plt.close(fig)
 
 

@@ -183,7 +183,8 @@ OUTCOME_COLORS = {"established": "tab:blue", "equivalent": "tab:green", "inconcl
 def plot_contrasts(study: Mapping):
     """Study 2: every primary and secondary contrast per primary metric, its mean with the 95 % interval (thin)
     and 90 % interval (thick, the one TOST reads), the equivalence margin shaded, coloured by outcome; each label
-    gives its seeds ("4 of 10 seeds" while the planned seeds have not all finished)."""
+    gives its seeds ("4 of 10 seeds" while the planned seeds have not all finished), and the title says INTERIM
+    while any outcome is."""
     metrics = study["preregistration"]["primary_metrics"]
     rows = [("primary", r) for r in study["primary_family"]] + [("secondary", r) for r in study["secondary_family"]]
     seeds = {}                                              # (contrast, family) -> "4 of 10 seeds", in table order
@@ -217,7 +218,10 @@ def plot_contrasts(study: Mapping):
     axes[0][0].invert_yaxis()
     handles = [plt.Line2D([], [], color=c, lw=4, label=o) for o, c in OUTCOME_COLORS.items()]
     fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8, frameon=False)   # off the data
+    interim = any((r["result"] or {}).get("interim") for _, r in rows)
     fig.suptitle("Each test's own 95 % interval (thin) and 90 % interval (thick, the one TOST reads); "
-                 "colour: the Holm-adjusted outcome", fontsize=9)
+                 "colour: the Holm-adjusted outcome" + ("\nINTERIM: seeds still running, so any outcome can still "
+                                                        "change (Holm adjusts over the whole family)" if interim else ""),
+                 fontsize=9)
     fig.tight_layout(rect=(0, 0.04, 1, 1))
     return fig
