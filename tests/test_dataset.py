@@ -1,7 +1,6 @@
 """DeepFashionC items: crops, landmark units, augmentation, bad images and the uint8 cache."""
 
 import os
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -104,11 +103,11 @@ def test_windows_and_landmarks_vectorised_equal_one_by_one():
     sizes = rng.integers(150, 240, (50, 2))
     landmarks = rng.uniform(-30, 280, (50, 8, 2)).astype(np.float32)
     vis = rng.integers(-1, 2, (50, 8))
-    for pad in (False, True):
-        windows = crop_windows(boxes, sizes, pad)
+    for pad_to_square in (False, True):
+        windows = crop_windows(boxes, sizes, pad_to_square)
         units, v = landmarks_in_window(landmarks, vis, windows)
         for k in range(50):
-            window = crop_window(boxes[k], tuple(sizes[k]), pad)
+            window = crop_window(boxes[k], tuple(sizes[k]), pad_to_square)
             assert windows[k].tolist() == list(window)
             one, one_vis = landmarks_in_window(landmarks[k], vis[k], window)
             assert np.array_equal(units[k], one) and np.array_equal(v[k], one_vis)   # bit for bit
