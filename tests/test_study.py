@@ -94,6 +94,22 @@ def test_pending_finishes_the_tuning_before_the_seed_runs_of_tuned_models(plan):
     assert not any("/cat/" in k for k in keys[4:]) and len(keys) == len(set(keys))
 
 
+def test_a_plan_in_another_checkout_warns_that_its_paths_mean_this_one(tmp_path, recwarn):
+    """A second git worktree, say: its plan's relative paths would be read against this package's checkout."""
+    other = tmp_path / "other"
+    for folder in ("vfu_nb", "notebooks", "results"):
+        (other / folder).mkdir(parents=True)
+    (other / "pyproject.toml").write_text("")
+    (other / "results" / "plan.json").write_text(json.dumps(PLAN))
+    (tmp_path / "plan.json").write_text(json.dumps(PLAN))
+    Plan.load(tmp_path / "plan.json")                                     # in no checkout: no warning
+    Plan.load(plans.REPO / "results" / "v2" / "plan.yaml")               # in this one: none either
+    assert not [w for w in recwarn if "lies in the checkout" in str(w.message)]
+    with pytest.warns(UserWarning, match=rf"plan.json lies in the checkout {other}, but this vfu_nb is "
+                                         rf"{plans.REPO}'s.*cd {other} && python -m vfu_nb.study"):
+        Plan.load(other / "results" / "plan.json")
+
+
 def test_train_pending_runs_what_finished_tuning_unlocks(plan, monkeypatch):
     def fake_train(plan_, spec, subprocess_):
         export(plan_, spec, val=0.8 if spec.config["lr"] == 3e-4 else 0.5)

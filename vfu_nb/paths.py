@@ -8,23 +8,26 @@ caller's working directory, the pipeline in the executed notebook's folder under
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 
 def _is_root(folder: Path) -> bool:
     return (folder / "pyproject.toml").is_file() and (folder / "vfu_nb").is_dir() and (folder / "notebooks").is_dir()
 
 
+def checkout_of(path) -> Optional[Path]:
+    """The checkout (a folder holding ``pyproject.toml``, ``vfu_nb/`` and ``notebooks/``) that ``path`` lies in,
+    or None."""
+    start = Path(path).resolve()
+    return next((folder for folder in (start, *start.parents) if _is_root(folder)), None)
+
+
 def repo_root() -> Path:
     """The checkout this package was imported from; else the first checkout above the working directory.
 
-    A checkout holds ``pyproject.toml``, ``vfu_nb/`` and ``notebooks/``. Without one (the package installed into
-    site-packages and used elsewhere) the working directory is the root.
+    Without one (the package installed into site-packages and used elsewhere) the working directory is the root.
     """
-    for start in (Path(__file__).resolve().parent, Path.cwd().resolve()):
-        for folder in (start, *start.parents):
-            if _is_root(folder):
-                return folder
-    return Path.cwd().resolve()
+    return checkout_of(Path(__file__).parent) or checkout_of(Path.cwd()) or Path.cwd().resolve()
 
 
 def resolve(path) -> Path:

@@ -22,13 +22,15 @@ tuning is complete), then the learning curve and the dial. :func:`config_differe
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
 
-from vfu_nb.paths import relative, repo_root
+from vfu_nb.paths import checkout_of, relative, repo_root
 from vfu_nb.training.config import PATH_FIELDS
 from vfu_nb.training.runs import converged
 from vfu_nb.study import store
@@ -92,6 +94,7 @@ class Plan:
 
             path = Path(source)
             source = yaml.safe_load(path.read_text())
+            _warn_other_checkout(path)
         known = set(cls.__dataclass_fields__) - {"path"}
         unknown = set(source) - known
         if unknown:
@@ -194,6 +197,17 @@ def _unique(specs: list[RunSpec]) -> list[RunSpec]:
     for spec in specs:
         first.setdefault(spec.key, spec)
     return list(first.values())
+
+
+@functools.lru_cache(maxsize=None)
+def _warn_other_checkout(path: Path) -> None:
+    """Warn (once per plan file) when the plan lies in another checkout than this package's (a second git
+    worktree, say): its relative paths are read against this package's checkout, not the plan's."""
+    other = checkout_of(path)
+    if other is not None and other != REPO:
+        warnings.warn(f"{path} lies in the checkout {other}, but this vfu_nb is {REPO}'s: the plan's relative paths "
+                      f"(runs, results, data) are read against {REPO}. Run that checkout's own code instead "
+                      f"(cd {other} && python -m vfu_nb.study ...).", stacklevel=3)
 
 
 def portable_config(config: dict) -> dict:
