@@ -218,3 +218,164 @@ def test_the_map_interval_from_jackknife_pseudovalues_covers_a_null_difference(s
         low, high = variance_components(u, point).interval(0.95)
         covered += low <= 0 <= high
     assert 0.93 <= covered / studies <= 0.97, covered / studies
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Pinned values and edges (mutation testing found these unpinned: `python tools/mutation.py stats`)
+
+
+def mean_squares(u):
+    """The two-way ANOVA mean squares of a seeds x images matrix, by explicit sums (a second derivation)."""
+    s, n = len(u), len(u[0])
+    g = sum(map(sum, u)) / (s * n)
+    r = [sum(row) / n for row in u]
+    c = [sum(u[i][j] for i in range(s)) / s for j in range(n)]
+    ms_s = n * sum((x - g) ** 2 for x in r) / (s - 1)
+    ms_i = s * sum((x - g) ** 2 for x in c) / (n - 1)
+    ms_e = sum((u[i][j] - r[i] - c[j] + g) ** 2 for i in range(s) for j in range(n)) / ((s - 1) * (n - 1))
+    return ms_s, ms_i, ms_e
+
+
+def image_heavy(seeds=6, images=40, scale=0.1, noise=0.3):
+    """Contributions whose image term dominates (Satterthwaite's df well above S - 1), at a scale where the image
+    variance component is below 1."""
+    rng = np.random.default_rng(3)
+    return scale * (rng.normal(0, 1, (1, images)) + rng.normal(0, 0.1, (seeds, 1))
+                    + rng.normal(0, noise, (seeds, images)))
+
+
+def satterthwaite(u):
+    s, n = u.shape
+    ms_s, ms_i, ms_e = mean_squares(u.tolist())
+    return (ms_s + ms_i - ms_e) ** 2 / (ms_s ** 2 / (s - 1) + ms_i ** 2 / (n - 1) + ms_e ** 2 / ((s - 1) * (n - 1)))
+
+
+def test_variance_components_every_field_when_satterthwaite_is_above_the_floor():
+    u = image_heavy()
+    s, n = u.shape
+    ms_s, ms_i, ms_e = mean_squares(u.tolist())
+    image = ms_i - ms_e
+    assert 0 < image < 1
+    sat = (ms_s + ms_i - ms_e) ** 2 / (ms_s ** 2 / (s - 1) + ms_i ** 2 / (n - 1) + ms_e ** 2 / ((s - 1) * (n - 1)))
+    assert sat > s                                                          # well above the floor S - 1
+    e = variance_components(u)
+    assert e.df == pytest.approx(sat) and e.se == pytest.approx(math.sqrt((ms_s + image) / (s * n)))
+    assert e.mean == pytest.approx(u.mean()) and (e.n_seeds, e.n_images) == (s, n)
+    assert e.seed_share == pytest.approx(ms_s / (ms_s + image))
+    assert variance_components(u[:5]).df > 4                               # five seeds: Satterthwaite applies
+    assert variance_components(u[:4]).df == 3                              # four: S - 1, whatever Satterthwaite says
+    centred = variance_components(u, point=0.123)                          # the estimate to centre on
+    assert centred.mean == 0.123 and centred.se == e.se and centred.df == e.df
+    few = image_heavy(images=8, noise=1.0)                                 # few images: every term of df counts
+    assert variance_components(few).df == pytest.approx(satterthwaite(few), rel=1e-9)
+    single = u.astype(np.float32)                                          # computed in float64 whatever comes in
+    assert variance_components(single) == variance_components(single.astype(np.float64))
+
+
+def test_variance_components_without_an_image_term_or_any_spread():
+    u = image_heavy()
+    balanced = u - u.mean(0, keepdims=True)                                 # no image term: MS_image = 0 < MS_resid
+    e = variance_components(balanced)
+    assert e.df == 5 and e.seed_share == 1.0
+    flat = variance_components(np.full((5, 10), 0.25))                      # nothing varies
+    assert flat.se == 0 and flat.mean == 0.25 and math.isnan(flat.seed_share) and flat.p == 0.0
+    two = variance_components(u[:2, :2])                                    # the smallest shape with an interval
+    assert math.isfinite(two.se) and two.df == 1
+    one = variance_components(u[:1])
+    assert one.mean == pytest.approx(u[0].mean()) and math.isnan(one.se) and math.isnan(one.df)
+    assert (one.n_seeds, one.n_images) == (1, 40) and math.isnan(one.p) and math.isnan(one.tost(0.1))
+    for bad in (u[0], u[:, :1]):
+        with pytest.raises(ValueError, match=r"must be \(seeds, images\) with at least 2 images"):
+            variance_components(bad)
+
+
+def test_tost_and_p_of_a_zero_standard_error():
+    from vfu_nb.stats import Estimate
+
+    for mean, margin, expected in ((0.01, 0.02, 0.0), (0.02, 0.02, 1.0), (-0.05, 0.02, 1.0), (0.0, 0.02, 0.0)):
+        assert Estimate(mean, 0.0, 4.0, 5, 100).tost(margin) == expected
+    assert Estimate(0.0, 0.0, 4.0, 5, 100).p == 1.0 and Estimate(0.01, 0.0, 4.0, 5, 100).p == 0.0
+    unit = Estimate(0.01, 1.0, 4.0, 5, 100)                                  # se 1 is an ordinary standard error
+    assert unit.tost(0.02) == pytest.approx(max(scipy_stats.t.sf(0.03, 4.0), scipy_stats.t.cdf(-0.01, 4.0)))
+
+
+def test_p_values_and_differences_given_as_none_count_as_missing():
+    assert holm([0.02, None, 0.01]) == pytest.approx([0.02, math.nan, 0.02], nan_ok=True)
+    i = paired_t_interval([0.1, None, 0.3])
+    assert i.n == 2 and i.mean == pytest.approx(0.2)
+    empty = paired_t_interval([])
+    assert math.isnan(empty.low) and math.isnan(empty.high) and empty.n == 0
+
+
+def test_jackknife_pseudovalues_are_float64_whatever_the_input():
+    left_out = np.array([0.5, 0.25, 0.75], dtype=np.float32)
+    out = jackknife_pseudovalues(0.5, left_out)
+    assert out.dtype == np.float64 and out.tolist() == [0.5, 1.0, 0.0]
+
+
+def strict_accuracy(run, idx):
+    assert isinstance(idx, np.ndarray) and idx.dtype.kind == "i" and idx.ndim == 1, idx
+    return float(run[idx].mean())
+
+
+def test_paired_bootstrap_is_the_documented_resampling_exactly():
+    """Replicate b: seeds, then images, drawn with replacement from default_rng(seed); percentile interval;
+    p = twice the smaller tail. Re-derived here with the same draws (defaults: 1000 replicates, seed 0)."""
+    rng = np.random.default_rng(5)
+    base = [rng.random(30) < 0.6 for _ in range(4)]
+    other = [b ^ (rng.random(30) < 0.15) for b in base]        # no systematic difference: p is large
+    got = paired_bootstrap(other, base, strict_accuracy, 30)
+    draws = np.random.default_rng(0)
+    reps = []
+    for _ in range(1000):
+        seeds = draws.integers(0, 4, 4)
+        images = draws.integers(0, 30, 30)
+        reps.append(np.mean([other[s][images].mean() - base[s][images].mean() for s in seeds]))
+    reps = np.array(reps)
+    low, high = np.quantile(reps, [0.025, 0.975])
+    p = min(1.0, 2 * min(np.mean(reps <= 0), np.mean(reps >= 0)))
+    assert (got.low, got.high, got.p) == (pytest.approx(low), pytest.approx(high), pytest.approx(p))
+    assert got.mean == pytest.approx(np.mean([o.mean() - b.mean() for o, b in zip(other, base)]))
+    assert 0.3 < got.p < 1.0 and np.mean(reps == 0) > 0                     # exact zeros: the <= and >= matter
+    wide = paired_bootstrap(other, base, strict_accuracy, 30, confidence=0.5)
+    assert (wide.low, wide.high) == (pytest.approx(np.quantile(reps, 0.25)), pytest.approx(np.quantile(reps, 0.75)))
+    gain = paired_bootstrap([np.ones(30, bool)] * 4, base, strict_accuracy, 30, n_boot=50)
+    assert gain.p == 0.0 and gain.low > 0
+
+
+def test_paired_bootstrap_edges():
+    one = paired_bootstrap([np.array([1, 0, 1])], [np.array([0, 0, 1])], strict_accuracy, 3, n_boot=20)
+    assert one.n == 1 and one.mean == pytest.approx(1 / 3) and math.isfinite(one.low)
+    single = paired_bootstrap([np.array([1])], [np.array([0])], strict_accuracy, 1, n_boot=20)
+    assert (single.mean, single.low, single.high) == (1.0, 1.0, 1.0)
+    for empty in (paired_bootstrap([], [], strict_accuracy, 3), paired_bootstrap([np.ones(3)], [np.ones(3)],
+                                                                                strict_accuracy, 0)):
+        assert math.isnan(empty.mean) and math.isnan(empty.low) and math.isnan(empty.high)
+    assert paired_bootstrap([], [], strict_accuracy, 3).n == 0
+    assert paired_bootstrap([np.ones(3)], [np.ones(3)], strict_accuracy, 0).n == 1
+
+    def only_on_all_images(run, idx):                  # undefined on any resample that misses an image
+        return float(run[idx].mean()) if len(set(idx.tolist())) == len(run) else math.nan
+
+    runs = [np.arange(8) % 2 == 0, np.arange(8) % 3 == 0]
+    undefined = paired_bootstrap(runs, runs[::-1], only_on_all_images, 8, n_boot=30)
+    assert undefined.mean == pytest.approx(0.0) and math.isnan(undefined.low) and math.isnan(undefined.high)
+    assert undefined.n == 2
+    same = paired_bootstrap(runs, runs, strict_accuracy, 8, n_boot=30)      # every replicate exactly 0
+    assert same.p == 1.0
+    import warnings
+
+    with warnings.catch_warnings():                                        # nothing to resample: no empty means
+        warnings.simplefilter("error")
+        paired_bootstrap([], [], strict_accuracy, 3)
+        paired_bootstrap([np.ones(3)], [np.ones(3)], strict_accuracy, 0)
+
+
+def test_estimate_as_dict_holds_its_interval_and_test():
+    from vfu_nb.stats import Estimate
+
+    e = Estimate(0.05, 0.01, 9.0, 10, 600, 0.4)
+    low, high = e.interval(0.9)
+    assert e.as_dict(0.9) == {"mean": 0.05, "se": 0.01, "df": 9.0, "low": low, "high": high, "p": e.p, "n": 10,
+                              "n_images": 600, "seed_share": 0.4}
+    assert e.as_dict()["low"] == e.interval()[0] < low

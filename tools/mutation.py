@@ -63,6 +63,7 @@ MODULES = {
     "data.identity": Module(("tests/test_identity.py",)),
     "models": Module(("tests/test_models.py",),
                      skip=("x_describe",)),                     # printing of parameter counts
+    "stats": Module(("tests/test_stats.py", "-m", "not slow")),          # the coverage simulations take minutes
     "training.loop": Module(("tests/test_selection.py",),
                             functions=("x_select_best",)),     # the selection / early-stopping rule only
 }

@@ -57,7 +57,7 @@ class Interval:
 
 
 def paired_t_interval(differences: Sequence[float], confidence: float = 0.95) -> Interval:
-    """Student-t interval of the mean of paired differences (non-finite values are dropped).
+    """Student-t interval of the mean of paired differences (non-finite values and None are dropped).
 
     n = 0 gives nan throughout; n = 1 gives the mean with a nan interval. When all differences are equal the
     interval has zero width and p is 0 (or 1 when they are all 0).
@@ -116,7 +116,7 @@ def paired_bootstrap(runs_a: Sequence, runs_b: Sequence, metric: Callable[[objec
 
 
 def holm(pvalues: Sequence[float]) -> list[float]:
-    """Holm-adjusted p-values, in the input order (nan stays nan and does not count in the family).
+    """Holm-adjusted p-values, in the input order (nan or None stays nan and does not count in the family).
 
     Sorted ascending, p_(i) is multiplied by (m - i + 1) with m the number of finite p-values, capped at 1,
     and made monotone non-decreasing.
