@@ -92,3 +92,68 @@ def test_decide_gives_three_outcomes_with_holm_across_the_family():
     assert math.isnan(pair[0]["p_tost"])                            # no margin declared: no equivalence test
     tiny = contrasts.decide([est(0.005, 0.001)], [0.02])[0]        # established, and smaller than the margin
     assert tiny["outcome"] == "established" and tiny["within_margin"]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Pinned fields and boundaries (mutation testing found these unpinned: `python tools/mutation.py study.contrasts`)
+
+
+def test_decide_gives_every_field_of_each_result_in_family_order():
+    from vfu_nb.stats import Estimate
+
+    est = [Estimate(0.05, 0.01, 9.0, 10, 600), None, Estimate(-0.05, 0.01, 9.0, 10, 600),
+           Estimate(0.001, 0.004, 9.0, 10, 600), Estimate(0.01, 0.002, 9.0, 10, 600)]
+    margins = [0.02, 0.02, 0.02, None, 0.02]
+    out = contrasts.decide(est, margins)
+    p_holm = stats.holm([e.p if e else math.nan for e in est])
+    tost_holm = stats.holm([e.tost(m) if e and m else math.nan for e, m in zip(est, margins)])
+    low90, high90 = est[0].interval(0.90)
+    assert out[0] == {**est[0].as_dict(0.95), "low90": low90, "high90": high90, "margin": 0.02,
+                      "p_tost": est[0].tost(0.02), "p_holm": p_holm[0], "p_tost_holm": tost_holm[0],
+                      "outcome": "established", "direction": 1, "within_margin": False}
+    assert len(out) == 5 and out[1] is None                       # a contrast not measured yet keeps its place
+    assert (out[2]["outcome"], out[2]["direction"]) == ("established", -1)
+    assert out[3]["outcome"] == "inconclusive" and out[3]["direction"] == 0 and out[3]["margin"] is None
+    assert math.isnan(out[3]["p_tost"]) and math.isnan(out[3]["p_tost_holm"])      # no margin: no equivalence
+    assert (out[4]["outcome"], out[4]["within_margin"]) == ("established", True)     # and smaller than the margin
+
+
+def test_decide_needs_p_strictly_below_alpha_for_both_outcomes():
+    from vfu_nb.stats import Estimate
+
+    gain = Estimate(0.02, 0.01, 9.0, 10, 600)
+    assert contrasts.decide([gain], [None], alpha=gain.p)[0]["outcome"] == "inconclusive"
+    assert contrasts.decide([gain], [None], alpha=gain.p * 1.000001)[0]["outcome"] == "established"
+    small = Estimate(0.001, 0.005, 9.0, 10, 600)
+    p_tost = small.tost(0.02)
+    assert contrasts.decide([small], [0.02], alpha=p_tost)[0]["outcome"] == "inconclusive"
+    assert contrasts.decide([small], [0.02], alpha=p_tost * 1.000001)[0]["outcome"] == "equivalent"
+
+
+def test_contrast_names_read_like_the_contrast():
+    assert contrasts.contrast_name({"contrast": "mtl_vs_cat", "weights": {}}) == "`mtl` − `cat`"
+    name = lambda weights: contrasts.contrast_name({"contrast": "x", "weights": weights})     # noqa: E731
+    assert name({"mtl": 1, "cat": -1}) == "`mtl` − `cat`"
+    assert name({"a": 0.5, "b": 0.5, "c": -0.5, "d": -0.5}) == "0.5·`a` + 0.5·`b` − 0.5·`c` − 0.5·`d`"
+    assert name({"a": -1, "b": 2}) == "−`a` + 2·`b`"
+    assert name({"a": 0, "b": 1}) == "0·`a` + `b`" and name({"a": 1, "b": 0}) == "`a` + 0·`b`"   # no sign on 0
+
+
+def test_per_image_hits_are_floats_below_k_and_measures_are_float64():
+    hits = contrasts.per_image("category_top3", {"category_rank": np.array([0, 2, 3, 5], np.int16)}, {})
+    assert hits.dtype == np.float64 and hits.tolist() == [1.0, 1.0, 0.0, 0.0]       # rank 3 is the fourth place
+    pointing = contrasts.per_image("attention_pointing", {"attention_pointing": np.array([1, 0, 1], np.int8)}, {})
+    assert pointing.dtype == np.float64 and pointing.tolist() == [1.0, 0.0, 1.0]
+
+
+def test_estimate_fills_the_cache_it_is_given_and_needs_two_defined_images():
+    lift = np.full(6, np.nan)
+    lift[[1, 4]] = [1.2, 0.9]
+    runs = {(m, s): {"attention_lift": lift + 0.1 * s * (m == "a")} for m in "ab" for s in range(3)}
+    cache = {}
+    e = contrasts.estimate({"a": 1, "b": -1}, runs, "attention_lift", {}, cache)
+    assert e is not None and e.n_images == 2 and e.n_seeds == 3 and len(cache) == 6
+    assert e.mean == pytest.approx(0.1)                              # seeds 0, 1, 2: +0, +0.1, +0.2
+    lift[4] = np.nan                                                 # one defined image: no estimate
+    one = {(m, s): {"attention_lift": lift.copy()} for m in "ab" for s in range(3)}
+    assert contrasts.estimate({"a": 1, "b": -1}, one, "attention_lift", {}) is None
