@@ -51,6 +51,42 @@ def test_region_is_the_cells_whose_centre_lies_within_the_radius():
     assert am.RADIUS > 0.5 * 2 ** 0.5 / 8                          # a landmark's own cell is always in at 8 x 8
 
 
+def test_a_cell_exactly_at_the_radius_is_in_and_each_image_of_a_batch_is_judged_alone():
+    lm, vis = image_landmarks([centre(2, 3)], [0])
+    assert am.region_mask(lm, vis, (8, 8), radius=0.125)[0].sum() == 5     # edge neighbours at exactly 0.125
+    landmarks = torch.tensor([[centre(2, 3)], [centre(5, 5)]], dtype=torch.float32)
+    region = am.region_mask(landmarks, torch.tensor([[0], [1]]), (8, 8))    # the second image's one is occluded
+    fraction = am.region_fraction(region)
+    assert fraction[0].item() == 5 / 64 and torch.isnan(fraction[1])
+    maps = torch.cat([peaked([(2, 3)]), peaked([(5, 5)])])
+    assert am.lift(maps, region)[0].item() == 12.8 and torch.isnan(am.lift(maps, region)[1])
+    assert am.pointing(maps, region)[0].item() == 1.0 and torch.isnan(am.pointing(maps, region)[1])
+
+
+@pytest.mark.parametrize("size, point, radius", [
+    (9, (0.08847743272781372, 0.13203048706054688), 0.319078139686575),
+    (10, (0.5902079939842224, 0.17229384183883667), 0.7672912904512998),
+    (8, (0.3420608639717102, 0.44908076524734497), 0.6413980793658162)])
+def test_the_grid_geometry_is_float64(size, point, radius):
+    """A cell centre at (float64) distance exactly ``radius``: float32 cell positions on either axis would put it
+    on the other side (cases found by search)."""
+    lm, vis = image_landmarks([point], [0])
+    x, y = (float(v) for v in lm[0, 0])
+    centres = (np.arange(size) + 0.5) / size
+    expected = (centres[None, :] - x) ** 2 + (centres[:, None] - y) ** 2 <= radius ** 2
+    assert np.array_equal(am.region_mask(lm, vis, (size, size), radius=radius)[0].numpy(), expected)
+
+
+def test_a_full_region_is_undefined_for_its_own_image_only():
+    region = torch.zeros(2, 8, 8, dtype=torch.bool)
+    region[0] = True                                                         # covers the whole grid: nothing to compare
+    region[1, 2, 3] = True
+    fraction = am.region_fraction(region)
+    assert torch.isnan(fraction[0]) and fraction[1].item() == 1 / 64
+    maps = torch.cat([peaked([(2, 3)]), peaked([(2, 3)])])
+    assert torch.isnan(am.lift(maps, region)[0]) and am.lift(maps, region)[1].item() == 64
+
+
 def test_lift_has_its_analytic_value_and_a_uniform_map_gives_exactly_one():
     lm, vis = image_landmarks([centre(2, 3)], [0])
     region = am.region_mask(lm, vis, (8, 8))
@@ -268,7 +304,7 @@ def test_measure_matches_a_per_image_reference_and_does_not_depend_on_the_batch(
 # A trained run
 
 
-def test_measure_run_on_a_one_epoch_run(synth_root, tmp_path):
+def test_measure_run_on_a_one_epoch_run(synth_root, tmp_path, monkeypatch):
     run_dir = tmp_path / "mtl"
     runs.ensure_run(run_dir, "mtl", data_root=str(synth_root), epochs=1, **TINY)
     out = am.measure_run(run_dir, "test")
@@ -279,3 +315,32 @@ def test_measure_run_on_a_one_epoch_run(synth_root, tmp_path):
         np.testing.assert_array_equal(out[k], expected[k])
     summary = am.summarize(out)
     assert set(summary) == set(out) and all(np.isfinite(v) for v in summary.values())
+    default = am.measure_run(run_dir)                                       # the test split by default
+    assert all(np.array_equal(default[k], out[k], equal_nan=True) for k in out)
+    val = am.measure_run(run_dir, "val")
+    assert not np.array_equal(val["saliency_lift"], out["saliency_lift"], equal_nan=True)
+    # a run whose heads no longer fit its tree (regenerated with another vocabulary): one error naming both
+    monkeypatch.setattr(runs, "load_model", lambda *a, **k: build_model("mtl", 3, 5, image_size=32, width=0.125))
+    with pytest.raises(ValueError, match=rf"^{run_dir} was trained for 3 categories and 5 attributes, but "
+                                         rf"{synth_root} now has"):
+        am.measure_run(run_dir)
+
+
+def test_measure_reads_the_radius_float_images_and_refuses_an_empty_dataset(tiny_models, test_split, synth_root):
+    model = tiny_models["cat"]
+    wide = am.measure(model, test_split, radius=0.3)
+    narrow = am.measure(model, test_split)
+    assert (wide["region_fraction"] > narrow["region_fraction"])[np.isfinite(narrow["region_fraction"])].all()
+    floats = DeepFashionC(synth_root, "test", image_size=32, uint8=False, progress=False)   # already normalised
+    as_floats = am.measure(model, floats)
+    for k in narrow:
+        np.testing.assert_allclose(as_floats[k], narrow[k], rtol=1e-4, atol=1e-6, equal_nan=True)
+    with pytest.raises(ValueError, match="^measure: the dataset is empty$"):
+        am.measure(model, torch.utils.data.Subset(test_split, []))
+    model.train()
+
+
+def test_summarize_means_in_float64_and_gives_nan_for_an_empty_array():
+    values = np.array([0.1, 0.2, 0.7, 0.3], np.float32)
+    summary = am.summarize({"lift": values, "none": np.array([], np.float32)})
+    assert summary["lift"] == float(np.mean(values.astype(np.float64))) and np.isnan(summary["none"])

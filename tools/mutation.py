@@ -65,6 +65,7 @@ MODULES = {
                      skip=("x_describe",)),                     # printing of parameter counts
     "stats": Module(("tests/test_stats.py", "-m", "not slow")),          # the coverage simulations take minutes
     "study.contrasts": Module(("tests/test_contrasts.py",)),
+    "attention_mass": Module(("tests/test_attention_mass.py",)),
     "training.loop": Module(("tests/test_selection.py",),
                             functions=("x_select_best",)),     # the selection / early-stopping rule only
 }
