@@ -375,8 +375,11 @@ def where_attention_falls(runs: Mapping, labels: Mapping, cache: dict, alpha: fl
     ``(tree, model) -> the planned seeds whose runs will hold it``; each row's ``planned`` and every result's
     ``interim`` (True while any planned run of a tree or model is unmeasured, row or not) come from it."""
     measurable = measurable or {}
-    measured = {(tag, m): {s for (m_, s), p in every.items() if m_ == m and "saliency_lift" in p}
-                for tag, every in runs.items() for m, _ in every}
+    measured = {}                                       # (tree, model) -> the seeds whose export holds the measures
+    for tag, every in runs.items():
+        for (m, s), p in every.items():
+            if "saliency_lift" in p:
+                measured.setdefault((tag, m), set()).add(s)
     rows, estimates = [], []
     for tag, every in runs.items():
         for measure in ("attention_lift", "saliency_lift"):
