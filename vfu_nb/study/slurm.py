@@ -21,7 +21,6 @@ what the jobs themselves need, plus the settings both share. Reference: docs/stu
 from __future__ import annotations
 
 import dataclasses
-import fcntl
 import json
 import os
 import re
@@ -33,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+import filelock
 import submitit
 
 from vfu_nb.study import runner
@@ -300,25 +300,6 @@ def torch_env(environ=None) -> dict:
 # The job
 
 
-class _FileLock:
-    """An exclusive ``flock`` on a file, blocking (short critical sections shared by jobs, e.g. the export)."""
-
-    def __init__(self, path: Path):
-        self.path = Path(path)
-        self.fd: Optional[int] = None
-
-    def __enter__(self):
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        fcntl.flock(self.fd, fcntl.LOCK_EX)
-        return self
-
-    def __exit__(self, *exc):
-        fcntl.flock(self.fd, fcntl.LOCK_UN)
-        os.close(self.fd)
-        self.fd = None
-
-
 def record_start(run_dir: Path, extra: Optional[dict] = None) -> dict:
     """Append this start of the run to ``<run_dir>/slurm_starts.jsonl`` (job id, restart count, host, time)."""
     env = os.environ
@@ -372,7 +353,8 @@ class RunJob(submitit.helpers.Checkpointable):
                   f"{start['restart_count']}, {start['tasks']} task(s)) in {run_dir}", flush=True)
         try:
             if rank == 0:
-                lock = _FileLock(plan.runs_dir / SUBMITIT_DIR / "export.lock")   # jobs share results/labels
+                (plan.runs_dir / SUBMITIT_DIR).mkdir(parents=True, exist_ok=True)
+                lock = filelock.FileLock(plan.runs_dir / SUBMITIT_DIR / "export.lock")   # jobs share results/labels
                 runner.train_and_export(plan, spec, False, export_lock=lock, skip_locked=False)
             else:
                 runner._train(plan, spec, False)
