@@ -23,7 +23,7 @@ import json
 import math
 from functools import lru_cache
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 from vfu_nb.conventions import metric_label as label
 from vfu_nb.metrics import jsonable
@@ -414,11 +414,15 @@ def where_lines(study: dict) -> list:
     return lines
 
 
+def _table(header: Sequence[str], lines: list, empty_row: str) -> str:
+    """A Markdown table: ``header``, its rule, then ``lines`` (``empty_row`` when there are none)."""
+    return "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header), *(lines or [empty_row])])
+
+
 def where_table(study: dict) -> str:
     """:func:`where_lines` under their header: the Markdown table of the README and notebook 05."""
-    lines = where_lines(study) or ["| | | | not measured yet | |"]
-    return "\n".join(["| data | model | measure | mean lift [95 % interval] | pointing rate |", "|---|---|---|---|---|",
-                      *lines])
+    return _table(("data", "model", "measure", "mean lift [95 % interval]", "pointing rate"), where_lines(study),
+                  "| | | | not measured yet | |")
 
 
 LEVEL_METRICS = ("category_top3", "attr_map_all")
@@ -454,8 +458,8 @@ def _seed_list(seeds) -> str:
 
 def level_table(study: dict) -> str:
     """:func:`level_lines` under their header: the Markdown table of the README and notebook 05."""
-    lines = level_lines(study) or ["| | no finished seed run yet | | |"]
-    return "\n".join([f"| data | model | {' | '.join(label(m) for m in LEVEL_METRICS)} |", "|---|---|---|---|", *lines])
+    return _table(("data", "model", *(label(m) for m in LEVEL_METRICS)), level_lines(study),
+                  "| | no finished seed run yet | | |")
 
 
 _SOURCES = {"both": "both the landmark loss and the attention", "landmark_loss": "the landmark loss",

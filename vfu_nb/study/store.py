@@ -347,13 +347,10 @@ def trainer_command(request) -> list:
 def last_error_line(log_path, start: int = 0) -> str:
     """The last line of a trainer log that says what went wrong (its one-line error, or a traceback's last
     line), looking only after byte ``start`` (where this attempt began: the log is appended to)."""
-    try:
-        with open(log_path, "rb") as f:
-            f.seek(0, 2)
-            f.seek(max(start, f.tell() - 20000))
-            lines = [line.strip() for line in f.read().decode(errors="replace").splitlines() if line.strip()]
-    except OSError:
+    text = _attempt_text(log_path, start, limit=20000)
+    if text is None:
         return "(no log)"
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
     for line in reversed(lines):
         m = re.match(r"^python -m vfu_nb\.\w+(?: [\w-]+)?: (?:error: )?(.*)$", line)
         if m:
@@ -369,7 +366,7 @@ def trainer_error(key: str, code: int, log_path, start: int = 0) -> Exception:
     else :class:`TrainingFailed` with the trainer's last error line (after byte ``start`` of its log) and its
     log."""
     line = last_error_line(log_path, start)
-    diverged = "NonFiniteLossError" in _attempt_text(log_path, start)
+    diverged = "NonFiniteLossError" in (_attempt_text(log_path, start) or "")
     if code == LOCKED_EXIT:
         return RunLockedError(line)
     if code < 0:
@@ -387,15 +384,16 @@ def disk_full(error: BaseException) -> bool:
                                                 and "no space left on the device" in str(error))
 
 
-def _attempt_text(log_path, start: int, limit: int = 1 << 20) -> str:
-    """The log's lines after byte ``start`` (this attempt's; at most the last ``limit`` bytes), "" without a log."""
+def _attempt_text(log_path, start: int, limit: int = 1 << 20) -> Optional[str]:
+    """The log's text after byte ``start`` (this attempt's; at most the last ``limit`` bytes), None without a
+    log: the one reader of a trainer's appended log."""
     try:
         with open(log_path, "rb") as f:
             f.seek(0, 2)
             f.seek(max(start, f.tell() - limit))
             return f.read().decode(errors="replace")
     except OSError:
-        return ""
+        return None
 
 
 class BusyRuns:
