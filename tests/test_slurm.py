@@ -230,6 +230,29 @@ def test_run_states_from_exports_records_queue_and_results(tmp_path):
     assert executors.job_error(executors.read_record(plan, cat.key)) is None
 
 
+def test_status_leaves_slurm_alone_when_no_run_was_submitted_to_it(tmp_path, monkeypatch):
+    """A plan trained locally on a machine with Slurm installed but no cluster: squeue is not asked (its DNS errors
+    would only be noise), and the header says why; once a run has a Slurm record, squeue is asked."""
+    plan = plans.Plan.load(small_plan(tmp_path, tmp_path / "df"))
+    asked = []
+
+    def no_cluster():
+        asked.append(1)
+        raise sl.SlurmError("squeue -h -r failed (exit 1): squeue: error: DNS SRV lookup failed")
+    monkeypatch.setattr(sl, "queue", no_cluster)
+    monkeypatch.setattr(sl, "available", lambda: False)
+    assert executors.status(plan)["slurm"] == "not installed" and not asked
+    monkeypatch.setattr(sl, "available", lambda: True)
+    result = executors.status(plan)
+    assert (result["slurm"], asked) == ("not asked: no run was submitted to it", [])
+    assert executors.format_status(result).splitlines()[0].endswith("(Slurm: not asked: no run was submitted to it)")
+    spec = plan.tuning_specs()[0]
+    (plan.runs_dir / spec.key).mkdir(parents=True)
+    (plan.runs_dir / spec.key / sl.RECORD).write_text(json.dumps({"job_id": "3_0"}))
+    assert executors.status(plan)["slurm"].startswith("no answer: squeue -h -r failed") and asked == [1]
+    assert executors.status(plan, queue={})["slurm"] == "answered"
+
+
 def test_the_local_executor_is_the_default_and_refuses_slurm_settings(tmp_path, monkeypatch):
     calls = []
     monkeypatch.setattr(runner, "train_pending", lambda plan, jobs, log, keep_going: calls.append((jobs, keep_going)))

@@ -201,13 +201,19 @@ def run_status(plan: Plan, spec: RunSpec, queue: Optional[dict]) -> RunStatus:
     return row
 
 
+def _submitted(plan: Plan) -> bool:
+    """Whether any run of the plan was ever submitted to Slurm (it has a ``slurm.json``)."""
+    return plan.runs_dir.is_dir() and any(plan.runs_dir.glob(f"**/{sl.RECORD}"))
+
+
 def status(plan, queue: Optional[dict] = None, log=None) -> dict:
     """Every run of the plan that is known now (tuning, and the later runs of the models whose tuning has
     chosen) with its :class:`RunStatus`; also how many later runs still wait for tuning, and whether Slurm
-    answered. ``queue`` defaults to :func:`vfu_nb.study.slurm.queue` (when Slurm is installed)."""
+    answered. ``queue`` defaults to :func:`vfu_nb.study.slurm.queue`, asked only when Slurm is installed and some
+    run of the plan was submitted to it (a plan trained locally has nothing in the queue)."""
     plan = Plan.load(plan)
     slurm_error = None
-    if queue is None and sl.available():
+    if queue is None and sl.available() and _submitted(plan):
         try:
             queue = sl.queue()
         except sl.SlurmError as exc:                 # one line: the command and the first line of its error
@@ -215,13 +221,17 @@ def status(plan, queue: Optional[dict] = None, log=None) -> dict:
     chosen, _ = choose_settings(plan, partial=True)
     specs = plan.all_specs(chosen, tuning_lrs(plan))
     rows = [run_status(plan, s, queue) for s in specs]
+    if queue is None and not slurm_error:
+        slurm = "not installed" if not sl.available() else "not asked: no run was submitted to it"
+    else:
+        slurm = "answered" if queue is not None else slurm_error
     waiting = max(0, planned_runs(plan) - len(specs))
     median = _median_run_seconds(plan, rows)
     return {"runs": rows, "waiting_for_tuning": waiting, "run_seconds": median,
             "runs_left": sum(r.state in LEFT for r in rows) + waiting,
             "seconds_done": _seconds_done(plan, rows, median),
             "tuning_unfinished": [m for m in plan.tuning["models"] if m not in chosen],
-            "slurm": "answered" if queue is not None else (slurm_error or "not installed")}
+            "slurm": slurm}
 
 
 def _median_run_seconds(plan: Plan, rows: list) -> Optional[float]:
