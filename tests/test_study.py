@@ -514,6 +514,11 @@ def test_reading_states_established_gains_and_attributes_them_only_with_the_cont
     lines = reports.reading(result)
     assert len(lines) == 4                                             # one per pair, then the trio's reading
     assert "+0.050" in lines[0] and "+0.010" not in lines[0]          # the established gain's mean only
+    # not established never reads as "no effect": the layers' interval still allows 0.04 / 0.05 of the gain
+    assert "the landmark loss adds to the gain; whether the added layers add to it too is open" in lines[3]
+    assert ("(+0.010 [-0.020, +0.040]); its interval still allows an effect of the added layers up to 80 % of"
+            in lines[3])
+    assert "not the added layers" not in " ".join(lines)
     result["seeds"]["pairs"][2] = pair("mtl_no_landmarks", "cat", interval, null)    # the extra layers help too
     assert analysis.landmark_supervision_gains(result) == [] and len(reports.reading(result)) == 3
     worse = pair("mtl", "cat", null, null)
@@ -808,7 +813,17 @@ def test_the_preregistered_report_decides_every_contrast_and_writes_its_readme_b
             preds = {k: v for k, v in preds.items() if k in ("category_rank", "attribute_logits")}
         export(plan2, spec, preds=preds, test={"category_top3": float(np.mean(preds["category_rank"] < 3))})
     (tmp_path / "README.md").write_text(f"intro\n{reports.STUDY2_BEGIN}\nold\n{reports.STUDY2_END}\nrest\n")
+    with pytest.raises(store.StudyInputError, match=r"the baselines of data tree default are neither in .*nothing "
+                                                    r"was written"):
+        reports.report(plan2, log=lambda line: None)     # the levels table shows both trees' baselines
+    assert not (plan2.results_dir / "study.json").exists()
+    (plan2.results_dir / "baselines").mkdir()
+    for tag in ("default", "g1"):
+        stored = {"data": tag, "settings": plan2.data[tag], "split": "test",
+                  "baselines": {"chance": {"category_top3": 0.06}}}
+        store.write_atomic(store.baselines_path(plan2.results_dir, tag), json.dumps(stored))
     result = reports.report(plan2, log=lambda line: None)
+    assert result["baselines"]["g1"] == {"chance": {"category_top3": 0.06}}
     rows = {(r["contrast"], r["metric"]): r["result"] for r in result["primary_family"]}
     assert rows[("mtl_vs_cat", "category_top3")]["outcome"] == "established"
     assert rows[("mtl_vs_cat", "category_top3")]["direction"] == 1 and rows[("mtl_vs_cat", "category_top3")]["n"] == 5
@@ -832,6 +847,16 @@ def test_the_preregistered_report_decides_every_contrast_and_writes_its_readme_b
     gain = rows[("mtl_vs_cat", "category_top3")]
     assert all(f"{gain[k]:+.3f}" in sentences[0] for k in ("mean", "low", "high"))   # the numbers of study.json
     assert "equivalent" in sentences[0] and "not measured yet" not in block
+    assert "equivalent to 0 within the margin when the local evidence is drawn away" in sentences[1]
+    assert "vanishes" not in " ".join(sentences)          # equivalence bounds the control's gain, nothing more
+    # every run's metrics.json is held to its predictions, as in the first study: an edited number stops the report
+    metrics = plan2.results_dir / "runs" / plan2.later_specs(chosen)[0].key / "metrics.json"
+    edited = json.loads(metrics.read_text())
+    edited["test"]["category_top3"] += 0.05
+    metrics.write_text(json.dumps(edited))
+    with pytest.raises(store.CorruptResultError, match=r"metrics.json gives test category_top3 .* but its "
+                                                       r"predictions.npz gives .*\(an edited file\?\)"):
+        reports.report(plan2, log=lambda line: None)
 
 
 def test_the_committed_readme_study2_block_matches_the_committed_study2_results():

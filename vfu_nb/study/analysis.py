@@ -308,10 +308,10 @@ def preregistered_results(plan: Plan, log=print) -> dict:
     study["summary"] = {part: summarize([r for r in results if r.spec.part == part], metrics_all)
                         for part in ("seeds", "control") if any(r.spec.part == part for r in results)}
     study["summary_trees"] = {"seeds": plan.seeds["data"], "control": (plan.control or {}).get("data")}
+    labels = {tag: _labels(plan, tag) for tag in dict.fromkeys(r.spec.data for r in results)}
     runs = {}
-    for r in results:
-        runs.setdefault(r.spec.data, {})[(r.spec.model, r.spec.seed)] = r.predictions()
-    labels = {tag: _labels(plan, tag) for tag in runs}
+    for r in results:                           # each held to its metrics.json, as in the first study
+        runs.setdefault(r.spec.data, {})[(r.spec.model, r.spec.seed)] = r.predictions(labels[r.spec.data])
     cache = {}
 
     def family(contrast_set: dict, metrics: Sequence[str], margins: Mapping) -> list:
@@ -342,7 +342,7 @@ def preregistered_results(plan: Plan, log=print) -> dict:
         if s.key not in reused:
             measurable.setdefault((s.data, s.model), set()).add(s.seed)
     study["where"] = where_attention_falls(runs, labels, cache, float(pre.get("alpha", 0.05)), measurable)
-    study["baselines"] = baselines_for(plan)
+    study["baselines"] = baselines_for(plan, required={t for t in study["summary_trees"].values() if t}, log=log)
     unique = plan.all_specs(chosen, lrs)
     every = load_runs(plan, unique)
     study["runs"] = {"exported": len(every), "planned": planned_runs(plan),
@@ -462,8 +462,8 @@ def mechanism(study: dict) -> list[dict]:
 
 def landmark_supervision_gains(study: dict) -> list[str]:
     """The primary metrics (first study) where ``mtl`` beats ``cat`` and ``mtl_no_landmarks``, and
-    ``mtl_no_landmarks`` shows no established difference from ``cat``: the gain goes with the landmark loss,
-    not with the added layers. Empty unless all three pairs were compared."""
+    ``mtl_no_landmarks`` shows no established difference from ``cat``: the landmark loss adds to the gain (whether
+    the added layers do too stays open). Empty unless all three pairs were compared."""
     pairs = {(p["a"], p["b"]): p for p in study["seeds"]["pairs"] if p["seeds"]}
     trio = [pairs.get(k) for k in (("mtl", "cat"), ("mtl", "mtl_no_landmarks"), ("mtl_no_landmarks", "cat"))]
     if not all(trio):

@@ -10,8 +10,8 @@ top-k accuracy, jackknife pseudo-values for mAP, the per-image values of the att
 :func:`decide` applies the preregistered rule to a family of estimates (results/v2/plan.yaml):
 
 * **established** -- the Holm-adjusted two-sided p < alpha (direction: the sign of the mean);
-* **equivalent** -- not established, and the Holm-adjusted TOST p < alpha against the declared margin: the 90 %
-  interval lies inside (-margin, +margin);
+* **equivalent** -- not established, and the Holm-adjusted TOST p < alpha against the declared margin (stricter
+  than the unadjusted TOST, which is the 90 % interval lying inside (-margin, +margin));
 * **inconclusive** -- neither. It never means "no effect": the interval says how large an effect is still possible.
 """
 
