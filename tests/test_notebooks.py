@@ -147,6 +147,7 @@ def test_notebook_05_shows_its_generated_prose_as_markdown_not_as_printed_backti
     assert len(shown) == 4 and all("`mtl`" in text for text in shown[:1] + shown[3:])
     for text in shown:
         assert text in markdown, text[:200]
+    assert report.contrast_table("primary", study2["fresh_seeds_family"]) in markdown     # the check without reuse
     assert "`" not in printed and "Showing the study of results/plan.yaml" in printed
 
 

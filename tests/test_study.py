@@ -793,7 +793,7 @@ def test_the_preregistered_report_decides_every_contrast_and_writes_its_readme_b
         export2(plan2, spec, 0.7 if spec.config["lr"] == 1e-3 else 0.6, 0.4)
     chosen, _ = plans.choose_settings(plan2, partial=True)
     assert set(chosen) == {"mtl", "cat"}
-    control_preds = {}
+    control_preds, run_top3 = {}, {}
     for spec in plan2.later_specs(chosen):
         skill = 0.8 if spec.model == "mtl" and spec.part == "seeds" else 0.5
         hits = rng.random(n) < skill
@@ -809,9 +809,13 @@ def test_the_preregistered_report_decides_every_contrast_and_writes_its_readme_b
         if spec.part == "control":                       # the control: cat sees exactly mtl's predictions
             preds = control_preds.setdefault(spec.seed, preds) if spec.model == "mtl" else \
                 {**control_preds[spec.seed], **{k: v for k, v in preds.items() if k.startswith("saliency")}}
-        if spec.model == "cat" and spec.seed == 1 and spec.part == "seeds":     # as a reused first-study run
+        reused = spec.model == "cat" and spec.seed == 1 and spec.part == "seeds"   # as a reused first-study run
+        if reused:
             preds = {k: v for k, v in preds.items() if k in ("category_rank", "attribute_logits")}
         export(plan2, spec, preds=preds, test={"category_top3": float(np.mean(preds["category_rank"] < 3))})
+        run_top3[(spec.part, spec.model, spec.seed)] = float(np.mean(preds["category_rank"] < 3))
+        if reused:
+            (plan2.export_dir(spec.key) / "origin.json").write_text('{"reused_from": "results/runs/..."}')
     (tmp_path / "README.md").write_text(f"intro\n{reports.STUDY2_BEGIN}\nold\n{reports.STUDY2_END}\nrest\n")
     with pytest.raises(store.StudyInputError, match=r"the baselines of data tree default are neither in .*nothing "
                                                     r"was written"):
@@ -829,6 +833,15 @@ def test_the_preregistered_report_decides_every_contrast_and_writes_its_readme_b
     assert rows[("mtl_vs_cat", "category_top3")]["direction"] == 1 and rows[("mtl_vs_cat", "category_top3")]["n"] == 5
     assert rows[("control_mtl_vs_cat", "category_top3")]["outcome"] == "equivalent"
     assert rows[("control_mtl_vs_cat", "category_top3")]["mean"] == 0
+    # the check without reused runs: the contrasts that use cat's reused seed 1, again on seeds 2..5 (Holm among
+    # themselves); the control, which uses no reused run, is not repeated
+    fresh = {(r["contrast"], r["metric"]): r for r in result["fresh_seeds_family"]}
+    assert {c for c, _ in fresh} == {"mtl_vs_cat", "landmark_loss", "attention", "interaction"}
+    again = fresh[("mtl_vs_cat", "category_top3")]
+    assert (again["n"], again["planned"], rows[("mtl_vs_cat", "category_top3")]["n"]) == (4, 4, 5)
+    assert again["result"]["mean"] == pytest.approx(
+        np.mean([run_top3[("seeds", "mtl", s)] - run_top3[("seeds", "cat", s)] for s in range(2, 6)]))
+    assert not again["result"]["interim"]
     assert result["runs"]["exported"] == 4 + 20
     where = {(r["data"], r["model"], r["measure"]): r for r in result["where"]["rows"]}
     assert where[("default", "mtl", "attention_lift")]["result"]["outcome"] == "established"
@@ -848,6 +861,8 @@ def test_the_preregistered_report_decides_every_contrast_and_writes_its_readme_b
     assert all(f"{gain[k]:+.3f}" in sentences[0] for k in ("mean", "low", "high"))   # the numbers of study.json
     assert "equivalent" in sentences[0] and "not measured yet" not in block
     assert "equivalent to 0 within the margin when the local evidence is drawn away" in sentences[1]
+    assert "**Without the reused runs (a check, not preregistered).**" in block
+    assert reports.contrast_table("primary", result["fresh_seeds_family"]) in block
     assert "vanishes" not in " ".join(sentences)          # equivalence bounds the control's gain, nothing more
     # every run's metrics.json is held to its predictions, as in the first study: an edited number stops the report
     metrics = plan2.results_dir / "runs" / plan2.later_specs(chosen)[0].key / "metrics.json"

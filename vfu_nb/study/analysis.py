@@ -314,26 +314,41 @@ def preregistered_results(plan: Plan, log=print) -> dict:
         runs.setdefault(r.spec.data, {})[(r.spec.model, r.spec.seed)] = r.predictions(labels[r.spec.data])
     cache = {}
 
-    def family(contrast_set: dict, metrics: Sequence[str], margins: Mapping) -> list:
+    reused = {s.key for s in specs if (plan.export_dir(s.key) / "origin.json").exists()}
+    reused_seeds = {}                                                   # (tree, model) -> seeds copied from study 1
+    for s in specs:
+        if s.key in reused:
+            reused_seeds.setdefault((s.data, s.model), set()).add(s.seed)
+
+    def family(contrast_set: dict, metrics: Sequence[str], margins: Mapping, fresh: bool = False) -> list:
+        """One Holm family; ``fresh``: over the seeds no reused run of the contrast's models contributed to."""
         rows, estimates = [], []
         for name, c in contrast_set.items():
+            tree, dropped = runs.get(c["data"], {}), set()
+            if fresh:
+                dropped = set().union(*(reused_seeds.get((c["data"], m), set()) for m in c["weights"]))
+                tree = {(m, seed): p for (m, seed), p in tree.items() if seed not in dropped}
             for metric in metrics:
-                e = (contrasts.estimate(c["weights"], runs[c["data"]], metric, labels[c["data"]], cache)
-                     if c["data"] in runs and all(m in chosen for m in c["weights"]) else None)
-                rows.append({"contrast": name, "data": c["data"], "weights": c["weights"], "metric": metric})
+                e = (contrasts.estimate(c["weights"], tree, metric, labels[c["data"]], cache)
+                     if tree and all(m in chosen for m in c["weights"]) else None)
+                rows.append({"contrast": name, "data": c["data"], "weights": c["weights"], "metric": metric,
+                             "planned": planned_seeds(plan, c["data"], c["weights"]) - len(dropped)})
                 estimates.append(e)
         decided = contrasts.decide(estimates, [margins.get(r["metric"]) for r in rows], float(pre.get("alpha", 0.05)))
-        counts = [((d or {}).get("n", 0), planned_seeds(plan, row["data"], row["weights"]))
-                  for row, d in zip(rows, decided)]
+        counts = [(d or {}).get("n", 0) for d in decided]
         # Holm adjusts each p by the whole family's: an outcome can change while any test of its family waits
-        family_interim = any(n < planned for n, planned in counts)
-        return [{**row, "n": n, "planned": planned, "result": d and {**d, "interim": family_interim}}
-                for row, d, (n, planned) in zip(rows, decided, counts)]
+        family_interim = any(n < row["planned"] for n, row in zip(counts, rows))
+        return [{**row, "n": n, "result": d and {**d, "interim": family_interim}}
+                for row, d, n in zip(rows, decided, counts)]
 
     primary = pre["primary_metrics"]
     study["primary_family"] = family(pre["primary_family"], primary, pre.get("margins", {}))
     study["secondary_family"] = family(pre.get("secondary_family", {}), primary, pre.get("margins", {}))
-    reused = {s.key for s in specs if (plan.export_dir(s.key) / "origin.json").exists()}
+    # Not preregistered: the primary contrasts that rest partly on reused first-study runs (the runs whose result
+    # suggested the hypotheses), again on the seeds none of those runs contributed to, Holm across them
+    leaning = {name: c for name, c in pre["primary_family"].items()
+               if any((c["data"], m) in reused_seeds for m in c["weights"])}
+    study["fresh_seeds_family"] = family(leaning, primary, pre.get("margins", {}), fresh=True)
     study["reused_seeds"] = {part: {m: sorted(s.seed for s in specs if s.part == part and s.model == m and s.key in reused)
                                     for m in dict.fromkeys(s.model for s in specs if s.part == part)}
                              for part in study["summary"]}

@@ -147,6 +147,7 @@ def _templates():
                              trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True, autoescape=False)
     env.filters.update(label=label, num=_num, seeds=_seeds, g=lambda v: f"{v:g}", outcome=outcome_phrase,
                        contrast_name=contrast_name)
+    env.globals["contrast_table"] = contrast_table
     env.globals["nan"] = math.nan
     return env
 
@@ -430,6 +431,17 @@ def where_lines(study: dict) -> list:
 def _table(header: Sequence[str], lines: list, empty_row: str) -> str:
     """A Markdown table: ``header``, its rule, then ``lines`` (``empty_row`` when there are none)."""
     return "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header), *(lines or [empty_row])])
+
+
+def contrast_table(kind: str, rows: Sequence[dict]) -> str:
+    """The Markdown table of one family of contrasts (``kind``: "primary", "secondary"): per contrast and metric
+    the seeds (finished of planned) and the outcome, as the README and notebook 05 show them."""
+    def seeds(r):
+        return f"{r['n']} of {r['planned']}" if r.get("planned") and r["n"] < r["planned"] else str(r["n"])
+    lines = [f"| {contrast_name(r)} | {label(r['metric'])} | {seeds(r)} | {outcome_phrase(r['result'])} |"
+             for r in rows]
+    return _table((f"{kind} contrast", "metric", "seeds", "outcome (mean [95 % interval]; Holm-adjusted p)"), lines,
+                  "| | | | not measured yet |")
 
 
 def where_table(study: dict) -> str:
