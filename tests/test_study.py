@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from vfu_nb import stats
 from vfu_nb.data.synthetic.settings import DEFAULT_GEOMETRY_INFORMATIVENESS
 from vfu_nb.study import analysis, cli, runner, store
 from vfu_nb.study import plan as plans
@@ -516,8 +517,12 @@ def test_reading_states_established_gains_and_attributes_them_only_with_the_cont
     assert "+0.050" in lines[0] and "+0.010" not in lines[0]          # the established gain's mean only
     # not established never reads as "no effect": the layers' interval still allows 0.04 / 0.05 of the gain
     assert "the landmark loss adds to the gain; whether the added layers add to it too is open" in lines[3]
-    assert ("(+0.010 [-0.020, +0.040]); its interval still allows an effect of the added layers up to 80 % of"
-            in lines[3])
+    assert ("(+0.010 [-0.020, +0.040] / [-0.020, +0.040]); its intervals still allow an effect of the added layers "
+            "up to 80 % of" in lines[3])
+    wider = result["seeds"]["pairs"][2]["primary"]["category_top3"]
+    wider["bootstrap"] = {"mean": 0.01, "low": -0.03, "high": 0.045}    # the bootstrap allows more: its bound counts
+    assert "[-0.030, +0.045]); its intervals still allow an effect of the added layers up to 90 % of" in \
+        reports.reading(result)[3]
     assert "not the added layers" not in " ".join(lines)
     result["seeds"]["pairs"][2] = pair("mtl_no_landmarks", "cat", interval, null)    # the extra layers help too
     assert analysis.landmark_supervision_gains(result) == [] and len(reports.reading(result)) == 3
@@ -842,6 +847,7 @@ def test_the_preregistered_report_decides_every_contrast_and_writes_its_readme_b
     assert again["result"]["mean"] == pytest.approx(
         np.mean([run_top3[("seeds", "mtl", s)] - run_top3[("seeds", "cat", s)] for s in range(2, 6)]))
     assert not again["result"]["interim"]
+    assert [r["result"]["p_holm"] for r in fresh.values()] == stats.holm([r["result"]["p"] for r in fresh.values()])
     assert result["runs"]["exported"] == 4 + 20
     where = {(r["data"], r["model"], r["measure"]): r for r in result["where"]["rows"]}
     assert where[("default", "mtl", "attention_lift")]["result"]["outcome"] == "established"

@@ -288,9 +288,11 @@ def study_results(plan: Plan, log=print) -> dict:
 def preregistered_results(plan: Plan, log=print) -> dict:
     """What ``study.json`` holds for a preregistered plan (study 2): the chosen settings, per-model summaries of the
     seed and control runs, every contrast of the primary and secondary families with its outcome
-    (:mod:`vfu_nb.study.contrasts`),
-    where attention and saliency fall, and the changelog. Works on a study in progress: contrasts whose models
-    have no common seed yet have no outcome (None)."""
+    (:mod:`vfu_nb.study.contrasts`), the primary contrasts again without the runs reused from the first study
+    (``fresh_seeds_family``, a check that is not preregistered), where attention and saliency fall, the baselines
+    of the trees the levels table shows, and the changelog. Every run's metrics.json is held to its predictions,
+    and a shown tree without baselines stops it (:class:`vfu_nb.study.store.StudyInputError`). Works on a study
+    in progress: contrasts whose models have no common seed yet have no outcome (None)."""
     pre = plan.preregistration
     chosen, tuning_rows = choose_settings(plan, partial=True)
     lrs = tuning_lrs(plan)
@@ -328,11 +330,13 @@ def preregistered_results(plan: Plan, log=print) -> dict:
             if fresh:
                 dropped = set().union(*(reused_seeds.get((c["data"], m), set()) for m in c["weights"]))
                 tree = {(m, seed): p for (m, seed), p in tree.items() if seed not in dropped}
+            part = plan.seeds if c["data"] == plan.seeds.get("data") else (plan.control or {})
+            planned = set(plan.seed_range(part, planned_seeds(plan, c["data"], c["weights"]))) - dropped
             for metric in metrics:
                 e = (contrasts.estimate(c["weights"], tree, metric, labels[c["data"]], cache)
                      if tree and all(m in chosen for m in c["weights"]) else None)
                 rows.append({"contrast": name, "data": c["data"], "weights": c["weights"], "metric": metric,
-                             "planned": planned_seeds(plan, c["data"], c["weights"]) - len(dropped)})
+                             "planned": len(planned)})
                 estimates.append(e)
         decided = contrasts.decide(estimates, [margins.get(r["metric"]) for r in rows], float(pre.get("alpha", 0.05)))
         counts = [(d or {}).get("n", 0) for d in decided]
@@ -357,7 +361,8 @@ def preregistered_results(plan: Plan, log=print) -> dict:
         if s.key not in reused:
             measurable.setdefault((s.data, s.model), set()).add(s.seed)
     study["where"] = where_attention_falls(runs, labels, cache, float(pre.get("alpha", 0.05)), measurable)
-    study["baselines"] = baselines_for(plan, required={t for t in study["summary_trees"].values() if t}, log=log)
+    study["baselines"] = baselines_for(plan, required={study["summary_trees"][part] for part in study["summary"]},
+                                       log=log)                       # the trees the levels table shows
     unique = plan.all_specs(chosen, lrs)
     every = load_runs(plan, unique)
     study["runs"] = {"exported": len(every), "planned": planned_runs(plan),

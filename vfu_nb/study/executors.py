@@ -201,25 +201,21 @@ def run_status(plan: Plan, spec: RunSpec, queue: Optional[dict]) -> RunStatus:
     return row
 
 
-def _submitted(plan: Plan) -> bool:
-    """Whether any run of the plan was ever submitted to Slurm (it has a ``slurm.json``)."""
-    return plan.runs_dir.is_dir() and any(plan.runs_dir.glob(f"**/{sl.RECORD}"))
-
-
 def status(plan, queue: Optional[dict] = None, log=None) -> dict:
     """Every run of the plan that is known now (tuning, and the later runs of the models whose tuning has
     chosen) with its :class:`RunStatus`; also how many later runs still wait for tuning, and whether Slurm
     answered. ``queue`` defaults to :func:`vfu_nb.study.slurm.queue`, asked only when Slurm is installed and some
     run of the plan was submitted to it (a plan trained locally has nothing in the queue)."""
     plan = Plan.load(plan)
+    chosen, _ = choose_settings(plan, partial=True)
+    specs = plan.all_specs(chosen, tuning_lrs(plan))
+    submitted = any((plan.run_dir(s.key) / sl.RECORD).exists() for s in specs)
     slurm_error = None
-    if queue is None and sl.available() and _submitted(plan):
+    if queue is None and sl.available() and submitted:
         try:
             queue = sl.queue()
         except sl.SlurmError as exc:                 # one line: the command and the first line of its error
             slurm_error = "no answer: " + str(exc).splitlines()[0]
-    chosen, _ = choose_settings(plan, partial=True)
-    specs = plan.all_specs(chosen, tuning_lrs(plan))
     rows = [run_status(plan, s, queue) for s in specs]
     if queue is None and not slurm_error:
         slurm = "not installed" if not sl.available() else "not asked: no run was submitted to it"
