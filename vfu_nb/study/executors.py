@@ -209,18 +209,18 @@ def status(plan, queue: Optional[dict] = None, log=None) -> dict:
     plan = Plan.load(plan)
     chosen, _ = choose_settings(plan, partial=True)
     specs = plan.all_specs(chosen, tuning_lrs(plan))
-    submitted = any((plan.run_dir(s.key) / sl.RECORD).exists() for s in specs)
-    slurm_error = None
-    if queue is None and sl.available() and submitted:
-        try:
-            queue = sl.queue()
-        except sl.SlurmError as exc:                 # one line: the command and the first line of its error
-            slurm_error = "no answer: " + str(exc).splitlines()[0]
-    rows = [run_status(plan, s, queue) for s in specs]
-    if queue is None and not slurm_error:
-        slurm = "not installed" if not sl.available() else "not asked: no run was submitted to it"
+    if queue is not None:
+        slurm = "answered"
+    elif not sl.available():
+        slurm = "not installed"
+    elif not any((plan.run_dir(s.key) / sl.RECORD).exists() for s in specs):
+        slurm = "not asked: no run was submitted to it"
     else:
-        slurm = "answered" if queue is not None else slurm_error
+        try:
+            queue, slurm = sl.queue(), "answered"
+        except sl.SlurmError as exc:                 # one line: the command and the first line of its error
+            slurm = "no answer: " + str(exc).splitlines()[0]
+    rows = [run_status(plan, s, queue) for s in specs]
     waiting = max(0, planned_runs(plan) - len(specs))
     median = _median_run_seconds(plan, rows)
     return {"runs": rows, "waiting_for_tuning": waiting, "run_seconds": median,
