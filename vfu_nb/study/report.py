@@ -398,11 +398,15 @@ def outcome_phrase(result: Optional[dict]) -> str:
     return f"inconclusive ({interval}; {shown})"
 
 
+def _finished_of(n: int, planned: Optional[int]) -> str:
+    """"3 of 8" while fewer than the planned count have finished, else "8"."""
+    return f"{n} of {planned}" if planned and n < planned else str(n)
+
+
 def _measured_seeds(row: dict) -> str:
     """"3 of 8 seeds" while a where-row has fewer measured runs than planned, else "8 seeds"."""
-    runs = row.get("runs", 0)
-    planned = row.get("planned", runs)
-    return f"{runs} of {_seeds(planned)}" if runs < planned else _seeds(runs)
+    shown = _finished_of(row.get("runs", 0), row.get("planned"))
+    return f"{shown} seed{'' if shown == '1' else 's'}"
 
 
 def where_lines(study: dict) -> list:
@@ -438,10 +442,8 @@ def _table(header: Sequence[str], lines: list, empty_row: str) -> str:
 def contrast_table(kind: str, rows: Sequence[dict]) -> str:
     """The Markdown table of one family of contrasts (``kind``: "primary", "secondary"): per contrast and metric
     the seeds (finished of planned) and the outcome, as the README and notebook 05 show them."""
-    def seeds(r):
-        return f"{r['n']} of {r['planned']}" if r.get("planned") and r["n"] < r["planned"] else str(r["n"])
-    lines = [f"| {contrast_name(r)} | {label(r['metric'])} | {seeds(r)} | {outcome_phrase(r['result'])} |"
-             for r in rows]
+    lines = [f"| {contrast_name(r)} | {label(r['metric'])} | {_finished_of(r['n'], r.get('planned'))} | "
+             f"{outcome_phrase(r['result'])} |" for r in rows]
     return _table((f"{kind} contrast", "metric", "seeds", "outcome (mean [95 % interval]; Holm-adjusted p)"), lines,
                   "| | | | not measured yet |")
 
